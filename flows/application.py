@@ -1,0 +1,437 @@
+"""Application runbooks: slow responses, errors, one broken endpoint, growing memory, queues, uploads.
+
+Catalog: ``config/runbooks/application.yaml``. Each flow is started by the
+``responder.alert.firing`` event of any of its alert spellings and follows its seeds' steps
+in order (task names are the steps); thresholds are the catalog's, per alert spelling where the
+seeds differ (``p95_seconds.response_time_p95: 1`` next to ``p95_seconds: 2``).
+
+* ``high_response_time``: HIGH_RESPONSE_TIME (seed 000), response_time_p95 (001), seed 002
+  "Slow requests", seed 003 "Production is Slow", seed 004 "High Response Time".
+* ``high_error_rate``: HIGH_ERROR_RATE (000), error_rate (001), HighErrorRate (003, 004),
+  seed 002 "High error rate on /api/v1/books".
+* ``endpoint_broken``: seed 003 "One Endpoint is Broken".
+* ``memory_keeps_growing``: seed 003 "Memory Keeps Growing".
+* ``queue_backlog``: queue_processing_time (001), seed 004 "Queue Backlog" and "Download Queue Stalled".
+* ``video_upload_failures``: seed 001 "Video Upload Failures".
+"""
+
+from __future__ import annotations
+
+import re
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from flows import checks
+from flows.checks import collect, measured, setting
+from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from responder.alerts import Alert, IncidentRef
+from tasks.base import ProbeResult
+from tasks.mitigations import PlannedAction
+from tasks.probes import http, postgres, prometheus, system
+
+ENDPOINTS = ("job", *checks.ENDPOINT_LABELS)  # sum by these: whichever label the application uses
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9/_.\-]{0,200}$")
+
+
+def _verify(runbook, incident, measure):
+    settings, _, _ = runtime()
+    return verify_until_ok(measure, incident, budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
+                           interval_seconds=runbook.verify.interval_seconds * settings.time_scale)
+
+
+def _compact(plans: list[PlannedAction | None]) -> list[PlannedAction]:
+    return [p for p in plans if p is not None]
+
+
+@task(name="check-database-performance", **checks.PROBE)
+def check_database_performance(slow_query_ms: float, connections_ratio: float) -> ProbeResult:
+    """Seed 000 "SELECT query, mean_time, calls FROM pg_stat_statements ...", seed 001 "check connection pool usage"."""
+    entry = checks.targets().postgres.get("default")
+    if entry is None or entry.url is None:
+        return checks.unconfigured("database_performance", "postgres.default", False)
+    return checks.combine("database_performance", [
+        postgres.slow_statements(entry.url, min_mean_ms=slow_query_ms),
+        postgres.connections(entry.url, threshold=connections_ratio),
+    ])
+
+
+@task(name="check-service-dependencies", **checks.PROBE)
+def check_service_dependencies() -> ProbeResult:
+    """Seed 000 "pg_isready", "redis-cli ping", "curl -I https://api.themoviedb.org/..." (externals separately)."""
+    from tasks.probes import redis as redis_probes
+
+    results = []
+    pg = checks.targets().postgres.get("default")
+    if pg is not None and pg.url is not None:
+        results.append(postgres.readiness(pg.url))
+    rd = checks.targets().redis.get("default")
+    if rd is not None and rd.url is not None:
+        results.append(redis_probes.ping(rd.url))
+    if not results:
+        return checks.unconfigured("service_dependencies", "postgres.default or redis.default", False)
+    return checks.combine("service_dependencies", results)
+
+
+# -- HIGH_RESPONSE_TIME -----------------------------------------------------------------------
+
+check_endpoint_performance = checks.p95_latency.with_options(name="check-endpoint-performance")
+identify_slow_endpoints = checks.p95_latency.with_options(name="identify-slow-endpoints")
+check_slow_request_logs = checks.log_probe.with_options(name="check-request-logs-for-slow-requests")
+check_slow_query_logs = checks.log_probe.with_options(name="check-slow-query-logs")
+check_external_api_calls = checks.external_services.with_options(name="check-external-api-calls")
+check_system_resources = checks.system_resources.with_options(name="check-system-resources")
+check_heap_usage = checks.prometheus_query.with_options(name="check-memory-pressure")
+
+
+@task(name="plan-resolution", cache_policy=NO_CACHE)
+def plan_response_time(alert: Alert, p95: ProbeResult, resources: ProbeResult, heap: ProbeResult) -> list[PlannedAction]:
+    """Seed 002 "Temporary: Restart to clear memory", seeds 001/003 "If CPU bound: Scale horizontally"."""
+    if p95.ok:
+        return []
+    checks_by_probe = {c["probe"]: c for c in resources.evidence.get("checks", [])}
+    memory_bad = (checks_by_probe.get("memory", {}).get("ok") is False) or (measured(heap) and not heap.ok)
+    cpu_bad = checks_by_probe.get("cpu_percent", {}).get("ok") is False
+    plans: list[PlannedAction | None] = []
+    if memory_bad:
+        plans.append(checks.service_plan("restart_service", alert, f"{p95.line()}; memory pressure: {heap.line()}"))
+    if cpu_bad:
+        plans.append(checks.service_plan("scale_service", alert, f"{p95.line()}; CPU bound"))
+    return _compact(plans)
+
+
+@runbook_flow(name="high-response-time", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def high_response_time(alert: Alert, incident: IncidentRef | None = None):
+    """P95 response time over the alert's threshold: find where the time goes, relieve, verify."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get("high-response-time")
+    name = alert.alertname
+    threshold = setting(runbook, "p95_seconds", name, 2.0)
+    window = checks.window_of(runbook, name, 300)
+    match = checks.job_match(alert)
+
+    incident = acknowledge(runbook.name, alert, incident)
+    if incident is None:
+        return "duplicate"
+
+    p95 = collect(check_endpoint_performance, threshold, window, ("job",), match)                      # 000 step 1
+    endpoints = collect(identify_slow_endpoints, threshold, window, ENDPOINTS, match, required=False)  # 001, 002
+    slow_logs = collect(check_slow_request_logs, "slow_requests", ("app",), threshold_ms=threshold * 1000,
+                        since_minutes=setting(runbook, "log_window_minutes", name, 15))
+    slow_queries_log = collect(check_slow_query_logs, "errors", ("app",), probe="slow_query_log",
+                               pattern="Slow query detected", since_minutes=setting(runbook, "log_window_minutes", name, 15))
+    database = collect(check_database_performance, setting(runbook, "slow_query_ms", name, 1000),
+                       setting(runbook, "connections_ratio", name, 0.8))                                # 000 step 2
+    externals = collect(check_external_api_calls, slow_ms=setting(runbook, "external_slow_ms", name, 1000))  # 000 step 3
+    resources = collect(check_system_resources, setting(runbook, "cpu_percent", name, 80),
+                        setting(runbook, "memory_percent", name, 85))                                  # 001, 002
+    heap = collect(check_heap_usage,
+                   f"max by (job, instance) (nodejs_heap_used_bytes{{{prometheus.matchers(match)}}}"
+                   f" / nodejs_heap_size_limit_bytes{{{prometheus.matchers(match)}}})",
+                   setting(runbook, "heap_ratio", name, 0.9), probe="nodejs_heap_ratio", required=False)  # 003
+    evidence = [p95, endpoints, slow_logs, slow_queries_log, database, externals, resources, heap]
+
+    outcomes = mitigate(runbook, incident, plan_response_time(alert, p95, resources, heap), evidence)
+    last, verdict = _verify(runbook, incident, lambda: check_endpoint_performance(threshold, window, ("job",), match, no_data_ok=False))
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+
+# -- HIGH_ERROR_RATE --------------------------------------------------------------------------
+
+check_error_rate = checks.error_ratio.with_options(name="check-error-rate")
+identify_failing_endpoints = checks.error_ratio.with_options(name="identify-failing-endpoints")
+check_error_logs = checks.log_probe.with_options(name="check-error-logs")
+identify_error_patterns = checks.log_probe.with_options(name="identify-error-patterns")
+group_errors_by_type = checks.log_probe.with_options(name="group-errors-by-type")
+group_errors_by_user = checks.log_probe.with_options(name="group-errors-by-user")
+check_circuit_breakers = checks.log_probe.with_options(name="check-circuit-breakers")
+verify_external_service_status = checks.external_services.with_options(name="verify-external-service-status")
+
+
+@task(name="plan-resolution", cache_policy=NO_CACHE)
+def plan_error_rate(alert: Alert, rate: ProbeResult, dependencies: ProbeResult, externals: ProbeResult,
+                    database: ProbeResult) -> list[PlannedAction]:
+    """Seed 003 "graceful degradation (if external API down)"; seed 001 "If code issue: Rollback"."""
+    if rate.ok:
+        return []
+    if measured(externals) and not externals.ok:
+        plan = checks.flag_plan("degraded-mode", f"{rate.line()}; {externals.line()}: disable non-critical features, "
+                                                 "return cached data (seed 003 graceful degradation)")
+        return _compact([plan])
+    deps = [dependencies, externals, database]
+    if all(measured(d) and d.ok for d in deps):
+        plan = checks.service_plan(
+            "rollback_release", alert,
+            f"{rate.line()} while the database, Redis and external services are healthy: likely a code issue "
+            "(seed 001 'Rollback deployment immediately'); check the deployment history before approving")
+        return _compact([plan])
+    return []
+
+
+@runbook_flow(name="high-error-rate", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def high_error_rate(alert: Alert, incident: IncidentRef | None = None):
+    """More than 5 % of requests fail: read the errors, check dependencies, degrade or roll back, verify."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get("high-error-rate")
+    name = alert.alertname
+    threshold = setting(runbook, "error_ratio", name, 0.05)
+    window = checks.window_of(runbook, name, 300)
+    since = setting(runbook, "log_window_minutes", name, 15)
+    match = checks.job_match(alert)
+    endpoint = checks.endpoint_of(alert)
+
+    incident = acknowledge(runbook.name, alert, incident)
+    if incident is None:
+        return "duplicate"
+
+    rate = collect(check_error_rate, threshold, window, ("job",), match)                                     # 003 1
+    endpoints = collect(identify_failing_endpoints, threshold, window, ENDPOINTS, match, required=False)     # 002, 003
+    error_logs = collect(check_error_logs, "errors", ("error", "app"), since_minutes=since)                  # 000 1
+    patterns = collect(identify_error_patterns, "access_5xx", ("access",), since_minutes=since,
+                       threshold_percent=threshold * 100)                                                    # 000 2
+    by_type = collect(group_errors_by_type, "group_by", ("app",), field="error_type", where={"level": "ERROR"},
+                      contains=endpoint, since_minutes=since)                                                # 002 4
+    by_user = collect(group_errors_by_user, "group_by", ("app",), field="user_id", where={"level": "ERROR"},
+                      contains=endpoint, since_minutes=since)                                                # 002 Q2
+    breakers = collect(check_circuit_breakers, "errors", ("app", "error"), probe="circuit_breaker_open",
+                       pattern=r"(?i)circuit.*open", since_minutes=since)                                    # 003 3
+    dependencies = collect(check_service_dependencies)                                                       # 000 3
+    database = collect(check_database_performance, setting(runbook, "slow_query_ms", name, 1000),
+                       setting(runbook, "connections_ratio", name, 0.8))                                     # 001 3
+    externals = collect(verify_external_service_status)                                                      # 001 4
+    evidence = [rate, endpoints, error_logs, patterns, by_type, by_user, breakers, dependencies, database, externals]
+
+    outcomes = mitigate(runbook, incident, plan_error_rate(alert, rate, dependencies, externals, database), evidence)
+    last, verdict = _verify(runbook, incident, lambda: check_error_rate(threshold, window, ("job",), match, no_data_ok=False))
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+
+# -- one endpoint broken (seed 003) -----------------------------------------------------------
+
+
+@task(name="verify-endpoint", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def verify_endpoint(alert: Alert) -> ProbeResult:
+    """Seed 003 ``curl -i http://localhost:3000/api/broken-endpoint``: GET it on the configured service.
+
+    The path comes from the alert's label, so it is only used when it is a plain path (letters,
+    digits, ``/_.-``), only with GET, and only against the service's configured origin.
+    """
+    path = checks.endpoint_of(alert)
+    selected = checks.targets().select("services", alert.labels)
+    if not path or not _SAFE_PATH.match(path) or selected is None or not selected[1].health_url:
+        return checks.unconfigured("endpoint_status", "a service with health_url and a plain path label", False)
+    import httpx
+
+    origin = httpx.URL(selected[1].health_url).copy_with(path="/", query=None)
+    result = http.health_check(str(origin.join(path)), attempts=1)
+    return result.model_copy(update={"probe": "endpoint_status"})
+
+
+check_endpoint_errors = checks.error_ratio.with_options(name="check-endpoint-error-rate")
+check_endpoint_error_logs = checks.log_probe.with_options(name="check-endpoint-errors-in-logs")
+
+
+@runbook_flow(name="endpoint-broken", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def endpoint_broken(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 003 "One Endpoint is Broken": verify, read its errors, disable it temporarily, verify."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get("endpoint-broken")
+    name = alert.alertname
+    endpoint = checks.endpoint_of(alert)
+    threshold = setting(runbook, "error_ratio", name, 0.05)
+    window = checks.window_of(runbook, name, 300)
+    match = {**(checks.job_match(alert) or {}), **checks.endpoint_match(alert)} or None
+
+    incident = acknowledge(runbook.name, alert, incident)
+    if incident is None:
+        return "duplicate"
+
+    status = collect(verify_endpoint, alert)                                                                 # 1
+    rate = collect(check_endpoint_errors, threshold, window, ENDPOINTS, match)
+    errors = collect(check_endpoint_error_logs, "group_by", ("app",), field="error_type", where={"level": "ERROR"},
+                     contains=endpoint, since_minutes=setting(runbook, "log_window_minutes", name, 15))     # 2
+    evidence = [status, rate, errors]
+
+    plans = []
+    if not rate.ok or not status.ok:  # 3 "Disable endpoint temporarily / Return 503 with maintenance message"
+        plans = _compact([checks.flag_plan(f"endpoint:{endpoint}", f"{rate.line()}; {status.line()}")]) if endpoint else []
+    outcomes = mitigate(runbook, incident, plans, evidence)
+    last, verdict = _verify(runbook, incident, lambda: check_endpoint_errors(threshold, window, ENDPOINTS, match, no_data_ok=False))
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+
+# -- memory keeps growing (seed 003) ----------------------------------------------------------
+
+confirm_memory_leak = checks.prometheus_query.with_options(name="confirm-memory-leak")
+check_heap_ratio = checks.prometheus_query.with_options(name="check-heap-usage")
+
+
+@task(name="identify-memory-consumers", **checks.PROBE)
+def identify_memory_consumers() -> ProbeResult:
+    return system.top_processes(by="memory", n=10)
+
+
+def _growth_query(match: dict[str, str] | None, minutes: float) -> str:
+    """Heap now against ``minutes`` ago, relative (seed 003: "watch for 30+ minutes")."""
+    m, ago = prometheus.matchers(match), f"{max(1, int(minutes * 60))}s"
+    return (f"(max by (job, instance) (nodejs_heap_used_bytes{{{m}}})"
+            f" - max by (job, instance) (nodejs_heap_used_bytes{{{m}}} offset {ago}))"
+            f" / max by (job, instance) (nodejs_heap_used_bytes{{{m}}} offset {ago})")
+
+
+@runbook_flow(name="memory-keeps-growing", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def memory_keeps_growing(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 003 "Memory Keeps Growing": confirm over 30 minutes, find the consumer, restart, watch."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get("memory-keeps-growing")
+    name = alert.alertname
+    growth = setting(runbook, "growth_ratio", name, 0.2)
+    minutes = setting(runbook, "watch_minutes", name, 30)
+    match = checks.job_match(alert)
+    query = _growth_query(match, minutes)
+
+    incident = acknowledge(runbook.name, alert, incident)
+    if incident is None:
+        return "duplicate"
+
+    # no data from 30 minutes ago: the growth cannot be confirmed, so it is not called healthy either
+    leak = collect(confirm_memory_leak, query, growth, probe="heap_growth", no_data_ok=False)                 # 1
+    heap = collect(check_heap_ratio, f"max by (job, instance) (nodejs_heap_used_bytes{{{prometheus.matchers(match)}}}"
+                   f" / nodejs_heap_size_limit_bytes{{{prometheus.matchers(match)}}})",
+                   setting(runbook, "heap_ratio", name, 0.9), probe="nodejs_heap_ratio", required=False)
+    consumers = collect(identify_memory_consumers)                                                           # 2
+    evidence = [leak, heap, consumers]
+
+    plans = []
+    if not leak.ok and measured(leak):  # 3 "Temporary fix: docker-compose restart backend"
+        plans = _compact([checks.service_plan("restart_service", alert, f"{leak.line()}: memory keeps growing")])
+    outcomes = mitigate(runbook, incident, plans, evidence)
+    last, verdict = _verify(runbook, incident, lambda: confirm_memory_leak(query, growth, probe="heap_growth",
+                                                                            no_data_ok=False))
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+
+# -- queue_processing_time / Queue Backlog / Download Queue Stalled ------------------------------
+
+check_queue_status = checks.queue_statuses.with_options(name="check-queue-status")
+check_worker_logs = checks.log_probe.with_options(name="check-worker-status")
+check_processing_times = checks.prometheus_query.with_options(name="check-processing-times")
+
+
+@task(name="plan-resolution", cache_policy=NO_CACHE)
+def plan_queue(alert: Alert, queue: ProbeResult, stuck_minutes: float) -> list[PlannedAction]:
+    """Seed 001: "If stuck jobs: Clear stuck jobs, restart workers"; "If workers overloaded: Scale up workers"."""
+    if queue.ok or not measured(queue):
+        return []
+    plans: list[PlannedAction | None] = list(checks.dead_letter_plans(queue, stuck_minutes, "stuck jobs"))
+    snaps = queue.evidence.get("queues", [])
+    stalled = any("no progress" in p for s in snaps for p in s.get("problems", []))
+    backlog = any("backlog" in p for s in snaps for p in s.get("problems", []))
+    if stalled or plans:
+        plans.append(checks.service_plan("restart_service", alert, f"{queue.line()}: workers stuck, restart them"))
+    elif backlog:
+        plans.append(checks.service_plan("scale_service", alert, f"{queue.line()}: workers overloaded, scale up"))
+    return _compact(plans)
+
+
+@runbook_flow(name="queue-backlog", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def queue_backlog(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 001 "Queue Processing Delays", seed 004 "Queue Backlog" / "Download Queue Stalled"."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get("queue-backlog")
+    name = alert.alertname
+    backlog = int(setting(runbook, "backlog_jobs", name, 100))
+    stall = setting(runbook, "stall_minutes", name, 10)
+    stuck = setting(runbook, "stuck_minutes", name, 10)
+    only = [alert.labels["queue"]] if alert.labels.get("queue") else None
+    queue_match = {"queue": alert.labels["queue"]} if alert.labels.get("queue") else None
+
+    incident = acknowledge(runbook.name, alert, incident)
+    if incident is None:
+        return "duplicate"
+
+    queue = collect(check_queue_status, "default", only, backlog, stall, stuck)                              # 1
+    workers = collect(check_worker_logs, "errors", ("worker",), since_minutes=setting(runbook, "log_window_minutes", name, 15))  # 2
+    times = collect(check_processing_times,
+                    "histogram_quantile(0.95, sum by (queue, le) (rate(queue_job_duration_seconds_bucket"
+                    f"{{{prometheus.matchers(queue_match)}}}[10m])))",
+                    setting(runbook, "processing_p95_seconds", name, 300), probe="queue_processing_p95", unit="s",
+                    required=False)                                                                          # 3
+    evidence = [queue, workers, times]
+
+    outcomes = mitigate(runbook, incident, plan_queue(alert, queue, stuck), evidence)                        # resolution
+    last, verdict = _verify(runbook, incident, lambda: check_queue_status("default", only, backlog, stall, stuck))
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+
+# -- video upload failures (seed 001) ------------------------------------------------------------
+
+check_storage_status = checks.external_services.with_options(name="check-s3-bucket-status")
+verify_transcoding_service = checks.external_services.with_options(name="verify-transcoding-service-status")
+check_transcoding_worker_logs = checks.log_probe.with_options(name="check-transcoding-worker-logs")
+review_upload_logs = checks.log_probe.with_options(name="review-upload-logs")
+check_disk_space_on_workers = checks.disk_space.with_options(name="check-disk-space-on-workers")
+check_worker_queue = checks.queue_statuses.with_options(name="check-worker-queue-status")
+
+
+def _names(*words: str) -> list[str]:
+    return [s.name for s in checks.targets().external if any(w in s.name.lower() for w in words)]
+
+
+@task(name="plan-resolution", cache_policy=NO_CACHE)
+def plan_uploads(alert: Alert, disk: ProbeResult, queue: ProbeResult, stuck_minutes: float) -> list[PlannedAction]:
+    """Seed 001: "If disk space full: clean up temp files"; "If worker stuck: restart workers, clear stuck jobs"."""
+    from tasks.base import Risk
+
+    plans: list[PlannedAction | None] = []
+    paths = checks.targets().paths
+    if measured(disk) and not disk.ok and paths.temp:
+        plans.append(PlannedAction(action="remove_temp_files", risk=Risk.SAFE, target=", ".join(paths.temp),
+                                   params={"directories": paths.temp, "older_than_days": paths.retention_days},
+                                   why=f"{disk.line()}: remove temporary files"))
+    if measured(queue) and not queue.ok:
+        plans += checks.dead_letter_plans(queue, stuck_minutes, "transcoding jobs stuck in processing")
+        plans.append(checks.service_plan("restart_service", alert, f"{queue.line()}: restart transcoding workers"))
+    return _compact(plans)
+
+
+@task(name="check-upload-pipeline", **checks.PROBE)
+def check_upload_pipeline(queue_only: list[str] | None, stall: float, stuck: float, since_minutes: float) -> ProbeResult:
+    """Verification: the worker queue progresses and no upload error was logged in the last minutes."""
+    queue = checks.queue_statuses.fn("default", queue_only, None, stall, stuck, required=False)
+    errors = checks.log_probe.fn("errors", ("error", "app"), probe="upload_errors", pattern=r"(?i)upload|video|transcod",
+                                 since_minutes=since_minutes, threshold=0)
+    if not (measured(queue) or measured(errors)):
+        return checks.unconfigured("upload_pipeline", "a transcoding queue (redis queues) or an error log (logs)", True)
+    return checks.combine("upload_pipeline", [queue, errors])
+
+
+@runbook_flow(name="video-upload-failures", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def video_upload_failures(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 001 "Video uploads failing or stuck in processing"."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get("video-upload-failures")
+    name = alert.alertname
+    since = setting(runbook, "log_window_minutes", name, 15)
+    stall = setting(runbook, "stall_minutes", name, 10)
+    stuck = setting(runbook, "stuck_minutes", name, 10)
+    only = [alert.labels["queue"]] if alert.labels.get("queue") else None
+
+    incident = acknowledge(runbook.name, alert, incident)
+    if incident is None:
+        return "duplicate"
+
+    storage = collect(check_storage_status, _names("s3", "r2", "storage"), probe="storage_status")          # 1
+    transcoding = collect(verify_transcoding_service, _names("mux", "cloudflare", "transcod"), probe="transcoding_status")  # 2
+    worker_logs = collect(check_transcoding_worker_logs, "errors", ("worker", "app"), probe="transcoding_log",
+                          pattern=r"(?i)video|transcode", since_minutes=since)
+    uploads = collect(review_upload_logs, "errors", ("error", "app"), probe="upload_errors",
+                      pattern=r"(?i)upload|video", since_minutes=since)                                      # 3
+    disk = collect(check_disk_space_on_workers, setting(runbook, "disk_percent", name, 85))                  # 4
+    queue = collect(check_worker_queue, "default", only, None, stall, stuck, required=False)                 # 5
+    evidence = [storage, transcoding, worker_logs, uploads, disk, queue]
+
+    outcomes = mitigate(runbook, incident, plan_uploads(alert, disk, queue, stuck), evidence)
+    last, verdict = _verify(runbook, incident, lambda: check_upload_pipeline(
+        only, stall, stuck, setting(runbook, "verify_window_minutes", name, 5)))
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

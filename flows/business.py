@@ -1,0 +1,334 @@
+"""Business runbooks: failed media requests, authentication issues (seed 000 "Business Logic
+Alerts", seed 004 "Business Alerts") and the AI Affiliate Empire business alerts (seed 003).
+
+Catalog: ``config/runbooks/business.yaml``.
+
+* ``failed_media_requests``: FAILED_MEDIA_REQUESTS, ">10% media request failure rate".
+* ``user_authentication_issues``: USER_AUTHENTICATION_ISSUES, ">5% failed login attempts";
+  blocks the addresses the auth log shows brute-forcing (risky, approval).
+* ``high_api_costs``: HighApiCosts, "Daily API spending exceeded $100".
+* ``no_products_synced``: NoProductsSynced; retries the sync (``trigger_job``, safe) unless the
+  logs show rate limiting (seed 003: "If blocked by rate limit: wait 1-2 hours").
+* ``no_videos_generated``: NoVideosGenerated; triggers generation unless the budget is hit, the
+  generator is down or no products came in.
+* ``revenue_declining``: RevenueDeclining (info): the comparisons, and the action items for people.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from flows import checks
+from flows.checks import collect, measured, setting
+from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from responder.alerts import Alert, IncidentRef
+from tasks.base import ProbeResult, Risk
+from tasks.mitigations import PlannedAction
+from tasks.probes import prometheus
+
+
+def _verify(runbook, incident, measure):
+    settings, _, _ = runtime()
+    return verify_until_ok(measure, incident, budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
+                           interval_seconds=runbook.verify.interval_seconds * settings.time_scale)
+
+
+def _compact(plans):
+    return [p for p in plans if p is not None]
+
+
+# -- FAILED_MEDIA_REQUESTS (seed 000) -----------------------------------------------------------
+
+check_request_status = checks.prometheus_query.with_options(name="check-request-status")
+check_external_service_health = checks.external_services.with_options(name="check-external-service-health")
+check_media_queue = checks.queue_statuses.with_options(name="check-queue-status")
+
+
+def _media_failure_query(match: dict[str, str] | None, window: str) -> str:
+    # deploy/prometheus/alert-rules.yml FAILED_MEDIA_REQUESTS, media_requests_total{status} (assumed metric)
+    m = prometheus.matchers(match)
+    failed = prometheus.matchers(match, 'status="failed"')
+    return (f"100 * sum by (job) (rate(media_requests_total{{{failed}}}[{window}]))"
+            f" / sum by (job) (rate(media_requests_total{{{m}}}[{window}]))")
+
+
+@task(name="plan-resolution", cache_policy=NO_CACHE)
+def plan_media(alert: Alert, failures: ProbeResult, externals: ProbeResult, queue: ProbeResult,
+               stuck_minutes: float) -> list[PlannedAction]:
+    """Seed 000 resolutions: "Service recovery", "Queue clearing", "Fallback activation"."""
+    if failures.ok:
+        return []
+    plans: list[PlannedAction | None] = []
+    down = externals.evidence.get("down", []) if measured(externals) else []
+    for name in down:  # "Service recovery: Restart failed external integrations" (a configured service of that name)
+        plans.append(checks.service_plan("restart_service", alert, f"{externals.line()}", service=name))
+    if down:
+        plans.append(checks.flag_plan("media-fallback", f"{failures.line()}; {externals.line()}: switch to backup data sources"))
+    plans += checks.dead_letter_plans(queue, stuck_minutes, "media requests stuck in the queue")
+    return _compact(plans)
+
+
+@runbook_flow(name="failed-media-requests", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def failed_media_requests(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 000 FAILED_MEDIA_REQUESTS: request status, external services, queue; recover, verify."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get("failed-media-requests")
+    name = alert.alertname
+    threshold = setting(runbook, "failure_percent", name, 10)
+    query = _media_failure_query(checks.job_match(alert), checks.window_of(runbook, name, 300))
+    stuck = setting(runbook, "stuck_minutes", name, 10)
+
+    incident = acknowledge(runbook.name, alert, incident)
+    if incident is None:
+        return "duplicate"
+
+    failures = collect(check_request_status, query, threshold, probe="media_failure_percent", unit="%")     # 1
+    externals = collect(check_external_service_health)                                                      # 2
+    queue = collect(check_media_queue, "default", None, None, setting(runbook, "stall_minutes", name, 10), stuck,
+                    required=False)                                                                         # 3
+    evidence = [failures, externals, queue]
+
+    outcomes = mitigate(runbook, incident, plan_media(alert, failures, externals, queue, stuck), evidence)
+    last, verdict = _verify(runbook, incident, lambda: check_request_status(query, threshold, probe="media_failure_percent", unit="%", no_data_ok=False))
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+
+# -- USER_AUTHENTICATION_ISSUES (seed 000) --------------------------------------------------------
+
+check_auth_patterns = checks.log_probe.with_options(name="check-auth-patterns")
+check_oauth_status = checks.external_services.with_options(name="check-plex-oauth-status")
+check_rate_limiting = checks.ratelimits.with_options(name="check-rate-limiting")
+check_blocklist = checks.blocklist.with_options(name="check-blocklist")
+check_failed_logins = checks.prometheus_query.with_options(name="check-failed-login-rate")
+
+
+def _failed_login_query(match: dict[str, str] | None, window: str) -> str:
+    # deploy/prometheus/alert-rules.yml USER_AUTHENTICATION_ISSUES, auth_login_attempts_total{result} (assumed)
+    m = prometheus.matchers(match)
+    failed = prometheus.matchers(match, 'result="failure"')
+    return (f"100 * sum by (job) (rate(auth_login_attempts_total{{{failed}}}[{window}]))"
+            f" / sum by (job) (rate(auth_login_attempts_total{{{m}}}[{window}]))")
+
+
+@task(name="plan-security-actions", cache_policy=NO_CACHE)
+def plan_security_actions(logins: ProbeResult, blocked: ProbeResult, block_seconds: float, limit: int) -> list[PlannedAction]:
+    """Seed 000 "Block IPs: Add malicious IPs to blocklist", for addresses over the threshold not yet blocked."""
+    entry = checks.targets().redis.get("default")
+    if not measured(logins) or entry is None or not entry.blocklist_key:
+        return []
+    already = {a["address"] for a in blocked.evidence.get("addresses", []) if a.get("blocked")}
+    plans = []
+    for row in logins.evidence.get("over_threshold", []):
+        if row["address"] in already:
+            continue
+        plans.append(PlannedAction(
+            action="block_address", risk=Risk.RISKY, target=f"address {row['address']}",
+            params={"blocklist_key": entry.blocklist_key, "address": row["address"], "ttl_seconds": block_seconds},
+            target_ref=("redis", "default"),
+            why=f"{row['failures']} failed logins in the window (threshold {logins.threshold:g}): brute force suspected",
+        ))
+        if len(plans) >= limit:
+            break
+    return plans
+
+
+@runbook_flow(name="user-authentication-issues", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def user_authentication_issues(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 000 USER_AUTHENTICATION_ISSUES: auth patterns, OAuth, rate limits; block attackers; verify."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get("user-authentication-issues")
+    name = alert.alertname
+    threshold = setting(runbook, "failed_login_percent", name, 5)
+    query = _failed_login_query(checks.job_match(alert), checks.window_of(runbook, name, 300))
+
+    incident = acknowledge(runbook.name, alert, incident)
+    if incident is None:
+        return "duplicate"
+
+    rate = collect(check_failed_logins, query, threshold, probe="failed_login_percent", unit="%")
+    logins = collect(check_auth_patterns, "failed_logins", ("auth",),
+                     since_minutes=setting(runbook, "window_minutes", name, 15),
+                     threshold_per_address=int(setting(runbook, "failed_logins_per_address", name, 10)))  # 1
+    oauth = collect(check_oauth_status, [s.name for s in checks.targets().external if "plex" in s.name.lower()
+                                         or "oauth" in s.name.lower()] or None, probe="oauth_status")       # 2
+    limits = collect(check_rate_limiting)                                                                  # 3
+    suspects = [r["address"] for r in logins.evidence.get("over_threshold", [])]
+    blocked = collect(check_blocklist, suspects)
+    evidence = [rate, logins, oauth, limits, blocked]
+
+    plans = plan_security_actions(logins, blocked, setting(runbook, "block_seconds", name, 3600),
+                                  int(setting(runbook, "max_blocks", name, 5)))
+    outcomes = mitigate(runbook, incident, plans, evidence)
+    last, verdict = _verify(runbook, incident, lambda: check_failed_logins(query, threshold, probe="failed_login_percent", unit="%", no_data_ok=False))
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+
+# -- HighApiCosts (seed 003) ----------------------------------------------------------------------
+
+view_cost_dashboard = checks.prometheus_query.with_options(name="view-cost-dashboard")
+identify_culprit = checks.prometheus_query.with_options(name="identify-culprit")
+check_workflow_frequency = checks.log_probe.with_options(name="check-workflow-frequency")
+check_retries = checks.log_probe.with_options(name="check-errors-causing-retries")
+check_burn_rate = checks.prometheus_query.with_options(name="check-spending-rate")
+
+DAILY_COST = "sum(increase(affiliate_api_cost_dollars[24h]))"  # alert-rules.yml HighApiCosts
+PER_SERVICE = "sum by (service) (rate(affiliate_api_cost_dollars[1h])) * 3600"  # seed 003: rate(...[1h]) per service
+BURN_RATE = "sum(rate(affiliate_api_cost_dollars[{window}])) * 86400"
+
+
+@runbook_flow(name="high-api-costs", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def high_api_costs(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 003 HighApiCosts: cost dashboard, culprit service, workflow frequency, retries; reduce frequency."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get("high-api-costs")
+    name = alert.alertname
+    budget = setting(runbook, "daily_cost_dollars", name, 100)
+    burn = BURN_RATE.format(window=checks.window_of(runbook, name, 3600))
+
+    incident = acknowledge(runbook.name, alert, incident)
+    if incident is None:
+        return "duplicate"
+
+    daily = collect(view_cost_dashboard, DAILY_COST, budget, probe="daily_api_cost", unit="$")              # 1
+    culprit = collect(identify_culprit, PER_SERVICE, None, probe="api_cost_per_service_hourly", unit="$/h")  # 2
+    workflows = collect(check_workflow_frequency, "errors", ("app",), probe="workflows_started",
+                        pattern="workflow started", since_minutes=24 * 60)                                    # inv. 2
+    retries = collect(check_retries, "errors", ("app",), probe="retry_loops", pattern=r"(?i)retry|exponential.*backoff",
+                      since_minutes=60)                                                                       # inv. 3
+    rate = collect(check_burn_rate, burn, budget, probe="projected_daily_cost", unit="$")
+    evidence = [daily, culprit, workflows, retries, rate]
+
+    plans = []
+    if not rate.ok or not daily.ok:  # "Option 1: Reduce generation frequency"
+        plans = _compact([checks.flag_plan("reduce-generation", f"{daily.line()}; {rate.line()}")])
+    outcomes = mitigate(runbook, incident, plans, evidence)
+    last, verdict = _verify(runbook, incident, lambda: check_burn_rate(burn, budget, probe="projected_daily_cost", unit="$", no_data_ok=False))
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+
+# -- NoProductsSynced (seed 003) ------------------------------------------------------------------
+
+check_last_sync = checks.prometheus_query.with_options(name="check-last-sync")
+check_api_errors = checks.log_probe.with_options(name="check-for-api-errors")
+check_rate_limited = checks.log_probe.with_options(name="check-rate-limit")
+verify_sync = checks.prometheus_query.with_options(name="verify-products-syncing")
+
+
+def _increase(metric: str, window: str, match: dict[str, str] | None) -> str:
+    return f"sum(increase({metric}{{{prometheus.matchers(match)}}}[{window}]))"
+
+
+@runbook_flow(name="no-products-synced", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def no_products_synced(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 003 NoProductsSynced: last sync, API errors, rate limit; retry the sync; verify products flow."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get("no-products-synced")
+    name = alert.alertname
+    match = checks.job_match(alert)
+    window = prometheus.window(setting(runbook, "window_seconds", name, 3600))
+    verify_window = prometheus.window(setting(runbook, "verify_window_seconds", name, 300))
+    synced = "affiliate_products_synced_total"
+
+    incident = acknowledge(runbook.name, alert, incident)
+    if incident is None:
+        return "duplicate"
+
+    last_sync = collect(check_last_sync, _increase(synced, window, match), 0, bad_when="at_or_below",
+                        probe="products_synced", no_data_ok=False)                                          # 1
+    api_errors = collect(check_api_errors, "errors", ("app",), probe="affiliate_api_errors",
+                         pattern=r"(?i)(amazon|affiliate).*(error|fail)|(error|fail).*(amazon|affiliate)",
+                         since_minutes=60)                                                                  # rec. 3
+    limited = collect(check_rate_limited, "errors", ("app",), probe="rate_limited", pattern=r"\b429\b|(?i:rate.?limit)",
+                      since_minutes=setting(runbook, "rate_limit_wait_minutes", name, 120), threshold=0)     # rec. 4
+    evidence = [last_sync, api_errors, limited]
+
+    plans = []
+    if not last_sync.ok:
+        if limited.ok:  # "Retry sync manually"
+            plans = _compact([checks.job_plan("sync-products", last_sync.line(), f"{incident.id}-sync-products")])
+        # rate limited: "Wait 1-2 hours before next attempt" - nothing to trigger, verification decides
+    outcomes = mitigate(runbook, incident, plans, evidence)
+    last, verdict = _verify(runbook, incident, lambda: verify_sync(
+        _increase(synced, verify_window, match), 0, bad_when="at_or_below", probe="products_synced_recently", no_data_ok=False))
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+
+# -- NoVideosGenerated (seed 003) -----------------------------------------------------------------
+
+check_last_video = checks.prometheus_query.with_options(name="check-last-video-generation")
+check_video_queue = checks.queue_statuses.with_options(name="check-video-queue")
+check_costs = checks.prometheus_query.with_options(name="check-costs")
+check_generator_status = checks.external_services.with_options(name="check-pika-api-status")
+check_products = checks.prometheus_query.with_options(name="check-product-sync")
+verify_videos = checks.prometheus_query.with_options(name="verify-videos-generating")
+
+
+@runbook_flow(name="no-videos-generated", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def no_videos_generated(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 003 NoVideosGenerated: last video, queue, budget, generator; trigger generation; verify."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get("no-videos-generated")
+    name = alert.alertname
+    match = checks.job_match(alert)
+    window = prometheus.window(setting(runbook, "window_seconds", name, 7200))
+    verify_window = prometheus.window(setting(runbook, "verify_window_seconds", name, 300))
+    videos = "affiliate_videos_generated_total"
+
+    incident = acknowledge(runbook.name, alert, incident)
+    if incident is None:
+        return "duplicate"
+
+    last_video = collect(check_last_video, _increase(videos, window, match), 0, bad_when="at_or_below",
+                         probe="videos_generated", no_data_ok=False)                                         # 1
+    queue = collect(check_video_queue, "default", None, None, 10, 10, required=False)                        # 2
+    costs = collect(check_costs, DAILY_COST, setting(runbook, "daily_cost_dollars", name, 100), probe="daily_api_cost",
+                    unit="$", required=False)                                                                # 3
+    generator = collect(check_generator_status, [s.name for s in checks.targets().external if "pika" in s.name.lower()]
+                        or None, probe="generator_status")                                                   # rec. 1
+    products = collect(check_products, _increase("affiliate_products_synced_total", prometheus.window(86400), match), 0,
+                       bad_when="at_or_below", probe="products_synced_24h", required=False)
+    evidence = [last_video, queue, costs, generator, products]
+
+    plans = []
+    # "Trigger manual generation", unless "Budget limit hit", "Pika Labs down" or "Input products missing"
+    if not last_video.ok and costs.ok and generator.ok and products.ok:
+        plans = _compact([checks.job_plan("generate-videos", last_video.line(), f"{incident.id}-generate-videos")])
+    outcomes = mitigate(runbook, incident, plans, evidence)
+    last, verdict = _verify(runbook, incident, lambda: verify_videos(
+        _increase(videos, verify_window, match), 0, bad_when="at_or_below", probe="videos_generated_recently", no_data_ok=False))
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+
+# -- RevenueDeclining (seed 003, INFO) --------------------------------------------------------------
+
+compare_periods = checks.prometheus_query.with_options(name="compare-periods")
+compare_same_day_last_week = checks.prometheus_query.with_options(name="compare-same-day-last-week")
+check_content_pipeline = checks.prometheus_query.with_options(name="check-videos-still-generated")
+
+REVENUE_RATIO = ("sum(increase(affiliate_revenue_dollars_total[24h]))"
+                 " / sum(increase(affiliate_revenue_dollars_total[24h] offset {offset}))")
+
+
+@runbook_flow(name="revenue-declining", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def revenue_declining(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 003 RevenueDeclining (info, < 4 h): the comparisons for the people who act on them."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get("revenue-declining")
+    day = REVENUE_RATIO.format(offset="24h")
+
+    incident = acknowledge(runbook.name, alert, incident)
+    if incident is None:
+        return "duplicate"
+
+    periods = collect(compare_periods, day, 1.0, bad_when="below", probe="revenue_vs_previous_24h")          # 2
+    weekly = collect(compare_same_day_last_week, REVENUE_RATIO.format(offset="7d"), 1.0, bad_when="below",
+                     probe="revenue_vs_same_day_last_week", required=False)                                   # inv. 1
+    pipeline = collect(check_content_pipeline, "sum(increase(affiliate_videos_generated_total[24h]))", 0,
+                       bad_when="at_or_below", probe="videos_generated_24h", required=False)                 # inv. 4
+    evidence = [periods, weekly, pipeline]
+
+    outcomes = mitigate(runbook, incident, [], evidence)  # every action item of the seed is a person's decision
+    last, verdict = _verify(runbook, incident, lambda: compare_periods(day, 1.0, bad_when="below",
+                                                                         probe="revenue_vs_previous_24h", no_data_ok=False))
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

@@ -1,0 +1,306 @@
+"""PostgreSQL runbooks: connection exhaustion (seed 001), slow queries (seeds 000, 004) and
+connection failure (seed 003), one flow per catalog entry (``config/runbooks/infrastructure.yaml``).
+
+``database_connections`` (``database_connections``, seed 001 "Database Connection Exhaustion"):
+
+1. Check active connections against ``max_connections``                 → ``check-active-connections``
+2. Identify long-running queries ("> interval '5 minutes' AND state = 'active'")
+                                                                         → ``identify-long-running-queries``
+   Investigation: connections waiting on locks                           → ``check-lock-waits``
+   long-running transactions ("> interval '1 minute'")                   → ``check-long-transactions``
+   slow queries in ``pg_stat_statements``                                → ``check-slow-statements``
+3. "Kill long-running queries if safe": ``pg_terminate_backend`` per query, risky, so a human
+   decides whether it is safe; the action re-checks it is still the *same* query
+   (``backend_start`` and ``query_start``) before it signals                → ``mitigate``
+4. Verify: connections below the ratio and no query over the limit      → ``verify-connections``
+
+``database_slow_queries`` (``DATABASE_SLOW_QUERIES``, seed 000, "Queries taking >1s"):
+
+1. Identify slow queries (``pg_stat_statements WHERE mean_time > 1000``)  → ``identify-slow-queries``.
+   Where the extension is missing or not preloaded that is evidence in the report, not a crash.
+2. Queries running longer than the alert's 1 s right now                → ``identify-long-running-queries``
+3. Cancel queries active longer than ``cancel_after_minutes`` (``pg_cancel_backend`` ends the
+   query and keeps the connection), risky                                → ``mitigate``
+4. Verify: no active query over 1 s. Query plans, indexes and VACUUM are left to humans.
+
+``database_connection_failure`` (``DatabaseConnectionFailure``, seed 003, "Cannot connect to
+PostgreSQL database"):
+
+1. Test the connection (``pg_isready`` / ``SELECT 1``)                   → ``check-database-readiness``
+2. If it answers: connection limit (``SELECT count(*) FROM pg_stat_activity``)
+                                                                         → ``check-active-connections``
+3. Disk full? (``df -h`` on ``paths.disk``)                              → ``check-disk-usage``
+4. "If hung, force restart: docker-compose restart postgres": the restart argv of the ``postgres``
+   entry of ``services`` (seed 000 "Database restart: only if absolutely necessary"), risky
+                                                                         → ``mitigate``
+5. Verify: the database answers again.
+
+Targets. The alert's labels select one ``postgres`` entry of ``config/targets.yaml`` (its name
+equal to the ``service``, ``job`` or ``datname`` label, or its ``match`` labels, else
+``default``); its URL (a ``SecretStr``) goes to the probes, and actions get
+``target_ref=("postgres", name)`` so the URL never sits in a plan, an approval form or a report.
+No entry, or one without a URL: the run says "no PostgreSQL target configured" and escalates.
+
+The database's own restart is the ``services`` entry named ``postgres``, never one chosen by
+labels: a data-store alert's ``job``/``service`` labels name the exporter or the application
+that noticed, and restarting *that* would not bring the database back::
+
+    services:
+      postgres:
+        restart: [docker-compose, restart, postgres]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
+
+from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from responder.alerts import Alert, IncidentRef
+from responder.catalog import Runbook
+from tasks.base import ActionOutcome, ProbeResult, Risk
+from tasks.mitigations import PlannedAction
+from tasks.probes import postgres, system
+
+CONNECTIONS = "database-connections"
+SLOW_QUERIES = "database-slow-queries"
+CONNECTION_FAILURE = "database-connection-failure"
+DATABASE_SERVICE = "postgres"
+
+
+# -- probes -----------------------------------------------------------------------------------
+
+
+@task(name="select-postgres-target", cache_policy=NO_CACHE)
+def select_postgres_target(alert: Alert) -> tuple[str, SecretStr] | ProbeResult:
+    """The configured PostgreSQL the alert's labels point at, or a result saying there is none."""
+    _, catalog, _ = runtime()
+    chosen = catalog.targets.select("postgres", alert.labels)
+    if chosen is None:
+        return ProbeResult(probe="postgres_target", ok=False,
+                           summary="no PostgreSQL target configured (config/targets.yaml postgres) for this alert")
+    name, target = chosen
+    if target.url is None:
+        return ProbeResult(probe="postgres_target", ok=False,
+                           summary=f"no PostgreSQL target configured: postgres.{name} has no URL")
+    return name, target.url
+
+
+@task(name="check-active-connections", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def check_active_connections(dsn: SecretStr, threshold: float) -> ProbeResult:
+    return postgres.connections(dsn, threshold=threshold)
+
+
+@task(name="identify-long-running-queries", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def identify_long_running_queries(dsn: SecretStr, min_minutes: float) -> ProbeResult:
+    return postgres.long_running_queries(dsn, min_minutes=min_minutes)
+
+
+@task(name="check-lock-waits", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def check_lock_waits(dsn: SecretStr) -> ProbeResult:
+    return postgres.lock_waits(dsn)
+
+
+@task(name="check-long-transactions", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def check_long_transactions(dsn: SecretStr, min_minutes: float) -> ProbeResult:
+    return postgres.long_transactions(dsn, min_minutes=min_minutes)
+
+
+@task(name="check-slow-statements", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def check_slow_statements(dsn: SecretStr, min_mean_ms: float) -> ProbeResult:
+    return postgres.slow_statements(dsn, min_mean_ms=min_mean_ms)
+
+
+@task(name="identify-slow-queries", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def identify_slow_queries(dsn: SecretStr, min_mean_ms: float) -> ProbeResult:
+    return postgres.slow_statements(dsn, min_mean_ms=min_mean_ms)
+
+
+@task(name="check-database-readiness", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def check_database_readiness(dsn: SecretStr) -> ProbeResult:
+    return postgres.readiness(dsn)
+
+
+@task(name="check-disk-usage", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def check_disk_usage(paths: list[str], threshold: float) -> ProbeResult:
+    return system.disk_usage(paths, threshold=threshold)
+
+
+@task(name="verify-connections", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def verify_connections(dsn: SecretStr, ratio: float, long_query_minutes: float) -> ProbeResult:
+    """Seed 001's two figures at once: connections below the ratio and no query over the limit."""
+    connections = postgres.connections(dsn, threshold=ratio)
+    long_queries = postgres.long_running_queries(dsn, min_minutes=long_query_minutes)
+    return ProbeResult(
+        probe="pg_connections_and_long_queries",
+        ok=connections.ok and long_queries.ok,
+        value=connections.value,
+        threshold=ratio,
+        summary=f"{connections.summary}; {long_queries.summary}",
+        evidence={"connections": connections.evidence, "long_queries": long_queries.evidence},
+    )
+
+
+# -- plans ------------------------------------------------------------------------------------
+
+
+def _backend_plans(action: str, target_name: str, queries: ProbeResult, limit: int, why: str) -> list[PlannedAction]:
+    plans = []
+    for session in queries.evidence["sessions"][: max(0, limit)]:
+        query = " ".join((session.get("query") or "").split())[:160]
+        plans.append(PlannedAction(
+            action=action,
+            risk=Risk.RISKY,
+            target=f"backend pid {session['pid']}",
+            params={"pid": session["pid"], "backend_start": session["backend_start"],
+                    "query_start": session["query_start"]},
+            target_ref=("postgres", target_name),
+            why=f"{why}: pid {session['pid']} ({session['usename']}@{session['datname']}, {session['state']}) "
+                f"has run {session['duration_s']:g} s: {query}",
+        ))
+    return plans
+
+
+@task(name="plan-query-terminations", cache_policy=NO_CACHE)
+def plan_query_terminations(target_name: str, long_queries: ProbeResult, limit: int) -> list[PlannedAction]:
+    """Seed 001 "Kill Long-Running Queries if Safe": one risky terminate per long query, longest first."""
+    if long_queries.ok:
+        return []
+    return _backend_plans("terminate_backend", target_name, long_queries, limit, "long-running query")
+
+
+@task(name="plan-query-cancellations", cache_policy=NO_CACHE)
+def plan_query_cancellations(target_name: str, long_queries: ProbeResult, limit: int) -> list[PlannedAction]:
+    """Cancel (not terminate) queries active longer than ``cancel_after_minutes``."""
+    if long_queries.ok:
+        return []
+    return _backend_plans("cancel_backend", target_name, long_queries, limit, "query running too long")
+
+
+@task(name="plan-database-restart", cache_policy=NO_CACHE)
+def plan_database_restart(readiness: ProbeResult) -> list[PlannedAction] | ProbeResult:
+    """Seed 003 "If hung, force restart": the configured ``postgres`` service, only while unreachable."""
+    if readiness.ok:
+        return []
+    _, catalog, _ = runtime()
+    service = catalog.targets.services.get(DATABASE_SERVICE)
+    if service is None or not service.restart:
+        return ProbeResult(probe="postgres_restart", ok=False,
+                           summary=f"no restart configured for PostgreSQL (config/targets.yaml services.{DATABASE_SERVICE})")
+    return [PlannedAction(
+        action="restart_service", risk=Risk.RISKY, target=DATABASE_SERVICE,
+        params={"service": DATABASE_SERVICE, "argv": service.restart},
+        why=f"{readiness.line()} ({readiness.evidence.get('error', '')})",
+    )]
+
+
+# -- flows ------------------------------------------------------------------------------------
+
+
+def _verify(runbook: Runbook, incident: IncidentRef, measure: Any) -> tuple[ProbeResult | None, str]:
+    settings, _, _ = runtime()
+    return verify_until_ok(
+        measure, incident,
+        budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
+        interval_seconds=runbook.verify.interval_seconds * settings.time_scale,
+    )
+
+
+def _no_target(runbook: Runbook, alert: Alert, incident: IncidentRef, missing: ProbeResult):
+    return conclude(runbook, alert, incident, [missing], [], "not-verified", missing)
+
+
+@runbook_flow(name="database-connections", run_name="{alert.alertname} {alert.fingerprint}")
+def database_connections(alert: Alert, incident: IncidentRef | None = None):
+    """Respond to connection exhaustion the way seed 001 says to."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get(CONNECTIONS)
+    t = runbook.thresholds
+    ratio, minutes = t.get("connections_ratio", 0.8), t.get("long_query_minutes", 5)
+
+    incident = acknowledge(CONNECTIONS, alert, incident)
+    if incident is None:
+        return "duplicate"
+    target = select_postgres_target(alert)
+    if isinstance(target, ProbeResult):
+        return _no_target(runbook, alert, incident, target)
+    name, dsn = target
+
+    connections = check_active_connections(dsn, ratio)
+    long_queries = identify_long_running_queries(dsn, minutes)
+    locks = check_lock_waits(dsn)
+    transactions = check_long_transactions(dsn, t.get("long_transaction_minutes", 1))
+    slow = check_slow_statements(dsn, t.get("slow_statement_ms", 1000))
+    evidence = [connections, long_queries, locks, transactions, slow]
+
+    plans = plan_query_terminations(name, long_queries, int(t.get("max_terminations", 5)))
+    outcomes = mitigate(runbook, incident, plans, evidence)
+
+    last, verdict = _verify(runbook, incident, lambda: verify_connections(dsn, ratio, minutes))
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+
+@runbook_flow(name="database-slow-queries", run_name="{alert.alertname} {alert.fingerprint}")
+def database_slow_queries(alert: Alert, incident: IncidentRef | None = None):
+    """Respond to slow queries the way seed 000 says to."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get(SLOW_QUERIES)
+    t = runbook.thresholds
+    seconds = t.get("query_seconds", 1)
+
+    incident = acknowledge(SLOW_QUERIES, alert, incident)
+    if incident is None:
+        return "duplicate"
+    target = select_postgres_target(alert)
+    if isinstance(target, ProbeResult):
+        return _no_target(runbook, alert, incident, target)
+    name, dsn = target
+
+    slow = identify_slow_queries(dsn, seconds * 1000)
+    running = identify_long_running_queries(dsn, seconds / 60)
+    too_long = identify_long_running_queries(dsn, t.get("cancel_after_minutes", 5))
+    evidence = [slow, running, too_long]
+
+    plans = plan_query_cancellations(name, too_long, int(t.get("max_cancellations", 5)))
+    outcomes = mitigate(runbook, incident, plans, evidence)
+
+    last, verdict = _verify(runbook, incident, lambda: identify_long_running_queries(dsn, seconds / 60))
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+
+@runbook_flow(name="database-connection-failure", run_name="{alert.alertname} {alert.fingerprint}")
+def database_connection_failure(alert: Alert, incident: IncidentRef | None = None):
+    """Respond to an unreachable PostgreSQL the way seed 003 says to."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get(CONNECTION_FAILURE)
+    t = runbook.thresholds
+
+    incident = acknowledge(CONNECTION_FAILURE, alert, incident)
+    if incident is None:
+        return "duplicate"
+    target = select_postgres_target(alert)
+    if isinstance(target, ProbeResult):
+        return _no_target(runbook, alert, incident, target)
+    _, dsn = target
+
+    readiness = check_database_readiness(dsn)
+    evidence = [readiness]
+    if readiness.ok:
+        evidence.append(check_active_connections(dsn, t.get("connections_ratio", 0.8)))
+    disk = check_disk_usage(catalog.targets.paths.disk, t.get("disk_percent", 90), return_state=True)
+    # a cause to look at, not the response itself: a disk figure that cannot be taken must not stop it
+    evidence.append(disk.result() if disk.is_completed() else ProbeResult(
+        probe="disk_usage", ok=True, summary=f"not measured: {disk.message}"))
+
+    outcomes: list[ActionOutcome] = []
+    plans = plan_database_restart(readiness)
+    if isinstance(plans, ProbeResult):
+        evidence.append(plans)
+    else:
+        outcomes = mitigate(runbook, incident, plans, evidence)
+
+    last, verdict = _verify(runbook, incident, lambda: check_database_readiness(dsn))
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

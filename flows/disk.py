@@ -1,0 +1,134 @@
+"""DISK_SPACE_CRITICAL and its other spellings: seeds 000, 001, 002 and 004 in one flow.
+
+Started by the ``responder.alert.firing`` event for any spelling of the catalog entry
+``disk-space`` (``config/runbooks/infrastructure.yaml``): ``DISK_SPACE_CRITICAL`` (seeds 000,
+004, threshold ``disk_percent`` 90) and ``disk_usage`` (seed 001, its own threshold 85). The steps:
+
+1. Check disk usage (``df -h``)                                          → ``check-disk-usage``
+2. Find large files and directories (``du -sh /* | sort -hr``, ``find / -size +100M``)
+                                                                         → ``find-large-files``
+3. Check log files (``du -sh logs/``, ``ls -lh logs/``)                 → ``check-log-files``
+4. Check temporary files (``du -sh /tmp``)                               → ``check-temp-files``
+5. Clean up, seed 002 "Disk Space Low" with seed 004's retention ("Logs: 7 days local, 30 days
+   compressed storage"), all three *safe* (they run without approval, and only report under a
+   dry run):
+   compress logs older than ``paths.retention_days`` (``gzip *.log.1 *.log.2``)
+                                                                         → ``compress_old_logs``
+   delete compressed logs older than ``paths.delete_after_days`` (``find -name "*.gz" -mtime +N -delete``)
+                                                                         → ``delete_old_files``
+   delete temporary files older than ``paths.retention_days`` (``find /tmp -name "auto-author-*" -mtime +7 -delete``)
+                                                                         → ``remove_temp_files``
+6. Verify: ``df`` again until below the threshold; close or escalate.
+
+What may be cleaned is configuration only (``config/targets.yaml``)::
+
+    paths:
+      disk: ["/", "/var"]                 # what df checks
+      logs: ["/var/log/auto-author"]      # compressed after retention_days, .gz deleted after delete_after_days
+      temp: ["/var/tmp/auto-author"]      # files older than retention_days deleted
+      retention_days: 7
+      delete_after_days: 30
+
+The alert's ``mountpoint`` label is not used to pick directories: labels never become paths.
+Nothing is cleaned while the disk is below the threshold. The file actions' own rules (absolute
+configured directories only, no symlinks followed, files open for writing skipped) are in
+``tasks/actions/files.py``.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from responder.alerts import Alert, IncidentRef
+from responder.catalog import PathTargets
+from tasks.base import ProbeResult, Risk
+from tasks.mitigations import PlannedAction
+from tasks.probes import system
+
+RUNBOOK = "disk-space"
+LOG_PATTERNS = ["*.log", "*.log.[0-9]*"]  # the current logs and their rotations (seed 002 "gzip *.log.1 *.log.2")
+COMPRESSED_PATTERNS = ["*.gz"]  # seed 002 "find /var/log/auto-author -name "*.gz" ... -delete"
+
+
+@task(name="check-disk-usage", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def check_disk_usage(paths: list[str], threshold: float) -> ProbeResult:
+    return system.disk_usage(paths, threshold=threshold)
+
+
+@task(name="find-large-files", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def find_large_files(paths: list[str]) -> ProbeResult:
+    return system.largest_entries(paths, n=10, max_entries=100_000)
+
+
+@task(name="check-log-files", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def check_log_files(paths: list[str]) -> ProbeResult:
+    return system.log_dir_sizes(paths)
+
+
+@task(name="check-temp-files", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def check_temp_files(paths: list[str]) -> ProbeResult:
+    return system.log_dir_sizes(paths).model_copy(update={"probe": "temp_dir_sizes"})
+
+
+def _not_configured(probe: str, what: str) -> ProbeResult:
+    return ProbeResult(probe=probe, ok=True, summary=f"not checked: no {what} configured (config/targets.yaml paths)")
+
+
+@task(name="plan-cleanup", cache_policy=NO_CACHE)
+def plan_cleanup(disk: ProbeResult, paths: PathTargets) -> list[PlannedAction]:
+    """Seed 002's resolution steps on the configured directories, only while the disk is over its threshold."""
+    if disk.ok:
+        return []
+    why = disk.line()
+    plans: list[PlannedAction] = []
+    if paths.logs:
+        plans.append(PlannedAction(
+            action="compress_old_logs", risk=Risk.SAFE, target=f"logs in {', '.join(paths.logs)}",
+            params={"directories": paths.logs, "older_than_days": paths.retention_days, "patterns": LOG_PATTERNS},
+            why=f"{why}; logs older than {paths.retention_days:g} days are kept compressed (seed 004 '7 days local')",
+        ))
+        plans.append(PlannedAction(
+            action="delete_old_files", risk=Risk.SAFE, target=f"compressed logs in {', '.join(paths.logs)}",
+            params={"directories": paths.logs, "older_than_days": paths.delete_after_days,
+                    "patterns": COMPRESSED_PATTERNS},
+            why=f"{why}; compressed logs are kept {paths.delete_after_days:g} days (seed 004 '30 days compressed')",
+        ))
+    if paths.temp:
+        plans.append(PlannedAction(
+            action="remove_temp_files", risk=Risk.SAFE, target=f"temp files in {', '.join(paths.temp)}",
+            params={"directories": paths.temp, "older_than_days": paths.retention_days},
+            why=f"{why}; temporary files older than {paths.retention_days:g} days (seed 002 'find /tmp -mtime +7 -delete')",
+        ))
+    return plans
+
+
+@runbook_flow(name="disk-space", run_name="{alert.alertname} {alert.fingerprint}")
+def disk_space(alert: Alert, incident: IncidentRef | None = None):
+    """Respond to a full disk the way seeds 000, 001 and 002 say to."""
+    settings, catalog, _ = runtime()
+    runbook = catalog.get(RUNBOOK)
+    threshold = runbook.thresholds.get(alert.alertname, runbook.thresholds.get("disk_percent", 90))
+    paths = catalog.targets.paths
+
+    incident = acknowledge(RUNBOOK, alert, incident)
+    if incident is None:
+        return "duplicate"
+
+    disk = check_disk_usage(paths.disk, threshold)
+    over = [m["path"] for m in disk.evidence["mounts"] if m["percent"] > threshold] or paths.disk
+    large = find_large_files(over)
+    logs = check_log_files(paths.logs) if paths.logs else _not_configured("log_dir_sizes", "log directories")
+    temp = check_temp_files(paths.temp) if paths.temp else _not_configured("temp_dir_sizes", "temp directories")
+    evidence = [disk, logs, temp, large]
+
+    outcomes = mitigate(runbook, incident, plan_cleanup(disk, paths), evidence)
+
+    last, verdict = verify_until_ok(
+        lambda: check_disk_usage(paths.disk, threshold),
+        incident,
+        budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
+        interval_seconds=runbook.verify.interval_seconds * settings.time_scale,
+    )
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

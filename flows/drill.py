@@ -1,0 +1,57 @@
+"""ResponderDrill: a fire drill of the whole lifecycle that touches nothing.
+
+Fire it with ``responder drill`` (or an Alertmanager alert named ``ResponderDrill``). It
+acknowledges, assesses (the evidence says it is a drill), asks approval for a risky no-op step,
+passes verification only once that step was approved and run, and otherwise escalates, so the
+escalation policy, Slack set-up and approval paths can be rehearsed for real.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from responder.alerts import Alert, IncidentRef
+from tasks.base import ActionOutcome, ProbeResult, Risk
+from tasks.mitigations import PlannedAction
+
+RUNBOOK = "responder-drill"
+
+
+@task(name="assess-drill", cache_policy=NO_CACHE)
+def assess_drill(alert: Alert) -> ProbeResult:
+    return ProbeResult(probe="drill", ok=False, summary="this is a drill: nothing is wrong, nothing will be touched",
+                       evidence={"labels": alert.labels, "drill": True})
+
+
+@task(name="plan-drill-step", cache_policy=NO_CACHE)
+def plan_drill_step(alert: Alert) -> list[PlannedAction]:
+    # Each drill has its own target (so repeated drills are not taken for a loop) unless the alert
+    # names one with a `target` label: then the loop guard can be rehearsed too.
+    target = alert.labels.get("target") or f"drill {alert.labels.get('drill_id') or alert.fingerprint}"
+    return [PlannedAction(action="drill_step", risk=Risk.RISKY, target=target, params={"name": target},
+                          why="a drill asks for approval like a real risky step does")]
+
+
+def drill_verified(outcomes: list[ActionOutcome]) -> ProbeResult:
+    done = any(o.action == "drill_step" and o.status in ("done", "would_do") for o in outcomes)
+    return ProbeResult(probe="drill-verify", ok=done,
+                       summary="the drill step was approved and run" if done else "the drill step did not run")
+
+
+@runbook_flow(name="responder-drill", run_name="ResponderDrill {alert.fingerprint}")
+def responder_drill(alert: Alert, incident: IncidentRef | None = None):
+    settings, catalog, _ = runtime()
+    runbook = catalog.get(RUNBOOK)
+    incident = acknowledge(RUNBOOK, alert, incident)
+    if incident is None:
+        return "duplicate"
+    evidence = [assess_drill(alert)]
+    outcomes = mitigate(runbook, incident, plan_drill_step(alert), evidence)
+    last, verdict = verify_until_ok(
+        lambda: drill_verified(outcomes), incident,
+        budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
+        interval_seconds=runbook.verify.interval_seconds * settings.time_scale,
+    )
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

@@ -1,0 +1,426 @@
+"""The response lifecycle every runbook shares: acknowledge → assess → mitigate → verify → close or escalate.
+
+A runbook flow supplies what is specific (its probes, its plan, its verification)
+and calls these steps; approval pauses, the loop guard, dry runs, incident state,
+escalation and the run's report artifact live here once.
+
+Approval: a risky action pauses the run with an :class:`Approval` form (Prefect UI
+"Resume", or ``POST /api/flow_runs/{id}/resume`` with ``{"run_input": {...}}``).
+The run notices within a second. At the approval deadline the responder answers
+the form itself with ``approve: false`` (Prefect's own pause timeout would leave the
+run Failed), so the action does not run and the incident escalates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+import time
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from typing import Any, Callable
+from uuid import UUID
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.input import RunInput
+from prefect.states import Completed, State
+from pydantic import Field
+
+from responder.alerts import Alert, IncidentRef
+from responder.catalog import Catalog, Runbook, load_catalog
+from responder.settings import ResponderSettings, get_settings
+from responder.store import Store, open_store
+from tasks.base import ActionOutcome, ErrorCode, ProbeResult, ResponderError, Risk
+from tasks.mitigations import REGISTRY, PlannedAction
+
+log = logging.getLogger("responder.lifecycle")
+
+LOOP_GUARD_LIMIT = 3
+LOOP_GUARD_WINDOW = timedelta(hours=1)
+
+
+@lru_cache
+def runtime() -> tuple[ResponderSettings, Catalog, Store]:
+    """Settings, catalog and store of this process (loaded once)."""
+    settings = get_settings()
+    catalog = load_catalog(settings.config_dir)
+    db_url = settings.database_url.get_secret_value() if settings.database_url else None
+    return settings, catalog, open_store(db_url, settings.sqlite_path)
+
+
+@lru_cache
+def notifier():
+    from responder.notify import Notifier
+
+    settings, catalog, store = runtime()
+    return Notifier(settings, catalog, store)
+
+
+def run_url(flow_run_id: str) -> str:
+    from prefect.settings import PREFECT_UI_URL
+
+    base = (PREFECT_UI_URL.value() or "").rstrip("/")
+    return f"{base}/runs/flow-run/{flow_run_id}" if base else flow_run_id
+
+
+def current_flow_run_id() -> str:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id)
+
+
+class Approval(RunInput):
+    """The form a human fills in to let a risky action run."""
+
+    approve: bool = Field(default=False, description="Tick to let the responder run the action described above.")
+    reason: str = Field(default="", description="Why (recorded in the incident timeline).")
+    approver: str = Field(default="", description="Who you are.")
+
+
+def response_failed(flow: Any, flow_run: Any, state: State) -> None:
+    """A response that broke must not leave its incident open and silent: escalate and close it.
+
+    Closing lets the next firing open a fresh incident (and a fresh run) instead of joining
+    a dead one.
+    """
+    _, catalog, store = runtime()
+    incident = store.incident_by_run(str(flow_run.id))
+    if incident is None or incident.status != "open":
+        return
+    reason = f"the response run {flow_run.name} ended {state.name}: {state.message or ''}".strip()
+    store.record_event(incident.id, "escalated", {"reason": reason})
+    store.add_timeline(incident.id, "escalated", reason)
+    notifier().send(incident, "escalated", f":warning: *Escalated*: {reason}", details={"reason": reason})
+    store.close_incident(incident.id, "response-failed")
+
+
+def runbook_flow(name: str, run_name: str) -> Callable[[Callable[..., Any]], Any]:
+    """``@flow`` with the lifecycle's failure hooks; every runbook flow uses it."""
+    return flow(
+        name=name,
+        flow_run_name=run_name,
+        on_failure=[response_failed],
+        on_crashed=[response_failed],
+        validate_parameters=True,
+    )
+
+
+def publish_timeline(incident_id: str) -> None:
+    """The incident's timeline as a table artifact (a new version each time: the UI shows the latest)."""
+    from prefect.artifacts import create_table_artifact
+
+    _, _, store = runtime()
+    create_table_artifact(store.timeline(incident_id), key=f"timeline-{incident_id.lower()}",
+                          description="Incident timeline (updated as the response goes)")
+
+
+# -- acknowledge ------------------------------------------------------------------
+
+
+@task(name="acknowledge", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=1)
+def acknowledge(runbook_name: str, alert: Alert, incident: IncidentRef | None) -> IncidentRef | None:
+    """Claim the incident for this run. Returns None when another run already responds to it."""
+    _, catalog, store = runtime()
+    run_id = current_flow_run_id()
+    if incident is None:
+        runbook = catalog.get(runbook_name)
+        opened = store.open_manual_incident(runbook.name, alert.labels.get("severity") or runbook.severity, alert.summary, run_id)
+        incident = IncidentRef(id=opened.id, runbook=opened.runbook, group_key=opened.group_key, severity=opened.severity)
+    claimed, record = store.claim_incident(incident.id, run_id)
+    _incident_of_run[run_id] = incident.id
+    logger = get_run_logger()
+    if not claimed:
+        logger.warning("Incident %s is already handled by run %s; this run stops here", incident.id, record.flow_run_id)
+        return None
+    logger.info("Acknowledged %s on %s (%s): %s", alert.alertname, alert.instance or "?", incident.severity, alert.summary)
+    store.add_timeline(incident.id, "detected", f"{alert.alertname} on {alert.instance or '?'} fired at {alert.startsAt.isoformat()}")
+    store.add_timeline(incident.id, "response", f"runbook {runbook_name} started (run {run_id})")
+    from responder.notify import ack_button, section
+
+    text = (f":fire: *{alert.alertname}* on `{alert.instance or '?'}` ({incident.severity}): {alert.summary}\n"
+            f"Runbook `{runbook_name}` is responding: {run_url(run_id)}")
+    notifier().send(record, "opened", text, details={"alert": alert.model_dump(mode="json")},
+                    blocks=[section(text), *ack_button(incident.id)],
+                    pagerduty="trigger" if incident.severity == "critical" else None)
+    publish_timeline(incident.id)
+    return incident
+
+
+# -- mitigate ---------------------------------------------------------------------
+
+
+def _approval_description(plan: PlannedAction, runbook: Runbook, evidence: list[ProbeResult]) -> str:
+    lines = [
+        f"## Approve: {plan.action} on {plan.target}",
+        "",
+        f"**Runbook:** {runbook.title}  ",
+        f"**Risk:** {plan.risk.value}  ",
+        f"**What will be done:** `{plan.action}` with {json.dumps(plan.params)}  ",
+        f"**Why:** {plan.why}",
+        "",
+        "### Evidence",
+        "",
+    ]
+    lines += [f"- {result.line()}" for result in evidence]
+    lines += ["", "Tick **approve** and press Resume to run it; leave it unticked to reject."]
+    return "\n".join(lines)
+
+
+_incident_of_run: dict[str, str] = {}
+
+
+def _current_incident_id() -> str | None:
+    return _incident_of_run.get(current_flow_run_id())
+
+
+def ask_approval(plan: PlannedAction, runbook: Runbook, evidence: list[ProbeResult], deadline_seconds: float) -> Approval:
+    """Pause the run until a human answers; answer 'no' ourselves at the deadline."""
+    from prefect.flow_runs import pause_flow_run, resume_flow_run
+
+    flow_run_id = UUID(current_flow_run_id())
+    deadline = max(1.0, deadline_seconds)
+    timer_answered = threading.Event()
+
+    def answer_no_at_deadline() -> None:
+        try:
+            resume_flow_run(
+                flow_run_id,
+                run_input={"approve": False, "reason": f"no answer within {deadline:.0f} s", "approver": "responder (deadline)"},
+            )
+            timer_answered.set()
+        except Exception as exc:  # a human answered first: the run is no longer paused
+            log.debug("Deadline answer not needed: %s", exc)
+
+    _, _, store = runtime()
+    from responder.notify import action_buttons, section
+
+    incident_id = _current_incident_id()
+    if incident_id:
+        record = store.incident(incident_id)
+        text = (f":raised_hand: *Approval needed* within {deadline:.0f} s: `{plan.action}` on {plan.target}. "
+                f"Why: {plan.why}. Approve in Slack, in the Prefect UI ({run_url(str(flow_run_id))}) or with "
+                f"`responder approve {flow_run_id}`.")
+        store.add_timeline(incident_id, "approval-asked", f"{plan.action} on {plan.target}: {plan.why}")
+        store.set_note(incident_id, "waiting_on", f"approval of {plan.action} on {plan.target} (run {flow_run_id})")
+        if record is not None:
+            notifier().send(record, "approval-asked", text, details={"flow_run_id": str(flow_run_id), "plan": plan.model_dump(mode="json")},
+                            blocks=[section(text), *action_buttons(str(flow_run_id))])
+    timer = threading.Timer(deadline, answer_no_at_deadline)
+    timer.daemon = True
+    timer.start()
+    try:
+        answer = pause_flow_run(
+            wait_for_input=Approval.with_initial_data(description=_approval_description(plan, runbook, evidence)),
+            timeout=int(deadline + 120),
+            poll_interval=1,
+            # A fresh key per question: the server refuses a pause key a run has used before, and a
+            # response that starts over (after a restart) must ask again. Keys: [a-z0-9-] only.
+            key=f"approve-{plan.action.replace('_', '-')}-{uuid.uuid4().hex[:12]}",
+        )
+    finally:
+        timer.cancel()
+        if incident_id:
+            store.set_note(incident_id, "waiting_on", "")
+    return answer
+
+
+@task(name="run-mitigation", cache_policy=NO_CACHE)
+def run_mitigation(plan: PlannedAction, dry_run: bool) -> ActionOutcome:
+    """Run one planned action (no retries: actions re-check and report, a rollback must not run twice)."""
+    kwargs = dict(plan.params)
+    if plan.target_ref is not None:
+        kind, name = plan.target_ref
+        _, catalog, _ = runtime()
+        entry = getattr(catalog.targets, kind).get(name)
+        if entry is None or entry.url is None:
+            raise ResponderError(ErrorCode.CONFIG, f"{kind} target {name!r} has no URL configured")
+        kwargs["dsn" if kind == "postgres" else "url"] = entry.url
+    return REGISTRY[plan.action].run(**kwargs, dry_run=dry_run)
+
+
+def mitigate(
+    runbook: Runbook, incident: IncidentRef, plans: list[PlannedAction], evidence: list[ProbeResult]
+) -> list[ActionOutcome]:
+    """Run each planned action: safe ones at once, risky ones after approval; guarded against loops."""
+    settings, _, store = runtime()
+    logger = get_run_logger()
+    dry_run = settings.dry_run or runbook.dry_run
+    outcomes: list[ActionOutcome] = []
+    for plan in plans:
+        base = dict(action=plan.action, target=plan.target, risk=plan.risk, dry_run=dry_run)
+        if store.incident_status(incident.id) == "closed":
+            outcomes.append(ActionOutcome(**base, status="not_needed", detail="the incident closed (alert resolved)"))
+            continue
+        since = datetime.now(timezone.utc) - LOOP_GUARD_WINDOW
+        if not dry_run and store.actions_since(plan.guard_key, since) >= LOOP_GUARD_LIMIT:
+            outcome = ActionOutcome(
+                **base,
+                status="loop_guarded",
+                detail=f"already done {LOOP_GUARD_LIMIT} times in the last hour on this target: a loop is suspected",
+            )
+            _record_outcome(incident, outcome)
+            outcomes.append(outcome)
+            continue
+        if plan.risk is Risk.RISKY and not dry_run:
+            answer = ask_approval(plan, runbook, evidence, runbook.approval_timeout_seconds * settings.time_scale)
+            who = answer.approver or "someone"
+            store.add_timeline(incident.id, "approved" if answer.approve else "rejected",
+                               f"{plan.action} on {plan.target}: {answer.reason or '(no reason given)'}", actor=who)
+            if store.incident_status(incident.id) == "closed":
+                outcomes.append(ActionOutcome(**base, status="not_needed", detail=f"the incident closed: {answer.reason}"))
+                continue
+            if not answer.approve:
+                outcome = ActionOutcome(**base, status="rejected", detail=f"rejected by {who}: {answer.reason}")
+                store.record_action(plan.guard_key, incident.id, "rejected")
+                _record_outcome(incident, outcome)
+                outcomes.append(outcome)
+                continue
+            logger.info("Approved by %s: %s", who, answer.reason or "(no reason given)")
+        try:
+            outcome = run_mitigation(plan, dry_run)
+        except ResponderError as exc:
+            outcome = ActionOutcome(**base, status="failed", detail=exc.message)
+        if plan.risk is Risk.RISKY and not dry_run:
+            outcome.detail = f"{outcome.detail} (approved by {who})"
+        store.record_action(plan.guard_key, incident.id, outcome.status)
+        _record_outcome(incident, outcome)
+        outcomes.append(outcome)
+    if plans:
+        publish_timeline(incident.id)
+    return outcomes
+
+
+def _record_outcome(incident: IncidentRef, outcome: ActionOutcome) -> None:
+    from responder import metrics
+
+    _, _, store = runtime()
+    metrics.ACTIONS.labels(outcome.status).inc()
+    text = f"{outcome.action} on {outcome.target}: {outcome.status}{' (dry run)' if outcome.dry_run else ''} — {outcome.detail}"
+    store.add_timeline(incident.id, "action", text)
+    record = store.incident(incident.id)
+    if record is not None:
+        notifier().send(record, "action", f":hammer_and_wrench: {text}", details={"outcome": outcome.model_dump(mode="json")})
+
+
+# -- verify -----------------------------------------------------------------------
+
+
+def verify_until_ok(
+    measure: Callable[[], ProbeResult], incident: IncidentRef, budget_seconds: float, interval_seconds: float
+) -> tuple[ProbeResult | None, str]:
+    """Measure again until healthy, the incident closes, or the budget runs out.
+
+    Returns the last result and a verdict: ``verified``, ``resolved-by-alert`` or ``not-verified``.
+    """
+    _, _, store = runtime()
+    deadline = time.monotonic() + budget_seconds
+    result = None
+    while True:
+        result = measure()
+        if result.ok:
+            return result, "verified"
+        if store.incident_status(incident.id) == "closed":
+            return result, "resolved-by-alert"
+        if time.monotonic() + interval_seconds > deadline:
+            return result, "not-verified"
+        time.sleep(interval_seconds)
+
+
+# -- close or escalate ------------------------------------------------------------
+
+
+def _report(
+    runbook: Runbook, alert: Alert, incident: IncidentRef, verdict: str, evidence: list[ProbeResult],
+    outcomes: list[ActionOutcome], extra: str = "",
+) -> str:
+    lines = [
+        f"# {runbook.title}: {verdict.upper()}",
+        "",
+        f"**Alert:** `{alert.alertname}` on `{alert.instance or '?'}` ({incident.severity}) — {alert.summary}  ",
+        f"**Incident:** `{incident.id}`  ",
+        f"**Seeds:** {'; '.join(runbook.seeds)}",
+        "",
+        "## Assessment",
+        "",
+        "| probe | ok | value | threshold | summary |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in evidence:
+        value = "" if r.value is None else f"{r.value:g}{r.unit}"
+        threshold = "" if r.threshold is None else f"{r.threshold:g}{r.unit}"
+        lines.append(f"| {r.probe} | {'yes' if r.ok else '**no**'} | {value} | {threshold} | {r.summary} |")
+    for r in evidence:
+        processes = r.evidence.get("processes") if isinstance(r.evidence, dict) else None
+        if processes:
+            lines += ["", f"### {r.probe}", "", "| pid | name | user | cpu % | mem % | command |", "| --- | --- | --- | --- | --- | --- |"]
+            for p in processes:
+                command = (p.get("cmdline") or "").replace("|", "\\|")[:80]
+                lines.append(
+                    f"| {p['pid']} | {p.get('name')} | {p.get('username')} | {p.get('cpu_percent')} | "
+                    f"{p.get('memory_percent')} | `{command}` |"
+                )
+    lines += ["", "## Actions", ""]
+    if outcomes:
+        lines += ["| action | target | risk | status | detail |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {o.action} | {o.target} | {o.risk.value} | {o.status} | {o.detail} |" for o in outcomes]
+    else:
+        lines.append("No automated action was needed or configured.")
+    if runbook.left_to_humans:
+        lines += ["", "## Left to humans", ""] + [f"- {item}" for item in runbook.left_to_humans]
+    if extra:
+        lines += ["", extra]
+    return "\n".join(lines)
+
+
+@task(name="escalate", cache_policy=NO_CACHE)
+def escalate(runbook: Runbook, alert: Alert, incident: IncidentRef, reason: str, outcomes: list[ActionOutcome]) -> list[str]:
+    """Tell people the responder could not fix it. A notifier outage is recorded, never fatal."""
+    _, _, store = runtime()
+    logger = get_run_logger()
+    store.record_event(incident.id, "escalated", {"reason": reason})
+    store.add_timeline(incident.id, "escalated", reason)
+    record = store.incident(incident.id)
+    text = (f":warning: *Escalated*: {runbook.title} could not resolve `{alert.alertname}` on "
+            f"`{alert.instance or '?'}`: {reason}. Pages follow the escalation policy until acknowledged.")
+    failures = notifier().send(record, "escalated", text, details={
+        "runbook": runbook.name, "alertname": alert.alertname, "instance": alert.instance, "summary": alert.summary,
+        "reason": reason, "actions": [o.model_dump(mode="json") for o in outcomes], "flow_run_id": current_flow_run_id(),
+    }) if record else []
+    for failure in failures:
+        logger.error("Escalation via %s failed (recorded, the response goes on)", failure)
+    logger.warning("Escalated incident %s: %s", incident.id, reason)
+    return failures
+
+
+def conclude(
+    runbook: Runbook, alert: Alert, incident: IncidentRef, evidence: list[ProbeResult],
+    outcomes: list[ActionOutcome], verdict: str, last: ProbeResult | None,
+) -> State:
+    """Close the incident when verified or resolved; escalate otherwise. Writes the run's report."""
+    _, _, store = runtime()
+    if last is not None and last not in evidence:
+        evidence = [*evidence, last.model_copy(update={"probe": f"verify: {last.probe}"})]
+    summary = {"verdict": verdict, "incident": incident.id, "actions": [o.status for o in outcomes]}
+    store.add_timeline(incident.id, "verify", f"{verdict}: {last.line() if last else 'no measurement'}")
+    if verdict == "verified":
+        store.add_timeline(incident.id, "resolution", "verification passed")
+        store.close_incident(incident.id, "verified")
+        name, message = "Resolved", "Verification passed; incident closed."
+    elif verdict == "resolved-by-alert":
+        name, message = "ResolvedByAlert", "The alert resolved while the response was running."
+    else:
+        reasons = [o.detail for o in outcomes if o.status in ("rejected", "loop_guarded", "failed")]
+        reason = "; ".join(reasons) or (last.line() if last else "verification did not pass")
+        escalate(runbook, alert, incident, reason, outcomes)
+        name, message = "Escalated", f"Not resolved by the runbook; escalated: {reason}"
+    publish_timeline(incident.id)
+    create_markdown_artifact(
+        _report(runbook, alert, incident, verdict, evidence, outcomes),
+        key=f"response-{incident.id}",
+        description=f"{runbook.title}: {verdict}",
+    )
+    return Completed(name=name, message=message, data=summary)

@@ -1,0 +1,153 @@
+"""HIGH_MEMORY_USAGE and its other spellings: seeds 000, 001, 002, 003 and 004 in one flow.
+
+Started by the ``responder.alert.firing`` event for any spelling of the catalog entry
+``high-memory-usage`` (``config/runbooks/infrastructure.yaml``): ``HIGH_MEMORY_USAGE`` (seed 000,
+004), ``memory_usage`` (seed 001), ``HighMemoryUsage`` (seed 003). Each spelling keeps its seed's
+threshold: a threshold named like the spelling (``memory_usage: 90``), else ``memory_percent``
+(85, seed 000). The steps, in seed 000's order, with what the other seeds add:
+
+1. Check memory consumption (``free -h``, ``/proc/meminfo``)           → ``check-memory-usage``
+2. Identify memory-consuming processes (``ps aux --sort=-%mem``)       → ``identify-memory-processes``
+3. Check swap usage (``swapon -s``)                                     → ``check-swap-usage``
+   Seed 002 "Check application metrics: /health/detailed ...
+   memory_percent", when the alert's service has a detailed health URL  → ``check-application-health``
+4. Resolutions: terminate processes ``config/targets.yaml`` calls killable, else restart the
+   alert's service ("Restart Node.js: pm2 restart all"; seeds 001-003 "restart application").
+   Both risky: they wait for a human's approval                         → ``mitigate``
+5. Verify: measure again until below the threshold                      → ``verify_until_ok``
+6. Close, or escalate                                                   → ``conclude``
+
+Seed 003's ``HighMemoryUsage`` is a different measurement: a Node.js heap above 90 % of *its*
+limit (``nodejs_heap_used_bytes / nodejs_heap_size_limit_bytes``), which the responder cannot read
+from outside the process while host memory may be fine. For that spelling the host figures are
+evidence, seed 003's fix ("restart service") is proposed whatever they say, and verification
+waits for Prometheus to resolve the alert instead of declaring a healthy host "verified".
+
+Seed 000's "Clear caches: redis-cli FLUSHDB if safe" and "Scale memory" are left to humans
+(listed in the catalog and in every report).
+"""
+
+from __future__ import annotations
+
+import psutil
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from responder.alerts import Alert, IncidentRef
+from tasks.base import ProbeResult, Risk
+from tasks.mitigations import PlannedAction, plan_process_terminations
+from tasks.probes import http, human_bytes, system
+
+RUNBOOK = "high-memory-usage"
+# Spellings whose figure is a process heap measured by Prometheus, not host memory (seed 003).
+HEAP_ALERTNAMES = frozenset({"HighMemoryUsage"})
+
+
+@task(name="check-memory-usage", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def check_memory_usage(threshold: float) -> ProbeResult:
+    return system.memory(threshold=threshold)
+
+
+@task(name="identify-memory-processes", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def identify_memory_processes() -> ProbeResult:
+    result = system.top_processes(by="memory", n=10)
+    for proc in result.evidence["processes"]:
+        try:
+            proc["create_time"] = psutil.Process(proc["pid"]).create_time()
+        except psutil.Error:
+            proc["create_time"] = None
+    return result
+
+
+@task(name="check-swap-usage", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def check_swap_usage() -> ProbeResult:
+    """``swapon -s``: evidence only (seed 000's table: "Memory pressure: high swap usage")."""
+    swap = psutil.swap_memory()
+    summary = (f"{human_bytes(swap.used)} of {human_bytes(swap.total)} swap used" if swap.total
+               else "no swap configured")
+    return ProbeResult(
+        probe="swap", ok=True, value=swap.percent, unit="%", summary=summary,
+        evidence={"total_bytes": swap.total, "used_bytes": swap.used, "sin_bytes": swap.sin, "sout_bytes": swap.sout},
+    )
+
+
+@task(name="check-application-health", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def check_application_health(url: str) -> ProbeResult:
+    return http.health_detailed(url)
+
+
+@task(name="await-alert-resolution", cache_policy=NO_CACHE)
+def await_alert_resolution(alertname: str) -> ProbeResult:
+    """For a heap alert the responder has no figure of its own: only the alert resolving verifies."""
+    return ProbeResult(
+        probe="nodejs_heap", ok=False,
+        summary=f"the heap ratio is Prometheus's figure; waiting for {alertname} to resolve",
+    )
+
+
+@task(name="plan-resolutions", cache_policy=NO_CACHE)
+def plan_resolutions(alert: Alert, memory: ProbeResult, top: ProbeResult, heap_alert: bool) -> list[PlannedAction]:
+    """Seed 000 "Resolutions" within what the configuration allows: killable processes, else a restart."""
+    if memory.ok and not heap_alert:
+        return []
+    _, catalog, _ = runtime()
+    plans: list[PlannedAction] = []
+    if not memory.ok:
+        procs = [p for p in top.evidence["processes"] if p.get("create_time")]
+        by_pid = {p["pid"]: p for p in procs}
+        for plan in plan_process_terminations(
+            procs, catalog.targets.processes.killable_cmdline, catalog.targets.processes.protected_names
+        ):
+            proc = by_pid[plan.params["pid"]]
+            plan.why = (f"uses {proc['memory_percent']:.1f}% of memory ({memory.line()}) and matches a killable "
+                        f"pattern: {(proc.get('cmdline') or '')[:120]}")
+            plans.append(plan)
+    selected = catalog.targets.select("services", alert.labels)
+    if not plans and selected is not None and selected[1].restart:
+        name, service = selected
+        why = (f"{alert.alertname}: the heap of {name} is above its limit (seed 003 'restart service')" if heap_alert
+               else f"{memory.line()}; no killable process to terminate")
+        plans.append(
+            PlannedAction(
+                action="restart_service", risk=Risk.RISKY, target=name,
+                params={"service": name, "argv": service.restart}, why=why,
+            )
+        )
+    return plans
+
+
+@runbook_flow(name="high-memory-usage", run_name="{alert.alertname} {alert.fingerprint}")
+def high_memory_usage(alert: Alert, incident: IncidentRef | None = None):
+    """Respond to high memory the way seeds 000-004 say to."""
+    settings, catalog, _ = runtime()
+    runbook = catalog.get(RUNBOOK)
+    threshold = runbook.thresholds.get(alert.alertname, runbook.thresholds.get("memory_percent", 85))
+    heap_alert = alert.alertname in HEAP_ALERTNAMES
+
+    incident = acknowledge(RUNBOOK, alert, incident)
+    if incident is None:
+        return "duplicate"
+
+    memory = check_memory_usage(threshold)
+    top = identify_memory_processes()
+    swap = check_swap_usage()
+    evidence = [memory, swap, top]
+    selected = catalog.targets.select("services", alert.labels)
+    if selected is not None and selected[1].health_detailed_url:
+        state = check_application_health(selected[1].health_detailed_url, return_state=True)
+        evidence.append(state.result() if state.is_completed() else ProbeResult(
+            probe="http_health_detailed", ok=False, summary=f"{selected[0]}: no answer ({state.message})"))
+    if heap_alert:
+        evidence.append(await_alert_resolution(alert.alertname))
+
+    outcomes = mitigate(runbook, incident, plan_resolutions(alert, memory, top, heap_alert), evidence)
+
+    measure = (lambda: await_alert_resolution(alert.alertname)) if heap_alert else (lambda: check_memory_usage(threshold))
+    last, verdict = verify_until_ok(
+        measure,
+        incident,
+        budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
+        interval_seconds=runbook.verify.interval_seconds * settings.time_scale,
+    )
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

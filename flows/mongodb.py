@@ -1,0 +1,167 @@
+"""MongoDB connection lost: seed 002 "4. Database Connection Failure", as one flow.
+
+Started by the ``responder.alert.firing`` event for the catalog entry ``mongodb-connection-lost``
+(``config/runbooks/infrastructure.yaml``). Seed 002 names no alert (its alert text is "MongoDB
+connection lost"), so the catalog routes ``MongoDBConnectionLost``, ``mongodb_connection_lost``
+and ``MongodbDown`` (the usual ``mongodb_exporter`` rule, ``mongodb_up == 0``). Seed 003's
+``DatabaseConnectionFailure`` is PostgreSQL's (``flows/database.py``). The steps:
+
+1. Check MongoDB status / 2. Try to connect (``mongosh --eval "db.adminCommand('ping')"``); the
+   ping's error also answers 5. "Check network: telnet localhost 27017" (refused or timed out)
+                                                                   → ``check-mongodb-ping``
+4. Check the connection pool: ``curl /health/detailed | jq '.checks.mongodb'`` of the alert's
+   service, when it has a ``health_detailed_url``                    → ``check-application-health``
+   and, when MongoDB answers, ``db.serverStatus().connections``      → ``check-mongodb-connections``
+Resolution, risky (approval):
+   "If MongoDB is down: sudo systemctl start mongod": the restart argv of the ``services`` entry
+   named ``mongodb`` (never one chosen by labels: they name the exporter or the application)
+   "If connection pool exhausted: restart application": the alert's service (selected by labels)
+                                                                     → ``mitigate``
+Verify: ping again, and "Check if it stays up: sleep 30; systemctl status mongod": ok only
+when a second ping ``stay_up_seconds`` later also answers          → ``verify-mongodb-stays-up``
+
+The alert's labels select one ``mongodb`` entry of ``config/targets.yaml``; its URL is a
+``SecretStr`` handed to the probes only. No entry (or no URL): the run says "no MongoDB target
+configured" and escalates. Reading ``mongod.log`` and authentication failures are left to humans.
+
+Tested here: only the paths a missing server takes (no MongoDB server can run on the build
+machine): nothing listening → "MongoDB unreachable" in the evidence, the restart asked for and run
+after approval, verification failing, escalation; and the unconfigured target. Untested: the
+reachable paths (``check-mongodb-connections`` and the pool-exhausted restart of the
+application), which need a live ``mongod``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
+
+from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from responder.alerts import Alert, IncidentRef
+from tasks.base import ProbeResult, Risk
+from tasks.mitigations import PlannedAction
+from tasks.probes import http, mongo
+
+RUNBOOK = "mongodb-connection-lost"
+DATABASE_SERVICE = "mongodb"
+
+
+@task(name="select-mongodb-target", cache_policy=NO_CACHE)
+def select_mongodb_target(alert: Alert) -> tuple[str, SecretStr] | ProbeResult:
+    _, catalog, _ = runtime()
+    chosen = catalog.targets.select("mongodb", alert.labels)
+    if chosen is None:
+        return ProbeResult(probe="mongodb_target", ok=False,
+                           summary="no MongoDB target configured (config/targets.yaml mongodb) for this alert")
+    name, target = chosen
+    if target.url is None:
+        return ProbeResult(probe="mongodb_target", ok=False, summary=f"no MongoDB target configured: mongodb.{name} has no URL")
+    return name, target.url
+
+
+@task(name="check-mongodb-ping", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def check_mongodb_ping(url: SecretStr) -> ProbeResult:
+    result = mongo.ping(url)
+    if not result.ok:
+        result.summary = f"MongoDB connection lost: {result.summary} ({result.evidence.get('error_type')})"
+    return result
+
+
+@task(name="check-mongodb-connections", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def check_mongodb_connections(url: SecretStr, threshold: float) -> ProbeResult:
+    return mongo.connections(url, threshold=threshold)
+
+
+@task(name="check-application-health", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def check_application_health(url: str) -> ProbeResult:
+    return http.health_detailed(url)
+
+
+@task(name="verify-mongodb-stays-up", cache_policy=NO_CACHE)
+def verify_mongodb_stays_up(url: SecretStr, stay_up_seconds: float) -> ProbeResult:
+    """Seed 002 "Check if it stays up: sleep 30": ping, wait, ping again."""
+    first = mongo.ping(url)
+    if not first.ok:
+        return first
+    time.sleep(stay_up_seconds)
+    second = mongo.ping(url)
+    return second.model_copy(update={
+        "summary": f"{second.summary} {stay_up_seconds:g} s after a first pong" if second.ok
+        else f"answered, then {second.summary} within {stay_up_seconds:g} s",
+    })
+
+
+@task(name="plan-resolution", cache_policy=NO_CACHE)
+def plan_resolution(
+    alert: Alert, ping: ProbeResult, connections: ProbeResult | None, app_health: ProbeResult | None
+) -> list[PlannedAction] | ProbeResult:
+    """Seed 002 "Resolution Steps": start MongoDB when down; restart the application when its pool is exhausted."""
+    _, catalog, _ = runtime()
+    if not ping.ok:
+        service = catalog.targets.services.get(DATABASE_SERVICE)
+        if service is None or not service.restart:
+            return ProbeResult(probe="mongodb_restart", ok=False,
+                               summary=f"no restart configured for MongoDB (config/targets.yaml services.{DATABASE_SERVICE})")
+        return [PlannedAction(
+            action="restart_service", risk=Risk.RISKY, target=DATABASE_SERVICE,
+            params={"service": DATABASE_SERVICE, "argv": service.restart},
+            why=f"{ping.line()}: {ping.evidence.get('error', '')[:200]}",
+        )]
+    exhausted = [r for r in (connections, app_health) if r is not None and not r.ok]
+    selected = catalog.targets.select("services", alert.labels)
+    if exhausted and selected is not None and selected[1].restart:
+        name, service = selected
+        return [PlannedAction(
+            action="restart_service", risk=Risk.RISKY, target=name,
+            params={"service": name, "argv": service.restart},
+            why="MongoDB answers but " + "; ".join(r.line() for r in exhausted) + " (seed 002: restart application to reset connections)",
+        )]
+    return []
+
+
+@runbook_flow(name="mongodb-connection-lost", run_name="{alert.alertname} {alert.fingerprint}")
+def mongodb_connection_lost(alert: Alert, incident: IncidentRef | None = None):
+    """Respond to a lost MongoDB connection the way seed 002 says to."""
+    settings, catalog, _ = runtime()
+    runbook = catalog.get(RUNBOOK)
+    t = runbook.thresholds
+
+    incident = acknowledge(RUNBOOK, alert, incident)
+    if incident is None:
+        return "duplicate"
+    target = select_mongodb_target(alert)
+    if isinstance(target, ProbeResult):
+        return conclude(runbook, alert, incident, [target], [], "not-verified", target)
+    _, url = target
+
+    ping = check_mongodb_ping(url)
+    evidence = [ping]
+    connections = app_health = None
+    if ping.ok:
+        connections = check_mongodb_connections(url, t.get("connections_ratio", 0.8))
+        evidence.append(connections)
+    selected = catalog.targets.select("services", alert.labels)
+    if selected is not None and selected[1].health_detailed_url:
+        state = check_application_health(selected[1].health_detailed_url, return_state=True)
+        app_health = state.result() if state.is_completed() else ProbeResult(
+            probe="http_health_detailed", ok=False, summary=f"{selected[0]}: no answer ({state.message})")
+        evidence.append(app_health)
+
+    outcomes = []
+    plans = plan_resolution(alert, ping, connections, app_health)
+    if isinstance(plans, ProbeResult):
+        evidence.append(plans)
+    else:
+        outcomes = mitigate(runbook, incident, plans, evidence)
+
+    stay_up = t.get("stay_up_seconds", 30) * settings.time_scale
+    last, verdict = verify_until_ok(
+        lambda: verify_mongodb_stays_up(url, stay_up),
+        incident,
+        budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
+        interval_seconds=runbook.verify.interval_seconds * settings.time_scale,
+    )
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

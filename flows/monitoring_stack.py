@@ -1,0 +1,235 @@
+"""The monitoring stack's own troubleshooting (seed 004) and external service failures.
+
+Catalog: ``config/runbooks/monitoring.yaml``. The seeds name no alert for these; the catalog
+routes the spellings listed there (a rule that fires them is the operator's, e.g. on
+``up{job="prometheus"} == 0`` or ``alertmanager_notifications_failed_total``).
+
+* ``external_service_failures``: seed 004 "External Service Failures: API downtime", seed 001
+  "Verify External Service Status", seed 003 "External API down ... graceful degradation".
+* ``prometheus_not_scraping``: seed 004 "Prometheus Not Scraping".
+* ``grafana_not_loading``: seed 004 "Grafana Dashboard Not Loading".
+* ``alertmanager_not_sending``: seed 004 "AlertManager Not Sending Notifications".
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from prefect import task
+
+from flows import checks
+from flows.checks import collect, measured, setting
+from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from responder.alerts import Alert, IncidentRef
+from tasks.base import ProbeResult
+from tasks.probes import http
+
+
+def _verify(runbook, incident, measure):
+    settings, _, _ = runtime()
+    return verify_until_ok(measure, incident, budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
+                           interval_seconds=runbook.verify.interval_seconds * settings.time_scale)
+
+
+def _compact(plans):
+    return [p for p in plans if p is not None]
+
+
+# -- External Service Failures ---------------------------------------------------------------------
+
+check_external_services = checks.external_services.with_options(name="check-external-services")
+check_circuit_breakers = checks.log_probe.with_options(name="check-circuit-breakers")
+
+
+def _externals_named(alert: Alert) -> list[str] | None:
+    """The alert's ``service``/``name`` label selects one configured external service; else all."""
+    configured = {s.name for s in checks.targets().external}
+    for label in ("external_service", "service", "name"):
+        if alert.labels.get(label) in configured:
+            return [alert.labels[label]]
+    return None
+
+
+@runbook_flow(name="external-service-failures", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def external_service_failures(alert: Alert, incident: IncidentRef | None = None):
+    """Check every configured status/health URL; degrade gracefully while one is down; verify."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get("external-service-failures")
+    name = alert.alertname
+    names = _externals_named(alert)
+    slow_ms = setting(runbook, "slow_ms", name, 2000)
+
+    incident = acknowledge(runbook.name, alert, incident)
+    if incident is None:
+        return "duplicate"
+
+    services = collect(check_external_services, names, slow_ms, required=True)
+    breakers = collect(check_circuit_breakers, "errors", ("app", "error"), probe="circuit_breaker_open",
+                       pattern=r"(?i)circuit.*open", since_minutes=setting(runbook, "log_window_minutes", name, 15))
+    evidence = [services, breakers]
+
+    plans = []
+    if measured(services) and not services.ok:  # seed 003 "graceful degradation (if external API down)"
+        plans = _compact([checks.flag_plan("degraded-mode", f"{services.line()}: disable non-critical features, "
+                                                            "return cached data, queue jobs for retry")])
+    outcomes = mitigate(runbook, incident, plans, evidence)
+    last, verdict = _verify(runbook, incident, lambda: check_external_services(names, slow_ms, required=True))
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+
+# -- Prometheus Not Scraping ---------------------------------------------------------------------
+
+check_prometheus_targets = checks.prometheus_api.with_options(name="check-prometheus-targets")
+check_configuration = checks.prometheus_api.with_options(name="check-configuration")
+check_rule_evaluation = checks.prometheus_api.with_options(name="check-rule-evaluation")
+
+
+@task(name="verify-network-connectivity", **checks.PROBE)
+def verify_network_connectivity(targets: ProbeResult) -> ProbeResult:
+    """Seed 004 ``docker exec prometheus ping medianest-backend``: TCP connect to each down target.
+
+    From the responder's host, which may see the network differently from Prometheus: a target
+    that answers here but not there points at Prometheus' network or DNS.
+    """
+    rows = []
+    for target in targets.evidence.get("down", [])[:20]:
+        parts = urlsplit(target.get("scrape_url") or "")
+        if not parts.hostname:
+            continue
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        result = http.port_listening(parts.hostname, port)
+        rows.append({"job": target.get("job"), "instance": target.get("instance"), "reachable": result.ok,
+                     "detail": result.summary})
+    unreachable = [r for r in rows if not r["reachable"]]
+    return ProbeResult(probe="network_connectivity", ok=not unreachable, value=float(len(unreachable)), threshold=0,
+                       unit=" unreachable",
+                       summary=("unreachable from here: " + ", ".join(f"{r['job']} {r['instance']}" for r in unreachable))
+                       if unreachable else f"{len(rows)} down targets reachable from here" if rows else "no down target to test",
+                       evidence={"targets": rows})
+
+
+def _job_targets(result: ProbeResult, job: str | None) -> ProbeResult:
+    """The scrape-target result narrowed to the alert's ``job`` (when the alert names one)."""
+    if job is None or not measured(result):
+        return result
+    down = [t for t in result.evidence.get("down", []) if t.get("job") == job]
+    count = (result.evidence.get("jobs", {}).get(job) or {})
+    return result.model_copy(update={
+        "ok": not down and bool(count), "value": float(len(down)),
+        "summary": f"job {job}: {count.get('up', 0)} up, {len(down)} down" + (
+            f" ({down[0].get('last_error')})" if down else "") if count else f"job {job} has no active target",
+    })
+
+
+@task(name="check-job-targets", **checks.PROBE)
+def check_job_targets(job: str | None) -> ProbeResult:
+    return _job_targets(checks.prometheus_api.fn("scrape_targets"), job)
+
+
+@runbook_flow(name="prometheus-not-scraping", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def prometheus_not_scraping(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 004: check the targets, the network to them, the configuration; verify scraping resumed."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get("prometheus-not-scraping")
+    job = alert.labels.get("target_job") or (alert.labels.get("job") if alert.labels.get("job") != "prometheus" else None)
+
+    incident = acknowledge(runbook.name, alert, incident)
+    if incident is None:
+        return "duplicate"
+
+    targets = collect(check_prometheus_targets, "scrape_targets")                                            # 1
+    scoped = _job_targets(targets, job)
+    network = collect(verify_network_connectivity, targets)                                                  # 2
+    config = collect(check_configuration, "runtime_info")                                                    # 3
+    rules = collect(check_rule_evaluation, "rule_health", required=False)
+    evidence = [scoped, targets, network, config, rules] if scoped is not targets else [targets, network, config, rules]
+
+    outcomes = mitigate(runbook, incident, [], evidence)  # network and configuration fixes are a person's
+    last, verdict = _verify(runbook, incident, lambda: check_job_targets(job))
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+
+# -- Grafana Dashboard Not Loading -----------------------------------------------------------------
+
+check_grafana_health = checks.grafana_api.with_options(name="check-grafana-health")
+check_data_source_connectivity = checks.grafana_api.with_options(name="check-data-source-connectivity")
+verify_prometheus_queries = checks.prometheus_query.with_options(name="verify-prometheus-queries")
+check_grafana_logs = checks.log_probe.with_options(name="check-grafana-logs")
+
+
+@task(name="check-grafana-serving", **checks.PROBE)
+def check_grafana_serving() -> ProbeResult:
+    health = checks.grafana_api.fn("health")
+    if not health.ok:
+        return health
+    return checks.combine("grafana", [health, checks.grafana_api.fn("datasources")])
+
+
+@runbook_flow(name="grafana-not-loading", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def grafana_not_loading(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 004: data sources, Prometheus queries, Grafana logs; restart Grafana if configured; verify."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get("grafana-not-loading")
+
+    incident = acknowledge(runbook.name, alert, incident)
+    if incident is None:
+        return "duplicate"
+
+    health = collect(check_grafana_health, "health")
+    sources = collect(check_data_source_connectivity, "datasources")                                          # 1
+    queries = collect(verify_prometheus_queries, "up", probe="prometheus_query_up", no_data_ok=False)        # 2
+    logs = collect(check_grafana_logs, "errors", ("grafana",), probe="grafana_log_errors",
+                   pattern=r"(?i)\blvl=(eror|crit)\b|level=error|\bERROR\b", since_minutes=60)              # 3
+    evidence = [health, sources, queries, logs]
+
+    plans = []
+    if measured(health) and not health.ok:
+        plans = _compact([checks.service_plan("restart_service", alert, f"{health.line()}", service="grafana")])
+    outcomes = mitigate(runbook, incident, plans, evidence)
+    last, verdict = _verify(runbook, incident, check_grafana_serving)
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+
+# -- AlertManager Not Sending Notifications -----------------------------------------------------------
+
+check_alertmanager_status = checks.alertmanager_api.with_options(name="check-alertmanager-status")
+verify_webhook_configuration = checks.alertmanager_api.with_options(name="verify-webhook-configuration")
+check_prometheus_to_alertmanager = checks.prometheus_api.with_options(name="check-prometheus-sends-to-alertmanager")
+read_counters = checks.alertmanager_counters
+
+
+@task(name="check-notifications-flowing", **checks.PROBE)
+def check_notifications_flowing(baseline: dict[str, dict[str, float]], require_delivery: bool) -> ProbeResult:
+    """Verification: Alertmanager up and no notification failed since the first reading (and, when
+    failures had been seen, at least one delivered since)."""
+    status = checks.alertmanager_api.fn("status")
+    if not status.ok:
+        return status
+    return checks.combine("alertmanager_notifications", [
+        status, checks.alertmanager_api.fn("notification_failures", baseline=baseline, require_delivery=require_delivery)])
+
+
+@runbook_flow(name="alertmanager-not-sending", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def alertmanager_not_sending(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 004: status, webhook configuration and failures, Prometheus' side; restart if configured."""
+    _, catalog, _ = runtime()
+    runbook = catalog.get("alertmanager-not-sending")
+
+    incident = acknowledge(runbook.name, alert, incident)
+    if incident is None:
+        return "duplicate"
+
+    status = collect(check_alertmanager_status, "status")                                                  # 1
+    failures = collect(verify_webhook_configuration, "notification_failures")                               # 2
+    sending = collect(check_prometheus_to_alertmanager, "connected_alertmanagers", required=False)
+    baseline = read_counters(return_state=True)
+    baseline = baseline.result() if baseline.is_completed() else {}
+    evidence = [status, failures, sending]
+
+    plans = []
+    if measured(status) and not status.ok:
+        plans = _compact([checks.service_plan("restart_service", alert, f"{status.line()}", service="alertmanager")])
+    outcomes = mitigate(runbook, incident, plans, evidence)
+    had_failures = measured(failures) and bool(failures.value)
+    last, verdict = _verify(runbook, incident, lambda: check_notifications_flowing(baseline, had_failures))
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

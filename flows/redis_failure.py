@@ -1,0 +1,113 @@
+"""redis_connection_failure: seed 001 "Redis Connection Failure", as one flow.
+
+Started by the ``responder.alert.firing`` event for the catalog entry ``redis-connection-failure``
+(``config/runbooks/infrastructure.yaml``; the Prometheus rule is ``redis_up == 0``). The steps:
+
+1. Check Redis status: ``redis-cli -u $REDIS_URL ping``              → ``check-redis-ping``
+   (refused, timed out or authentication failed: the error is the evidence for "check network
+   connectivity" and "verify REDIS_URL / credentials")
+2. Check Redis memory usage, when it answers                         → ``check-redis-memory``
+3. "If Redis down: Restart Redis service": the restart argv of the ``services`` entry named
+   ``redis``, risky (approval)                                        → ``mitigate``
+4. Verify: ping again until PONG; close or escalate.
+
+The alert's labels select one ``redis`` entry of ``config/targets.yaml`` (name equal to the
+``service``/``job``/``datname`` label, its ``match``, else ``default``); its URL is a
+``SecretStr`` handed to the probes only. No entry (or no URL): "no Redis target configured",
+escalation. The restart is never chosen by labels: on a data-store alert they name the exporter
+or the application that noticed, and restarting that would not bring Redis back::
+
+    services:
+      redis:
+        restart: [systemctl, restart, redis-server]
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
+
+from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from responder.alerts import Alert, IncidentRef
+from tasks.base import ProbeResult, Risk
+from tasks.mitigations import PlannedAction
+from tasks.probes import redis
+
+RUNBOOK = "redis-connection-failure"
+DATABASE_SERVICE = "redis"
+
+
+@task(name="select-redis-target", cache_policy=NO_CACHE)
+def select_redis_target(alert: Alert) -> tuple[str, SecretStr] | ProbeResult:
+    _, catalog, _ = runtime()
+    chosen = catalog.targets.select("redis", alert.labels)
+    if chosen is None:
+        return ProbeResult(probe="redis_target", ok=False,
+                           summary="no Redis target configured (config/targets.yaml redis) for this alert")
+    name, target = chosen
+    if target.url is None:
+        return ProbeResult(probe="redis_target", ok=False, summary=f"no Redis target configured: redis.{name} has no URL")
+    return name, target.url
+
+
+@task(name="check-redis-ping", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def check_redis_ping(url: SecretStr) -> ProbeResult:
+    return redis.ping(url)
+
+
+@task(name="check-redis-memory", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def check_redis_memory(url: SecretStr, threshold: float) -> ProbeResult:
+    return redis.memory(url, threshold=threshold)
+
+
+@task(name="plan-redis-restart", cache_policy=NO_CACHE)
+def plan_redis_restart(ping: ProbeResult) -> list[PlannedAction] | ProbeResult:
+    """Seed 001 "If Redis down: Restart Redis service", only while it does not answer."""
+    if ping.ok:
+        return []
+    _, catalog, _ = runtime()
+    service = catalog.targets.services.get(DATABASE_SERVICE)
+    if service is None or not service.restart:
+        return ProbeResult(probe="redis_restart", ok=False,
+                           summary=f"no restart configured for Redis (config/targets.yaml services.{DATABASE_SERVICE})")
+    return [PlannedAction(
+        action="restart_service", risk=Risk.RISKY, target=DATABASE_SERVICE,
+        params={"service": DATABASE_SERVICE, "argv": service.restart},
+        why=f"{ping.line()}: {ping.evidence.get('error', '')[:200]}",
+    )]
+
+
+@runbook_flow(name="redis-connection-failure", run_name="{alert.alertname} {alert.fingerprint}")
+def redis_connection_failure(alert: Alert, incident: IncidentRef | None = None):
+    """Respond to an unreachable Redis the way seed 001 says to."""
+    settings, catalog, _ = runtime()
+    runbook = catalog.get(RUNBOOK)
+
+    incident = acknowledge(RUNBOOK, alert, incident)
+    if incident is None:
+        return "duplicate"
+    target = select_redis_target(alert)
+    if isinstance(target, ProbeResult):
+        return conclude(runbook, alert, incident, [target], [], "not-verified", target)
+    _, url = target
+
+    ping = check_redis_ping(url)
+    evidence = [ping]
+    if ping.ok:
+        evidence.append(check_redis_memory(url, runbook.thresholds.get("memory_ratio", 0.85)))
+
+    outcomes = []
+    plans = plan_redis_restart(ping)
+    if isinstance(plans, ProbeResult):
+        evidence.append(plans)
+    else:
+        outcomes = mitigate(runbook, incident, plans, evidence)
+
+    last, verdict = verify_until_ok(
+        lambda: check_redis_ping(url),
+        incident,
+        budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
+        interval_seconds=runbook.verify.interval_seconds * settings.time_scale,
+    )
+    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

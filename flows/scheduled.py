@@ -1,0 +1,433 @@
+"""Scheduled maintenance: the daily, weekly and monthly checks of seeds 003 and 004, log
+retention (seed 002) and backup freshness, as cron deployments.
+
+Catalog: ``config/runbooks/scheduled.yaml`` (``schedules:``, no ``alertnames``);
+``deployments/__init__.py`` turns each cron list into the deployment's schedules, so every flow
+is visible in the UI with its schedule and can be run from there (*Run* > *Quick run*). The
+responder executes the runs like any other.
+
+Every run:
+
+* measures what a program can (each check a ``ProbeResult``, not configured = skipped);
+* writes a report artifact: markdown (key = the runbook name: findings, tables, and the steps
+  only a person can do as an unticked checklist) and a table (``<name>-table``);
+* notifies the escalation webhooks of ``config/notify.yaml`` only when something is wrong;
+* ends ``Completed`` named ``AllClear`` or ``NeedsAttention``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, State
+
+from flows import checks
+from flows.checks import collect
+from flows.lifecycle import current_flow_run_id, runtime
+from responder.catalog import Runbook
+from responder.notify import post_json
+from tasks.base import ActionOutcome, ProbeResult
+from tasks.mitigations import REGISTRY
+from tasks.probes import http, logs, prometheus, system
+
+DAILY_COST = "sum(increase(affiliate_api_cost_dollars[24h]))"
+ENDPOINTS = ("job", *checks.ENDPOINT_LABELS)
+
+
+# -- report and notification ----------------------------------------------------------------
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _figure(value: float | None, unit: str) -> str:
+    return "" if value is None else f"{value:g}{unit}"
+
+
+def _rows(results: list[ProbeResult]) -> list[dict[str, Any]]:
+    return [{"check": r.probe, "ok": r.ok, "value": _figure(r.value, r.unit), "threshold": _figure(r.threshold, r.unit),
+             "summary": r.summary} for r in results]
+
+
+def render(runbook: Runbook, results: list[ProbeResult], outcomes: list[ActionOutcome],
+           sections: list[str] | None = None) -> str:
+    problems = [r for r in results if not r.ok] + [o for o in outcomes if o.status == "failed"]  # type: ignore[list-item]
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# {runbook.title}: {'NEEDS ATTENTION' if problems else 'ALL CLEAR'}",
+        "",
+        f"**Run:** {when}  ",
+        f"**Schedule:** {', '.join(f'`{c}`' for c in runbook.schedules)} (UTC)  ",
+        f"**Seeds:** {'; '.join(runbook.seeds)}",
+        "",
+        "## Checks",
+        "",
+        "| check | ok | value | threshold | summary |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in _rows(results):
+        lines.append(f"| {row['check']} | {'yes' if row['ok'] else '**no**'} | {row['value']} | {row['threshold']} | "
+                     f"{_cell(row['summary'])} |")
+    if outcomes:
+        lines += ["", "## Actions", "", "| action | target | status | detail |", "| --- | --- | --- | --- |"]
+        lines += [f"| {o.action} | {_cell(o.target)} | {o.status}{' (dry run)' if o.dry_run else ''} | {_cell(o.detail)} |"
+                  for o in outcomes]
+    for section in sections or []:
+        lines += ["", section]
+    if runbook.left_to_humans:
+        lines += ["", "## For a person to do", "",
+                  "These steps of the seeds need judgement or people; tick them off in your own tracker.", ""]
+        lines += [f"- [ ] {item}" for item in runbook.left_to_humans]
+    return "\n".join(lines)
+
+
+def table(title: str, columns: list[str], rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return f"### {title}\n\nNone."
+    out = [f"### {title}", "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    out += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def _post_all(body: dict[str, Any]) -> list[str]:
+    """POST ``body`` to every webhook of config/notify.yaml (retried like every notification)."""
+    _, catalog, _ = runtime()
+    failures = []
+    for url in catalog.notify.webhooks:
+        try:
+            post_json(url, body)
+        except Exception as exc:  # noqa: BLE001 - a notifier outage is recorded, never fatal
+            failures.append(f"{url}: {type(exc).__name__}")
+    return failures
+
+
+@task(name="notify", cache_policy=NO_CACHE)
+def notify(runbook: Runbook, problems: list[str], artifact_key: str) -> list[str]:
+    """Tell the escalation webhooks what is wrong; a notifier outage is logged, never fatal."""
+    failures = _post_all({"kind": "scheduled-check", "check": runbook.name, "title": runbook.title,
+                          "severity": runbook.severity, "problems": problems, "artifact": artifact_key,
+                          "flow_run_id": current_flow_run_id()})
+    for failure in failures:
+        get_run_logger().error("Notification webhook failed: %s", failure)
+    return failures
+
+
+def finish(runbook: Runbook, results: list[ProbeResult], outcomes: list[ActionOutcome] | None = None,
+           sections: list[str] | None = None) -> State:
+    """Write the report artifacts, notify when something is wrong, and name the final state."""
+    outcomes = outcomes or []
+    key = runbook.name
+    create_markdown_artifact(render(runbook, results, outcomes, sections), key=key,
+                             description=f"{runbook.title} report")
+    create_table_artifact(_rows(results) + [{"check": f"action {o.action}", "ok": o.status != "failed", "value": o.status,
+                                              "threshold": "", "summary": o.detail} for o in outcomes],
+                          key=f"{key}-table", description=f"{runbook.title}: every check")
+    problems = [r.line() for r in results if not r.ok] + [f"{o.action} {o.target}: {o.detail}" for o in outcomes
+                                                          if o.status == "failed"]
+    if problems:
+        notify(runbook, problems, key)
+        return Completed(name="NeedsAttention", message=f"{len(problems)} problems; notified: " + "; ".join(problems)[:500],
+                         data={"problems": problems})
+    return Completed(name="AllClear", message="Every check passed.", data={"problems": []})
+
+
+def scheduled_failed(flow: Any, flow_run: Any, state: State) -> None:
+    """A scheduled check that broke says so on the webhooks (it would otherwise stay silent)."""
+    _post_all({"kind": "scheduled-check", "check": flow.name,
+               "problems": [f"the run {flow_run.name} ended {state.name}: {state.message or ''}"],
+               "flow_run_id": str(flow_run.id)})
+
+
+def scheduled_flow(name: str):
+    return flow(name=name, flow_run_name=lambda: f"{name} {datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
+                on_failure=[scheduled_failed], on_crashed=[scheduled_failed], validate_parameters=True)
+
+
+def _runbook(name: str) -> Runbook:
+    return runtime()[1].get(name)
+
+
+# -- shared checks ---------------------------------------------------------------------------
+
+
+@task(name="check-overall-health", **checks.PROBE)
+def check_overall_health() -> ProbeResult:
+    """Seed 003 daily "curl http://localhost:3000/health | jq '.status'" for every configured service."""
+    services = {n: s for n, s in checks.targets().services.items() if s.health_url}
+    if not services:
+        return checks.unconfigured("overall_health", "a service with health_url (services)", False)
+    results = [http.health_check(s.health_url, attempts=2, delay_s=1).model_copy(update={"probe": f"health {n}"})
+               for n, s in services.items()]
+    return checks.combine("overall_health", results)
+
+
+@task(name="check-monitoring-stack", **checks.PROBE)
+def check_monitoring_stack() -> ProbeResult:
+    """Seed 003 "Monitoring Stack Status", seed 004 troubleshooting: each configured part answers and works."""
+    monitoring = checks.targets().monitoring
+    results = []
+    if monitoring.prometheus_url:
+        url = monitoring.prometheus_url
+        results += [prometheus.ready(url), prometheus.scrape_targets(url), prometheus.rule_health(url),
+                    prometheus.runtime_info(url)]
+        if monitoring.alertmanager_url:
+            results.append(prometheus.connected_alertmanagers(url))
+    if monitoring.alertmanager_url:
+        results.append(prometheus.alertmanager_status(monitoring.alertmanager_url))
+    if monitoring.grafana_url:
+        results.append(prometheus.grafana_health(monitoring.grafana_url))
+    if not results:
+        return checks.unconfigured("monitoring_stack", "monitoring (prometheus_url, alertmanager_url, grafana_url)", False)
+    return checks.combine("monitoring_stack", results)
+
+
+@task(name="review-logs", **checks.PROBE)
+def review_logs(since_minutes: float) -> ProbeResult:
+    """Seed 004 "Log Review: Check for errors and security events": every configured log, evidence only."""
+    sources = checks.targets().logs
+    if not sources:
+        return checks.unconfigured("log_review", "logs", False)
+    results = []
+    for name, source in sources.items():
+        try:
+            if name == "auth":
+                result = logs.failed_logins(source.path, since_minutes=since_minutes)
+            elif source.format == "access":
+                result = logs.access_5xx(source.path, since_minutes=since_minutes)
+            else:
+                result = logs.error_counts(source.path, source.error_pattern, since_minutes=since_minutes)
+        except OSError as exc:
+            result = ProbeResult(probe="log", ok=False, summary=f"cannot read: {exc}")
+        results.append(result.model_copy(update={"probe": f"log {name}: {result.probe}"}))
+    return checks.combine("log_review", results)
+
+
+def _sub_rows(result: ProbeResult) -> list[ProbeResult]:
+    """The individual checks inside a combined result, for the report table."""
+    inner = result.evidence.get("checks") if isinstance(result.evidence, dict) else None
+    return [ProbeResult.model_validate(c) for c in inner] if inner else [result]
+
+
+# -- daily ------------------------------------------------------------------------------------
+
+check_p95_latencies = checks.p95_latency.with_options(name="check-p95-latencies")
+check_error_rates = checks.error_ratio.with_options(name="check-error-rates")
+check_spending = checks.prometheus_query.with_options(name="check-spending-within-budget")
+check_active_alerts = checks.alertmanager_api.with_options(name="check-active-alerts")
+
+
+@scheduled_flow("daily-checks")
+def daily_checks() -> State:
+    """Seed 003 "Daily Checks (Business Hours)" and seed 004 "Daily Operations"."""
+    runbook = _runbook("daily-checks")
+    t = runbook.thresholds
+    health = collect(check_overall_health)                                                                   # 003 1
+    p95 = collect(check_p95_latencies, t.get("p95_seconds", 2.0), prometheus.window(t.get("window_seconds", 3600)),
+                  required=False)                                                                            # 003 2
+    errors = collect(check_error_rates, t.get("error_ratio", 0.05), prometheus.window(t.get("window_seconds", 3600)),
+                     required=False)                                                                         # 004
+    spending = collect(check_spending, DAILY_COST, t.get("daily_cost_dollars", 100), probe="daily_api_cost", unit="$",
+                       required=False)                                                                       # 003 2
+    alerts = collect(check_active_alerts, "alerts", required=False)                                          # 003 3, 004
+    stack = collect(check_monitoring_stack)
+    log_review = collect(review_logs, t.get("log_window_minutes", 24 * 60))                                  # 004
+    results = [health, p95, errors, spending, alerts, stack, log_review]
+    sections = [table("Active alerts (triage each)", ["alertname", "severity", "instance", "state", "starts_at", "summary"],
+                      alerts.evidence.get("alerts", [])),
+                table("Monitoring stack", ["probe", "ok", "summary"],
+                      [{"probe": r.probe, "ok": r.ok, "summary": r.summary} for r in _sub_rows(stack)]),
+                table("Logs (last day)", ["probe", "ok", "summary"],
+                      [{"probe": r.probe, "ok": r.ok, "summary": r.summary} for r in _sub_rows(log_review)])]
+    return finish(runbook, results, sections=sections)
+
+
+# -- weekly -----------------------------------------------------------------------------------
+
+review_past_week_alerts = checks.prometheus_api.with_options(name="review-past-week-alerts")
+check_error_rates_by_endpoint = checks.error_ratio.with_options(name="check-error-rates-by-endpoint")
+check_backup_status = checks.backup_freshness.with_options(name="check-backup-status")
+verify_prometheus_retention = checks.prometheus_api.with_options(name="verify-prometheus-retention")
+capacity_disk = checks.disk_space.with_options(name="capacity-planning-disk")
+
+
+@task(name="review-past-week-incidents", cache_policy=NO_CACHE)
+def past_week_incidents(days: float = 7) -> ProbeResult:
+    """The responder's own record: incidents opened in the window, by runbook and how they closed."""
+    _, _, store = runtime()
+    since = datetime.now(timezone.utc) - timedelta(days=days)
+    rows = [i for i in store.incidents() if datetime.fromisoformat(i.opened_at.replace("Z", "+00:00")) >= since]
+    items = [{"opened_at": i.opened_at, "runbook": i.runbook, "severity": i.severity, "status": i.status,
+              "close_reason": i.close_reason or "", "title": i.title} for i in rows]
+    by_runbook: dict[str, int] = {}
+    for row in items:
+        by_runbook[row["runbook"]] = by_runbook.get(row["runbook"], 0) + 1
+    return ProbeResult(probe="incidents_past_week", ok=True, value=float(len(items)), unit=" incidents",
+                       summary=", ".join(f"{k}: {v}" for k, v in sorted(by_runbook.items(), key=lambda kv: -kv[1]))
+                       or "no incidents", evidence={"incidents": items[-100:], "by_runbook": by_runbook})
+
+
+@task(name="check-log-retention-applied", cache_policy=NO_CACHE)
+def log_retention_applied() -> ProbeResult:
+    """Seed 004 "Logs: 7 days local, 30 days compressed": no uncompressed log older than the local days."""
+    paths = checks.targets().paths
+    if not paths.logs:
+        return checks.unconfigured("log_retention", "paths.logs", False)
+    cutoff = time.time() - (paths.retention_days + 1) * 86400
+    late = []
+    for root in paths.logs:
+        for dirpath, _, files in os.walk(root):
+            for name in files:
+                full = os.path.join(dirpath, name)
+                if ".log" in name and not name.endswith((".gz", ".zst", ".xz", ".bz2")):
+                    try:
+                        if os.stat(full, follow_symlinks=False).st_mtime < cutoff:
+                            late.append(full)
+                    except FileNotFoundError:
+                        continue
+    return ProbeResult(probe="log_retention", ok=not late, value=float(len(late)), threshold=0, unit=" files",
+                       summary=(f"{len(late)} uncompressed logs older than {paths.retention_days:g} days" if late else
+                                f"logs compressed after {paths.retention_days:g} days, deleted after {paths.delete_after_days:g}"),
+                       evidence={"late": late[:50], "retention_days": paths.retention_days,
+                                 "delete_after_days": paths.delete_after_days})
+
+
+@scheduled_flow("weekly-checks")
+def weekly_checks() -> State:
+    """Seed 003 "Weekly Checks (Monday AM)" and seed 004 "Weekly Operations"."""
+    runbook = _runbook("weekly-checks")
+    t = runbook.thresholds
+    alerts = collect(review_past_week_alerts, "firing_history", required=False, over="7d")                   # 003 1
+    incidents = collect(past_week_incidents, 7)
+    endpoints = collect(check_error_rates_by_endpoint, t.get("error_ratio", 0.05), "7d", ENDPOINTS, required=False)  # 003 2
+    backups = collect(check_backup_status)                                                                  # 003 4
+    retention = collect(verify_prometheus_retention, "retention", required=False,
+                        expected=f"{int(t.get('prometheus_retention_days', 15))}d")                          # 003 5
+    log_retention = collect(log_retention_applied)                                                          # 004
+    disk = collect(capacity_disk, t.get("disk_percent", 80))                                                # 004
+    stack = collect(check_monitoring_stack)
+    results = [alerts, incidents, endpoints, backups, retention, log_retention, disk, stack]
+    sections = [table("Alerts that fired in the past week (alert tuning)", ["alertname", "severity", "firing_minutes"],
+                      alerts.evidence.get("alerts", [])),
+                table("Incidents opened in the past week", ["opened_at", "runbook", "severity", "status", "close_reason", "title"],
+                      incidents.evidence.get("incidents", [])),
+                table("Backups", ["name", "state", "detail"], backups.evidence.get("backups", []))]
+    return finish(runbook, results, sections=sections)
+
+
+# -- monthly ----------------------------------------------------------------------------------
+
+review_monitoring_configuration = checks.prometheus_api.with_options(name="review-monitoring-configuration")
+trend_api_costs = checks.prometheus_query.with_options(name="capacity-planning-api-costs")
+trend_response_times = checks.p95_latency.with_options(name="capacity-planning-response-times")
+trend_error_rates = checks.error_ratio.with_options(name="performance-baseline-error-rates")
+trend_videos = checks.prometheus_query.with_options(name="capacity-planning-video-volume")
+metrics_cleanup = checks.prometheus_api.with_options(name="metrics-cleanup")
+check_backups_for_restore = checks.backup_freshness.with_options(name="disaster-recovery-backups")
+
+
+@task(name="capacity-planning-database-size", **checks.PROBE)
+def database_size() -> ProbeResult:
+    from tasks.probes import postgres
+
+    entry = checks.targets().postgres.get("default")
+    if entry is None or entry.url is None:
+        return checks.unconfigured("pg_database_sizes", "postgres.default", False)
+    return postgres.database_sizes(entry.url)
+
+
+@scheduled_flow("monthly-checks")
+def monthly_checks() -> State:
+    """Seed 003 "Monthly Checks (First of Month)" and seed 004 "Monthly Operations"."""
+    runbook = _runbook("monthly-checks")
+    t = runbook.thresholds
+    rules = collect(review_monitoring_configuration, "rule_health", required=False)                          # 003 1
+    costs = collect(trend_api_costs, "sum(increase(affiliate_api_cost_dollars[30d]))", None,
+                    probe="api_costs_30d", unit="$", required=False)                                          # 003 2
+    latency = collect(trend_response_times, t.get("p95_seconds", 2.0), "30d", required=False)                # 003 2, 004
+    errors = collect(trend_error_rates, t.get("error_ratio", 0.05), "30d", required=False)                   # 004 baseline
+    database = collect(database_size)                                                                        # 003 2
+    videos = collect(trend_videos, "sum(increase(affiliate_videos_generated_total[30d]))", None,
+                     probe="videos_generated_30d", required=False)                                            # 003 2
+    cardinality = collect(metrics_cleanup, "tsdb_top_series", required=False)                                # 004
+    backups = collect(check_backups_for_restore)                                                             # 003 5
+    results = [rules, costs, latency, errors, database, videos, cardinality, backups]
+    _, catalog, _ = runtime()
+    thresholds = [{"runbook": r.name, "alertnames": ", ".join(r.alertnames[:4]), "thresholds":
+                   ", ".join(f"{k}={v:g}" for k, v in r.thresholds.items())} for r in catalog.runbooks if r.alertnames]
+    sections = [table("Catalog thresholds to validate against the baseline", ["runbook", "alertnames", "thresholds"], thresholds),
+                table("Largest metrics (cardinality)", ["name", "value"], cardinality.evidence.get("by_metric", []))]
+    return finish(runbook, results, sections=sections)
+
+
+# -- log retention (seed 002) -------------------------------------------------------------------
+
+measure_log_directories = checks.disk_space.with_options(name="check-disk-usage")
+
+
+@task(name="measure-log-directories", **checks.PROBE)
+def log_directories() -> ProbeResult:
+    paths = checks.targets().paths
+    if not paths.logs:
+        return checks.unconfigured("log_dir_sizes", "paths.logs", False)
+    return system.log_dir_sizes(paths.logs)
+
+
+@task(name="run-retention-step", cache_policy=NO_CACHE)
+def retention_step(action: str, params: dict[str, Any], dry_run: bool) -> ActionOutcome:
+    """One safe file action of the registry (no retries: a half-done deletion is reported, not redone)."""
+    return REGISTRY[action].run(**params, dry_run=dry_run)
+
+
+compress_old_logs = retention_step.with_options(name="compress-old-logs")
+delete_old_logs = retention_step.with_options(name="delete-old-compressed-logs")
+
+
+@scheduled_flow("log-retention")
+def log_retention() -> State:
+    """Seed 002 "Clean up logs" + "/etc/cron.daily/auto-author-cleanup"; seed 004 "Logs: 7 days local, 30 days compressed".
+
+    ``gzip`` logs older than ``paths.retention_days`` (7), then delete compressed logs older than
+    ``paths.delete_after_days`` (30), in ``paths.logs`` only.
+    """
+    runbook = _runbook("log-retention")
+    settings, catalog, _ = runtime()
+    paths = catalog.targets.paths
+    dry_run = settings.dry_run or runbook.dry_run
+    before = collect(log_directories)
+    outcomes: list[ActionOutcome] = []
+    if paths.logs:
+        for step, name, params in (
+            (compress_old_logs, "compress_old_logs", {"directories": paths.logs, "older_than_days": paths.retention_days,
+                                                      "patterns": ["*.log", "*.log.[0-9]*", "*.log-[0-9]*"]}),
+            (delete_old_logs, "delete_old_files", {"directories": paths.logs, "older_than_days": paths.delete_after_days,
+                                                   "patterns": ["*.gz"]}),
+        ):
+            state = step(name, params, dry_run, return_state=True)
+            outcomes.append(state.result() if state.is_completed() else ActionOutcome(
+                action=name, target=", ".join(paths.logs), risk=REGISTRY[name].risk, status="failed",
+                dry_run=dry_run, detail=str(state.message)))
+    after = collect(log_directories) if outcomes else before
+    disk = collect(measure_log_directories, runbook.thresholds.get("disk_percent", 90))
+    results = [before.model_copy(update={"probe": "log_dirs_before"}), after.model_copy(update={"probe": "log_dirs_after"}), disk]
+    return finish(runbook, results, outcomes)
+
+
+# -- backup freshness -----------------------------------------------------------------------------
+
+check_backup_freshness = checks.backup_freshness.with_options(name="check-backup-freshness")
+
+
+@scheduled_flow("backup-freshness")
+def backup_freshness() -> State:
+    """Seed 003 weekly "Check backup status", seed 004 "Backups: Daily snapshots": is each backup recent?"""
+    runbook = _runbook("backup-freshness")
+    result = collect(check_backup_freshness)
+    return finish(runbook, [result], sections=[table("Backups", ["name", "state", "max_age_hours", "detail"],
+                                                     result.evidence.get("backups", []))])

@@ -1,0 +1,414 @@
+"""The runbook catalog (``config/runbooks.yaml``) and the targets it may act on.
+
+Loading validates everything a 3 a.m. run would otherwise trip over: unknown
+keys, an alert name claimed by two runbooks, a mitigation without a risk.
+:func:`Catalog.resolve_flows` additionally imports every flow and checks each
+mitigation against the mitigation registry; ``responder up`` calls it before
+anything starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+import os
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from tasks.base import Risk
+
+
+class CatalogError(Exception):
+    """The configuration is wrong; the message names the file and the entry."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MitigationSpec(_Strict):
+    name: str
+    risk: Risk
+
+
+class VerifySpec(_Strict):
+    budget_seconds: float = Field(default=300, gt=0)
+    interval_seconds: float = Field(default=15, gt=0)
+
+
+class Runbook(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    title: str
+    flow: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    alertnames: list[str] = Field(default_factory=list)
+    severity: str = "warning"
+    seeds: list[str] = Field(default_factory=list)
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    verify: VerifySpec = Field(default_factory=VerifySpec)
+    approval_timeout_seconds: float = Field(default=900, gt=0)
+    mitigations: list[MitigationSpec] = Field(default_factory=list)
+    left_to_humans: list[str] = Field(default_factory=list)
+    schedules: list[str] = Field(default_factory=list, description="cron expressions")
+    dry_run: bool = False
+
+    @field_validator("severity")
+    @classmethod
+    def _severity(cls, value: str) -> str:
+        if value not in ("info", "warning", "critical"):
+            raise ValueError("severity must be info, warning or critical")
+        return value
+
+    @model_validator(mode="after")
+    def _started_somehow(self) -> "Runbook":
+        if not self.alertnames and not self.schedules:
+            raise ValueError("a runbook needs alertnames (started by alerts) or schedules (cron), or both")
+        return self
+
+    @property
+    def deployment_name(self) -> str:
+        return self.name
+
+    def catalog_entry(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "flow": self.flow,
+            "deployment": f"{self.flow.split(':')[1].replace('_', '-')}/{self.deployment_name}",
+            "alertnames": self.alertnames,
+            "severity": self.severity,
+            "thresholds": self.thresholds,
+            "mitigations": [m.model_dump(mode="json") for m in self.mitigations],
+            "seeds": self.seeds,
+            "schedules": self.schedules,
+        }
+
+
+class ServiceTarget(_Strict):
+    restart: list[str] | None = None
+    rollback: list[str] | None = None
+    scale: list[str] | None = None
+    health_url: str | None = None
+    health_detailed_url: str | None = None
+    match: dict[str, str] = Field(default_factory=dict)
+
+
+class ProcessTargets(_Strict):
+    killable_cmdline: list[str] = Field(default_factory=list)
+    protected_names: list[str] = Field(default_factory=list)
+
+    @field_validator("killable_cmdline")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"killable_cmdline pattern {pattern!r}: {exc}") from exc
+        return patterns
+
+
+class DatabaseTarget(_Strict):
+    url: SecretStr | None = None
+    match: dict[str, str] = Field(default_factory=dict)
+
+
+class QueueSpec(_Strict):
+    name: str
+    kind: Literal["list", "bullmq"] = "list"
+    threshold: int = Field(default=1000, ge=0)
+
+
+class RedisTarget(DatabaseTarget):
+    queues: list[QueueSpec] = Field(default_factory=list)
+    cache_prefixes: list[str] = Field(default_factory=list)
+    allow_flush: bool = False
+    blocklist_key: str | None = None  # a set or sorted set of blocked source addresses
+    ratelimit_prefix: str | None = None  # rate-limit counters live under this prefix
+    dead_letter_suffix: str = ":dead"  # stuck items of queue Q move to list Q + suffix
+
+
+class LogSource(_Strict):
+    path: str
+    format: Literal["text", "access", "json"] = "text"
+    error_pattern: str = r"\b(ERROR|FATAL|CRITICAL)\b"
+    group_field: str | None = None  # json logs: the field errors are grouped by (seed 002 jq steps)
+
+
+class FlagTarget(_Strict):
+    """A feature flag or maintenance-mode switch kept in Redis."""
+
+    redis: str = "default"
+    key: str
+    on_value: str = "1"
+    off_value: str = "0"
+
+
+class BackupTarget(_Strict):
+    name: str
+    path_glob: str
+    max_age_hours: float = Field(default=26, gt=0)
+
+
+class PathTargets(_Strict):
+    logs: list[str] = Field(default_factory=list)
+    temp: list[str] = Field(default_factory=list)
+    disk: list[str] = Field(default_factory=lambda: ["/"])
+    retention_days: float = Field(default=7, ge=1)
+    delete_after_days: float = Field(default=30, ge=1)
+
+
+class MonitoringTargets(_Strict):
+    prometheus_url: str | None = None
+    alertmanager_url: str | None = None
+    grafana_url: str | None = None
+
+
+class ExternalTarget(_Strict):
+    name: str
+    url: str
+    timeout_s: float = Field(default=5, gt=0)
+
+
+class JobTarget(_Strict):
+    url: str
+    method: Literal["POST", "PUT", "GET"] = "POST"
+
+
+class Targets(_Strict):
+    processes: ProcessTargets = Field(default_factory=ProcessTargets)
+    services: dict[str, ServiceTarget] = Field(default_factory=dict)
+    postgres: dict[str, DatabaseTarget] = Field(default_factory=dict)
+    redis: dict[str, RedisTarget] = Field(default_factory=dict)
+    mongodb: dict[str, DatabaseTarget] = Field(default_factory=dict)
+    paths: PathTargets = Field(default_factory=PathTargets)
+    monitoring: MonitoringTargets = Field(default_factory=MonitoringTargets)
+    external: list[ExternalTarget] = Field(default_factory=list)
+    jobs: dict[str, JobTarget] = Field(default_factory=dict)
+    logs: dict[str, LogSource] = Field(default_factory=dict)
+    flags: dict[str, FlagTarget] = Field(default_factory=dict)
+    backups: list[BackupTarget] = Field(default_factory=list)
+
+    def select(self, kind: str, labels: dict[str, str]) -> tuple[str, Any] | None:
+        """The configured target of ``kind`` an alert's labels point at, else the ``default`` one.
+
+        A target is selected by its name equal to the ``service``, ``job`` or ``datname`` label,
+        or by all of its ``match`` labels. Labels never create a target: no match, no default → None.
+        """
+        entries: dict[str, Any] = getattr(self, kind)
+        for key in ("service", "job", "datname"):
+            name = labels.get(key)
+            if name and name in entries:
+                return name, entries[name]
+        for name, entry in entries.items():
+            if entry.match and all(labels.get(k) == v for k, v in entry.match.items()):
+                return name, entry
+        if "default" in entries:
+            return "default", entries["default"]
+        return None
+
+
+class SlackConfig(_Strict):
+    # seed 004: "#alerts" for warnings, "#critical-alerts" for critical
+    channels: dict[str, str] = Field(
+        default_factory=lambda: {"info": "#alerts", "warning": "#alerts", "critical": "#critical-alerts"}
+    )
+
+
+class DiscordConfig(_Strict):
+    webhook_url: SecretStr | None = None
+
+
+class PagerDutyConfig(_Strict):
+    routing_key: SecretStr | None = None
+    events_url: str = "https://events.pagerduty.com/v2/enqueue"
+    severities: list[str] = Field(default_factory=lambda: ["critical"])  # seed 004: "Critical alerts only"
+
+
+class NotifyConfig(_Strict):
+    slack: SlackConfig = Field(default_factory=SlackConfig)
+    discord: DiscordConfig = Field(default_factory=DiscordConfig)
+    pagerduty: PagerDutyConfig = Field(default_factory=PagerDutyConfig)
+    webhooks: list[str] = Field(default_factory=list)
+
+
+class EscalationLevel(_Strict):
+    who: str
+    title: str = ""
+
+
+class EscalationStep(_Strict):
+    level: int
+    after_minutes: float = Field(ge=0)
+
+
+class EscalationConfig(_Strict):
+    """Who is paged when, per severity (seed 001 levels; seed 000 response times)."""
+
+    levels: dict[int, EscalationLevel]
+    policies: dict[str, list[EscalationStep]]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EscalationConfig":
+        if "default" not in self.policies:
+            raise ValueError("policies must have a 'default' entry")
+        for severity, steps in self.policies.items():
+            delays = [step.after_minutes for step in steps]
+            if delays != sorted(delays):
+                raise ValueError(f"policy {severity!r}: steps must be in order of after_minutes")
+            for step in steps:
+                if step.level not in self.levels:
+                    raise ValueError(f"policy {severity!r}: level {step.level} is not defined under levels")
+        return self
+
+    def steps_for(self, severity: str) -> list[EscalationStep]:
+        return self.policies.get(severity) or self.policies["default"]
+
+
+def _default_escalation() -> EscalationConfig:
+    return EscalationConfig(
+        levels={1: EscalationLevel(who="on-call-primary"), 2: EscalationLevel(who="on-call-secondary"),
+                3: EscalationLevel(who="team-lead")},
+        policies={"default": [EscalationStep(level=1, after_minutes=5), EscalationStep(level=2, after_minutes=15),
+                              EscalationStep(level=3, after_minutes=30)]},
+    )
+
+
+class Catalog(BaseModel):
+    runbooks: list[Runbook]
+    targets: Targets = Field(default_factory=Targets)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    escalation: EscalationConfig = Field(default_factory=_default_escalation)
+
+    def route(self, alertname: str) -> Runbook | None:
+        for runbook in self.runbooks:
+            if alertname in runbook.alertnames:
+                return runbook
+        return None
+
+    def get(self, name: str) -> Runbook:
+        for runbook in self.runbooks:
+            if runbook.name == name:
+                return runbook
+        raise KeyError(name)
+
+    def resolve_flows(self) -> dict[str, Any]:
+        """Import every runbook's flow; check its mitigations exist. Returns {runbook name: Flow}."""
+        from prefect import Flow
+
+        from tasks.mitigations import REGISTRY
+
+        flows: dict[str, Any] = {}
+        for runbook in self.runbooks:
+            module_name, attr = runbook.flow.split(":")
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                raise CatalogError(f"runbook {runbook.name!r}: cannot import flow module {module_name!r}: {exc}") from exc
+            obj = getattr(module, attr, None)
+            if not isinstance(obj, Flow):
+                raise CatalogError(f"runbook {runbook.name!r}: {runbook.flow!r} is not a Prefect flow")
+            for mitigation in runbook.mitigations:
+                registered = REGISTRY.get(mitigation.name)
+                if registered is None:
+                    raise CatalogError(
+                        f"runbook {runbook.name!r}: mitigation {mitigation.name!r} is not a registered mitigation "
+                        f"(known: {', '.join(sorted(REGISTRY))})"
+                    )
+                if registered.risk != mitigation.risk:
+                    raise CatalogError(
+                        f"runbook {runbook.name!r}: mitigation {mitigation.name!r} is declared {mitigation.risk.value} "
+                        f"but the action is {registered.risk.value}"
+                    )
+            flows[runbook.name] = obj
+        return flows
+
+
+_ENV_REF = re.compile(r"^\$\{([A-Z_][A-Z0-9_]*)\}$")
+
+
+def _expand_env(value: Any) -> Any:
+    """``"${VAR}"`` → the variable's value (None when unset or empty), recursively."""
+    if isinstance(value, str):
+        match = _ENV_REF.match(value.strip())
+        if match:
+            return os.environ.get(match.group(1)) or None
+        return value
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    return value
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        with path.open() as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError:
+        return None
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def _describe(exc: ValidationError, path: Path, data: Any) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        where = ".".join(str(p) for p in loc)
+        # Name the runbook rather than its index when we can.
+        if len(loc) >= 1 and isinstance(loc[0], int) and isinstance(data, list):
+            try:
+                where = f"runbook {data[loc[0]].get('name', loc[0])!r}: " + ".".join(str(p) for p in loc[1:])
+            except (KeyError, IndexError, TypeError, AttributeError):
+                pass
+        lines.append(f"{path}: {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_catalog(config_dir: Path) -> Catalog:
+    """Every ``config/runbooks/*.yaml`` (each a ``runbooks:`` list), ``targets.yaml`` and ``notify.yaml``."""
+    files = sorted((config_dir / "runbooks").glob("*.yaml"))
+    if not files:
+        raise CatalogError(f"{config_dir / 'runbooks'}: no runbook files (*.yaml)")
+    runbooks: list[Runbook] = []
+    origin: dict[str, Path] = {}
+    alert_owner: dict[str, str] = {}
+    for path in files:
+        data = _read_yaml(path)
+        if not isinstance(data, dict) or not isinstance(data.get("runbooks"), list):
+            raise CatalogError(f"{path}: expected a mapping with a 'runbooks' list")
+        entries = data["runbooks"]
+        for index, entry in enumerate(entries):
+            try:
+                runbook = Runbook.model_validate(entry)
+            except ValidationError as exc:
+                name = entry.get("name", f"#{index + 1}") if isinstance(entry, dict) else f"#{index + 1}"
+                raise CatalogError("\n".join(
+                    f"{path}: runbook {name!r}: {'.'.join(str(p) for p in err['loc']) or '(entry)'}: {err['msg']}"
+                    for err in exc.errors()
+                )) from None
+            if runbook.name in origin:
+                raise CatalogError(f"{path}: runbook name {runbook.name!r} is also defined in {origin[runbook.name]}")
+            origin[runbook.name] = path
+            for alertname in runbook.alertnames:
+                if alertname in alert_owner:
+                    raise CatalogError(
+                        f"{path}: alert name {alertname!r} is claimed by both {alert_owner[alertname]!r} and {runbook.name!r}"
+                    )
+                alert_owner[alertname] = runbook.name
+            runbooks.append(runbook)
+    catalog = Catalog(runbooks=runbooks)
+    for extra, field in (("targets.yaml", "targets"), ("notify.yaml", "notify"), ("escalation.yaml", "escalation")):
+        path = config_dir / extra
+        section = _read_yaml(path)
+        if section is None and field == "escalation":
+            continue
+        section = _expand_env(section or {})
+        try:
+            setattr(catalog, field, Catalog.model_fields[field].annotation.model_validate(section))
+        except ValidationError as exc:
+            raise CatalogError(_describe(exc, path, section)) from None
+    return catalog

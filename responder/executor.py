@@ -1,0 +1,197 @@
+"""Runs the runbook deployments' flow runs inside the responder process.
+
+Prefect's ``serve`` starts a new Python process per run (about 1.5 s of imports
+before the first task) and polls every 10 s. A responder must start in well
+under a second, so this executor:
+
+* listens to the server's event stream for ``prefect.flow-run.Scheduled`` and
+  polls ``get_scheduled_flow_runs_for_deployments`` at once when one arrives
+  (and every ``RESPONDER_POLL_SECONDS`` anyway, which also keeps the deployments
+  marked ready in the UI);
+* claims each run by proposing ``Pending`` (a run another executor claimed is
+  refused by the server, so no run executes twice);
+* runs the flow in a thread of this process with Prefect's own engine
+  (``prefect.flow_engine.run_flow``), so the run is a normal deployment run in
+  the UI: logs, task graph, artifacts, pause/resume.
+
+Runs left Running, Pending or Paused by a responder that died are scheduled again
+at start-up: a runbook starts over from its first step (every step re-checks
+before acting, so that is safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+from uuid import UUID
+
+logger = logging.getLogger("responder.executor")
+
+
+class Executor:
+    def __init__(
+        self,
+        flows_by_deployment: dict[UUID, tuple[str, Any]],
+        poll_seconds: float = 2.0,
+        max_concurrent_runs: int = 64,
+        on_run_started: Callable[[str], None] | None = None,
+    ) -> None:
+        self.flows_by_deployment = flows_by_deployment
+        self.poll_seconds = poll_seconds
+        self._slots = threading.BoundedSemaphore(max_concurrent_runs)
+        self._inflight: set[UUID] = set()
+        self._inflight_lock = threading.Lock()
+        self._wake: asyncio.Event | None = None
+        self.polling_ok = False
+        self.last_poll: float | None = None
+        self.on_run_started = on_run_started
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run(self) -> None:
+        self._wake = asyncio.Event()
+        await self._recover_orphans()
+        await asyncio.gather(self._poll_loop(), self._watch_loop())
+
+    async def _recover_orphans(self) -> None:
+        from prefect import get_client
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.states import Scheduled
+
+        async with get_client() as client:
+            orphans = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING, StateType.PAUSED])
+                    )
+                ),
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(self.flows_by_deployment))),
+            )
+            for run in orphans:
+                logger.warning("Run %s (%s) was left %s by a stopped responder: starting it again", run.name, run.id, run.state_name)
+                await client.set_flow_run_state(
+                    run.id,
+                    Scheduled(message="The responder restarted; this response starts again from its first step."),
+                    force=True,
+                )
+
+    async def _poll_loop(self) -> None:
+        from prefect import get_client
+
+        assert self._wake is not None
+        async with get_client() as client:
+            while True:
+                try:
+                    runs = await client.get_scheduled_flow_runs_for_deployments(
+                        deployment_ids=list(self.flows_by_deployment),
+                        scheduled_before=datetime.now(timezone.utc) + timedelta(seconds=1),
+                    )
+                    self.polling_ok = True
+                    self.last_poll = time.monotonic()
+                    for run in runs:
+                        await self._claim_and_start(client, run)
+                except Exception as exc:  # the server may be down: keep polling, report not ready
+                    if self.polling_ok:
+                        logger.warning("Polling the Prefect server failed: %s", exc)
+                    self.polling_ok = False
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                except asyncio.TimeoutError:
+                    pass
+                self._wake.clear()
+
+    async def _watch_loop(self) -> None:
+        """Start runs the moment the server announces them (the poll loop covers anything missed)."""
+        from prefect import get_client
+        from prefect.events.clients import get_events_subscriber
+        from prefect.events.filters import EventFilter, EventNameFilter
+
+        ours = {f"prefect.deployment.{d}" for d in self.flows_by_deployment}
+        flt = EventFilter(event=EventNameFilter(name=["prefect.flow-run.Scheduled"]))
+        while True:
+            try:
+                async with get_client() as client, get_events_subscriber(filter=flt, reconnection_attempts=0) as subscriber:
+                    async for event in subscriber:
+                        if not any(r.id in ours for r in event.related):
+                            continue
+                        try:
+                            run = await client.read_flow_run(UUID(event.resource.id.rsplit(".", 1)[1]))
+                        except Exception:
+                            self.wake()
+                            continue
+                        due = run.next_scheduled_start_time or run.expected_start_time
+                        if run.state and run.state.is_scheduled() and (
+                            due is None or due <= datetime.now(timezone.utc) + timedelta(seconds=1)
+                        ):
+                            await self._claim_and_start(client, run)
+                        # A run scheduled for later (cron, escalation pages) is found by the poll when due.
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.debug("Event stream interrupted (%s); polling covers the gap", exc)
+            await asyncio.sleep(self.poll_seconds)
+
+    async def _claim_and_start(self, client: Any, run: Any) -> None:
+        from prefect.client.schemas.responses import SetStateStatus
+        from prefect.states import Pending
+
+        # Reserve the run before the first await: the event watcher and the poller can both see it,
+        # and the server may accept a second Pending proposal, so the guard must be local too.
+        with self._inflight_lock:
+            if run.id in self._inflight:
+                return
+            self._inflight.add(run.id)
+        if not self._slots.acquire(blocking=False):
+            self._release(run.id, slot=False)
+            return  # at the limit: the run stays Scheduled and is picked up later
+        try:
+            result = await client.set_flow_run_state(run.id, Pending(), force=False)
+        except Exception:
+            self._release(run.id)
+            raise
+        if result.status != SetStateStatus.ACCEPT:
+            self._release(run.id)
+            return
+        runbook, flow = self.flows_by_deployment[run.deployment_id]
+        thread = threading.Thread(
+            target=self._execute, args=(flow, run.id, runbook), name=f"run-{run.name}", daemon=True
+        )
+        thread.start()
+
+    def _release(self, flow_run_id: UUID, slot: bool = True) -> None:
+        with self._inflight_lock:
+            self._inflight.discard(flow_run_id)
+        if slot:
+            self._slots.release()
+
+    def _execute(self, flow: Any, flow_run_id: UUID, runbook: str) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.flow_engine import run_flow
+
+        try:
+            if self.on_run_started:
+                self.on_run_started(runbook)
+            with get_client(sync_client=True) as client:
+                flow_run = client.read_flow_run(flow_run_id)
+            run_flow(flow, flow_run=flow_run, return_type="state")
+        except BaseException:
+            logger.exception("Run %s of %s ended with an engine error", flow_run_id, runbook)
+        finally:
+            self._release(flow_run_id)

@@ -1,0 +1,203 @@
+"""The alert intake: Alertmanager's webhook receiver.
+
+Alertmanager configuration (``alertmanager.yml``)::
+
+    receivers:
+      - name: responder
+        webhook_configs:
+          - url: http://HOST:8765/alerts
+            send_resolved: true
+            http_config:
+              authorization:
+                credentials: <RESPONDER_INTAKE_TOKEN>
+
+Answers: 200 once the body is stored durably (its events reach Prefect after);
+401 without the right bearer token; 413 over the size limit; 422 for a body that
+can never be accepted (not JSON, or not an Alertmanager v4 body: the field is
+named); 503 when it cannot be stored right now, so Alertmanager retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from responder import metrics
+from responder.alerts import AlertmanagerPayload
+from responder.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from responder.runtime import Responder
+
+logger = logging.getLogger("responder.intake")
+
+
+def _error(code: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    metrics.INTAKE_REQUESTS.labels(str(code)).inc()
+    return JSONResponse({"detail": detail}, status_code=code, headers=headers)
+
+
+def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "error": err["msg"]}
+        for err in exc.errors(include_url=False)
+    ]
+
+
+def create_app(responder: "Responder") -> FastAPI:
+    app = FastAPI(title="runbook-responder intake", docs_url=None, redoc_url=None)
+    settings = responder.settings
+    token = settings.token().get_secret_value().encode()
+    limit = settings.intake_max_body_bytes
+
+    def authorized(request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, credentials = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token)
+
+    async def read_limited(request: Request) -> bytes | None:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @app.post("/alerts")
+    async def post_alerts(request: Request):
+        if not authorized(request):
+            return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        raw = await read_limited(request)
+        if raw is None:
+            return _error(413, f"body larger than {limit} bytes")
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return _error(422, [{"field": "(body)", "error": f"not JSON: {exc}"}])
+        try:
+            payload = AlertmanagerPayload.model_validate(data)
+        except ValidationError as exc:
+            return _error(422, _field_errors(exc))
+        started = time.perf_counter()
+        try:
+            result = await asyncio.to_thread(responder.store.ingest, payload, raw, responder.catalog)
+        except StoreUnavailable as exc:
+            logger.error("Alert body not stored: %s", exc)
+            return _error(503, "the alert store is unavailable; retry later", {"Retry-After": "5"})
+        metrics.INGEST_SECONDS.observe(time.perf_counter() - started)
+        responder.after_ingest(result)
+        metrics.INTAKE_REQUESTS.labels("200").inc()
+        return {
+            "receipt": result.receipt_id,
+            "firing": result.new_firing,
+            "resolved": result.resolved,
+            "duplicates": result.duplicates,
+            "unrouted": result.unrouted,
+            "incidents_opened": result.incidents_opened,
+            "incidents_closed": result.incidents_closed,
+        }
+
+    @app.get("/healthz")
+    async def healthz():
+        checks = await responder.readiness()
+        ready = all(checks.values())
+        metrics.READY.set(1 if ready else 0)
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def get_metrics():
+        try:
+            metrics.OUTBOX_BACKLOG.set(await asyncio.to_thread(responder.store.outbox_backlog))
+        except StoreUnavailable:
+            pass
+        metrics.RUNS_INFLIGHT.set(responder.executor.inflight if responder.executor else 0)
+        try:
+            for (state, severity), count in (await asyncio.to_thread(responder.store.counts)).items():
+                metrics.INCIDENTS.labels(state, severity).set(count)
+        except StoreUnavailable:
+            pass
+        return PlainTextResponse(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/incidents/{incident_id}/ack")
+    async def ack_incident(incident_id: str, request: Request):
+        if not authorized(request):
+            return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        try:
+            body = await request.json() if (await request.body()) else {}
+        except json.JSONDecodeError:
+            return _error(422, [{"field": "(body)", "error": "not JSON"}])
+        who = str((body or {}).get("by") or "someone")[:200]
+        return await _acknowledge(incident_id, who)
+
+    async def _acknowledge(incident_id: str, who: str):
+        try:
+            incident = await asyncio.to_thread(responder.store.incident, incident_id)
+            if incident is None:
+                return _error(404, f"no incident {incident_id}")
+            if incident.status != "open":
+                return _error(409, f"incident {incident_id} is already closed ({incident.close_reason})")
+            incident = await asyncio.to_thread(responder.store.acknowledge, incident_id, who)
+        except StoreUnavailable:
+            return _error(503, "the alert store is unavailable; retry later", {"Retry-After": "5"})
+        responder.wake_delivery()
+        return {"id": incident.id, "acknowledged_by": incident.acknowledged_by, "acknowledged_at": incident.acknowledged_at}
+
+    @app.post("/slack/actions")
+    async def slack_actions(request: Request):
+        """Slack interactivity: approve / reject / acknowledge buttons, signature verified."""
+        from urllib.parse import parse_qs
+
+        from slack_sdk.signature import SignatureVerifier
+
+        secret = settings.slack_signing_secret
+        raw = await read_limited(request)
+        if raw is None:
+            return _error(413, f"body larger than {limit} bytes")
+        if secret is None or not SignatureVerifier(secret.get_secret_value()).is_valid_request(raw, dict(request.headers)):
+            return _error(401, "Slack signature missing, wrong or stale")
+        try:
+            payload = json.loads(parse_qs(raw.decode())["payload"][0])
+            action = payload["actions"][0]
+            user = payload.get("user") or {}
+            who = f"{user.get('username') or user.get('name') or user.get('id') or 'someone'} (Slack)"
+            kind, value = action["action_id"], action["value"]
+        except (KeyError, IndexError, ValueError, UnicodeDecodeError) as exc:
+            return _error(422, [{"field": "payload", "error": f"not a Slack block action: {exc}"}])
+        if kind == "ack":
+            return await _acknowledge(value, who)
+        if kind in ("approve", "reject"):
+            from responder.approvals import ApprovalError, answer
+
+            try:
+                await answer(value, kind == "approve", f"via Slack by {who}", who)
+            except ApprovalError as exc:
+                return _error(409, str(exc))
+            return {"text": f"{'Approved' if kind == 'approve' else 'Rejected'} by {who}"}
+        return _error(422, [{"field": "actions.0.action_id", "error": f"unknown action {kind!r}"}])
+
+    @app.get("/incidents")
+    async def list_incidents(request: Request, status: str | None = None):
+        if not authorized(request):
+            return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        def listing():
+            return [{**i.__dict__, "waiting_on": responder.store.waiting_on(i)} for i in responder.store.incidents(status)]
+
+        try:
+            return await asyncio.to_thread(listing)
+        except StoreUnavailable:
+            return _error(503, "the alert store is unavailable; retry later")
+
+    return app

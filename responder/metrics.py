@@ -1,0 +1,53 @@
+"""Prometheus metrics of the intake and the responses (``GET /metrics``)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+INTAKE_REQUESTS = Counter(
+    "responder_intake_requests_total", "POST /alerts requests by HTTP status code.", ["code"], registry=REGISTRY
+)
+ALERTS = Counter(
+    "responder_alerts_total",
+    "Alerts received, by outcome (firing, resolved, duplicate, unrouted).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+INCIDENTS_OPENED = Counter(
+    "responder_incidents_opened_total", "Incidents opened, by runbook.", ["runbook"], registry=REGISTRY
+)
+EVENTS_DELIVERED = Counter(
+    "responder_events_delivered_total", "Events delivered to the Prefect server.", registry=REGISTRY
+)
+DELIVERY_FAILURES = Counter(
+    "responder_event_delivery_failures_total", "Failed attempts to deliver events to Prefect.", registry=REGISTRY
+)
+OUTBOX_BACKLOG = Gauge(
+    "responder_outbox_backlog", "Stored events not yet delivered to Prefect.", registry=REGISTRY
+)
+RUNS_STARTED = Counter(
+    "responder_runs_started_total", "Runbook runs started by this responder, by runbook.", ["runbook"], registry=REGISTRY
+)
+RUNS_INFLIGHT = Gauge("responder_runs_inflight", "Runbook runs executing in this process.", registry=REGISTRY)
+READY = Gauge("responder_ready", "1 when an alert posted now would start its run.", registry=REGISTRY)
+INGEST_SECONDS = Histogram(
+    "responder_intake_store_seconds",
+    "Time to store one Alertmanager body durably.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+PAGES = Counter("responder_pages_total", "Escalation pages sent, by level.", ["level"], registry=REGISTRY)
+ACTIONS = Counter(
+    "responder_actions_total", "Mitigations by outcome (done, would_do, rejected, …).", ["status"], registry=REGISTRY
+)
+TIME_TO_ACK = Histogram(
+    "responder_time_to_acknowledge_seconds", "Incident opened → acknowledged by a human.",
+    buckets=(30, 60, 120, 300, 600, 900, 1800, 3600, 7200), registry=REGISTRY,
+)
+TIME_TO_RESOLVE = Histogram(
+    "responder_time_to_resolve_seconds", "Incident opened → closed.",
+    buckets=(10, 30, 60, 120, 300, 600, 1800, 3600, 14400), registry=REGISTRY,
+)
+INCIDENTS = Gauge(
+    "responder_incidents", "Incidents by state and severity.", ["state", "severity"], registry=REGISTRY
+)

@@ -1,0 +1,124 @@
+"""Talking to the Prefect server: event delivery and the readiness canary.
+
+Events go to ``POST /api/events`` with their ids fixed when they were stored, so
+delivering one twice is harmless (the server's trigger evaluation skips event ids
+it has seen). The canary is an automation of our own (``do-nothing`` action) on a
+``responder.readiness.probe`` event: when its action fires, the server's event
+pipeline, trigger evaluation and action service are all up and every automation
+created before it is loaded, so an alert delivered now starts its run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+
+CANARY_NAME = "responder: readiness canary"
+CANARY_EVENT = "responder.readiness.probe"
+
+
+def api_url() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise RuntimeError("PREFECT_API_URL is not set")
+    return url.rstrip("/")
+
+
+async def post_events(client: httpx.AsyncClient, events: list[dict[str, Any]]) -> None:
+    response = await client.post(f"{api_url()}/events", json=events, timeout=10)
+    response.raise_for_status()
+
+
+async def server_healthy(client: httpx.AsyncClient) -> bool:
+    try:
+        response = await client.get(f"{api_url()}/health", timeout=3)
+        return response.status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def ensure_canary() -> uuid.UUID:
+    """Create (once) the canary automation; returns its id."""
+    from prefect import get_client
+    from prefect.events.actions import DoNothing
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    async with get_client() as client:
+        existing = await client.read_automations_by_name(CANARY_NAME)
+        if existing:
+            for extra in existing[1:]:
+                await client.delete_automation(extra.id)
+            return existing[0].id
+        return await client.create_automation(
+            AutomationCore(
+                name=CANARY_NAME,
+                description="Lets the responder check that alert triggers are live before it reports ready.",
+                trigger=EventTrigger(
+                    expect={CANARY_EVENT},
+                    match={"prefect.resource.id": "responder.readiness"},
+                    posture=Posture.Reactive,
+                    threshold=1,
+                ),
+                actions=[DoNothing()],
+            )
+        )
+
+
+async def probe_triggers(http: httpx.AsyncClient, timeout: float = 20.0) -> bool:
+    """Emit a canary event and wait until the canary automation's action fires for it."""
+    from prefect.events.clients import get_events_subscriber
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    probe_id = str(uuid.uuid4())
+    wanted = f"prefect.event.{probe_id}"
+    flt = EventFilter(event=EventNameFilter(prefix=["prefect.automation.action."]))
+
+    async def wait() -> bool:
+        async with get_events_subscriber(filter=flt) as subscriber:
+            await post_events(
+                http,
+                [
+                    {
+                        "id": probe_id,
+                        "occurred": datetime.now(timezone.utc).isoformat(),
+                        "event": CANARY_EVENT,
+                        "resource": {"prefect.resource.id": "responder.readiness"},
+                        "payload": {},
+                    }
+                ],
+            )
+            async for event in subscriber:
+                if any(r.id == wanted for r in event.related):
+                    return True
+        return False
+
+    try:
+        return await asyncio.wait_for(wait(), timeout)
+    except (asyncio.TimeoutError, OSError, httpx.HTTPError):
+        return False
+    except Exception as exc:  # websockets raise their own connection errors
+        if "connect" in type(exc).__name__.lower() or "websocket" in type(exc).__module__:
+            return False
+        raise
+
+
+async def release_waiting_run(flow_run_id: str, reason: str) -> bool:
+    """Answer a paused run's approval form with "no" (its incident is over). False if not paused."""
+    from uuid import UUID
+
+    from prefect import get_client
+
+    async with get_client() as client:
+        run = await client.read_flow_run(UUID(flow_run_id))
+        if not (run.state and run.state.is_paused()):
+            return False
+        await client.resume_flow_run(
+            UUID(flow_run_id), run_input={"approve": False, "reason": reason, "approver": "alertmanager"}
+        )
+        return True

@@ -1,0 +1,333 @@
+"""``responder up``: one process with the intake, event delivery and the run executor.
+
+Start-up order matters for "nothing posted is lost": the intake listens (and
+stores) first; deployments and triggers are applied next, retried while the
+Prefect server is unreachable; event delivery starts only after the readiness
+canary proved that triggers fire. ``GET /healthz`` turns 200 when all of it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from responder import metrics
+from responder.catalog import Catalog
+from responder.settings import PROJECT_ROOT, ResponderSettings
+from responder.store import IngestResult, Store, StoreUnavailable
+
+logger = logging.getLogger("responder")
+
+
+class EmbeddedPrefectServer:
+    """``prefect server start`` on SQLite under a project-local PREFECT_HOME."""
+
+    def __init__(self, home: Path, port: int, host: str = "127.0.0.1") -> None:
+        self.home, self.port, self.host = home, port, host
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 90) -> None:
+        import socket
+
+        with socket.socket() as probe:
+            if probe.connect_ex((self.host, self.port)) == 0:
+                raise RuntimeError(
+                    f"port {self.port} is already in use (another Prefect server?): stop it, or set "
+                    "PREFECT_SERVER_API_PORT to a free port, or PREFECT_API_URL to use that server"
+                )
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env.pop("PREFECT_API_URL", None)
+        env.setdefault("PREFECT_UI_API_URL", self.api_url)  # the UI calls the API on this port, not 4200
+        log = open(self.home / "server.log", "ab")
+        prefect_bin = Path(sys.executable).with_name("prefect")
+        self.process = subprocess.Popen(
+            [str(prefect_bin), "server", "start", "--host", self.host, "--port", str(self.port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the embedded Prefect server exited with code {self.process.returncode}; see {self.home / 'server.log'}"
+                )
+            try:
+                if httpx.get(f"{self.api_url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"the embedded Prefect server did not answer on {self.api_url} within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+class Responder:
+    def __init__(self, settings: ResponderSettings, catalog: Catalog, store: Store) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.store = store
+        self.executor: Any = None
+        self.prefect_ready = False
+        self.triggers_ready = False
+        self._deliver_wake: asyncio.Event | None = None
+        self._follow_up_wake: asyncio.Event | None = None
+        self.deployment_ids: dict[str, Any] = {}
+        self.page_deployment_id: Any = None
+        from responder.notify import Notifier
+
+        self.notifier = Notifier(settings, catalog, store)
+
+    # -- called by the intake ----------------------------------------------------
+    def after_ingest(self, result: IngestResult) -> None:
+        metrics.ALERTS.labels("firing").inc(result.new_firing)
+        metrics.ALERTS.labels("resolved").inc(result.resolved)
+        metrics.ALERTS.labels("duplicate").inc(result.duplicates)
+        metrics.ALERTS.labels("unrouted").inc(result.unrouted)
+        for runbook in result.runbooks_opened:
+            metrics.INCIDENTS_OPENED.labels(runbook).inc()
+        if self._deliver_wake is not None:
+            self._deliver_wake.set()
+
+    def wake_delivery(self) -> None:
+        if self._deliver_wake is not None:
+            self._deliver_wake.set()
+
+    async def readiness(self) -> dict[str, bool]:
+        try:
+            await asyncio.to_thread(self.store.ping)
+            store_ok = True
+        except StoreUnavailable:
+            store_ok = False
+        from responder.prefect_api import server_healthy
+
+        async with httpx.AsyncClient() as http:
+            server_ok = await server_healthy(http)
+        if not server_ok:
+            # After an outage the server reloads its automations: prove triggers again before delivering.
+            self.triggers_ready = False
+        return {
+            "store": store_ok,
+            "prefect_server": server_ok,
+            "deployments": len(self.deployment_ids) == len(self.catalog.runbooks),
+            "triggers": self.triggers_ready,
+            "executor": bool(self.executor and self.executor.polling_ok),
+        }
+
+    # -- Prefect set-up ------------------------------------------------------------
+    async def apply_deployments(self) -> None:
+        """Register every runbook deployment and its trigger; retried until the server answers."""
+        from deployments import build_deployments
+        from flows.escalation import escalation_page
+        from responder.prefect_api import ensure_canary
+
+        flows = self.catalog.resolve_flows()
+        delay = 1.0
+        while True:
+            try:
+                for runbook, deployment in zip(self.catalog.runbooks, await build_deployments(self.catalog, flows)):
+                    self.deployment_ids[runbook.name] = await deployment.aapply()
+                page = await escalation_page.ato_deployment(
+                    name="escalation-page", tags=["escalation"],
+                    description="Pages one escalation level (config/escalation.yaml); runs are scheduled per incident.",
+                )
+                self.page_deployment_id = await page.aapply()
+                await ensure_canary()
+                break
+            except (httpx.HTTPError, OSError, RuntimeError) as exc:
+                logger.warning("Prefect server not reachable (%s); retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+        self.prefect_ready = True
+        from responder.executor import Executor
+
+        self.executor = Executor(
+            {
+                **{self.deployment_ids[name]: (name, flows[name]) for name in self.deployment_ids},
+                self.page_deployment_id: ("escalation-page", escalation_page),
+            },
+            poll_seconds=self.settings.poll_seconds,
+            max_concurrent_runs=self.settings.max_concurrent_runs,
+            on_run_started=lambda runbook: metrics.RUNS_STARTED.labels(runbook).inc(),
+        )
+
+    # -- event delivery ----------------------------------------------------------
+    async def deliver_forever(self) -> None:
+        """Send stored events to Prefect, oldest first, until each one is accepted."""
+        from responder.prefect_api import post_events, probe_triggers, server_healthy
+
+        self._deliver_wake = asyncio.Event()
+        retry = self.settings.delivery_retry_seconds
+        async with httpx.AsyncClient() as http:
+            while True:
+                if not self.triggers_ready:
+                    self.prefect_ready = await server_healthy(http)
+                    if self.prefect_ready and await probe_triggers(http):
+                        self.triggers_ready = True
+                        logger.info("Triggers are live: delivering alerts")
+                    else:
+                        await asyncio.sleep(retry)
+                        continue
+                try:
+                    events = await asyncio.to_thread(self.store.pending_events)
+                except StoreUnavailable as exc:
+                    logger.error("Cannot read the outbox: %s", exc)
+                    await asyncio.sleep(retry)
+                    continue
+                if events:
+                    ids = [e["id"] for e in events]
+                    try:
+                        await post_events(http, events)
+                    except (httpx.HTTPError, OSError) as exc:
+                        metrics.DELIVERY_FAILURES.inc()
+                        logger.warning("Delivering %d events failed (%s); retrying", len(events), exc)
+                        await asyncio.to_thread(self.store.mark_failed, ids, str(exc))
+                        self.triggers_ready = False  # the server may have restarted: prove triggers again
+                        continue
+                    await asyncio.to_thread(self.store.mark_delivered, ids)
+                    metrics.EVENTS_DELIVERED.inc(len(ids))
+                    if self._follow_up_wake is not None:
+                        self._follow_up_wake.set()
+                    continue
+                try:
+                    await asyncio.wait_for(self._deliver_wake.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+                self._deliver_wake.clear()
+
+    async def follow_up_forever(self) -> None:
+        """Runs beside delivery, so a slow follow-up never delays the next alert's event."""
+        self._follow_up_wake = asyncio.Event()
+        while True:
+            if self.triggers_ready:
+                await self._follow_up()
+            try:
+                await asyncio.wait_for(self._follow_up_wake.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+            self._follow_up_wake.clear()
+
+    async def _follow_up(self) -> None:
+        """Local consequences of delivered events, each retried until it completes.
+
+        Opening firing event → schedule the escalation pages; acknowledged → cancel pages and say so;
+        closed → cancel pages, release a run waiting for approval, notify, incident and post-mortem
+        artifacts. Each step is idempotent (keys, versioned artifacts), notifications never raise.
+        """
+        try:
+            events = await asyncio.to_thread(self.store.pending_followups)
+        except StoreUnavailable:
+            return
+        for event in events:
+            try:
+                await self._follow_up_one(event)
+            except Exception as exc:  # the server may be down again: retried on the next pass
+                logger.warning("Follow-up of %s failed (%s); will retry", event["event"], exc)
+                return
+            await asyncio.to_thread(self.store.mark_followed_up, event["id"])
+
+    async def _follow_up_one(self, event: dict[str, Any]) -> None:
+        from responder.escalation import cancel_pages, schedule_next_page
+        from responder.prefect_api import release_waiting_run
+        from responder.reports import publish_incident_artifact, publish_postmortem
+
+        name = event["event"]
+        incident_ref = (event.get("payload") or {}).get("incident")
+        if not incident_ref or not name.startswith(("responder.alert.firing", "responder.incident.")):
+            return
+        incident = await asyncio.to_thread(self.store.incident, incident_ref["id"])
+        if incident is None:
+            return
+        if name == "responder.alert.firing" and event["resource"].get("responder.opens") == "true":
+            if incident.status == "open" and not incident.acknowledged_at:
+                await schedule_next_page(incident, self.catalog, self.settings.time_scale, self.page_deployment_id)
+        elif name == "responder.incident.acknowledged":
+            await cancel_pages(incident.id, self.page_deployment_id, f"acknowledged by {incident.acknowledged_by}")
+            metrics.TIME_TO_ACK.observe(_seconds_between(incident.opened_at, incident.acknowledged_at))
+            await asyncio.to_thread(self.store.add_timeline, incident.id, "acknowledged",
+                                    "pending pages cancelled", incident.acknowledged_by)
+            await asyncio.to_thread(self.notifier.send, incident, "acknowledged",
+                                    f":eyes: Acknowledged by {incident.acknowledged_by}; pending pages cancelled.",
+                                    pagerduty="acknowledge")
+        elif name == "responder.incident.closed":
+            await cancel_pages(incident.id, self.page_deployment_id, f"incident closed ({incident.close_reason})")
+            if incident.close_reason == "alerts-resolved" and incident.flow_run_id:
+                # A run waiting for approval must not act on a problem that went away.
+                await release_waiting_run(incident.flow_run_id, "the alert resolved in Alertmanager")
+            metrics.TIME_TO_RESOLVE.observe(_seconds_between(incident.opened_at, incident.closed_at))
+            await asyncio.to_thread(self.store.add_timeline, incident.id, "closed", f"incident closed: {incident.close_reason}")
+            await asyncio.to_thread(self.notifier.send, incident, "resolved",
+                                    f":white_check_mark: Resolved ({incident.close_reason}).", pagerduty="resolve",
+                                    details={"close_reason": incident.close_reason})
+            alerts = await asyncio.to_thread(self.store.incident_alerts, incident.id)
+            timeline = await asyncio.to_thread(self.store.timeline, incident.id)
+            pages = await asyncio.to_thread(self.store.pages, incident.id)
+            await publish_incident_artifact(incident, alerts)
+            await publish_postmortem(incident, alerts, timeline, pages)
+
+    # -- the whole process ---------------------------------------------------------
+    async def serve(self, app: Any) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(
+            app,
+            host=self.settings.intake_host,
+            port=self.settings.intake_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # the CLI owns Ctrl-C
+
+        async def prefect_side() -> None:
+            await self.apply_deployments()
+            await asyncio.gather(self.deliver_forever(), self.follow_up_forever(), self.executor.run())
+
+        intake = asyncio.create_task(server.serve(), name="intake")
+        prefect = asyncio.create_task(prefect_side(), name="prefect")
+        done, _ = await asyncio.wait({intake, prefect}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (intake, prefect):
+            if task not in done:
+                task.cancel()
+        for task in done:
+            task.result()
+
+
+def _seconds_between(start: str | None, end: str | None) -> float:
+    from datetime import datetime
+
+    if not start or not end:
+        return 0.0
+    return max(0.0, (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds())
+
+
+def default_prefect_home() -> Path:
+    return PROJECT_ROOT / ".prefect"

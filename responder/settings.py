@@ -1,0 +1,91 @@
+"""Settings by subsystem, from the environment, with defaults that run on a laptop.
+
+Every variable has the ``RESPONDER_`` prefix. Prefect's own settings
+(``PREFECT_API_URL``, ``PREFECT_SERVER_API_PORT``, ``PREFECT_HOME``) are read by
+Prefect itself; the responder only decides whether to start an embedded server.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ResponderSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RESPONDER_", extra="ignore")
+
+    home: Path = Field(
+        default=PROJECT_ROOT / ".responder",
+        description="Directory for the responder's own state (SQLite store, generated token).",
+    )
+    config_dir: Path = Field(default=PROJECT_ROOT / "config")
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="postgresql://… for PostgreSQL; default: SQLite file under `home`.",
+    )
+    intake_host: str = "127.0.0.1"
+    intake_port: int = Field(default=8765, ge=1, le=65535)
+    intake_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token Alertmanager must send. Generated into HOME/intake-token when unset.",
+    )
+    intake_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    intake_public_url: str | None = None
+    poll_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="Fallback poll for scheduled runs; new runs are normally seen at once through the event stream.",
+    )
+    max_concurrent_runs: int = Field(default=64, ge=1)
+    delivery_retry_seconds: float = Field(default=1.0, gt=0)
+    dry_run: bool = Field(default=False, description="Every mitigation only reports what it would do.")
+    slack_token: SecretStr | None = Field(default=None, description="Bot token (xoxb-…); Slack is off without it.")
+    slack_api_url: str = Field(default="https://slack.com/api/", description="Slack Web API base URL.")
+    slack_signing_secret: SecretStr | None = Field(
+        default=None, description="Verifies Slack interactivity requests (buttons); buttons are refused without it."
+    )
+    time_scale: float = Field(
+        default=1.0,
+        gt=0,
+        description="Factor on every escalation and approval delay (tests use 0.01).",
+    )
+
+    @field_validator("home", "config_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.home / "responder.db"
+
+    @property
+    def intake_url(self) -> str:
+        if self.intake_public_url:
+            return self.intake_public_url.rstrip("/")
+        host = "127.0.0.1" if self.intake_host in ("0.0.0.0", "::") else self.intake_host
+        return f"http://{host}:{self.intake_port}"
+
+    def token(self) -> SecretStr:
+        """The intake token: from the environment, else from HOME/intake-token (created 0600 once)."""
+        if self.intake_token is not None and self.intake_token.get_secret_value():
+            return self.intake_token
+        path = self.home / "intake-token"
+        if not path.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32))
+        return SecretStr(path.read_text().strip())
+
+
+@lru_cache
+def get_settings() -> ResponderSettings:
+    return ResponderSettings()

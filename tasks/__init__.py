@@ -1,0 +1,1 @@
+"""Probes and mitigations: the steps runbook flows are made of (see ``tasks/base.py``)."""

@@ -1,0 +1,379 @@
+"""Real things for the test suite: a Prefect server, PostgreSQL, Redis, and `responder up` itself.
+
+* Prefect: one real ``prefect server start`` (SQLite in a temporary PREFECT_HOME) per session.
+* PostgreSQL / Redis: ``RESPONDER_TEST_POSTGRES_URL`` / ``RESPONDER_TEST_REDIS_URL`` when set,
+  else the local servers on 127.0.0.1, else throwaway servers started from local binaries;
+  otherwise the session fails and says how to get them.
+* The responder runs as the real ``responder up`` process, reached over real HTTP.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+# Alertmanager v4 bodies, copied from the project's shared samples (see their README.md).
+FIXTURES = ROOT / "tests" / "fixtures" / "alertmanager"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as exc:  # the thing waited for may not answer yet
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+def load_fixture(name: str, **changes: Any) -> dict[str, Any]:
+    body = json.loads((FIXTURES / name).read_text())
+    group_key = changes.pop("groupKey", None)
+    if group_key:
+        body["groupKey"] = group_key
+    suffix = changes.pop("unique", None)
+    if suffix:
+        body["groupKey"] = f"{body['groupKey']}-{suffix}"
+        for alert in body["alerts"]:
+            alert["fingerprint"] = f"{alert['fingerprint']}{suffix}"
+    body.update(changes)
+    return body
+
+
+# -- Prefect server -----------------------------------------------------------------
+
+
+class PrefectServer:
+    def __init__(self, home: Path, port: int | None = None, database_url: str | None = None):
+        self.home = home
+        self.port = port or free_port()
+        self.database_url = database_url
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def start(self) -> "PrefectServer":
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "PREFECT_UI_API_URL": self.api_url}
+        env.pop("PREFECT_API_URL", None)
+        if self.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
+        self.process = subprocess.Popen(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=env,
+            stdout=open(self.home / "server.log", "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(lambda: httpx.get(f"{self.api_url}/health", timeout=1).status_code == 200, 90, what="Prefect server")
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-home")).start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    yield server
+    server.stop()
+
+
+# -- PostgreSQL and Redis ------------------------------------------------------------
+
+
+def _pg_ok(url: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory) -> Iterator[str]:
+    env = os.environ.get("RESPONDER_TEST_POSTGRES_URL")
+    if env:
+        assert _pg_ok(env), f"RESPONDER_TEST_POSTGRES_URL={env} does not accept connections"
+        yield env
+        return
+    for candidate in ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://root@127.0.0.1:5432/test",
+                      "postgresql://postgres@127.0.0.1:5432/postgres"):
+        if _pg_ok(candidate):
+            yield candidate
+            return
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not initdb:
+        pytest.fail("No PostgreSQL: set RESPONDER_TEST_POSTGRES_URL, run one on 127.0.0.1:5432, "
+                    "or install PostgreSQL binaries (apt-get install postgresql)")
+    bindir = Path(initdb[-1]).parent
+    data = tmp_path_factory.mktemp("pgdata")
+    port = free_port()
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(data, "postgres")
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
+                   capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", f"-p {port} -k /tmp -h 127.0.0.1",
+                    "-l", str(data / "log"), "-w", "start"], check=True, capture_output=True)
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    yield url
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+
+
+@pytest.fixture
+def fresh_database(postgres_url) -> Iterator[str]:
+    """A new, empty PostgreSQL database (dropped afterwards); returns its URL."""
+    import psycopg
+
+    name = f"responder_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = postgres_url.rpartition("/")
+    yield f"{base}/{name}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    import redis
+
+    env = os.environ.get("RESPONDER_TEST_REDIS_URL")
+    candidates = [env] if env else ["redis://127.0.0.1:6379/0"]
+    for url in candidates:
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+            yield url
+            return
+        except redis.RedisError:
+            if env:
+                pytest.fail(f"RESPONDER_TEST_REDIS_URL={env} does not answer PING")
+    binary = shutil.which("redis-server")
+    if not binary:
+        pytest.fail("No Redis: set RESPONDER_TEST_REDIS_URL, run one on 127.0.0.1:6379, or apt-get install redis-server")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path_factory.mktemp("redis"))], stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    wait_for(lambda: redis.Redis.from_url(url).ping(), 10, what="throwaway Redis")
+    yield url
+    proc.terminate()
+
+
+# -- capture server (stands in for webhooks we cannot reach from here) -----------------
+
+
+class CaptureServer:
+    """A real HTTP server that records every request (Slack, PagerDuty and webhooks are unreachable here)."""
+
+    def __init__(self, respond=None) -> None:
+        """``respond(request) -> (status, body, headers)`` decides the answer (default 200 {"ok": true})."""
+        self.requests: list[dict[str, Any]] = []
+        self.status = 200
+        self.respond = respond
+        captured = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server API)
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = raw.decode("utf-8", "replace")
+                request = {"path": self.path, "headers": dict(self.headers), "body": body}
+                captured.requests.append(request)
+                status, answer, headers = (captured.respond(request) if captured.respond
+                                           else (captured.status, {"ok": True}, {}))
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(json.dumps(answer).encode())
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def capture() -> Iterator[CaptureServer]:
+    server = CaptureServer()
+    yield server
+    server.close()
+
+
+# -- the responder process ----------------------------------------------------------
+
+
+class ResponderProcess:
+    def __init__(self, home: Path, config_dir: Path, api_url: str, extra_env: dict[str, str] | None = None):
+        self.home = home
+        self.config_dir = config_dir
+        self.api_url = api_url
+        self.port = free_port()
+        self.token = uuid.uuid4().hex
+        self.env = {
+            **os.environ,
+            "PREFECT_API_URL": api_url,
+            "RESPONDER_HOME": str(home),
+            "RESPONDER_CONFIG_DIR": str(config_dir),
+            "RESPONDER_INTAKE_PORT": str(self.port),
+            "RESPONDER_INTAKE_TOKEN": self.token,
+            **(extra_env or {}),
+        }
+        self.process: subprocess.Popen | None = None
+        self.log_path = home / "responder.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_ready: bool = True) -> "ResponderProcess":
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [str(BIN / "responder"), "up"], env=self.env, cwd=ROOT,
+            stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        def ready():
+            if self.process.poll() is not None:
+                raise AssertionError(f"responder exited {self.process.returncode}:\n{self.log()}")
+            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        wait_for(ready, timeout, what="responder /healthz 200")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def post(self, body: Any, token: str | None = None, raw: bytes | None = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token if token is not None else self.token}"}
+        if raw is not None:
+            return httpx.post(f"{self.url}/alerts", content=raw, headers={**headers, "content-type": "application/json"}, timeout=30)
+        return httpx.post(f"{self.url}/alerts", json=body, headers=headers, timeout=30)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+
+def make_config(tmp: Path, thresholds: dict[str, dict[str, float]] | None = None, targets: dict | None = None,
+                notify: dict | None = None, runbook_overrides: dict[str, dict] | None = None) -> Path:
+    """A copy of config/ with test overrides (thresholds, targets, notify) applied."""
+    config = tmp / "config"
+    shutil.copytree(ROOT / "config", config, dirs_exist_ok=True)
+    for path in sorted((config / "runbooks").glob("*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        for runbook in data["runbooks"]:
+            runbook.setdefault("thresholds", {}).update((thresholds or {}).get(runbook["name"], {}))
+            for key, value in (runbook_overrides or {}).get(runbook["name"], {}).items():
+                runbook[key] = value
+        path.write_text(yaml.safe_dump(data))
+    if targets is not None:
+        (config / "targets.yaml").write_text(yaml.safe_dump(targets))
+    if notify is not None:
+        (config / "notify.yaml").write_text(yaml.safe_dump(notify))
+    return config
+
+
+@contextmanager
+def running_responder(tmp: Path, api_url: str, config_dir: Path | None = None, **env: str) -> Iterator[ResponderProcess]:
+    proc = ResponderProcess(tmp / "home", config_dir or make_config(tmp), api_url, env)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+# -- reading Prefect ------------------------------------------------------------------
+
+
+def prefect_post(api_url: str, path: str, body: dict | None = None) -> Any:
+    response = httpx.post(f"{api_url}{path}", json=body or {}, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def runs_for_incident(api_url: str, incident_id: str) -> list[dict[str, Any]]:
+    runs = prefect_post(api_url, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 200})
+    return [r for r in runs if (r.get("parameters") or {}).get("incident", {}) and r["parameters"]["incident"].get("id") == incident_id]
+
+
+def wait_run_final(api_url: str, incident_id: str, timeout: float = 60) -> dict[str, Any]:
+    def final():
+        runs = runs_for_incident(api_url, incident_id)
+        return runs[0] if runs and runs[0]["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+    return wait_for(final, timeout, what=f"a finished run for incident {incident_id}")
+
+
+def events(api_url: str, prefix: str) -> list[dict[str, Any]]:
+    return prefect_post(api_url, "/events/filter", {"filter": {"event": {"prefix": [prefix]}}})["events"]
+
+
+def resume(api_url: str, flow_run_id: str, approve: bool, reason: str, approver: str) -> None:
+    """Answer a paused run's approval form through the API (what the UI's Resume button does).
+
+    The SQLite-backed server answers 503 when its database is busy; like Prefect's own client,
+    retry those."""
+    body = {"run_input": {"approve": approve, "reason": reason, "approver": approver}}
+    wait_for(lambda: httpx.post(f"{api_url}/flow_runs/{flow_run_id}/resume", json=body, timeout=10).status_code in (200, 201),
+             20, what=f"the server to take the answer for run {flow_run_id}")

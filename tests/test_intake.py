@@ -1,0 +1,150 @@
+"""The intake's answers to bad input, over real HTTP to the real `responder up`, with its store on
+a real PostgreSQL database (so "cannot store" can be produced for real: the database stops
+accepting connections)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import httpx
+import psycopg
+import pytest
+
+from conftest import load_fixture, make_config, running_responder, wait_run_final
+
+
+@pytest.fixture(scope="module")
+def store_db(postgres_url):
+    name = f"responder_intake_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = postgres_url.rpartition("/")[0]
+    yield name, f"{base}/{name}", postgres_url
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def responder(prefect_server, tmp_path_factory, store_db):
+    tmp = tmp_path_factory.mktemp("intake")
+    config = make_config(tmp, thresholds={"high-cpu-usage": {"cpu_percent": 100}},
+                         runbook_overrides={"high-cpu-usage": {"verify": {"budget_seconds": 5, "interval_seconds": 1}}})
+    with running_responder(tmp, prefect_server.api_url, config, RESPONDER_DATABASE_URL=store_db[1]) as proc:
+        yield proc
+
+
+def test_missing_or_wrong_token_is_401(responder):
+    body = load_fixture("high_cpu_firing.json")
+    assert httpx.post(f"{responder.url}/alerts", json=body).status_code == 401
+    wrong = responder.post(body, token="not-the-token")
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+
+
+def test_body_over_the_limit_is_413(responder):
+    big = load_fixture("high_cpu_firing.json")
+    big["commonAnnotations"]["description"] = "x" * (1024 * 1024 + 10)
+    answer = responder.post(big)
+    assert answer.status_code == 413 and "larger than" in answer.json()["detail"]
+
+
+def test_not_json_is_422(responder):
+    answer = responder.post(None, raw=b"{not json")
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["field"] == "(body)" and "not JSON" in answer.json()["detail"][0]["error"]
+
+
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda b: b["alerts"][0].pop("fingerprint"), "alerts.0.fingerprint"),
+        (lambda b: b["alerts"][0].update(startsAt="yesterday"), "alerts.0.startsAt"),
+        (lambda b: b["alerts"][0]["labels"].pop("alertname"), "alerts.0.labels"),
+        (lambda b: b.update(version="3"), "version"),
+        (lambda b: b.update(alerts=[]), "alerts"),
+        (lambda b: b["alerts"][0].update(status="exploded"), "alerts.0.status"),
+    ],
+)
+def test_wrong_shape_is_422_naming_the_field(responder, mutate, field):
+    body = load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6])
+    mutate(body)
+    answer = responder.post(body)
+    assert answer.status_code == 422, answer.text
+    assert field in [d["field"] for d in answer.json()["detail"]], answer.json()
+
+
+def test_a_rejected_body_stores_nothing(responder, store_db):
+    body = load_fixture("high_error_rate_group.json", unique=uuid.uuid4().hex[:6])
+    body["alerts"][2].pop("fingerprint")  # the third alert of the group is malformed
+    assert responder.post(body).status_code == 422
+    with psycopg.connect(store_db[1]) as conn:
+        stored = conn.execute("SELECT COUNT(*) FROM alerts WHERE group_key = %s", (body["groupKey"],)).fetchone()[0]
+        receipts = conn.execute("SELECT COUNT(*) FROM receipts WHERE group_key = %s", (body["groupKey"],)).fetchone()[0]
+    assert (stored, receipts) == (0, 0)
+
+
+def test_unreachable_store_is_503_and_the_retry_is_stored_once(responder, store_db, prefect_server):
+    name, url, admin = store_db
+    body = load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6])
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+    try:
+        refused = responder.post(body)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers.get("retry-after")
+        assert httpx.get(f"{responder.url}/healthz").status_code == 503
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    accepted = responder.post(body)  # what Alertmanager does after a 503
+    assert accepted.status_code == 200, accepted.text
+    [incident_id] = accepted.json()["incidents_opened"]
+    assert wait_run_final(prefect_server.api_url, incident_id)["state"]["name"] == "Resolved"
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT COUNT(*) FROM alerts WHERE fingerprint = %s",
+                            (body["alerts"][0]["fingerprint"],)).fetchone()[0]
+    assert rows == 1
+
+
+def test_unrouted_alert_is_stored_and_answered_200(responder, store_db):
+    body = load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6])
+    body["alerts"][0]["labels"]["alertname"] = "SomethingNoRunbookKnows"
+    answer = responder.post(body)
+    assert answer.status_code == 200 and answer.json()["unrouted"] == 1
+    with psycopg.connect(store_db[1]) as conn:
+        row = conn.execute("SELECT alertname, incident_id FROM alerts WHERE fingerprint = %s",
+                           (body["alerts"][0]["fingerprint"],)).fetchone()
+    assert row == ("SomethingNoRunbookKnows", None)
+
+
+def test_metrics_are_prometheus_text(responder):
+    response = httpx.get(f"{responder.url}/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    codes = {line.split('"')[1] for line in response.text.splitlines() if line.startswith("responder_intake_requests_total{")}
+    assert {"401", "422"} <= codes, codes
+
+
+def test_alert_text_is_data_never_sql_or_shell(responder, store_db, prefect_server):
+    """Labels and annotations full of SQL and shell syntax are stored verbatim (bound parameters) and the
+    runbook run treats them as data: it completes, and the configured targets select nothing from them."""
+    body = load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6])
+    nasty = {"service": "x'; DROP TABLE incidents; --", "instance": "$(touch /tmp/pwned-responder)",
+             "datname": "\"; DELETE FROM alerts; --", "job": "`reboot`"}
+    body["alerts"][0]["labels"].update(nasty)
+    body["alerts"][0]["annotations"]["description"] = "'; TRUNCATE outbox; --"
+    answer = responder.post(body)
+    assert answer.status_code == 200, answer.text
+    [incident_id] = answer.json()["incidents_opened"]
+    assert wait_run_final(prefect_server.api_url, incident_id)["state"]["name"] == "Resolved"
+    with psycopg.connect(store_db[1]) as conn:
+        labels, annotations = conn.execute("SELECT labels, annotations FROM alerts WHERE fingerprint = %s",
+                                           (body["alerts"][0]["fingerprint"],)).fetchone()
+        assert conn.execute("SELECT COUNT(*) FROM incidents").fetchone()[0] >= 1
+    stored = json.loads(labels)
+    assert {k: stored[k] for k in nasty} == nasty
+    assert json.loads(annotations)["description"] == "'; TRUNCATE outbox; --"
+    import os
+
+    assert not os.path.exists("/tmp/pwned-responder")

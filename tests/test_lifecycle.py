@@ -1,0 +1,252 @@
+"""The shared response lifecycle, through the real responder, on a real Prefect server, with the
+built-in ResponderDrill runbook (it touches no system).
+
+Slack, PagerDuty and webhook receivers are unreachable from here: a local capture server stands
+in for each and the tests assert what was sent. Delays are scaled by RESPONDER_TIME_SCALE=0.01,
+so the default policy's 5/15/30 minutes become 3/9/18 seconds (no time is patched).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import subprocess
+import time
+import uuid
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from conftest import BIN, ROOT, CaptureServer, ResponderProcess, make_config, resume, runs_for_incident, wait_for, wait_run_final
+
+SIGNING_SECRET = "test-signing-secret"
+
+
+class Receivers:
+    """Slack (Web API answering like Slack), PagerDuty and a webhook, all local capture servers."""
+
+    def __init__(self) -> None:
+        self.slack_status = 200
+        self.ts = 0
+
+        def slack(request):
+            if self.slack_status != 200:
+                return self.slack_status, {"ok": False, "error": "down"}, {"Retry-After": "0"}
+            self.ts += 1
+            request["ts"] = f"1700000000.{self.ts:06d}"
+            return 200, {"ok": True, "channel": "C0ALERTS", "ts": request["ts"]}, {}
+
+        self.slack = CaptureServer(slack)
+        self.pagerduty = CaptureServer(lambda r: (202, {"status": "success"}, {}))
+        self.webhook = CaptureServer()
+
+    def pages(self, incident_id: str) -> list[int]:
+        return [r["body"]["level"] for r in self.webhook.requests
+                if r["body"].get("kind") == "page" and r["body"]["incident"]["id"] == incident_id]
+
+    def slack_for(self, incident_id: str) -> list[dict]:
+        """The incident's root message, then the replies threaded under it."""
+        root = next(r for r in self.slack.requests if incident_id in json.dumps(r["body"]) and "ts" in r)
+        return [root["body"]] + [r["body"] for r in self.slack.requests if r["body"].get("thread_ts") == root["ts"]]
+
+    def close(self) -> None:
+        for server in (self.slack, self.pagerduty, self.webhook):
+            server.close()
+
+
+@pytest.fixture(scope="module")
+def receivers():
+    r = Receivers()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def responder(prefect_server, tmp_path_factory, receivers):
+    tmp = tmp_path_factory.mktemp("lifecycle")
+    config = make_config(
+        tmp,
+        runbook_overrides={"responder-drill": {"approval_timeout_seconds": 6000}},  # 60 s at time scale 0.01
+        notify={"webhooks": [f"{receivers.webhook.url}/hook"],
+                "pagerduty": {"routing_key": "${RESPONDER_TEST_PD_KEY}", "events_url": f"{receivers.pagerduty.url}/v2/enqueue",
+                              "severities": ["critical"]}},
+    )
+    proc = ResponderProcess(tmp / "home", config, prefect_server.api_url, {
+        "RESPONDER_TIME_SCALE": "0.01",
+        "RESPONDER_SLACK_TOKEN": "xoxb-test-token",
+        "RESPONDER_SLACK_API_URL": f"{receivers.slack.url}/api/",
+        "RESPONDER_SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "RESPONDER_TEST_PD_KEY": "pd-routing-key",
+    })
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def drill(responder, severity: str = "warning") -> str:
+    env = {**responder.env}
+    out = subprocess.run([str(BIN / "responder"), "drill", "--severity", severity], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()[-1]
+
+
+def paused_run(api: str, incident_id: str) -> dict:
+    return wait_for(lambda: next((r for r in runs_for_incident(api, incident_id) if r["state"]["type"] == "PAUSED"), None),
+                    60, what="the drill to pause for approval")
+
+
+def test_pages_go_out_per_level_in_order_once_across_a_restart(responder, receivers, prefect_server):
+    incident = drill(responder)
+    paused_run(prefect_server.api_url, incident)
+    wait_for(lambda: receivers.pages(incident) == [1], 20, what="the level 1 page (+3 s)")
+    responder.stop()  # the responder goes away while the incident is open …
+    responder.start()  # … and comes back: pages still go out once, on time
+    wait_for(lambda: receivers.pages(incident) == [1, 2], 30, what="the level 2 page (+9 s)")
+    wait_for(lambda: receivers.pages(incident) == [1, 2, 3], 30, what="the level 3 page (+18 s)")
+    time.sleep(2)
+    assert receivers.pages(incident) == [1, 2, 3]
+    page_runs = [r for r in httpx.post(f"{prefect_server.api_url}/flow_runs/filter", json={"limit": 200}).json()
+                 if (r.get("parameters") or {}).get("incident_id") == incident]
+    assert sorted(r["state"]["name"] for r in page_runs) == ["Paged L1", "Paged L2", "Paged L3"]
+
+
+def test_acknowledging_stops_further_pages(responder, receivers, prefect_server):
+    incident = drill(responder)
+    wait_for(lambda: receivers.pages(incident) == [1], 20, what="the level 1 page")
+    out = subprocess.run([str(BIN / "responder"), "ack", incident, "--by", "carol"], env=responder.env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    time.sleep(20)  # past the level 2 (+9 s) and level 3 (+18 s) times
+    assert receivers.pages(incident) == [1]
+    page_runs = [r for r in httpx.post(f"{prefect_server.api_url}/flow_runs/filter", json={"limit": 200}).json()
+                 if (r.get("parameters") or {}).get("incident_id") == incident]
+    names = sorted(r["state"]["name"] for r in page_runs)
+    # The pending next page is cancelled (or, if already picked up when the ack landed, re-checks and
+    # ends NotNeeded); no later level is ever scheduled.
+    assert names[-1] == "Paged L1" and names[:-1] and set(names[:-1]) <= {"Cancelled", "NotNeeded"}, names
+    assert any("acknowledged by carol" in r["body"].get("text", "").lower() or "carol" in r["body"].get("text", "")
+               for r in receivers.webhook.requests if r["body"].get("kind") == "acknowledged")
+
+
+def test_approval_from_the_cli_lets_the_drill_pass(responder, receivers, prefect_server):
+    incident = drill(responder)
+    run = paused_run(prefect_server.api_url, incident)
+    env = {**responder.env, "PREFECT_API_URL": prefect_server.api_url}
+    out = subprocess.run([str(BIN / "responder"), "approve", run["id"], "--reason", "drill ok", "--by", "dave"],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    final = wait_run_final(prefect_server.api_url, incident)
+    assert final["state"]["name"] == "Resolved"
+    artifacts = wait_for(lambda: httpx.post(f"{prefect_server.api_url}/artifacts/filter", json={
+        "artifacts": {"key": {"any_": [f"postmortem-{incident}"]}}}).json(), 20, what="the post-mortem artifact")
+    assert "dave (CLI)" in artifacts[0]["data"] and "## Timeline" in artifacts[0]["data"]
+    again = subprocess.run([str(BIN / "responder"), "approve", run["id"], "--reason", "twice"], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=30)
+    assert again.returncode == 1 and "not waiting for approval" in again.stderr
+
+
+def _slack_post(responder, payload: dict, secret: str = SIGNING_SECRET, age: int = 0) -> httpx.Response:
+    body = urlencode({"payload": json.dumps(payload)})
+    ts = str(int(time.time()) - age)
+    signature = "v0=" + hmac.new(secret.encode(), f"v0:{ts}:{body}".encode(), hashlib.sha256).hexdigest()
+    return httpx.post(f"{responder.url}/slack/actions", content=body, headers={
+        "content-type": "application/x-www-form-urlencoded",
+        "x-slack-request-timestamp": ts, "x-slack-signature": signature})
+
+
+def test_slack_button_approves_only_when_signed(responder, receivers, prefect_server):
+    incident = drill(responder)
+    run = paused_run(prefect_server.api_url, incident)
+    payload = {"type": "block_actions", "user": {"id": "U1", "username": "erin"},
+               "actions": [{"action_id": "approve", "value": run["id"]}]}
+    assert _slack_post(responder, payload, secret="wrong-secret").status_code == 401
+    assert _slack_post(responder, payload, age=600).status_code == 401  # stale: replay refused
+    unsigned = httpx.post(f"{responder.url}/slack/actions", content=urlencode({"payload": json.dumps(payload)}))
+    assert unsigned.status_code == 401
+    assert runs_for_incident(prefect_server.api_url, incident)[0]["state"]["type"] == "PAUSED"
+    answer = _slack_post(responder, payload)
+    assert answer.status_code == 200, answer.text
+    assert wait_run_final(prefect_server.api_url, incident)["state"]["name"] == "Resolved"
+
+    # Slack got one message per incident in the severity's channel and threaded the rest under it
+    wait_for(lambda: any("Resolved" in m["text"] for m in receivers.slack_for(incident)), 20, what="the resolution in Slack")
+    messages = receivers.slack_for(incident)
+    assert messages[0]["channel"] == "#alerts" and "thread_ts" not in messages[0]
+    roots = [r for r in receivers.slack.requests if incident in json.dumps(r["body"]) and "thread_ts" not in r["body"]]
+    assert len(roots) == 1, "one root message per incident"
+    assert len(messages) >= 4
+    kinds = " ".join(m["text"] for m in messages)
+    assert "Approval needed" in kinds and "drill_step" in kinds and "Resolved" in kinds
+    assert all(r["headers"].get("Authorization") == "Bearer xoxb-test-token" for r in receivers.slack.requests)
+
+
+def test_critical_incident_pages_level_one_at_once_and_triggers_pagerduty(responder, receivers, prefect_server):
+    incident = drill(responder, severity="critical")
+    wait_for(lambda: receivers.pages(incident) == [1], 10, what="the immediate level 1 page (critical)")
+    wait_for(lambda: receivers.pages(incident) == [1, 2], 15, what="level 2 at +5 min (3 s)")
+    events = [r["body"] for r in receivers.pagerduty.requests if r["body"].get("dedup_key") == f"responder-{incident}"]
+    assert events and events[0]["event_action"] == "trigger" and events[0]["routing_key"] == "pd-routing-key"
+    subprocess.run([str(BIN / "responder"), "ack", incident], env=responder.env, cwd=ROOT, check=True,
+                   capture_output=True, timeout=30)
+    wait_for(lambda: any(r["body"].get("event_action") == "acknowledge" and r["body"].get("dedup_key") == f"responder-{incident}"
+                         for r in receivers.pagerduty.requests), 15, what="PagerDuty acknowledge")
+
+
+def test_slack_down_never_stops_the_response(responder, receivers, prefect_server):
+    receivers.slack_status = 503
+    try:
+        incident = drill(responder)
+        run = paused_run(prefect_server.api_url, incident)
+        resume(prefect_server.api_url, run["id"], True, "ok", "frank")
+        assert wait_run_final(prefect_server.api_url, incident)["state"]["name"] == "Resolved"
+    finally:
+        receivers.slack_status = 200
+    artifacts = wait_for(lambda: httpx.post(f"{prefect_server.api_url}/artifacts/filter", json={
+        "artifacts": {"key": {"any_": [f"timeline-{incident}"]}}, "sort": "UPDATED_DESC"}).json(), 20, what="the timeline")
+    rows = artifacts[0]["data"]
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    assert any(row["kind"] == "notify-failed" and "slack" in row["text"] for row in rows)
+
+
+def test_ack_of_unknown_incident_is_404(responder):
+    response = httpx.post(f"{responder.url}/incidents/{uuid.uuid4()}/ack", headers={"Authorization": f"Bearer {responder.token}"})
+    assert response.status_code == 404
+
+
+def _drill_body(target: str) -> dict:
+    tag = uuid.uuid4().hex[:12]
+    alert = {"status": "firing", "labels": {"alertname": "ResponderDrill", "severity": "warning", "instance": "drill",
+                                            "target": target, "drill_id": tag},
+             "annotations": {"summary": "loop guard drill"}, "startsAt": "2026-11-22T08:00:00Z",
+             "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": tag}
+    return {"version": "4", "groupKey": f"drill:{tag}", "truncatedAlerts": 0, "status": "firing", "receiver": "t",
+            "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "", "alerts": [alert]}
+
+
+def test_incidents_list_says_what_each_waits_on(responder, prefect_server):
+    incident = drill(responder)
+    run = paused_run(prefect_server.api_url, incident)
+    wait_for(lambda: run["id"] in subprocess.run([str(BIN / "responder"), "incidents"], env=responder.env, cwd=ROOT,
+                                                capture_output=True, text=True, timeout=30).stdout, 10,
+             what="the incident listed as waiting on approval")
+    listing = subprocess.run([str(BIN / "responder"), "incidents"], env=responder.env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=30).stdout
+    line = next(line for line in listing.splitlines() if line.startswith(incident))
+    assert "responder-drill" in line and "warning" in line and "approval of drill_step" in line
+    resume(prefect_server.api_url, run["id"], False, "not now", "gus")
+    assert wait_run_final(prefect_server.api_url, incident)["state"]["name"] == "Escalated"
+
+
+def test_loop_guard_stops_the_fourth_action_on_the_same_target_within_the_hour(responder, prefect_server):
+    target = f"box-{uuid.uuid4().hex[:6]}"
+    for _ in range(3):
+        [incident] = responder.post(_drill_body(target)).json()["incidents_opened"]
+        run = paused_run(prefect_server.api_url, incident)
+        resume(prefect_server.api_url, run["id"], True, "again", "hal")
+        assert wait_run_final(prefect_server.api_url, incident)["state"]["name"] == "Resolved"
+    [incident] = responder.post(_drill_body(target)).json()["incidents_opened"]
+    final = wait_run_final(prefect_server.api_url, incident)
+    assert final["state"]["name"] == "Escalated" and "loop is suspected" in final["state"]["message"]

@@ -1,0 +1,38 @@
+"""Alerts accepted while the Prefect server is down start their runs when it is back.
+
+This module has its own Prefect server (SQLite in a temporary PREFECT_HOME) so that it can stop
+and restart it on the same port and data without disturbing the other tests.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+
+from conftest import PrefectServer, load_fixture, make_config, running_responder, wait_for, wait_run_final
+
+
+def test_alert_posted_while_prefect_is_down_runs_after_it_returns(tmp_path):
+    server = PrefectServer(tmp_path / "prefect").start()
+    config = make_config(tmp_path, thresholds={"high-cpu-usage": {"cpu_percent": 100}},
+                         runbook_overrides={"high-cpu-usage": {"verify": {"budget_seconds": 5, "interval_seconds": 1}}})
+    try:
+        with running_responder(tmp_path, server.api_url, config) as responder:
+            server.stop()
+            wait_for(lambda: httpx.get(f"{responder.url}/healthz").status_code == 503, 30,
+                     what="/healthz to report the Prefect server gone")
+
+            answer = responder.post(load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6]))
+            assert answer.status_code == 200, answer.text  # stored, although Prefect is down
+            [incident_id] = answer.json()["incidents_opened"]
+            metrics = httpx.get(f"{responder.url}/metrics").text
+            assert "responder_outbox_backlog 1.0" in metrics or "responder_outbox_backlog 2.0" in metrics
+
+            server.start()
+            run = wait_run_final(server.api_url, incident_id, timeout=120)
+            assert run["state"]["name"] == "Resolved"
+            assert run["created_by"]["type"] == "AUTOMATION"
+            wait_for(lambda: httpx.get(f"{responder.url}/healthz").status_code == 200, 30, what="ready again")
+    finally:
+        server.stop()

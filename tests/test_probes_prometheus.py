@@ -1,0 +1,477 @@
+"""PromQL, Alertmanager and Grafana probes against real servers.
+
+A real Prometheus (Debian ``prometheus``, 1 s scrape and evaluation, TSDB in tmp) scrapes
+:class:`AppTarget`, a small HTTP application started here that serves the series the seeds'
+queries read (``http_requests_total``, ``http_request_duration_seconds_bucket``, business
+counters) at rates the test sets, plus a job pointing at a port where nothing listens. A real
+Alertmanager (Debian ``prometheus-alertmanager``) takes alerts through its v2 API. No Grafana can
+run here (no package), so the Grafana probes are tested against :class:`GrafanaStub`, which
+answers ``/api/health``, ``/api/datasources`` and the data-source health check with the shapes
+Grafana 10 returns; that is the one stand-in in this module.
+
+The helpers (AppTarget, PrometheusServer, AlertmanagerServer, GrafanaStub) are imported by the
+other issue-5 test modules.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import pytest
+import yaml
+
+from conftest import ROOT, free_port, wait_for
+from tasks.base import ErrorCode, ResponderError
+from tasks.probes import prometheus
+
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, math.inf)
+Labels = tuple[tuple[str, str], ...]
+
+
+def _key(labels: dict[str, str] | None) -> Labels:
+    return tuple(sorted((labels or {}).items()))
+
+
+class AppTarget:
+    """An application exposing /metrics with counters that grow at rates the test sets.
+
+    * ``rate(name, labels, per_second)``: a counter growing by that much per second;
+    * ``requests(path, per_second, error_share, latency_s)``: ``http_requests_total`` and the
+      duration histogram for one endpoint;
+    * ``gauge(name, labels, value)``; ``inc(name, labels, by)``;
+    * POST ``/api/orchestrator/<job>`` is recorded in ``posts`` and calls ``on_post[job]``;
+    * GET ``/status/<name>`` answers ``status_pages[name]`` (a Statuspage body), ``/health`` 200;
+    * ``hooks`` run on every tick (0.1 s) with the elapsed seconds.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counters: dict[tuple[str, Labels], float] = {}
+        self.gauges: dict[tuple[str, Labels], float] = {}
+        self.rates: dict[tuple[str, Labels], float] = {}
+        self.endpoints: dict[str, dict[str, float]] = {}
+        self.posts: list[dict[str, Any]] = []
+        self.on_post: dict[str, Callable[[], None]] = {}
+        self.status_pages: dict[str, tuple[int, Any]] = {}
+        self.hooks: list[Callable[[float], None]] = []
+        self._stop = threading.Event()
+        target = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _send(self, status: int, body: Any, content_type: str = "application/json") -> None:
+                raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", content_type)
+                self.send_header("content-length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self):  # noqa: N802
+                if self.path == "/metrics":
+                    self._send(200, target.render(), "text/plain; version=0.0.4")
+                elif self.path == "/health":
+                    self._send(200, {"status": "ok"})
+                elif self.path.startswith("/status/"):
+                    status, body = target.status_pages.get(self.path.split("/", 2)[2], (404, {"error": "unknown"}))
+                    self._send(status, body)
+                else:
+                    self._send(404, {"error": "not found"})
+
+            def do_POST(self):  # noqa: N802
+                length = int(self.headers.get("content-length") or 0)
+                self.rfile.read(length)
+                job = self.path.rsplit("/", 1)[-1]
+                target.posts.append({"path": self.path, "headers": dict(self.headers)})
+                if job in target.on_post:
+                    target.on_post[job]()
+                    self._send(202, {"started": job})
+                else:
+                    self._send(404, {"error": "no such job"})
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._tick, daemon=True).start()
+
+    def rate(self, name: str, labels: dict[str, str] | None, per_second: float) -> None:
+        with self.lock:
+            self.rates[(name, _key(labels))] = per_second
+            self.counters.setdefault((name, _key(labels)), 0.0)
+
+    def gauge(self, name: str, labels: dict[str, str] | None, value: float) -> None:
+        with self.lock:
+            self.gauges[(name, _key(labels))] = value
+
+    def inc(self, name: str, labels: dict[str, str] | None, by: float = 1.0) -> None:
+        with self.lock:
+            self.counters[(name, _key(labels))] = self.counters.get((name, _key(labels)), 0.0) + by
+
+    def requests(self, path: str, per_second: float, error_share: float = 0.0, latency_s: float = 0.05) -> None:
+        with self.lock:
+            self.endpoints[path] = {"rate": per_second, "errors": error_share, "latency": latency_s}
+
+    def _tick(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(0.1):
+            now = time.monotonic()
+            dt, last = now - last, now
+            with self.lock:
+                for key, per_second in self.rates.items():
+                    self.counters[key] = self.counters.get(key, 0.0) + per_second * dt
+                for path, spec in self.endpoints.items():
+                    n = spec["rate"] * dt
+                    for status, share in (("500", spec["errors"]), ("200", 1 - spec["errors"])):
+                        key = ("http_requests_total", _key({"path": path, "status": status}))
+                        self.counters[key] = self.counters.get(key, 0.0) + n * share
+                    for le in BUCKETS:
+                        if spec["latency"] <= le:
+                            key = ("http_request_duration_seconds_bucket", _key({"path": path, "le": _le(le)}))
+                            self.counters[key] = self.counters.get(key, 0.0) + n
+                        else:
+                            self.counters.setdefault(("http_request_duration_seconds_bucket", _key({"path": path, "le": _le(le)})), 0.0)
+            for hook in list(self.hooks):
+                hook(dt)
+
+    def render(self) -> str:
+        with self.lock:
+            items = [(k, v, "counter") for k, v in self.counters.items()] + [(k, v, "gauge") for k, v in self.gauges.items()]
+        lines, typed = [], set()
+        for (name, labels), value, kind in sorted(items, key=lambda i: i[0]):
+            family = name.removesuffix("_bucket") if name.endswith("_bucket") else name
+            if family not in typed:
+                lines.append(f"# TYPE {family} {'histogram' if name.endswith('_bucket') else kind}")
+                typed.add(family)
+            rendered = ",".join(f'{k}="{v}"' for k, v in labels)
+            lines.append(f"{name}{{{rendered}}} {value}")
+        return "\n".join(lines) + "\n"
+
+    def close(self) -> None:
+        self._stop.set()
+        self.server.shutdown()
+
+
+def _le(value: float) -> str:
+    return "+Inf" if value == math.inf else f"{value:g}"
+
+
+def _binary(*names: str) -> str:
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail(f"{names[0]} is not installed (apt-get install {names[0]}; `make test` does it)")
+
+
+class PrometheusServer:
+    """A real Prometheus: 1 s scrape and evaluation, rules and Alertmanager optional."""
+
+    def __init__(self, tmp: Path, jobs: dict[str, list[str]], rules: list[dict[str, Any]] | None = None,
+                 alertmanager: str | None = None, retention: str = "15d") -> None:
+        self.tmp, self.port = tmp, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config: dict[str, Any] = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]} for job, targets in jobs.items()],
+        }
+        if rules:
+            (tmp / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "test", "rules": rules}]}))
+            config["rule_files"] = [str(tmp / "rules.yml")]
+        if alertmanager:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager.split("//", 1)[1]]}]}]}
+        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.process = subprocess.Popen(
+            [_binary("prometheus"), f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", f"--storage.tsdb.retention.time={retention}",
+             "--rules.alert.resend-delay=2s"],
+            stdout=open(tmp / "prometheus.log", "wb"), stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200, 30, what="Prometheus ready")
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        return httpx.get(f"{self.url}/api/v1/query", params={"query": promql}).json()["data"]["result"]
+
+    def wait_scraped(self, job: str, scrapes: int = 3) -> None:
+        """Until the job's targets have been scraped ``scrapes`` times (rates need two samples)."""
+        wait_for(lambda: self.query(f'count_over_time(up{{job="{job}"}}[1m])') and
+                 float(self.query(f'min(count_over_time(up{{job="{job}"}}[1m]))')[0]["value"][1]) >= scrapes,
+                 30, what=f"{scrapes} scrapes of {job}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+class AlertmanagerServer:
+    """A real Alertmanager with one webhook receiver (group_wait 1 s)."""
+
+    def __init__(self, tmp: Path, webhook_url: str, token: str | None = None,
+                 group_by: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        webhook: dict[str, Any] = {"url": webhook_url, "send_resolved": True}
+        if token:
+            webhook["http_config"] = {"authorization": {"credentials": token}}
+        config = {
+            "route": {"receiver": "responder", "group_by": group_by or ["alertname", "test_id"], "group_wait": "1s",
+                      "group_interval": "1s", "repeat_interval": "1h"},
+            "receivers": [{"name": "responder", "webhook_configs": [webhook]}],
+        }
+        (tmp / "alertmanager.yml").write_text(yaml.safe_dump(config))
+        self.process = subprocess.Popen(
+            [_binary("prometheus-alertmanager", "alertmanager"), f"--config.file={tmp / 'alertmanager.yml'}",
+             f"--storage.path={tmp / 'am-data'}", f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="],
+            stdout=open(tmp / "alertmanager.log", "wb"), stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200, 30, what="Alertmanager ready")
+
+    def post_alert(self, labels: dict[str, str], minutes: float | None = None, summary: str = "test alert") -> None:
+        alert: dict[str, Any] = {"labels": labels, "annotations": {"summary": summary},
+                                 "startsAt": datetime.now(timezone.utc).isoformat()}
+        if minutes is not None:
+            alert["endsAt"] = (datetime.now(timezone.utc) + timedelta(minutes=minutes)).isoformat()
+        httpx.post(f"{self.url}/api/v2/alerts", json=[alert], timeout=5).raise_for_status()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+class GrafanaStub:
+    """Stands in for Grafana (not installable here): /api/health, /api/datasources, data-source health.
+
+    Answers with Grafana 10's shapes; basic auth ``admin:secret`` is required on the API, as
+    Grafana requires a login there. ``datasources`` maps uid -> (name, type, health status, message).
+    """
+
+    def __init__(self) -> None:
+        self.healthy = True
+        self.datasources: dict[str, tuple[str, str, str, str]] = {
+            "prom": ("Prometheus", "prometheus", "OK", "Successfully queried the Prometheus API."),
+            "loki": ("Loki", "loki", "OK", "Data source successfully connected."),
+        }
+        self.seen_auth: list[str | None] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _send(self, status: int, body: Any) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self):  # noqa: N802
+                if self.path == "/api/health":
+                    if stub.healthy:
+                        return self._send(200, {"commit": "abc", "database": "ok", "version": "10.4.2"})
+                    return self._send(503, {"commit": "abc", "database": "failing", "version": "10.4.2"})
+                stub.seen_auth.append(self.headers.get("authorization"))
+                if self.headers.get("authorization") != "Basic YWRtaW46c2VjcmV0":  # admin:secret
+                    return self._send(401, {"message": "Unauthorized"})
+                if self.path == "/api/datasources":
+                    return self._send(200, [{"id": i, "uid": uid, "name": n, "type": t, "url": "http://x", "isDefault": i == 0}
+                                            for i, (uid, (n, t, _, _)) in enumerate(stub.datasources.items())])
+                if self.path.startswith("/api/datasources/uid/") and self.path.endswith("/health"):
+                    uid = self.path.split("/")[4]
+                    _, _, status, message = stub.datasources[uid]
+                    return self._send(200 if status == "OK" else 400, {"status": status, "message": message})
+                self._send(404, {"message": "Not found"})
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://admin:secret@127.0.0.1:{self.server.server_address[1]}"
+        self.public = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def seed_rules(*names: str, **labels: str) -> list[dict[str, Any]]:
+    """Rules of deploy/prometheus/alert-rules.yml by name, with ``for: 1s`` and extra labels."""
+    groups = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alert-rules.yml").read_text())["groups"]
+    rules = {r["alert"]: r for g in groups for r in g["rules"]}
+    chosen = []
+    for name in names:
+        rule = dict(rules[name])
+        rule["for"] = "1s"
+        rule["labels"] = {**rule.get("labels", {}), **labels}
+        chosen.append(rule)
+    return chosen
+
+
+# -- this module's tests ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app():
+    target = AppTarget()
+    target.requests("/api/v1/books", per_second=20, error_share=0.10, latency_s=2.5)
+    target.requests("/api/v1/toc", per_second=20, error_share=0.0, latency_s=0.07)
+    target.rate("affiliate_api_cost_dollars", {"service": "openai"}, 0.02)
+    target.gauge("nodejs_heap_used_bytes", None, 95.0)
+    target.gauge("nodejs_heap_size_limit_bytes", None, 100.0)
+    yield target
+    target.close()
+
+
+@pytest.fixture(scope="module")
+def alertmanager(tmp_path_factory):
+    server = AlertmanagerServer(tmp_path_factory.mktemp("am-probes"), "http://127.0.0.1:9/unreachable")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def prom(app, alertmanager, tmp_path_factory):
+    ghost = free_port()
+    rules = [{"alert": "AlwaysFiring", "expr": "vector(1)", "labels": {"severity": "info"},
+              "annotations": {"summary": "s", "description": "d"}},
+             {"alert": "BrokenRule", "expr": 'label_replace(up, "x", "$1", "job", "(.*)") + on() group_left up',
+              "labels": {"severity": "info"}, "annotations": {"summary": "s", "description": "d"}}]
+    server = PrometheusServer(tmp_path_factory.mktemp("prom-probes"), {"shop": [f"127.0.0.1:{app.port}"],
+                                                                         "ghost": [f"127.0.0.1:{ghost}"]},
+                              rules=rules, alertmanager=alertmanager.url)
+    server.wait_scraped("shop", 4)
+    yield server
+    server.stop()
+
+
+def test_error_ratio_uses_the_seed_query_and_finds_the_failing_job(prom):
+    result = prometheus.error_ratio(prom.url, threshold=0.05, window="1m", match={"job": "shop"})
+    # 10 % of /api/v1/books and 0 % of /api/v1/toc, equal traffic: 5 % for the job
+    assert result.value == pytest.approx(0.05, abs=0.01)
+    assert 'status=~"5.."' in result.evidence["query"] and 'job="shop"' in result.evidence["query"]
+    by_endpoint = prometheus.error_ratio(prom.url, threshold=0.05, window="1m", by=("job", "path"), match={"job": "shop"})
+    assert by_endpoint.ok is False
+    assert by_endpoint.evidence["bad"][0]["labels"]["path"] == "/api/v1/books"
+    assert by_endpoint.value == pytest.approx(0.10, abs=0.02)
+
+
+def test_p95_latency_from_the_histogram(prom):
+    slow = prometheus.p95_latency(prom.url, threshold_s=2.0, window="1m", by=("path",), match={"job": "shop"})
+    assert slow.ok is False and slow.unit == "s"
+    worst = slow.evidence["series"][0]
+    assert worst["labels"]["path"] == "/api/v1/books" and 2.0 < worst["value"] <= 3.0
+    assert prometheus.p95_latency(prom.url, threshold_s=5.0, window="1m", match={"job": "shop"}).ok is True
+
+
+def test_instant_query_thresholds_directions_and_no_data(prom):
+    heap = prometheus.instant_query(prom.url, "nodejs_heap_used_bytes / nodejs_heap_size_limit_bytes", 0.9)
+    assert heap.ok is False and heap.value == pytest.approx(0.95)
+    below = prometheus.instant_query(prom.url, "sum(increase(affiliate_api_cost_dollars[1m]))", 100, bad_when="below")
+    assert below.ok is False  # cents, not the $100 the check wants
+    none = prometheus.instant_query(prom.url, "no_such_metric", 1)
+    assert none.ok is True and none.value is None and "no data" in none.summary
+    assert prometheus.instant_query(prom.url, "no_such_metric", 1, no_data_ok=False).ok is False
+    with pytest.raises(ResponderError) as refused:
+        prometheus.instant_query(prom.url, "sum(", 1)
+    assert refused.value.code is ErrorCode.CONFIG
+
+
+def test_label_values_are_escaped_into_promql(prom):
+    hostile = 'shop"} or vector(1) or {x="'
+    result = prometheus.error_ratio(prom.url, threshold=0.05, window="1m", match={"job": hostile})
+    assert result.value is None and result.ok is True  # matched nothing: the value stayed a string
+    assert prometheus.matchers({"job": 'a"b\\c'}) == 'job="a\\"b\\\\c"'
+
+
+def test_scrape_targets_report_the_down_job_and_its_error(prom):
+    result = prometheus.scrape_targets(prom.url)
+    assert result.ok is False and result.value == 1
+    (down,) = result.evidence["down"]
+    assert down["job"] == "ghost" and "refused" in down["last_error"]
+    assert result.evidence["jobs"]["shop"] == {"up": 1, "down": 0}
+
+
+def test_rules_runtime_retention_and_alertmanager_discovery(prom, alertmanager):
+    rules = prometheus.rule_health(prom.url)
+    assert "AlwaysFiring" in wait_for(lambda: prometheus.rule_health(prom.url).evidence["firing"], 15, what="firing rule")
+    assert rules.ok is False and rules.evidence["broken"][0]["rule"] == "BrokenRule"
+    assert prometheus.runtime_info(prom.url).ok is True
+    retention = prometheus.retention(prom.url, expected="15d")
+    assert retention.ok is True and retention.value == 15
+    assert prometheus.retention(prom.url, expected="30d").ok is False
+    connected = prometheus.connected_alertmanagers(prom.url)
+    assert connected.ok is True and f"127.0.0.1:{alertmanager.port}" in connected.evidence["active"][0]
+
+
+def test_firing_history_and_cardinality(prom):
+    history = wait_for(lambda: (h := prometheus.firing_history(prom.url, over="1h")).value and h, 15, what="ALERTS history")
+    names = {a["alertname"] for a in history.evidence["alerts"]}
+    assert "AlwaysFiring" in names and history.evidence["evaluation_interval_s"] == 1
+    top = prometheus.tsdb_top_series(prom.url)
+    assert top.value > 0 and any(m["name"] == "http_request_duration_seconds_bucket" for m in top.evidence["by_metric"])
+
+
+def test_alertmanager_status_alerts_and_notification_failures(alertmanager):
+    status = prometheus.alertmanager_status(alertmanager.url)
+    assert status.ok is True and status.evidence["cluster"] == "disabled"
+    assert status.evidence["receivers"] == ["responder"] and status.evidence["integrations"] == ["webhook"]
+    alertmanager.post_alert({"alertname": "ProbeTest", "severity": "warning", "test_id": "probes"}, minutes=5)
+    alerts = wait_for(lambda: (a := prometheus.alertmanager_alerts(alertmanager.url, expected=["AlwaysFiring"])).value and a,
+                      15, what="the alert in Alertmanager")
+    assert alerts.ok is False and "ProbeTest" in alerts.summary
+    assert prometheus.alertmanager_alerts(alertmanager.url, expected=["ProbeTest", "AlwaysFiring", "BrokenRule"]).ok is True
+    # the receiver URL is unreachable: Alertmanager's own counters show the failed deliveries
+    failures = wait_for(lambda: (f := prometheus.notification_failures(alertmanager.url)).value and f, 30,
+                        what="a failed webhook delivery")
+    assert failures.ok is False and "webhook" in failures.summary
+    baseline = prometheus.notification_counters(alertmanager.url)
+    since = prometheus.notification_failures(alertmanager.url, baseline=baseline, require_delivery=True)
+    assert since.evidence["integrations"][0]["delivered"] <= 0 and since.ok is False
+
+
+def test_readiness_probes_answer_for_unreachable_servers():
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert prometheus.ready(dead).ok is False
+    status = prometheus.alertmanager_status(dead)
+    assert status.ok is False and "unreachable" in status.summary
+    assert prometheus.grafana_health(dead).ok is False
+    with pytest.raises(httpx.ConnectError):
+        prometheus.scrape_targets(dead)
+
+
+def test_grafana_health_and_datasources_against_the_stub():
+    stub = GrafanaStub()
+    try:
+        health = prometheus.grafana_health(stub.url)
+        assert health.ok is True and "10.4.2" in health.summary and "secret" not in json.dumps(health.evidence)
+        sources = prometheus.grafana_datasources(stub.url)
+        assert sources.ok is True and sources.summary == "all 2 data sources answer"
+        assert stub.seen_auth[-1] == "Basic YWRtaW46c2VjcmV0"
+        stub.datasources["prom"] = ("Prometheus", "prometheus", "ERROR", "Post \"http://prometheus:9090\": connection refused")
+        failing = prometheus.grafana_datasources(stub.url)
+        assert failing.ok is False and failing.value == 1 and "connection refused" in failing.summary
+        with pytest.raises(ResponderError) as denied:
+            prometheus.grafana_datasources(stub.public)
+        assert denied.value.code is ErrorCode.CONFIG
+        stub.healthy = False
+        assert prometheus.grafana_health(stub.url).ok is False
+    finally:
+        stub.close()
