@@ -35,6 +35,20 @@ FIXTURES = ROOT / "tests" / "fixtures" / "alertmanager"
 BIN = Path(sys.executable).parent
 
 
+# Every responder a test started; a failing test's report carries the tail of their logs.
+LIVE_RESPONDERS: list["ResponderProcess"] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for proc in LIVE_RESPONDERS:
+            if proc.process is not None and proc.log_path.exists():
+                report.sections.append((f"responder log ({proc.home})", proc.log()[-4000:]))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -281,6 +295,8 @@ class ResponderProcess:
 
     def start(self, wait_ready: bool = True) -> "ResponderProcess":
         self.home.mkdir(parents=True, exist_ok=True)
+        if self not in LIVE_RESPONDERS:
+            LIVE_RESPONDERS.append(self)
         self.process = subprocess.Popen(
             [str(BIN / "responder"), "up"], env=self.env, cwd=ROOT,
             stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
@@ -306,6 +322,8 @@ class ResponderProcess:
         return httpx.post(f"{self.url}/alerts", json=body, headers=headers, timeout=30)
 
     def stop(self) -> None:
+        if self in LIVE_RESPONDERS:
+            LIVE_RESPONDERS.remove(self)
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGINT)
             try:
@@ -359,10 +377,30 @@ def runs_for_incident(api_url: str, incident_id: str) -> list[dict[str, Any]]:
 
 
 def wait_run_final(api_url: str, incident_id: str, timeout: float = 60) -> dict[str, Any]:
+    seen: list[dict[str, Any]] = []
+
     def final():
         runs = runs_for_incident(api_url, incident_id)
+        seen[:] = runs
         return runs[0] if runs and runs[0]["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
-    return wait_for(final, timeout, what=f"a finished run for incident {incident_id}")
+    try:
+        return wait_for(final, timeout, what=f"a finished run for incident {incident_id}")
+    except AssertionError as exc:  # say where the run stood, and what it last logged
+        raise AssertionError(f"{exc}\n{describe_runs(api_url, seen)}") from None
+
+
+def describe_runs(api_url: str, runs: list[dict[str, Any]]) -> str:
+    lines = []
+    for run in runs[:3]:
+        lines.append(f"run {run['id']} {run['name']}: {run['state']['type']} {run['state'].get('name')!r} "
+                     f"{(run['state'].get('message') or '')[:300]}")
+        try:
+            logs = prefect_post(api_url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}},
+                                                           "sort": "TIMESTAMP_ASC", "limit": 200})
+            lines += [f"  {entry['timestamp'][11:23]} {entry['message'][:300]}" for entry in logs[-40:]]
+        except Exception as exc:
+            lines.append(f"  (logs unreadable: {exc})")
+    return "\n".join(lines) or "no run was created for it"
 
 
 def events(api_url: str, prefix: str) -> list[dict[str, Any]]:
