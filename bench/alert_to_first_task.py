@@ -139,6 +139,29 @@ class Bench:
             time.sleep(0.1)
         return found
 
+    def stages(self, incident_ids: set[str]) -> dict[str, list[float]]:
+        """Server-side timestamps (epoch s) of each step between the POST and the first task.
+
+        event received → run created by the automation → Pending (claimed by the responder) → Running."""
+        out: dict[str, list[float]] = {"event received": [], "run created": [], "run claimed (Pending)": [], "run Running": []}
+        ts = lambda value: datetime.fromisoformat(value).timestamp()  # noqa: E731
+        events = self.http.post(f"{self.api}/events/filter", json={
+            "filter": {"event": {"name": ["responder.alert.firing"]}}, "limit": 200}).json().get("events", [])
+        for event in events:
+            if event["resource"]["prefect.resource.id"].rsplit(".", 1)[-1] in incident_ids:
+                out["event received"].append(ts(event["received"]))
+        runs = self.http.post(f"{self.api}/flow_runs/filter", json={"limit": 200}).json()
+        for run in runs:
+            if ((run.get("parameters") or {}).get("incident") or {}).get("id") not in incident_ids:
+                continue
+            out["run created"].append(ts(run["created"]))
+            states = self.http.get(f"{self.api}/flow_run_states/", params={"flow_run_id": run["id"]}).json()
+            for kind, key in (("PENDING", "run claimed (Pending)"), ("RUNNING", "run Running")):
+                times = [ts(state["timestamp"]) for state in states if state["type"] == kind]
+                if times:
+                    out[key].append(min(times))
+        return out
+
     def close(self) -> None:
         os.killpg(self.proc.pid, signal.SIGINT)
         try:
@@ -198,6 +221,11 @@ def main() -> None:
         relative = sorted(s - t0 for s in starts.values())
         print(f"burst of {args.burst} (all posted within {posted:.2f} s): p50 {statistics.median(relative):.2f} s, "
               f"last {relative[-1]:.2f} s")
+        for stage, times in bench.stages(set(incidents)).items():  # where the time went
+            if times:
+                rel = sorted(t - t0 for t in times)
+                print(f"  {stage:<22} n={len(rel):<3} p50 {statistics.median(rel):6.2f} s  last {rel[-1]:6.2f} s")
+        print(f"  {'first task running':<22} n={len(relative):<3} p50 {statistics.median(relative):6.2f} s  last {relative[-1]:6.2f} s")
         print(json.dumps({"single_p50": statistics.median(latencies), "single_p95": pct(latencies, 0.95),
                           "burst_p50": statistics.median(relative), "burst_last": relative[-1]}))
     finally:

@@ -411,7 +411,65 @@ def resume(api_url: str, flow_run_id: str, approve: bool, reason: str, approver:
     """Answer a paused run's approval form through the API (what the UI's Resume button does).
 
     The SQLite-backed server answers 503 when its database is busy; like Prefect's own client,
-    retry those."""
+    retry those. The server answers 200 even when it refuses (run not paused, input invalid):
+    that fails here, with its reason."""
     body = {"run_input": {"approve": approve, "reason": reason, "approver": approver}}
-    wait_for(lambda: httpx.post(f"{api_url}/flow_runs/{flow_run_id}/resume", json=body, timeout=10).status_code in (200, 201),
-             20, what=f"the server to take the answer for run {flow_run_id}")
+
+    def accepted() -> bool:
+        response = httpx.post(f"{api_url}/flow_runs/{flow_run_id}/resume", json=body, timeout=10)
+        if response.status_code not in (200, 201):
+            return False  # busy: ask again
+        result = response.json()
+        if result.get("status") != "ACCEPT":
+            raise AssertionError(f"the server refused the answer for run {flow_run_id}: {result}")
+        return True
+    deadline = time.monotonic() + 20
+    while not _attempt(accepted):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after 20 s waiting for the server to take the answer for run {flow_run_id}")
+        time.sleep(0.3)
+
+
+def _attempt(call) -> bool:
+    try:
+        return call()
+    except httpx.HTTPError:
+        return False
+
+
+# -- runbook tests: fire an alert, find the pause, answer it, read the report ------------------
+
+
+def fire(responder: "ResponderProcess", body: dict) -> str:
+    """Post an Alertmanager body to the intake; the id of the incident it opened."""
+    answer_ = responder.post(body)
+    assert answer_.status_code == 200, answer_.text
+    return answer_.json()["incidents_opened"][0]
+
+
+def paused_run(api: str, incident_id: str, not_state: str | None = None) -> dict:
+    """The incident's run once it waits for approval (``not_state``: a pause already answered)."""
+    def paused():
+        runs = runs_for_incident(api, incident_id)
+        if runs and runs[0]["state"]["type"] == "PAUSED" and runs[0]["state"]["id"] != not_state:
+            return runs[0]
+        return None
+    return wait_for(paused, 60, what="the run to pause for approval")
+
+
+def form_description(api: str, run: dict) -> str:
+    """The approval form's description, as the UI shows it above the Resume form."""
+    key = run["state"]["state_details"]["run_input_keyset"]["description"]
+    return wait_for(lambda: (r := httpx.get(f"{api}/flow_runs/{run['id']}/input/{key}")).is_success and r.json(),
+                    10, what="the approval form")
+
+
+def answer(api: str, run: dict, approve: bool, who: str) -> None:
+    """Resume the paused run with the approval form filled in."""
+    resume(api, run["id"], approve, "test", who)
+
+
+def report(api: str, incident_id: str) -> str:
+    """The response artifact (verdict, evidence, actions) of the incident's run."""
+    body = {"artifacts": {"key": {"any_": [f"response-{incident_id}"]}}}
+    return wait_for(lambda: prefect_post(api, "/artifacts/filter", body)[0]["data"], 10, what="the response artifact")

@@ -25,12 +25,11 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-import httpx
 import psycopg
 import pytest
 
-from conftest import (free_port, load_fixture, make_config, prefect_post, running_responder, runs_for_incident,
-                      wait_for, wait_run_final)
+from conftest import (answer, fire, form_description, free_port, load_fixture, make_config, paused_run,
+                      report, running_responder, wait_for, wait_run_final)
 
 LONG_QUERY_MINUTES = 0.03
 
@@ -185,39 +184,6 @@ def alert_body(alertname: str, labels: dict) -> dict:
                     "startsAt": datetime.now(timezone.utc).isoformat(), "endsAt": "0001-01-01T00:00:00Z",
                     "generatorURL": "", "fingerprint": fingerprint}],
     }
-
-
-def fire(responder, body: dict) -> str:
-    answer = responder.post(body)
-    assert answer.status_code == 200, answer.text
-    return answer.json()["incidents_opened"][0]
-
-
-def paused_run(api: str, incident_id: str, not_state: str | None = None) -> dict:
-    def paused():
-        runs = runs_for_incident(api, incident_id)
-        if runs and runs[0]["state"]["type"] == "PAUSED" and runs[0]["state"]["id"] != not_state:
-            return runs[0]
-        return None
-    return wait_for(paused, 60, what="the run to pause for approval")
-
-
-def form_description(api: str, run: dict) -> str:
-    key = run["state"]["state_details"]["run_input_keyset"]["description"]
-    return wait_for(lambda: (r := httpx.get(f"{api}/flow_runs/{run['id']}/input/{key}")).is_success and r.json(),
-                    10, what="the approval form")
-
-
-def answer(api: str, run: dict, approve: bool, who: str) -> None:
-    """Resume the paused run with the approval form filled in (503 is Prefect's "retry": SQLite busy)."""
-    body = {"run_input": {"approve": approve, "reason": "test", "approver": who}}
-    wait_for(lambda: httpx.post(f"{api}/flow_runs/{run['id']}/resume", json=body).status_code in (200, 201),
-             20, interval=0.5, what="the resume to be accepted")
-
-
-def report(api: str, incident_id: str) -> str:
-    body = {"artifacts": {"key": {"any_": [f"response-{incident_id}"]}}}
-    return wait_for(lambda: prefect_post(api, "/artifacts/filter", body)[0]["data"], 10, what="the response artifact")
 
 
 # -- database_connections (seed 001) ----------------------------------------------------------

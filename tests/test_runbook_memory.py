@@ -16,12 +16,11 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-import httpx
 import psutil
 import pytest
 
-from conftest import (CaptureServer, make_config, prefect_post, running_responder, runs_for_incident, wait_for,
-                      wait_run_final)
+from conftest import (answer, CaptureServer, fire, form_description, make_config, paused_run, report,
+                      running_responder, runs_for_incident, wait_for, wait_run_final)
 
 BURNER_MARK = "responder-test-memory-burner-"
 
@@ -84,37 +83,6 @@ def alert_body(alertname: str, labels: dict | None = None, status: str = "firing
         "alerts": [{"status": status, "labels": labels, "annotations": annotations, "startsAt": "2026-11-22T09:00:00Z",
                     "endsAt": ends, "generatorURL": "", "fingerprint": fingerprint}],
     }
-
-
-def fire(responder, body: dict) -> str:
-    answer = responder.post(body)
-    assert answer.status_code == 200, answer.text
-    return answer.json()["incidents_opened"][0]
-
-
-def paused_run(api: str, incident_id: str) -> dict:
-    def paused():
-        runs = runs_for_incident(api, incident_id)
-        return runs[0] if runs and runs[0]["state"]["type"] == "PAUSED" else None
-    return wait_for(paused, 60, what="the run to pause for approval")
-
-
-def form_description(api: str, run: dict) -> str:
-    key = run["state"]["state_details"]["run_input_keyset"]["description"]
-    return wait_for(lambda: (r := httpx.get(f"{api}/flow_runs/{run['id']}/input/{key}")).is_success and r.json(),
-                    10, what="the approval form")
-
-
-def answer(api: str, run: dict, approve: bool, who: str) -> None:
-    """Resume the paused run with the approval form filled in (503 is Prefect's "retry": SQLite busy)."""
-    body = {"run_input": {"approve": approve, "reason": "test", "approver": who}}
-    wait_for(lambda: httpx.post(f"{api}/flow_runs/{run['id']}/resume", json=body).status_code in (200, 201),
-             20, interval=0.5, what="the resume to be accepted")
-
-
-def report(api: str, incident_id: str) -> str:
-    body = {"artifacts": {"key": {"any_": [f"response-{incident_id}"]}}}
-    return wait_for(lambda: prefect_post(api, "/artifacts/filter", body)[0]["data"], 10, what="the response artifact")
 
 
 # -- tests ------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from datetime import datetime, timezone
 import httpx
 import pytest
 
-from conftest import free_port, make_config, prefect_post, running_responder, runs_for_incident, wait_for, wait_run_final
+from conftest import (fire, free_port, make_config, report, running_responder, runs_for_incident, wait_for,
+                      wait_run_final)
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +58,6 @@ def alert_body(alertname: str, labels: dict) -> dict:
                     "startsAt": datetime.now(timezone.utc).isoformat(), "endsAt": "0001-01-01T00:00:00Z",
                     "generatorURL": "", "fingerprint": fingerprint}],
     }
-
-
-def fire(responder, body: dict) -> str:
-    answer = responder.post(body)
-    assert answer.status_code == 200, answer.text
-    return answer.json()["incidents_opened"][0]
-
-
-def report(api: str, incident_id: str) -> str:
-    body = {"artifacts": {"key": {"any_": [f"response-{incident_id}"]}}}
-    return wait_for(lambda: prefect_post(api, "/artifacts/filter", body)[0]["data"], 10, what="the response artifact")
 
 
 def test_lost_connection_is_evidence_restart_waits_for_approval_and_escalates(responder, prefect_server, marker):

@@ -17,7 +17,8 @@ import httpx
 import pytest
 import redis
 
-from conftest import free_port, make_config, prefect_post, running_responder, runs_for_incident, wait_for, wait_run_final
+from conftest import (fire, free_port, make_config, report, running_responder, runs_for_incident, wait_for,
+                      wait_run_final)
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -65,17 +66,6 @@ def alert_body(alertname: str) -> dict:
                     "startsAt": datetime.now(timezone.utc).isoformat(), "endsAt": "0001-01-01T00:00:00Z",
                     "generatorURL": "", "fingerprint": fingerprint}],
     }
-
-
-def fire(responder, body: dict) -> str:
-    answer = responder.post(body)
-    assert answer.status_code == 200, answer.text
-    return answer.json()["incidents_opened"][0]
-
-
-def report(api: str, incident_id: str) -> str:
-    body = {"artifacts": {"key": {"any_": [f"response-{incident_id}"]}}}
-    return wait_for(lambda: prefect_post(api, "/artifacts/filter", body)[0]["data"], 10, what="the response artifact")
 
 
 def pings(port: int) -> bool:
