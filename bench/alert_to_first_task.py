@@ -67,7 +67,8 @@ def alert_body(tag: str) -> dict:
 
 
 class Bench:
-    def __init__(self, config_dir: Path | None, prefect_database_url: str | None = None) -> None:
+    def __init__(self, config_dir: Path | None, prefect_database_url: str | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="responder-bench-"))
         self.prefect_port = free_port()
         self.intake_port = free_port()
@@ -86,6 +87,7 @@ class Bench:
             env["RESPONDER_CONFIG_DIR"] = str(config_dir)
         if prefect_database_url:  # the embedded server on PostgreSQL instead of SQLite
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_database_url
+        env.update(extra_env or {})
         self.proc = subprocess.Popen([str(BIN / "responder"), "up"], env=env, cwd=ROOT,
                                      stdout=open(self.tmp / "responder.log", "wb"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -107,8 +109,11 @@ class Bench:
         response.raise_for_status()
         return response.json()["incidents_opened"][0]
 
-    def first_task_starts(self, incident_ids: set[str], timeout: float = 180) -> dict[str, float]:
-        """Wall-clock start (epoch seconds) of each incident's run's first task run."""
+    def first_task_starts(self, incident_ids: set[str], timeout: float = 180, interval: float = 0.1) -> dict[str, float]:
+        """Wall-clock start (epoch seconds) of each incident's run's first task run.
+
+        The figures are the server's own timestamps, so how often this asks does not change them;
+        but each question costs the server CPU, so a burst is watched at a slower pace."""
         found: dict[str, float] = {}
         deadline = time.monotonic() + timeout
         while len(found) < len(incident_ids) and time.monotonic() < deadline:
@@ -136,7 +141,7 @@ class Bench:
                               for t in tasks if t["flow_run_id"] == run_id and t.get("start_time")]
                     if starts:
                         found[incident] = min(starts)
-            time.sleep(0.1)
+            time.sleep(interval)
         return found
 
     def stages(self, incident_ids: set[str]) -> dict[str, list[float]]:
@@ -162,13 +167,31 @@ class Bench:
                     out[key].append(min(times))
         return out
 
-    def close(self) -> None:
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far by the responder process and by the Prefect server it started."""
+        import psutil
+
+        out = {"responder": 0.0, "prefect server": 0.0}
+        root = psutil.Process(self.proc.pid)
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                key = "prefect server" if "server" in " ".join(proc.cmdline()) else "responder"
+                out[key] += times.user + times.system
+            except psutil.Error:
+                pass
+        return out
+
+    def close(self, keep: bool = False) -> None:
         os.killpg(self.proc.pid, signal.SIGINT)
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if keep:
+            print(f"kept: {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -182,22 +205,26 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=30)
     parser.add_argument("--runbook-config", type=Path)
     parser.add_argument("--prefect-database-url", help="postgresql+asyncpg://… for the embedded server (default SQLite)")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for `responder up` and its server (repeatable), e.g. RESPONDER_MAX_CONCURRENT_RUNS=8")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary PREFECT_HOME and logs; print where")
     args = parser.parse_args()
 
-    bench = Bench(args.runbook_config, args.prefect_database_url)
+    bench = Bench(args.runbook_config, args.prefect_database_url, dict(kv.split("=", 1) for kv in args.env))
     try:
         backend = "PostgreSQL" if args.prefect_database_url else "SQLite"
         print(f"responder up → /healthz 200: {bench.startup:.1f} s (embedded Prefect server on {backend})")
         bench.first_task_starts(set(), timeout=0)
-        latencies = []
+        latencies: list[float] = []
         for i in range(args.single):
             tag = f"s{i}{uuid.uuid4().hex[:6]}"
             t0 = time.time()
             incident = bench.post(alert_body(tag))
             start = bench.first_task_starts({incident})[incident]
             latencies.append(start - t0)
-        print(f"single alerts (n={len(latencies)}): p50 {statistics.median(latencies):.2f} s, "
-              f"p95 {pct(latencies, 0.95):.2f} s, max {max(latencies):.2f} s")
+        if latencies:
+            print(f"single alerts (n={len(latencies)}): p50 {statistics.median(latencies):.2f} s, "
+                  f"p95 {pct(latencies, 0.95):.2f} s, max {max(latencies):.2f} s")
 
         bodies = [alert_body(f"b{i}{uuid.uuid4().hex[:6]}") for i in range(args.burst)]
         incidents: list[str] = []
@@ -208,6 +235,7 @@ def main() -> None:
             with lock:
                 incidents.append(incident)
 
+        cpu0 = bench.cpu_seconds()
         t0 = time.time()
         threads = [threading.Thread(target=send, args=(b,)) for b in bodies]
         for t in threads:
@@ -215,7 +243,10 @@ def main() -> None:
         for t in threads:
             t.join()
         posted = time.time() - t0
-        starts = bench.first_task_starts(set(incidents))
+        starts = bench.first_task_starts(set(incidents), interval=2.0)
+        cpu1 = bench.cpu_seconds()
+        print("CPU used from the first POST until all first tasks were seen: "
+              + ", ".join(f"{k} {cpu1[k] - cpu0[k]:.1f} s" for k in cpu0) + f" (wall {time.time() - t0:.1f} s)")
         if len(starts) < len(incidents):
             print(f"burst: only {len(starts)} of {len(incidents)} runs started within the timeout")
         relative = sorted(s - t0 for s in starts.values())
@@ -226,10 +257,11 @@ def main() -> None:
                 rel = sorted(t - t0 for t in times)
                 print(f"  {stage:<22} n={len(rel):<3} p50 {statistics.median(rel):6.2f} s  last {rel[-1]:6.2f} s")
         print(f"  {'first task running':<22} n={len(relative):<3} p50 {statistics.median(relative):6.2f} s  last {relative[-1]:6.2f} s")
-        print(json.dumps({"single_p50": statistics.median(latencies), "single_p95": pct(latencies, 0.95),
+        print(json.dumps({"single_p50": statistics.median(latencies) if latencies else None,
+                          "single_p95": pct(latencies, 0.95) if latencies else None,
                           "burst_p50": statistics.median(relative), "burst_last": relative[-1]}))
     finally:
-        bench.close()
+        bench.close(keep=args.keep)
 
 
 if __name__ == "__main__":

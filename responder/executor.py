@@ -31,6 +31,8 @@ from uuid import UUID
 
 logger = logging.getLogger("responder.executor")
 
+READY_MARK_SECONDS = 30.0
+
 
 class Executor:
     def __init__(
@@ -94,14 +96,44 @@ class Executor:
 
     async def _poll_loop(self) -> None:
         from prefect import get_client
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowRunFilter,
+            FlowRunFilterNextScheduledStartTime,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
 
         assert self._wake is not None
+        deployments = DeploymentFilter(id=DeploymentFilterId(any_=list(self.flows_by_deployment)))
+        last_marked = float("-inf")
         async with get_client() as client:
             while True:
                 try:
-                    runs = await client.get_scheduled_flow_runs_for_deployments(
-                        deployment_ids=list(self.flows_by_deployment),
-                        scheduled_before=datetime.now(timezone.utc) + timedelta(seconds=1),
+                    # The runner's own poll (get_scheduled_flow_runs_for_deployments) also marks the
+                    # deployments Ready, in a write transaction of its own; on SQLite, running that
+                    # every few seconds during an alert storm stalled the server for a minute at a
+                    # time (its 60 s busy timeout). So: a plain read to find due runs, and the
+                    # Ready-marking poll only every READY_MARK_SECONDS (the foreman's limit is 60 s).
+                    if time.monotonic() - last_marked >= READY_MARK_SECONDS:
+                        await client.get_scheduled_flow_runs_for_deployments(
+                            deployment_ids=list(self.flows_by_deployment), limit=1,
+                            scheduled_before=datetime.now(timezone.utc) - timedelta(days=3650),
+                        )
+                        last_marked = time.monotonic()
+                    runs = await client.read_flow_runs(
+                        deployment_filter=deployments,
+                        flow_run_filter=FlowRunFilter(
+                            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+                            next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(
+                                before_=datetime.now(timezone.utc) + timedelta(seconds=1)
+                            ),
+                        ),
+                        sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC,
+                        limit=200,
                     )
                     self.polling_ok = True
                     self.last_poll = time.monotonic()
