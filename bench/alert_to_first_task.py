@@ -8,9 +8,14 @@ temporary PREFECT_HOME and RESPONDER_HOME, free ports), then measures:
 2. 30 distinct alerts posted within one second: time from the first POST until the last of the
    30 runs has its first task running.
 
+For the burst it also prints where the time went (run created by the automation, claimed, Running,
+first task) and the CPU the responder and the Prefect server used meanwhile.
+
 Prints the figures; asserts nothing. Run: `make bench` or `.venv/bin/python bench/alert_to_first_task.py`.
 Options: --single N (default 20), --burst N (default 30), --runbook-config DIR,
---prefect-database-url postgresql+asyncpg://… (the same, with the Prefect server on PostgreSQL).
+--prefect-database-url postgresql+asyncpg://… (the same, with the Prefect server on PostgreSQL),
+--env KEY=VALUE (a setting for `responder up` and its server, repeatable), --keep (keep the
+temporary PREFECT_HOME, database and logs, and print where).
 """
 
 from __future__ import annotations
@@ -145,16 +150,10 @@ class Bench:
         return found
 
     def stages(self, incident_ids: set[str]) -> dict[str, list[float]]:
-        """Server-side timestamps (epoch s) of each step between the POST and the first task.
-
-        event received → run created by the automation → Pending (claimed by the responder) → Running."""
-        out: dict[str, list[float]] = {"event received": [], "run created": [], "run claimed (Pending)": [], "run Running": []}
+        """Server-side timestamps (epoch s) of each step between the POST and the first task:
+        run created by the automation → Pending (claimed by the responder) → Running."""
+        out: dict[str, list[float]] = {"run created": [], "run claimed (Pending)": [], "run Running": []}
         ts = lambda value: datetime.fromisoformat(value).timestamp()  # noqa: E731
-        events = self.http.post(f"{self.api}/events/filter", json={
-            "filter": {"event": {"name": ["responder.alert.firing"]}}, "limit": 200}).json().get("events", [])
-        for event in events:
-            if event["resource"]["prefect.resource.id"].rsplit(".", 1)[-1] in incident_ids:
-                out["event received"].append(ts(event["received"]))
         runs = self.http.post(f"{self.api}/flow_runs/filter", json={"limit": 200}).json()
         for run in runs:
             if ((run.get("parameters") or {}).get("incident") or {}).get("id") not in incident_ids:
