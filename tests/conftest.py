@@ -125,11 +125,46 @@ class PrefectServer:
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
-    server = PrefectServer(tmp_path_factory.mktemp("prefect-home")).start()
+def prefect_server(tmp_path_factory, postgres_url) -> Iterator[PrefectServer]:
+    """The suite's shared Prefect server, on PostgreSQL (as in docker-compose.yml).
+
+    On SQLite, a server that has taken some hundred runs stalls now and then for SQLite's 60 s busy
+    timeout (see README, "Measured"), and a test waiting on one run fails for it. The SQLite default
+    keeps its own tests: test_e2e (its own SQLite server), test_outage and test_up (`make run`)."""
+    import psycopg
+
+    name = f"responder_prefect_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = postgres_url.rpartition("/")[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-home"), database_url=f"{base}/{name}").start()
+    previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url
     yield server
     server.stop()
+    _restore_env("PREFECT_API_URL", previous)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def sqlite_prefect_server(home: Path) -> Iterator[PrefectServer]:
+    """A Prefect server of its own on SQLite (the embedded default's database), as PREFECT_API_URL."""
+    server = PrefectServer(home).start()
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        yield server
+    finally:
+        server.stop()
+        _restore_env("PREFECT_API_URL", previous)
+
+
+def _restore_env(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
 
 
 # -- PostgreSQL and Redis ------------------------------------------------------------

@@ -15,7 +15,15 @@ import uuid
 import httpx
 import pytest
 
-from conftest import events, load_fixture, make_config, prefect_post, running_responder, runs_for_incident, wait_for, wait_run_final
+from conftest import (events, load_fixture, make_config, prefect_post, running_responder, runs_for_incident,
+                      sqlite_prefect_server, wait_for, wait_run_final)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """This module runs on a SQLite Prefect server of its own: the embedded default's database."""
+    with sqlite_prefect_server(tmp_path_factory.mktemp("prefect-sqlite")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
