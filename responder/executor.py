@@ -5,9 +5,9 @@ before the first task) and polls every 10 s. A responder must start in well
 under a second, so this executor:
 
 * listens to the server's event stream for ``prefect.flow-run.Scheduled`` and
-  polls ``get_scheduled_flow_runs_for_deployments`` at once when one arrives
-  (and every ``RESPONDER_POLL_SECONDS`` anyway, which also keeps the deployments
-  marked ready in the UI);
+  starts a due run the moment it is announced; a plain read of due Scheduled runs
+  every ``RESPONDER_POLL_SECONDS`` covers anything missed, and a runner poll every
+  30 s keeps the deployments marked Ready in the UI;
 * claims each run by proposing ``Pending`` (a run another executor claimed is
   refused by the server, so no run executes twice);
 * runs the flow in a thread of this process with Prefect's own engine
@@ -114,10 +114,10 @@ class Executor:
             while True:
                 try:
                     # The runner's own poll (get_scheduled_flow_runs_for_deployments) also marks the
-                    # deployments Ready, in a write transaction of its own; on SQLite, running that
-                    # every few seconds during an alert storm stalled the server for a minute at a
-                    # time (its 60 s busy timeout). So: a plain read to find due runs, and the
-                    # Ready-marking poll only every READY_MARK_SECONDS (the foreman's limit is 60 s).
+                    # deployments Ready, in a write transaction of its own; on SQLite, one such write
+                    # during an alert burst waited out the 60 s busy timeout. So: a plain read to find
+                    # due runs, and the Ready-marking poll only every READY_MARK_SECONDS (the
+                    # foreman marks a deployment Not Ready after 60 s without one).
                     if time.monotonic() - last_marked >= READY_MARK_SECONDS:
                         await client.get_scheduled_flow_runs_for_deployments(
                             deployment_ids=list(self.flows_by_deployment), limit=1,
