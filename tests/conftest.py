@@ -131,40 +131,33 @@ def prefect_server(tmp_path_factory, postgres_url) -> Iterator[PrefectServer]:
     On SQLite, a server that has taken some hundred runs stalls now and then for SQLite's 60 s busy
     timeout (see README, "Measured"), and a test waiting on one run fails for it. The SQLite default
     keeps its own tests: test_e2e (its own SQLite server), test_outage and test_up (`make run`)."""
-    import psycopg
-
-    name = f"responder_prefect_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = postgres_url.rpartition("/")[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    server = PrefectServer(tmp_path_factory.mktemp("prefect-home"), database_url=f"{base}/{name}").start()
-    previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url
-    yield server
-    server.stop()
-    _restore_env("PREFECT_API_URL", previous)
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with temporary_database(postgres_url, "responder_prefect") as url:
+        database_url = url.replace("postgresql://", "postgresql+asyncpg://", 1)
+        with serving(PrefectServer(tmp_path_factory.mktemp("prefect-home"), database_url=database_url)) as server:
+            yield server
 
 
 @contextmanager
 def sqlite_prefect_server(home: Path) -> Iterator[PrefectServer]:
     """A Prefect server of its own on SQLite (the embedded default's database), as PREFECT_API_URL."""
-    server = PrefectServer(home).start()
+    with serving(PrefectServer(home)) as server:
+        yield server
+
+
+@contextmanager
+def serving(server: PrefectServer) -> Iterator[PrefectServer]:
+    """Start the server and make it PREFECT_API_URL; stop it and put the old value back afterwards."""
+    server.start()
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         yield server
     finally:
         server.stop()
-        _restore_env("PREFECT_API_URL", previous)
-
-
-def _restore_env(key: str, value: str | None) -> None:
-    if value is None:
-        os.environ.pop(key, None)
-    else:
-        os.environ[key] = value
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
 
 
 # -- PostgreSQL and Redis ------------------------------------------------------------
@@ -212,18 +205,27 @@ def postgres_url(tmp_path_factory) -> Iterator[str]:
     subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
 
 
-@pytest.fixture
-def fresh_database(postgres_url) -> Iterator[str]:
-    """A new, empty PostgreSQL database (dropped afterwards); returns its URL."""
+@contextmanager
+def temporary_database(postgres_url: str, prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database on the server of ``postgres_url``, dropped afterwards; its URL."""
     import psycopg
 
-    name = f"responder_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     base, _, _ = postgres_url.rpartition("/")
-    yield f"{base}/{name}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def fresh_database(postgres_url) -> Iterator[str]:
+    """A new, empty PostgreSQL database (dropped afterwards); returns its URL."""
+    with temporary_database(postgres_url, "responder_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
