@@ -179,8 +179,8 @@ def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
         home = Path(os.environ.get("PREFECT_HOME") or default_prefect_home())
         os.environ["PREFECT_HOME"] = str(home)
         port = int(os.environ.get("PREFECT_SERVER_API_PORT", "4200"))
-        embedded = EmbeddedPrefectServer(home, port)
-        print(f"Starting the embedded Prefect server (SQLite under {home}) …", flush=True)
+        embedded = EmbeddedPrefectServer(home, port, kind=settings.embedded_server)
+        print(f"Starting the embedded Prefect server (SQLite under {home}, {settings.embedded_server}) …", flush=True)
         try:
             embedded.start()
         except RuntimeError as exc:

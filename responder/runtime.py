@@ -29,10 +29,15 @@ logger = logging.getLogger("responder")
 
 
 class EmbeddedPrefectServer:
-    """``prefect server start`` on SQLite under a project-local PREFECT_HOME."""
+    """The Prefect server on SQLite under a project-local PREFECT_HOME.
 
-    def __init__(self, home: Path, port: int, host: str = "127.0.0.1") -> None:
-        self.home, self.port, self.host = home, port, host
+    ``tuned`` (the default) runs ``python -m responder.prefect_server``: Prefect's own server app
+    with SQLite writes queued instead of refused (see that module); ``stock`` runs
+    ``prefect server start``.
+    """
+
+    def __init__(self, home: Path, port: int, host: str = "127.0.0.1", kind: str = "tuned") -> None:
+        self.home, self.port, self.host, self.kind = home, port, host, kind
         self.process: subprocess.Popen | None = None
 
     @property
@@ -57,9 +62,12 @@ class EmbeddedPrefectServer:
         env.pop("PREFECT_API_URL", None)
         env.setdefault("PREFECT_UI_API_URL", self.api_url)  # the UI calls the API on this port, not 4200
         log = open(self.home / "server.log", "ab")
-        prefect_bin = Path(sys.executable).with_name("prefect")
+        if self.kind == "stock":
+            command = [str(Path(sys.executable).with_name("prefect")), "server", "start"]
+        else:
+            command = [sys.executable, "-m", "responder.prefect_server"]
         self.process = subprocess.Popen(
-            [str(prefect_bin), "server", "start", "--host", self.host, "--port", str(self.port)],
+            [*command, "--host", self.host, "--port", str(self.port)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -241,17 +249,24 @@ class Responder:
         closed → cancel pages, release a run waiting for approval, notify, incident and post-mortem
         artifacts. Each step is idempotent (keys, versioned artifacts), notifications never raise.
         """
+        from prefect.context import AsyncClientContext
+
         try:
             events = await asyncio.to_thread(self.store.pending_followups)
         except StoreUnavailable:
             return
-        for event in events:
-            try:
-                await self._follow_up_one(event)
-            except Exception as exc:  # the server may be down again: retried on the next pass
-                logger.warning("Follow-up of %s failed (%s); will retry", event["event"], exc)
-                return
-            await asyncio.to_thread(self.store.mark_followed_up, event["id"])
+        if not events:
+            return
+        # One Prefect client for the whole pass (each step's get_client() returns it): building a
+        # client costs about 25 ms of CPU, and a burst of alerts brings a follow-up per alert.
+        async with AsyncClientContext.get_or_create():
+            for event in events:
+                try:
+                    await self._follow_up_one(event)
+                except Exception as exc:  # the server may be down again: retried on the next pass
+                    logger.warning("Follow-up of %s failed (%s); will retry", event["event"], exc)
+                    return
+                await asyncio.to_thread(self.store.mark_followed_up, event["id"])
 
     async def _follow_up_one(self, event: dict[str, Any]) -> None:
         from responder.escalation import cancel_pages, schedule_next_page

@@ -11,6 +11,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,13 @@ class ResponderSettings(BaseSettings):
     slack_api_url: str = Field(default="https://slack.com/api/", description="Slack Web API base URL.")
     slack_signing_secret: SecretStr | None = Field(
         default=None, description="Verifies Slack interactivity requests (buttons); buttons are refused without it."
+    )
+    embedded_server: Literal["tuned", "stock"] = Field(
+        default="tuned",
+        description=(
+            "How `responder up` runs the embedded Prefect server: `tuned` (the stock app with SQLite "
+            "writes queued; see responder/prefect_server.py) or `stock` (`prefect server start`)."
+        ),
     )
     time_scale: float = Field(
         default=1.0,
