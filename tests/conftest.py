@@ -87,6 +87,9 @@ def load_fixture(name: str, **changes: Any) -> dict[str, Any]:
 
 
 class PrefectServer:
+    """A real Prefect server process: on PostgreSQL, ``prefect server start`` as in docker-compose.yml;
+    on SQLite, the server ``responder up`` embeds (``python -m responder.prefect_server``)."""
+
     def __init__(self, home: Path, port: int | None = None, database_url: str | None = None):
         self.home = home
         self.port = port or free_port()
@@ -104,8 +107,12 @@ class PrefectServer:
         env.pop("PREFECT_API_URL", None)
         if self.database_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
+        if self.database_url:
+            command = [str(BIN / "prefect"), "server", "start"]
+        else:
+            command = [str(BIN / "python"), "-m", "responder.prefect_server"]
         self.process = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            [*command, "--host", "127.0.0.1", "--port", str(self.port)],
             env=env,
             stdout=open(self.home / "server.log", "ab"),
             stderr=subprocess.STDOUT,

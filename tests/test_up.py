@@ -38,6 +38,8 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path):
         printed = (tmp_path / "up.log").read_text()
         assert f"http://127.0.0.1:{prefect_port}" in printed and f"http://127.0.0.1:{intake_port}/alerts" in printed
         assert (tmp_path / "prefect-home").exists()
+        # The embedded server is the tuned one (responder/prefect_server.py), on SQLite.
+        assert "database configuration: sqlite, BEGIN IMMEDIATE" in (tmp_path / "prefect-home" / "server.log").read_text()
 
         answer = httpx.post(f"http://127.0.0.1:{intake_port}/alerts", headers={"Authorization": f"Bearer {token}"},
                             json=load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6]))

@@ -1,0 +1,97 @@
+"""The embedded Prefect server's two changes (responder/prefect_server.py), each shown on real parts:
+a real SQLite file through Prefect's own database configuration classes, and the real server app."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from prefect.server.database.configurations import AioSqliteConfiguration
+
+from responder.prefect_server import QueuedWritesSqliteConfiguration
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _read_then_write_after_another_writer(config: AioSqliteConfiguration) -> None:
+    """The burst's failing pattern: a transaction reads, another connection commits a write, then the
+    first one writes. Prefect's create_flow_run is such a read-then-write transaction."""
+    engine = await config.engine()
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, name TEXT)"))
+    session = await config.session(engine)
+    other_writer_done = asyncio.Event()
+
+    async def other_writer() -> None:
+        other = await config.session(engine)
+        async with other:
+            async with config.begin_transaction(other):
+                await other.execute(sa.text("INSERT INTO runs (name) VALUES ('other')"))
+        other_writer_done.set()
+
+    try:
+        async with session:
+            async with config.begin_transaction(session):
+                await session.execute(sa.text("SELECT count(*) FROM runs"))
+                writer = asyncio.create_task(other_writer())
+                await asyncio.wait([writer], timeout=0.5)  # with IMMEDIATE it must wait for us
+                await session.execute(sa.text("INSERT INTO runs (name) VALUES ('first')"))
+            await writer
+    finally:
+        await engine.dispose()
+
+
+def test_prefects_deferred_transaction_is_refused_where_the_queued_one_waits(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'stock.db'}"
+    with pytest.raises(sa.exc.OperationalError, match="database is locked"):
+        asyncio.run(_read_then_write_after_another_writer(AioSqliteConfiguration(connection_url=url)))
+
+    queued = tmp_path / "queued.db"
+    asyncio.run(_read_then_write_after_another_writer(QueuedWritesSqliteConfiguration(connection_url=f"sqlite+aiosqlite:///{queued}")))
+    with sqlite3.connect(queued) as db:
+        assert sorted(name for (name,) in db.execute("SELECT name FROM runs")) == ["first", "other"]
+
+
+def test_a_queued_transaction_holds_the_write_lock_from_its_begin(tmp_path):
+    path = tmp_path / "lock.db"
+    config = QueuedWritesSqliteConfiguration(connection_url=f"sqlite+aiosqlite:///{path}")
+
+    async def main() -> None:
+        engine = await config.engine()
+        try:
+            session = await config.session(engine)
+            async with session:
+                async with config.begin_transaction(session):
+                    await session.execute(sa.text("SELECT 1"))  # a read only: still the write lock
+                    probe = sqlite3.connect(path, timeout=0)
+                    try:
+                        with pytest.raises(sqlite3.OperationalError, match="locked"):
+                            probe.execute("BEGIN IMMEDIATE")
+                    finally:
+                        probe.close()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+
+
+def test_the_servers_own_clients_get_the_served_app_and_other_calls_reach_prefect():
+    # In a process of its own: the shortcut replaces a module attribute, as the server process does.
+    code = (
+        "import prefect.server.api.server as s\n"
+        "from responder.prefect_server import serve_one_app\n"
+        "app = serve_one_app()\n"
+        "assert s.create_app() is app, 'no-argument call must return the served app'\n"
+        "other = s.create_app(ephemeral=True, ignore_cache=True)\n"
+        "assert other is not app, 'a call with arguments must build through Prefect'\n"
+        "from prefect.server.api.clients import OrchestrationClient\n"
+        "assert OrchestrationClient()._http_client._transport.app is app\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
