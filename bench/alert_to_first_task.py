@@ -16,6 +16,9 @@ Options: --single N (default 20), --burst N (default 30), --runbook-config DIR,
 --prefect-database-url postgresql+asyncpg://… (the same, with the Prefect server on PostgreSQL),
 --env KEY=VALUE (a setting for `responder up` and its server, repeatable), --keep (keep the
 temporary PREFECT_HOME, database and logs, and print where).
+
+A/B against plain `prefect server start` as the embedded server:
+`--env RESPONDER_EMBEDDED_SERVER=stock` (README, "The embedded Prefect server").
 """
 
 from __future__ import annotations

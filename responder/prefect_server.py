@@ -23,10 +23,22 @@ On PostgreSQL the stock configuration is used unchanged.
 from __future__ import annotations
 
 import argparse
+import logging
+import time
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import AsyncGenerator
 
 from prefect.server.database.configurations import SQLITE_BEGIN_MODE, AioSqliteConfiguration
+
+
+logger = logging.getLogger("responder.prefect_server")
+
+# Open write transactions of the current task (and of tasks it started): a transaction opened while
+# one is held waits for the first one's lock, so if the first waits for it, both wait out SQLite's
+# busy timeout. Said in the server log, with how long a write lock was held when that was long.
+_HELD: ContextVar[int] = ContextVar("responder_sqlite_write_locks_held", default=0)
+LONG_HOLD_SECONDS = 2.0
 
 
 class QueuedWritesSqliteConfiguration(AioSqliteConfiguration):
@@ -34,12 +46,19 @@ class QueuedWritesSqliteConfiguration(AioSqliteConfiguration):
 
     @asynccontextmanager
     async def begin_transaction(self, session, with_for_update: bool = False) -> AsyncGenerator:
+        if _HELD.get():
+            logger.warning("a write transaction opens while this task holds another: it waits for that one's lock")
+        held = _HELD.set(_HELD.get() + 1)
         token = SQLITE_BEGIN_MODE.set("IMMEDIATE")
+        started = time.monotonic()
         try:
             async with session.begin() as transaction:
                 yield transaction
         finally:
             SQLITE_BEGIN_MODE.reset(token)
+            _HELD.reset(held)
+            if (seconds := time.monotonic() - started) > LONG_HOLD_SECONDS:
+                logger.warning("a write transaction took %.1f s (other writers waited meanwhile)", seconds)
 
 
 def configure_database() -> str:

@@ -138,6 +138,10 @@ def prefect_server(tmp_path_factory, postgres_url) -> Iterator[PrefectServer]:
     On SQLite, a server that has taken some hundred runs stalls now and then for SQLite's 60 s busy
     timeout (see README, "Measured"), and a test waiting on one run fails for it. The SQLite default
     keeps its own tests: test_e2e (its own SQLite server), test_outage and test_up (`make run`)."""
+    if os.environ.get("RESPONDER_TEST_PREFECT_DATABASE") == "sqlite":  # the embedded default instead
+        with sqlite_prefect_server(tmp_path_factory.mktemp("prefect-home")) as server:
+            yield server
+        return
     with temporary_database(postgres_url, "responder_prefect") as url:
         database_url = url.replace("postgresql://", "postgresql+asyncpg://", 1)
         with serving(PrefectServer(tmp_path_factory.mktemp("prefect-home"), database_url=database_url)) as server:
