@@ -608,13 +608,17 @@ class PostgresStore(Store):
         super().__init__()
         self._url = url
         self._local = threading.local()
+        # Bumped when any thread's connection fails: the server may have cut all of them (restart,
+        # pg_terminate_backend), so every thread checks its own before the next use.
+        self._failures = 0
 
     def _conn(self):
         import psycopg
 
         conn = getattr(self._local, "conn", None)
         if conn is not None and not (conn.closed or conn.broken):
-            if time.monotonic() - getattr(self._local, "used", 0) > 5:
+            if (time.monotonic() - getattr(self._local, "used", 0) > 5
+                    or getattr(self._local, "failures_seen", 0) != self._failures):
                 # An idle connection may have been cut (server restart, admin): check before trusting it.
                 try:
                     conn.execute("SELECT 1")
@@ -626,6 +630,7 @@ class PostgresStore(Store):
             conn = psycopg.connect(self._url, connect_timeout=5, autocommit=True)
             self._local.conn = conn
         self._local.used = time.monotonic()
+        self._local.failures_seen = self._failures
         return conn
 
     def _lock_group(self, cur: Any, group_key: str) -> None:
@@ -647,6 +652,7 @@ class PostgresStore(Store):
                     yield cur
         except psycopg.OperationalError as exc:
             self._local.conn = None
+            self._failures += 1
             try:
                 conn.close()
             except psycopg.Error:

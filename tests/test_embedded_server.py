@@ -95,3 +95,30 @@ def test_the_servers_own_clients_get_the_served_app_and_other_calls_reach_prefec
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def test_a_long_or_nested_write_transaction_is_said_in_the_server_log(tmp_path, monkeypatch, caplog):
+    import responder.prefect_server as embedded
+
+    monkeypatch.setattr(embedded, "LONG_HOLD_SECONDS", 0.05)
+    outer = QueuedWritesSqliteConfiguration(connection_url=f"sqlite+aiosqlite:///{tmp_path / 'a.db'}")
+    # A second database file, so the nested transaction below does not wait for the outer one's lock.
+    inner = QueuedWritesSqliteConfiguration(connection_url=f"sqlite+aiosqlite:///{tmp_path / 'b.db'}")
+
+    async def main() -> None:
+        engines = [await outer.engine(), await inner.engine()]
+        try:
+            async with await outer.session(engines[0]) as first, outer.begin_transaction(first):
+                await first.execute(sa.text("SELECT 1"))
+                async with await inner.session(engines[1]) as second, inner.begin_transaction(second):
+                    await second.execute(sa.text("SELECT 1"))
+                await asyncio.sleep(0.1)
+        finally:
+            for engine in engines:
+                await engine.dispose()
+
+    with caplog.at_level("WARNING", logger="responder.prefect_server"):
+        asyncio.run(main())
+    said = [r.getMessage() for r in caplog.records if r.name == "responder.prefect_server"]
+    assert any("opens while this task holds another" in m for m in said), said
+    assert any(m.startswith("a write transaction took ") for m in said), said

@@ -148,3 +148,46 @@ def test_alert_text_is_data_never_sql_or_shell(responder, store_db, prefect_serv
     import os
 
     assert not os.path.exists("/tmp/pwned-responder")
+
+
+
+def test_connections_cut_by_the_server_are_replaced_in_every_thread(postgres_url):
+    """PostgreSQL cuts every connection (restart, pg_terminate_backend). The intake's worker threads
+    each keep one: after one thread has met a cut connection, the others check theirs before use,
+    so the intake answers 503 once, not once per worker thread."""
+    import queue
+    import threading
+
+    from conftest import temporary_database
+    from responder.store import PostgresStore, StoreUnavailable
+
+    class Worker:  # a long-lived thread, like the intake's worker threads, that keeps its connection
+        def __init__(self) -> None:
+            self.jobs: queue.Queue = queue.Queue()
+            threading.Thread(target=self._loop, daemon=True).start()
+
+        def _loop(self) -> None:
+            while True:
+                fn, answer = self.jobs.get()
+                try:
+                    answer.put(fn())
+                except Exception as exc:
+                    answer.put(exc)
+
+        def call(self, fn):
+            answer: queue.Queue = queue.Queue()
+            self.jobs.put((fn, answer))
+            return answer.get(timeout=30)
+
+    with temporary_database(postgres_url, "responder_cut") as url:
+        store = PostgresStore(url)
+        store.migrate()
+        first, second = Worker(), Worker()
+        assert first.call(store.pending_followups) == [] and second.call(store.pending_followups) == []
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            cut = admin.execute("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE datname = %s) AS t", (url.rpartition("/")[2],)).fetchone()[0]
+        assert cut >= 2
+        assert isinstance(first.call(store.pending_followups), StoreUnavailable)  # the one 503
+        assert second.call(store.pending_followups) == []  # checked its connection and reconnected
+        assert first.call(store.pending_followups) == []
