@@ -1,23 +1,25 @@
-"""The embedded Prefect server: ``prefect server start``'s foreground path, with SQLite writes queued.
+"""The embedded Prefect server: ``prefect server start``'s foreground path, with two changes.
 
 Run as ``python -m responder.prefect_server --host H --port P`` (``responder up`` does). It is the
 stock Prefect server app (API, UI and every service in one process, the same call ``prefect
-server start`` makes) with one change, made through Prefect's own injection point for the
-database configuration (``prefect.server.database.dependencies.set_database_config``), and only
-when the server's database is SQLite:
+server start`` makes, with the same keep-alive and log level settings) with two changes, each
+measured (README, "Measured") and each only inside this process:
 
-Every transaction the server opens starts with ``BEGIN IMMEDIATE`` instead of ``BEGIN DEFERRED``.
+1. On SQLite, every transaction the server opens starts with ``BEGIN IMMEDIATE`` instead of
+   ``BEGIN DEFERRED``, made through Prefect's own injection point for the database configuration
+   (``prefect.server.database.dependencies.set_database_config``).
 
-Why: a DEFERRED transaction reads first and asks for SQLite's write lock at its first write. When
-another connection wrote in between, SQLite refuses the upgrade at once (``SQLITE_BUSY``, no busy
-wait: "database is locked"), the server answers 503, and Prefect's client backs off 2, 4, 8… s
-before retrying. Under a burst of alerts that is most of the time from alert to run (see the
-README's "Measured"). ``BEGIN IMMEDIATE`` takes the write lock first, waiting in SQLite's busy
-handler, so writers queue for milliseconds instead of failing. Reads outside a transaction are
-unchanged, and WAL mode still lets them run beside a writer. Prefect itself already does this for
-the transactions it marks ``with_for_update`` (flow and task run state changes).
+   Why: a DEFERRED transaction reads first and asks for SQLite's write lock at its first write.
+   When another connection wrote in between, SQLite refuses the upgrade at once (``SQLITE_BUSY``,
+   no busy wait: "database is locked"), the server answers 503, and Prefect's client backs off 2,
+   4, 8… s before retrying. Under a burst of alerts that was most of the time from alert to run.
+   ``BEGIN IMMEDIATE`` takes the write lock first, waiting in SQLite's busy handler, so writers
+   queue for milliseconds instead of failing. Reads outside a transaction are unchanged, and WAL
+   mode still lets them run beside a writer. Prefect itself already does this for the
+   transactions it marks ``with_for_update`` (flow and task run state changes). On PostgreSQL the
+   stock configuration is used unchanged.
 
-On PostgreSQL the stock configuration is used unchanged.
+2. The server's own in-process clients get the served app directly (``serve_one_app``).
 """
 
 from __future__ import annotations
@@ -104,14 +106,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     import uvicorn
+    from prefect.settings import get_current_settings
 
     print(f"runbook-responder: embedded Prefect server, database configuration: {configure_database()}", flush=True)
+    server = get_current_settings().server  # what `prefect server start` reads for these two
     uvicorn.run(
         app=serve_one_app(),
         host=args.host,
         port=args.port,
-        timeout_keep_alive=5,
-        log_level="info",
+        timeout_keep_alive=server.api.keepalive_timeout,
+        log_level=server.logging_level.lower(),
     )
 
 
