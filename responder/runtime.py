@@ -259,14 +259,17 @@ class Responder:
             return
         # One Prefect client for the whole pass (each step's get_client() returns it): building a
         # client costs about 25 ms of CPU, and a burst of alerts brings a follow-up per alert.
-        async with AsyncClientContext.get_or_create():
-            for event in events:
-                try:
-                    await self._follow_up_one(event)
-                except Exception as exc:  # the server may be down again: retried on the next pass
-                    logger.warning("Follow-up of %s failed (%s); will retry", event["event"], exc)
-                    return
-                await asyncio.to_thread(self.store.mark_followed_up, event["id"])
+        try:
+            async with AsyncClientContext.get_or_create():
+                for event in events:
+                    try:
+                        await self._follow_up_one(event)
+                    except Exception as exc:  # the server may be down again: retried on the next pass
+                        logger.warning("Follow-up of %s failed (%s); will retry", event["event"], exc)
+                        return
+                    await asyncio.to_thread(self.store.mark_followed_up, event["id"])
+        except Exception as exc:  # the client's version check met a server that is down, or the store
+            logger.warning("Follow-ups paused (%s: %s); will retry", type(exc).__name__, exc)
 
     async def _follow_up_one(self, event: dict[str, Any]) -> None:
         from responder.escalation import cancel_pages, schedule_next_page
