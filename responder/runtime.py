@@ -28,6 +28,14 @@ from responder.store import IngestResult, Store, StoreUnavailable
 logger = logging.getLogger("responder")
 
 
+def server_command(kind: str = "tuned") -> list[str]:
+    """The command that starts a Prefect server (``--host``/``--port`` to be added): ``tuned`` is
+    ``python -m responder.prefect_server``, ``stock`` is ``prefect server start``."""
+    if kind == "stock":
+        return [str(Path(sys.executable).with_name("prefect")), "server", "start"]
+    return [sys.executable, "-m", "responder.prefect_server"]
+
+
 class EmbeddedPrefectServer:
     """The Prefect server on SQLite under a project-local PREFECT_HOME.
 
@@ -62,12 +70,8 @@ class EmbeddedPrefectServer:
         env.pop("PREFECT_API_URL", None)
         env.setdefault("PREFECT_UI_API_URL", self.api_url)  # the UI calls the API on this port, not 4200
         log = open(self.home / "server.log", "ab")
-        if self.kind == "stock":
-            command = [str(Path(sys.executable).with_name("prefect")), "server", "start"]
-        else:
-            command = [sys.executable, "-m", "responder.prefect_server"]
         self.process = subprocess.Popen(
-            [*command, "--host", self.host, "--port", str(self.port)],
+            [*server_command(self.kind), "--host", self.host, "--port", str(self.port)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -30,6 +30,8 @@ import httpx
 import pytest
 import yaml
 
+from responder.runtime import server_command
+
 ROOT = Path(__file__).resolve().parent.parent
 # Alertmanager v4 bodies, copied from the project's shared samples (see their README.md).
 FIXTURES = ROOT / "tests" / "fixtures" / "alertmanager"
@@ -108,12 +110,8 @@ class PrefectServer:
         env.pop("PREFECT_API_URL", None)
         if self.database_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
-        if self.database_url:
-            command = [str(BIN / "prefect"), "server", "start"]
-        else:
-            command = [str(BIN / "python"), "-m", "responder.prefect_server"]
         self.process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(self.port)],
+            [*server_command("stock" if self.database_url else "tuned"), "--host", "127.0.0.1", "--port", str(self.port)],
             env=env,
             stdout=open(self.home / "server.log", "ab"),
             stderr=subprocess.STDOUT,
