@@ -17,7 +17,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/responder up
 
-# Installs what the tests need (Alertmanager, Prometheus, docker-compose v1) when missing, starts
+# Installs what the tests need (Alertmanager, Prometheus, node_exporter, docker-compose v1) when missing, starts
 # PostgreSQL and Redis when they are installed but stopped, then runs the whole suite.
 test: $(STAMP)
 	./scripts/test-services

@@ -4,7 +4,10 @@ Started by the ``responder.alert.firing`` event for any spelling of the catalog 
 ``disk-space`` (``config/runbooks/infrastructure.yaml``): ``DISK_SPACE_CRITICAL`` (seeds 000,
 004, threshold ``disk_percent`` 90) and ``disk_usage`` (seed 001, its own threshold 85). The steps:
 
-1. Check disk usage (``df -h``)                                          → ``check-disk-usage``
+0. Which machine alerted (this one: psutil; another: node_exporter in Prometheus; neither:
+   report that and escalate)                                             → ``locate-host``
+1. Check disk usage (``df -h``): this machine's ``paths.disk``; every writable disk file system
+   of another machine                                                    → ``check-disk-usage``
 2. Find large files and directories (``du -sh /* | sort -hr``, ``find / -size +100M``)
                                                                          → ``find-large-files``
 3. Check log files (``du -sh logs/``, ``ls -lh logs/``)                 → ``check-log-files``
@@ -18,7 +21,11 @@ Started by the ``responder.alert.firing`` event for any spelling of the catalog 
                                                                          → ``delete_old_files``
    delete temporary files older than ``paths.retention_days`` (``find /tmp -name "auto-author-*" -mtime +7 -delete``)
                                                                          → ``remove_temp_files``
-6. Verify: ``df`` again until below the threshold; close or escalate.
+6. Verify: ``df`` of the same machine again until below the threshold; close or escalate.
+
+Steps 2 to 5 work on this machine's directories. For another machine the report says that
+directory sizes need the host's own view, and nothing is cleaned: the configured directories
+are this machine's, not that one's.
 
 What may be cleaned is configuration only (``config/targets.yaml``)::
 
@@ -40,12 +47,14 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from flows.host import cannot_measure, locate_host, prometheus_url
 from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
 from responder.alerts import Alert, IncidentRef
 from responder.catalog import PathTargets
 from tasks.base import ProbeResult, Risk
 from tasks.mitigations import PlannedAction
-from tasks.probes import system
+from tasks.probes import hosts
+from tasks.probes.hosts import Host
 
 RUNBOOK = "disk-space"
 LOG_PATTERNS = ["*.log", "*.log.[0-9]*"]  # the current logs and their rotations (seed 002 "gzip *.log.1 *.log.2")
@@ -53,23 +62,23 @@ COMPRESSED_PATTERNS = ["*.gz"]  # seed 002 "find /var/log/auto-author -name "*.g
 
 
 @task(name="check-disk-usage", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def check_disk_usage(paths: list[str], threshold: float) -> ProbeResult:
-    return system.disk_usage(paths, threshold=threshold)
+def check_disk_usage(host: Host, paths: list[str], threshold: float) -> ProbeResult:
+    return hosts.disk_usage(host, prometheus_url(), paths, threshold)
 
 
 @task(name="find-large-files", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def find_large_files(paths: list[str]) -> ProbeResult:
-    return system.largest_entries(paths, n=10, max_entries=100_000)
+def find_large_files(host: Host, paths: list[str]) -> ProbeResult:
+    return hosts.largest_entries(host, paths)
 
 
 @task(name="check-log-files", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def check_log_files(paths: list[str]) -> ProbeResult:
-    return system.log_dir_sizes(paths)
+def check_log_files(host: Host, paths: list[str]) -> ProbeResult:
+    return hosts.dir_sizes(host, paths, "log_dir_sizes")
 
 
 @task(name="check-temp-files", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def check_temp_files(paths: list[str]) -> ProbeResult:
-    return system.log_dir_sizes(paths).model_copy(update={"probe": "temp_dir_sizes"})
+def check_temp_files(host: Host, paths: list[str]) -> ProbeResult:
+    return hosts.dir_sizes(host, paths, "temp_dir_sizes")
 
 
 def _not_configured(probe: str, what: str) -> ProbeResult:
@@ -116,17 +125,21 @@ def disk_space(alert: Alert, incident: IncidentRef | None = None):
     if incident is None:
         return "duplicate"
 
-    disk = check_disk_usage(paths.disk, threshold)
-    over = [m["path"] for m in disk.evidence["mounts"] if m["percent"] > threshold] or paths.disk
-    large = find_large_files(over)
-    logs = check_log_files(paths.logs) if paths.logs else _not_configured("log_dir_sizes", "log directories")
-    temp = check_temp_files(paths.temp) if paths.temp else _not_configured("temp_dir_sizes", "temp directories")
-    evidence = [disk, logs, temp, large]
+    host = locate_host(alert)
+    if host.how == "unmeasured":
+        return cannot_measure(runbook, alert, incident, host)
+    disk = check_disk_usage(host, paths.disk, threshold)
+    over = [m["path"] for m in disk.evidence.get("mounts", []) if m["percent"] > threshold] or paths.disk
+    large = find_large_files(host, over)
+    logs = check_log_files(host, paths.logs) if paths.logs else _not_configured("log_dir_sizes", "log directories")
+    temp = check_temp_files(host, paths.temp) if paths.temp else _not_configured("temp_dir_sizes", "temp directories")
+    evidence = [host.result(), disk, logs, temp, large]
 
-    outcomes = mitigate(runbook, incident, plan_cleanup(disk, paths), evidence)
+    plans = plan_cleanup(disk, paths) if host.local else []  # the configured directories are this machine's
+    outcomes = mitigate(runbook, incident, plans, evidence)
 
     last, verdict = verify_until_ok(
-        lambda: check_disk_usage(paths.disk, threshold),
+        lambda: check_disk_usage(host, paths.disk, threshold),
         incident,
         budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
         interval_seconds=runbook.verify.interval_seconds * settings.time_scale,

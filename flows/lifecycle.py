@@ -36,6 +36,7 @@ from responder.settings import ResponderSettings, get_settings
 from responder.store import Store, open_store
 from tasks.base import ActionOutcome, ErrorCode, ProbeResult, ResponderError, Risk
 from tasks.mitigations import REGISTRY, PlannedAction
+from tasks.probes import human_bytes
 
 log = logging.getLogger("responder.lifecycle")
 
@@ -333,12 +334,26 @@ def verify_until_ok(
 # -- close or escalate ------------------------------------------------------------
 
 
+def telling_findings(evidence: list[ProbeResult], n: int = 3) -> list[ProbeResult]:
+    """What a person should read first: failing figures furthest past their threshold, then other
+    failures (not measured), then the healthy figures closest to their threshold."""
+    def rank(r: ProbeResult) -> tuple[int, float]:
+        if r.value is not None and r.threshold:
+            distance = abs(r.value - r.threshold) / abs(r.threshold)
+            return (0, -distance) if not r.ok else (2, -(r.value / r.threshold))
+        return (1, 0.0) if not r.ok else (3, 0.0)
+    candidates = [r for r in evidence if r.probe != "host" or not r.ok]
+    return sorted(candidates, key=rank)[:n]
+
+
 def _report(
     runbook: Runbook, alert: Alert, incident: IncidentRef, verdict: str, evidence: list[ProbeResult],
     outcomes: list[ActionOutcome], extra: str = "",
 ) -> str:
     lines = [
         f"# {runbook.title}: {verdict.upper()}",
+        "",
+        *[f"{i}. {r.line()}" for i, r in enumerate(telling_findings(evidence), 1)],
         "",
         f"**Alert:** `{alert.alertname}` on `{alert.instance or '?'}` ({incident.severity}) — {alert.summary}  ",
         f"**Incident:** `{incident.id}`  ",
@@ -354,6 +369,11 @@ def _report(
         threshold = "" if r.threshold is None else f"{r.threshold:g}{r.unit}"
         lines.append(f"| {r.probe} | {'yes' if r.ok else '**no**'} | {value} | {threshold} | {r.summary} |")
     for r in evidence:
+        groups = r.evidence.get("process_groups")
+        if groups:
+            lines += ["", f"### {r.probe}", "", "| process group | processes | cpu % | resident |", "| --- | --- | --- | --- |"]
+            lines += [f"| {g['group']} | {g['processes']} | {g['cpu_percent']} | {human_bytes(g['memory_bytes'])} |"
+                      for g in groups]
         processes = r.evidence.get("processes") if isinstance(r.evidence, dict) else None
         if processes:
             lines += ["", f"### {r.probe}", "", "| pid | name | user | cpu % | mem % | command |", "| --- | --- | --- | --- | --- | --- |"]
@@ -405,6 +425,13 @@ def conclude(
     if last is not None and last not in evidence:
         evidence = [*evidence, last.model_copy(update={"probe": f"verify: {last.probe}"})]
     summary = {"verdict": verdict, "incident": incident.id, "actions": [o.status for o in outcomes]}
+    findings = telling_findings(evidence)
+    record = store.incident(incident.id)
+    if record is not None:
+        text = (f"*{runbook.title}: {verdict.upper()}* on `{alert.instance or '?'}`\n"
+                + "\n".join(f"• {r.line()}" for r in findings))
+        notifier().send(record, "verdict", text, details={"verdict": verdict,
+                                                          "findings": [r.line() for r in findings]})
     store.add_timeline(incident.id, "verify", f"{verdict}: {last.line() if last else 'no measurement'}")
     if verdict == "verified":
         store.add_timeline(incident.id, "resolution", "verification passed")

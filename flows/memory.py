@@ -6,15 +6,18 @@ Started by the ``responder.alert.firing`` event for any spelling of the catalog 
 threshold: a threshold named like the spelling (``memory_usage: 90``), else ``memory_percent``
 (85, seed 000). The steps, in seed 000's order, with what the other seeds add:
 
+0. Which machine alerted (this one: psutil; another: node_exporter in Prometheus; neither:
+   report that and escalate)                                           → ``locate-host``
 1. Check memory consumption (``free -h``, ``/proc/meminfo``)           → ``check-memory-usage``
 2. Identify memory-consuming processes (``ps aux --sort=-%mem``)       → ``identify-memory-processes``
 3. Check swap usage (``swapon -s``)                                     → ``check-swap-usage``
    Seed 002 "Check application metrics: /health/detailed ...
    memory_percent", when the alert's service has a detailed health URL  → ``check-application-health``
-4. Resolutions: terminate processes ``config/targets.yaml`` calls killable, else restart the
-   alert's service ("Restart Node.js: pm2 restart all"; seeds 001-003 "restart application").
-   Both risky: they wait for a human's approval                         → ``mitigate``
-5. Verify: measure again until below the threshold                      → ``verify_until_ok``
+4. Resolutions: terminate processes ``config/targets.yaml`` calls killable (this machine only),
+   else restart the alert's service with the command configured for that machine ("Restart
+   Node.js: pm2 restart all"; seeds 001-003 "restart application"). Both risky: they wait for a
+   human's approval                                                     → ``mitigate``
+5. Verify: measure the same machine again until below the threshold     → ``verify_until_ok``
 6. Close, or escalate                                                   → ``conclude``
 
 Seed 003's ``HighMemoryUsage`` is a different measurement: a Node.js heap above 90 % of *its*
@@ -29,15 +32,16 @@ Seed 000's "Clear caches: redis-cli FLUSHDB if safe" and "Scale memory" are left
 
 from __future__ import annotations
 
-import psutil
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from flows.host import cannot_measure, host_service, locate_host, prometheus_url
 from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
 from responder.alerts import Alert, IncidentRef
 from tasks.base import ProbeResult, Risk
 from tasks.mitigations import PlannedAction, plan_process_terminations
-from tasks.probes import http, human_bytes, system
+from tasks.probes import hosts, http
+from tasks.probes.hosts import Host
 
 RUNBOOK = "high-memory-usage"
 # Spellings whose figure is a process heap measured by Prometheus, not host memory (seed 003).
@@ -45,31 +49,19 @@ HEAP_ALERTNAMES = frozenset({"HighMemoryUsage"})
 
 
 @task(name="check-memory-usage", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def check_memory_usage(threshold: float) -> ProbeResult:
-    return system.memory(threshold=threshold)
+def check_memory_usage(host: Host, threshold: float) -> ProbeResult:
+    return hosts.memory(host, prometheus_url(), threshold)
 
 
 @task(name="identify-memory-processes", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def identify_memory_processes() -> ProbeResult:
-    result = system.top_processes(by="memory", n=10)
-    for proc in result.evidence["processes"]:
-        try:
-            proc["create_time"] = psutil.Process(proc["pid"]).create_time()
-        except psutil.Error:
-            proc["create_time"] = None
-    return result
+def identify_memory_processes(host: Host) -> ProbeResult:
+    return hosts.top_processes(host, prometheus_url(), by="memory")
 
 
 @task(name="check-swap-usage", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def check_swap_usage() -> ProbeResult:
+def check_swap_usage(host: Host) -> ProbeResult:
     """``swapon -s``: evidence only (seed 000's table: "Memory pressure: high swap usage")."""
-    swap = psutil.swap_memory()
-    summary = (f"{human_bytes(swap.used)} of {human_bytes(swap.total)} swap used" if swap.total
-               else "no swap configured")
-    return ProbeResult(
-        probe="swap", ok=True, value=swap.percent, unit="%", summary=summary,
-        evidence={"total_bytes": swap.total, "used_bytes": swap.used, "sin_bytes": swap.sin, "sout_bytes": swap.sout},
-    )
+    return hosts.swap(host, prometheus_url())
 
 
 @task(name="check-application-health", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
@@ -87,14 +79,15 @@ def await_alert_resolution(alertname: str) -> ProbeResult:
 
 
 @task(name="plan-resolutions", cache_policy=NO_CACHE)
-def plan_resolutions(alert: Alert, memory: ProbeResult, top: ProbeResult, heap_alert: bool) -> list[PlannedAction]:
+def plan_resolutions(alert: Alert, host: Host, memory: ProbeResult, top: ProbeResult,
+                     heap_alert: bool) -> list[PlannedAction]:
     """Seed 000 "Resolutions" within what the configuration allows: killable processes, else a restart."""
     if memory.ok and not heap_alert:
         return []
     _, catalog, _ = runtime()
     plans: list[PlannedAction] = []
-    if not memory.ok:
-        procs = [p for p in top.evidence["processes"] if p.get("create_time")]
+    if not memory.ok and host.local:  # a pid means something only on this machine
+        procs = [p for p in top.evidence.get("processes", []) if p.get("create_time")]
         by_pid = {p["pid"]: p for p in procs}
         for plan in plan_process_terminations(
             procs, catalog.targets.processes.killable_cmdline, catalog.targets.processes.protected_names
@@ -103,7 +96,7 @@ def plan_resolutions(alert: Alert, memory: ProbeResult, top: ProbeResult, heap_a
             plan.why = (f"uses {proc['memory_percent']:.1f}% of memory ({memory.line()}) and matches a killable "
                         f"pattern: {(proc.get('cmdline') or '')[:120]}")
             plans.append(plan)
-    selected = catalog.targets.select("services", alert.labels)
+    selected = host_service(alert, host)
     if not plans and selected is not None and selected[1].restart:
         name, service = selected
         why = (f"{alert.alertname}: the heap of {name} is above its limit (seed 003 'restart service')" if heap_alert
@@ -129,10 +122,13 @@ def high_memory_usage(alert: Alert, incident: IncidentRef | None = None):
     if incident is None:
         return "duplicate"
 
-    memory = check_memory_usage(threshold)
-    top = identify_memory_processes()
-    swap = check_swap_usage()
-    evidence = [memory, swap, top]
+    host = locate_host(alert)
+    if host.how == "unmeasured" and not heap_alert:
+        return cannot_measure(runbook, alert, incident, host)
+    memory = check_memory_usage(host, threshold)
+    top = identify_memory_processes(host)
+    swap = check_swap_usage(host)
+    evidence = [host.result(), memory, swap, top]
     selected = catalog.targets.select("services", alert.labels)
     if selected is not None and selected[1].health_detailed_url:
         state = check_application_health(selected[1].health_detailed_url, return_state=True)
@@ -141,9 +137,10 @@ def high_memory_usage(alert: Alert, incident: IncidentRef | None = None):
     if heap_alert:
         evidence.append(await_alert_resolution(alert.alertname))
 
-    outcomes = mitigate(runbook, incident, plan_resolutions(alert, memory, top, heap_alert), evidence)
+    outcomes = mitigate(runbook, incident, plan_resolutions(alert, host, memory, top, heap_alert), evidence)
 
-    measure = (lambda: await_alert_resolution(alert.alertname)) if heap_alert else (lambda: check_memory_usage(threshold))
+    measure = ((lambda: await_alert_resolution(alert.alertname)) if heap_alert
+               else (lambda: check_memory_usage(host, threshold)))
     last, verdict = verify_until_ok(
         measure,
         incident,

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from tasks.base import Risk
+from tasks.probes.hosts import HostTargets
 
 
 class CatalogError(Exception):
@@ -87,6 +88,11 @@ class Runbook(_Strict):
 
 
 class ServiceTarget(_Strict):
+    host: str | None = Field(
+        default=None,
+        description="the machine its commands act on (as in the alert's instance, port ignored); unset: this machine. "
+        "A host runbook uses a service's commands only for an alert of that machine.",
+    )
     restart: list[str] | None = None
     rollback: list[str] | None = None
     scale: list[str] | None = None
@@ -184,6 +190,7 @@ class Targets(_Strict):
     redis: dict[str, RedisTarget] = Field(default_factory=dict)
     mongodb: dict[str, DatabaseTarget] = Field(default_factory=dict)
     paths: PathTargets = Field(default_factory=PathTargets)
+    hosts: HostTargets = Field(default_factory=HostTargets)
     monitoring: MonitoringTargets = Field(default_factory=MonitoringTargets)
     external: list[ExternalTarget] = Field(default_factory=list)
     jobs: dict[str, JobTarget] = Field(default_factory=dict)

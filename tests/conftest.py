@@ -386,7 +386,7 @@ class ResponderProcess:
 
 def make_config(tmp: Path, thresholds: dict[str, dict[str, float]] | None = None, targets: dict | None = None,
                 notify: dict | None = None, runbook_overrides: dict[str, dict] | None = None) -> Path:
-    """A copy of config/ with test overrides (thresholds, targets, notify) applied."""
+    """A copy of config/ with test overrides (thresholds, targets, notify) applied; app-1 is this machine."""
     config = tmp / "config"
     shutil.copytree(ROOT / "config", config, dirs_exist_ok=True)
     for path in sorted((config / "runbooks").glob("*.yaml")):
@@ -396,8 +396,12 @@ def make_config(tmp: Path, thresholds: dict[str, dict[str, float]] | None = None
             for key, value in (runbook_overrides or {}).get(runbook["name"], {}).items():
                 runbook[key] = value
         path.write_text(yaml.safe_dump(data))
-    if targets is not None:
-        (config / "targets.yaml").write_text(yaml.safe_dump(targets))
+    # The shared Alertmanager samples and most tests name the machine "app-1": in these tests that is
+    # this machine (``hosts.local``), as a one-host installation would configure it.
+    targets = targets if targets is not None else yaml.safe_load((config / "targets.yaml").read_text())
+    hosts = targets.setdefault("hosts", {})
+    hosts["local"] = [*hosts.get("local", []), "app-1"]
+    (config / "targets.yaml").write_text(yaml.safe_dump(targets))
     if notify is not None:
         (config / "notify.yaml").write_text(yaml.safe_dump(notify))
     return config

@@ -11,7 +11,7 @@ import httpx
 import psycopg
 import pytest
 
-from conftest import load_fixture, make_config, running_responder, wait_run_final
+from conftest import load_fixture, make_config, report, running_responder, wait_run_final
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,8 @@ def test_unreachable_store_is_503_and_the_retry_is_stored_once(responder, store_
     accepted = responder.post(body)  # what Alertmanager does after a 503
     assert accepted.status_code == 200, accepted.text
     [incident_id] = accepted.json()["incidents_opened"]
-    assert wait_run_final(prefect_server.api_url, incident_id)["state"]["name"] == "Resolved"
+    assert wait_run_final(prefect_server.api_url, incident_id)["state"]["name"] == "Escalated"
+    assert "'$(touch /tmp/pwned-responder)' is not a host name or address" in report(prefect_server.api_url, incident_id)
     with psycopg.connect(url) as conn:
         rows = conn.execute("SELECT COUNT(*) FROM alerts WHERE fingerprint = %s",
                             (body["alerts"][0]["fingerprint"],)).fetchone()[0]
@@ -128,7 +129,8 @@ def test_metrics_are_prometheus_text(responder):
 
 def test_alert_text_is_data_never_sql_or_shell(responder, store_db, prefect_server):
     """Labels and annotations full of SQL and shell syntax are stored verbatim (bound parameters) and the
-    runbook run treats them as data: it completes, and the configured targets select nothing from them."""
+    runbook run treats them as data: it completes, and the configured targets select nothing from them.
+    The instance is no machine's name, so nothing is measured and the incident escalates saying so."""
     body = load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6])
     nasty = {"service": "x'; DROP TABLE incidents; --", "instance": "$(touch /tmp/pwned-responder)",
              "datname": "\"; DELETE FROM alerts; --", "job": "`reboot`"}
@@ -137,7 +139,8 @@ def test_alert_text_is_data_never_sql_or_shell(responder, store_db, prefect_serv
     answer = responder.post(body)
     assert answer.status_code == 200, answer.text
     [incident_id] = answer.json()["incidents_opened"]
-    assert wait_run_final(prefect_server.api_url, incident_id)["state"]["name"] == "Resolved"
+    assert wait_run_final(prefect_server.api_url, incident_id)["state"]["name"] == "Escalated"
+    assert "'$(touch /tmp/pwned-responder)' is not a host name or address" in report(prefect_server.api_url, incident_id)
     with psycopg.connect(store_db[1]) as conn:
         labels, annotations = conn.execute("SELECT labels, annotations FROM alerts WHERE fingerprint = %s",
                                            (body["alerts"][0]["fingerprint"],)).fetchone()

@@ -180,12 +180,16 @@ class PrometheusServer:
     """A real Prometheus: 1 s scrape and evaluation, rules and Alertmanager optional."""
 
     def __init__(self, tmp: Path, jobs: dict[str, list[str]], rules: list[dict[str, Any]] | None = None,
-                 alertmanager: str | None = None, retention: str = "15d") -> None:
+                 alertmanager: str | None = None, retention: str = "15d",
+                 labels: dict[str, dict[str, str]] | None = None) -> None:
+        """``labels``: target labels per job, e.g. ``{"web-3": {"instance": "web-3:9100"}}`` to give a
+        stand-in target another machine's instance name."""
         self.tmp, self.port = tmp, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]} for job, targets in jobs.items()],
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets, "labels": (labels or {}).get(job, {})}]}
+                               for job, targets in jobs.items()],
         }
         if rules:
             (tmp / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "test", "rules": rules}]}))

@@ -75,7 +75,8 @@ def test_top_processes_by_cpu_finds_a_busy_child(busy_child):
     assert len(found["cmdline"]) <= system.CMDLINE_LIMIT and found["cmdline"].endswith("…")
     cpus = [p["cpu_percent"] for p in result.evidence["processes"]]
     assert cpus == sorted(cpus, reverse=True) and len(cpus) <= 5
-    assert set(found) == {"pid", "name", "username", "cpu_percent", "memory_percent", "cmdline"}
+    assert set(found) == {"pid", "name", "username", "cpu_percent", "memory_percent", "cmdline", "create_time"}
+    assert found["create_time"] == psutil.Process(busy_child.pid).create_time()  # what a kill re-checks
 
 
 def test_top_processes_by_memory_finds_a_fat_child(fat_child):

@@ -160,6 +160,36 @@ def _describe(labels: Mapping[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "(no labels)"
 
 
+def vector(url: str, promql: str, timeout_s: float = 10.0) -> list[tuple[dict[str, str], float]]:
+    """Evaluate ``promql`` now: each series' labels and value (an instant vector or a scalar)."""
+    with _client(url, timeout_s) as client:
+        data = _prom_data(client, "/api/v1/query", {"query": promql})
+    if data.get("resultType") == "scalar":
+        return [({}, float(data["result"][1]))]
+    if data.get("resultType") != "vector":
+        raise ResponderError(ErrorCode.CONFIG, f"expected an instant vector, got {data.get('resultType')}: {promql}")
+    return [(s["metric"], float(s["value"][1])) for s in data["result"]]
+
+
+def latest(url: str, selector: str, within_s: float, timeout_s: float = 10.0) -> list[tuple[dict[str, str], float, float]]:
+    """The newest raw sample of each series of ``selector`` scraped within the last ``within_s`` seconds.
+
+    Each item is (labels, value, age in seconds). A series with no sample that recent is absent,
+    unlike an instant query, which would return a value up to five minutes old.
+    """
+    now = time.time()
+    with _client(url, timeout_s) as client:
+        data = _prom_data(client, "/api/v1/query", {"query": f"{selector}[{window(within_s)}]", "time": f"{now:.3f}"})
+    if data.get("resultType") != "matrix":
+        raise ResponderError(ErrorCode.CONFIG, f"expected a range vector, got {data.get('resultType')}: {selector}")
+    out = []
+    for s in data["result"]:
+        if s.get("values"):
+            ts, value = s["values"][-1]
+            out.append((s["metric"], float(value), max(0.0, now - float(ts))))
+    return out
+
+
 def instant_query(
     url: str,
     promql: str,
@@ -175,15 +205,8 @@ def instant_query(
     The worst series is the highest for ``above`` and the lowest for ``below``. NaN samples
     (a ratio over no traffic) count as no data. With no data, ``no_data_ok`` decides.
     """
-    with _client(url, timeout_s) as client:
-        data = _prom_data(client, "/api/v1/query", {"query": promql})
-    if data.get("resultType") == "scalar":
-        series = [{"labels": {}, "value": float(data["result"][1])}]
-    elif data.get("resultType") == "vector":
-        series = [{"labels": s["metric"], "value": float(s["value"][1])} for s in data["result"]]
-    else:
-        raise ResponderError(ErrorCode.CONFIG, f"{probe}: expected an instant vector, got {data.get('resultType')}")
-    series = [s for s in series if not math.isnan(s["value"])]
+    series = [{"labels": labels, "value": value} for labels, value in vector(url, promql, timeout_s)
+              if not math.isnan(value)]
     lowest_first = bad_when in ("below", "at_or_below")
     series.sort(key=lambda s: s["value"], reverse=not lowest_first)
     evidence = {"query": promql, "prometheus": _public(url), "series": series[:SERIES_LIMIT], "series_count": len(series)}

@@ -12,7 +12,8 @@ Defaults quote the seeds:
 * ``largest_entries``: "du -sh /* | sort -hr", "find / -type f -size +100M", bounded.
 * ``log_dir_sizes``: "du -sh logs/; ls -lh logs/" and seed 002's log compression step.
 
-These read the host the responder runs on; they cannot see another machine.
+These read the host the responder runs on; they cannot see another machine (``tasks.probes.hosts``
+decides when they apply, and ``tasks.probes.node`` reads other machines through Prometheus).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def top_processes(
             with proc.oneshot():
                 cpu = proc.cpu_percent(None)
                 mem = proc.memory_percent()
+                started = proc.create_time()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             # Gone, or a figure we may not read: it cannot be ranked, and a made-up 0 would lie.
             continue
@@ -112,6 +114,7 @@ def top_processes(
                 "cpu_percent": round(cpu, 1),
                 "memory_percent": round(mem, 2),
                 "cmdline": clip(cmdline, CMDLINE_LIMIT),
+                "create_time": started,  # a later action checks the pid is still this process
             }
         )
 
@@ -148,6 +151,16 @@ def memory(threshold: float = 85.0) -> ProbeResult:
             "swap_used_bytes": sw.used,
             "swap_percent": sw.percent,
         },
+    )
+
+
+def swap() -> ProbeResult:
+    """``swapon -s``: evidence only (seed 000's table: "Memory pressure: high swap usage")."""
+    sw = psutil.swap_memory()
+    summary = f"{human_bytes(sw.used)} of {human_bytes(sw.total)} swap used" if sw.total else "no swap configured"
+    return ProbeResult(
+        probe="swap", ok=True, value=sw.percent, unit="%", summary=summary,
+        evidence={"total_bytes": sw.total, "used_bytes": sw.used, "sin_bytes": sw.sin, "sout_bytes": sw.sout},
     )
 
 
