@@ -24,11 +24,12 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import checks
 from flows.checks import collect, measured, setting
+from flows.host import locate, prometheus_url
 from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
 from responder.alerts import Alert, IncidentRef
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
-from tasks.probes import http, postgres, prometheus, system
+from tasks.probes import hosts, http, postgres, prometheus
 
 ENDPOINTS = ("job", *checks.ENDPOINT_LABELS)  # sum by these: whichever label the application uses
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9/_.\-]{0,200}$")
@@ -89,9 +90,10 @@ def plan_response_time(alert: Alert, p95: ProbeResult, resources: ProbeResult, h
     """Seed 002 "Temporary: Restart to clear memory", seeds 001/003 "If CPU bound: Scale horizontally"."""
     if p95.ok:
         return []
-    checks_by_probe = {c["probe"]: c for c in resources.evidence.get("checks", [])}
-    memory_bad = (checks_by_probe.get("memory", {}).get("ok") is False) or (measured(heap) and not heap.ok)
-    cpu_bad = checks_by_probe.get("cpu_percent", {}).get("ok") is False
+    bad = {c["probe"] for c in resources.evidence.get("checks", [])
+           if c["ok"] is False and not c["evidence"].get("unmeasured")}  # "not measured" is not "too high"
+    memory_bad = "memory" in bad or (measured(heap) and not heap.ok)
+    cpu_bad = "cpu_percent" in bad
     plans: list[PlannedAction | None] = []
     if memory_bad:
         plans.append(checks.service_plan("restart_service", alert, f"{p95.line()}; memory pressure: {heap.line()}"))
@@ -123,7 +125,7 @@ def high_response_time(alert: Alert, incident: IncidentRef | None = None):
     database = collect(check_database_performance, setting(runbook, "slow_query_ms", name, 1000),
                        setting(runbook, "connections_ratio", name, 0.8))                                # 000 step 2
     externals = collect(check_external_api_calls, slow_ms=setting(runbook, "external_slow_ms", name, 1000))  # 000 step 3
-    resources = collect(check_system_resources, setting(runbook, "cpu_percent", name, 80),
+    resources = collect(check_system_resources, alert.instance, setting(runbook, "cpu_percent", name, 80),
                         setting(runbook, "memory_percent", name, 85))                                  # 001, 002
     heap = collect(check_heap_usage,
                    f"max by (job, instance) (nodejs_heap_used_bytes{{{prometheus.matchers(match)}}}"
@@ -267,8 +269,8 @@ check_heap_ratio = checks.prometheus_query.with_options(name="check-heap-usage")
 
 
 @task(name="identify-memory-consumers", **checks.PROBE)
-def identify_memory_consumers() -> ProbeResult:
-    return system.top_processes(by="memory", n=10)
+def identify_memory_consumers(instance: str) -> ProbeResult:
+    return hosts.top_processes(locate(instance), prometheus_url(), by="memory")
 
 
 def _growth_query(match: dict[str, str] | None, minutes: float) -> str:
@@ -299,7 +301,7 @@ def memory_keeps_growing(alert: Alert, incident: IncidentRef | None = None):
     heap = collect(check_heap_ratio, f"max by (job, instance) (nodejs_heap_used_bytes{{{prometheus.matchers(match)}}}"
                    f" / nodejs_heap_size_limit_bytes{{{prometheus.matchers(match)}}})",
                    setting(runbook, "heap_ratio", name, 0.9), probe="nodejs_heap_ratio", required=False)
-    consumers = collect(identify_memory_consumers)                                                           # 2
+    consumers = collect(identify_memory_consumers, alert.instance)                                            # 2
     evidence = [leak, heap, consumers]
 
     plans = []

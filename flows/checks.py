@@ -30,12 +30,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
+from flows.host import locate, prometheus_url
 from flows.lifecycle import runtime
 from responder.alerts import Alert
 from responder.catalog import Runbook
 from tasks.base import ProbeResult, ResponderError, Risk
 from tasks.mitigations import PlannedAction
-from tasks.probes import backups, external, logs, prometheus, queues, system
+from tasks.probes import backups, external, hosts, logs, prometheus, queues, system
 
 ENDPOINT_LABELS = ("path", "route", "handler", "endpoint")
 
@@ -287,9 +288,11 @@ def blocklist(addresses: list[str], redis_name: str = "default") -> ProbeResult:
 
 
 @task(name="check-system-resources", **PROBE)
-def system_resources(cpu_percent: float = 80.0, memory_percent: float = 85.0) -> ProbeResult:
-    """Seed 001 "Check System Resources: CPU usage, Memory usage" (this host)."""
-    return combine("system_resources", [system.cpu_percent(cpu_percent, interval=0.5), system.memory(memory_percent)])
+def system_resources(instance: str, cpu_percent: float = 80.0, memory_percent: float = 85.0) -> ProbeResult:
+    """Seed 001 "Check System Resources: CPU usage, Memory usage" of the machine that alerted."""
+    host = locate(instance)
+    return combine("system_resources", [hosts.cpu_percent(host, prometheus_url(), cpu_percent),
+                                        hosts.memory(host, prometheus_url(), memory_percent)])
 
 
 @task(name="check-disk-space", **PROBE)

@@ -4,14 +4,22 @@ connection failure (seed 003), one flow per catalog entry (``config/runbooks/inf
 ``database_connections`` (``database_connections``, seed 001 "Database Connection Exhaustion"):
 
 1. Check active connections against ``max_connections``                 → ``check-active-connections``
+   and who holds them: by application, user, client address and state; the oldest sessions;
+   sessions idle in a transaction (seed 001 leak "Transactions not being committed/rolled back")
+                                                                         → ``identify-connection-holders``
 2. Identify long-running queries ("> interval '5 minutes' AND state = 'active'")
                                                                          → ``identify-long-running-queries``
    Investigation: connections waiting on locks                           → ``check-lock-waits``
    long-running transactions ("> interval '1 minute'")                   → ``check-long-transactions``
    slow queries in ``pg_stat_statements``                                → ``check-slow-statements``
-3. "Kill long-running queries if safe": ``pg_terminate_backend`` per query, risky, so a human
-   decides whether it is safe; the action re-checks it is still the *same* query
-   (``backend_start`` and ``query_start``) before it signals                → ``mitigate``
+3. "Kill long-running queries if safe": ``pg_terminate_backend`` per query
+                                                                         → ``plan-query-terminations``
+   and, while connections are over the ratio, per session idle in a transaction longer than
+   ``idle_in_transaction_minutes`` (the leak), in the target's database
+                                                                         → ``plan-idle-transaction-terminations``
+   Each is risky, so a human decides whether it is safe; the action re-checks it is still the
+   *same* query (``backend_start``, ``query_start``), or still idle in the *same* transaction
+   (``backend_start``, ``xact_start``, ``state_change``), before it signals → ``mitigate``
 4. Verify: connections below the ratio and no query over the limit      → ``verify-connections``
 
 ``database_slow_queries`` (``DATABASE_SLOW_QUERIES``, seed 000, "Queries taking >1s"):
@@ -94,6 +102,11 @@ def check_active_connections(dsn: SecretStr, threshold: float) -> ProbeResult:
     return postgres.connections(dsn, threshold=threshold)
 
 
+@task(name="identify-connection-holders", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def identify_connection_holders(dsn: SecretStr, idle_in_transaction_minutes: float) -> ProbeResult:
+    return postgres.connection_holders(dsn, idle_in_transaction_minutes=idle_in_transaction_minutes)
+
+
 @task(name="identify-long-running-queries", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def identify_long_running_queries(dsn: SecretStr, min_minutes: float) -> ProbeResult:
     return postgres.long_running_queries(dsn, min_minutes=min_minutes)
@@ -147,10 +160,14 @@ def verify_connections(dsn: SecretStr, ratio: float, long_query_minutes: float) 
 # -- plans ------------------------------------------------------------------------------------
 
 
+def _query_line(session: dict[str, Any]) -> str:
+    return " ".join((session.get("query") or "").split())[:160]
+
+
 def _backend_plans(action: str, target_name: str, queries: ProbeResult, limit: int, why: str) -> list[PlannedAction]:
     plans = []
     for session in queries.evidence["sessions"][: max(0, limit)]:
-        query = " ".join((session.get("query") or "").split())[:160]
+        query = _query_line(session)
         plans.append(PlannedAction(
             action=action,
             risk=Risk.RISKY,
@@ -170,6 +187,31 @@ def plan_query_terminations(target_name: str, long_queries: ProbeResult, limit: 
     if long_queries.ok:
         return []
     return _backend_plans("terminate_backend", target_name, long_queries, limit, "long-running query")
+
+
+@task(name="plan-idle-transaction-terminations", cache_policy=NO_CACHE)
+def plan_idle_transaction_terminations(
+    target_name: str, connections: ProbeResult, holders: ProbeResult, limit: int
+) -> list[PlannedAction]:
+    """Over the ratio only: one risky terminate per session idle in a transaction past the
+    threshold, longest idle first, in the target's own database (the seed's
+    ``datname = current_database()``)."""
+    if connections.ok:
+        return []
+    assert holders.threshold is not None
+    database = holders.evidence["database"]
+    idle = [s for s in holders.evidence["idle_in_transaction"]
+            if s["state_age_s"] > holders.threshold and s["datname"] == database]
+    return [PlannedAction(
+        action="terminate_idle_transaction",
+        risk=Risk.RISKY,
+        target=f"backend pid {s['pid']}",
+        params={k: s[k] for k in ("pid", "backend_start", "xact_start", "state_change")},
+        target_ref=("postgres", target_name),
+        why=f"{connections.line()}; pid {s['pid']} ({s['usename']}@{s['datname']},"
+            f" application {s['application_name'] or '(none)'!r}) has been {s['state']} for {s['state_age_s']:g} s,"
+            f" its transaction open {s['xact_age_s']:g} s: {_query_line(s)}",
+    ) for s in idle[: max(0, limit)]]
 
 
 @task(name="plan-query-cancellations", cache_policy=NO_CACHE)
@@ -230,13 +272,16 @@ def database_connections(alert: Alert, incident: IncidentRef | None = None):
     name, dsn = target
 
     connections = check_active_connections(dsn, ratio)
+    holders = identify_connection_holders(dsn, t.get("idle_in_transaction_minutes", 5))
     long_queries = identify_long_running_queries(dsn, minutes)
     locks = check_lock_waits(dsn)
     transactions = check_long_transactions(dsn, t.get("long_transaction_minutes", 1))
     slow = check_slow_statements(dsn, t.get("slow_statement_ms", 1000))
-    evidence = [connections, long_queries, locks, transactions, slow]
+    evidence = [connections, holders, long_queries, locks, transactions, slow]
 
-    plans = plan_query_terminations(name, long_queries, int(t.get("max_terminations", 5)))
+    limit = int(t.get("max_terminations", 5))
+    plans = [*plan_query_terminations(name, long_queries, limit),
+             *plan_idle_transaction_terminations(name, connections, holders, limit)]
     outcomes = mitigate(runbook, incident, plans, evidence)
 
     last, verdict = _verify(runbook, incident, lambda: verify_connections(dsn, ratio, minutes))

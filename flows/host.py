@@ -35,10 +35,15 @@ def prometheus_url() -> str:
     return runtime()[1].targets.monitoring.prometheus_url or ""
 
 
+def locate(instance: str) -> hosts.Host:
+    """The machine an instance label names, and how its figures are read (``config/targets.yaml`` hosts)."""
+    return hosts.locate(instance, runtime()[1].targets.hosts, prometheus_url())
+
+
 @task(name="locate-host", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
 def locate_host(alert: Alert) -> hosts.Host:
     """The machine the alert is about, and how its figures are read."""
-    return hosts.locate(alert.instance, runtime()[1].targets.hosts, prometheus_url())
+    return locate(alert.instance)
 
 
 def host_service(alert: Alert, host: hosts.Host) -> tuple[str, Any] | None:

@@ -36,7 +36,6 @@ from responder.settings import ResponderSettings, get_settings
 from responder.store import Store, open_store
 from tasks.base import ActionOutcome, ErrorCode, ProbeResult, ResponderError, Risk
 from tasks.mitigations import REGISTRY, PlannedAction
-from tasks.probes import human_bytes
 
 log = logging.getLogger("responder.lifecycle")
 
@@ -346,6 +345,26 @@ def telling_findings(evidence: list[ProbeResult], n: int = 3) -> list[ProbeResul
     return sorted(candidates, key=rank)[:n]
 
 
+# Evidence lists shown as tables in the report (who holds connections, process groups of another machine).
+TABLES = (("groups", "who holds the connections"), ("idle_in_transaction", "idle in a transaction"),
+          ("process_groups", "process groups"))
+
+
+def _table(rows: list[dict[str, Any]], limit: int = 20) -> list[str]:
+    columns = list(rows[0])
+
+    def cell(value: Any) -> str:
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(str(v) for v in value[:10]) + (", …" if len(value) > 10 else "")
+        elif isinstance(value, float):
+            value = f"{value:g}"
+        return str("" if value is None else value).replace("|", "\\|").replace("\n", " ")[:120]
+    return [f"| {' | '.join(columns)} |", f"|{' --- |' * len(columns)}",
+            *[f"| {' | '.join(cell(row.get(c)) for c in columns)} |" for row in rows[:limit]]]
+
+
 def _report(
     runbook: Runbook, alert: Alert, incident: IncidentRef, verdict: str, evidence: list[ProbeResult],
     outcomes: list[ActionOutcome], extra: str = "",
@@ -369,11 +388,10 @@ def _report(
         threshold = "" if r.threshold is None else f"{r.threshold:g}{r.unit}"
         lines.append(f"| {r.probe} | {'yes' if r.ok else '**no**'} | {value} | {threshold} | {r.summary} |")
     for r in evidence:
-        groups = r.evidence.get("process_groups")
-        if groups:
-            lines += ["", f"### {r.probe}", "", "| process group | processes | cpu % | resident |", "| --- | --- | --- | --- |"]
-            lines += [f"| {g['group']} | {g['processes']} | {g['cpu_percent']} | {human_bytes(g['memory_bytes'])} |"
-                      for g in groups]
+        for key, title in TABLES:
+            rows = r.evidence.get(key)
+            if rows and isinstance(rows, list) and isinstance(rows[0], dict):
+                lines += ["", f"### {r.probe}: {title}", "", *_table(rows)]
         processes = r.evidence.get("processes") if isinstance(r.evidence, dict) else None
         if processes:
             lines += ["", f"### {r.probe}", "", "| pid | name | user | cpu % | mem % | command |", "| --- | --- | --- | --- | --- | --- |"]

@@ -12,6 +12,8 @@ and ``MongodbDown`` (the usual ``mongodb_exporter`` rule, ``mongodb_up == 0``). 
 4. Check the connection pool: ``curl /health/detailed | jq '.checks.mongodb'`` of the alert's
    service, when it has a ``health_detailed_url``                    → ``check-application-health``
    and, when MongoDB answers, ``db.serverStatus().connections``      → ``check-mongodb-connections``
+   and who holds them (``currentOp`` with ``$all``: by client host and ``appName``, per
+   operation; the longest-running operations)                       → ``identify-mongodb-connection-holders``
 Resolution, risky (approval):
    "If MongoDB is down: sudo systemctl start mongod": the restart argv of the ``services`` entry
    named ``mongodb`` (never one chosen by labels: they name the exporter or the application)
@@ -27,8 +29,9 @@ configured" and escalates. Reading ``mongod.log`` and authentication failures ar
 Tested here: only the paths a missing server takes (no MongoDB server can run on the build
 machine): nothing listening → "MongoDB unreachable" in the evidence, the restart asked for and run
 after approval, verification failing, escalation; and the unconfigured target. Untested: the
-reachable paths (``check-mongodb-connections`` and the pool-exhausted restart of the
-application), which need a live ``mongod``.
+reachable paths (``check-mongodb-connections``, ``identify-mongodb-connection-holders`` and the
+pool-exhausted restart of the application), which need a live ``mongod``; the holders' grouping
+itself is tested on hand-written ``currentOp`` documents (``tests/test_probes_mongo.py``).
 """
 
 from __future__ import annotations
@@ -73,6 +76,11 @@ def check_mongodb_ping(url: SecretStr) -> ProbeResult:
 @task(name="check-mongodb-connections", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def check_mongodb_connections(url: SecretStr, threshold: float) -> ProbeResult:
     return mongo.connections(url, threshold=threshold)
+
+
+@task(name="identify-mongodb-connection-holders", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def identify_mongodb_connection_holders(url: SecretStr) -> ProbeResult:
+    return mongo.connection_holders(url)
 
 
 @task(name="check-application-health", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
@@ -142,7 +150,7 @@ def mongodb_connection_lost(alert: Alert, incident: IncidentRef | None = None):
     connections = app_health = None
     if ping.ok:
         connections = check_mongodb_connections(url, t.get("connections_ratio", 0.8))
-        evidence.append(connections)
+        evidence += [connections, identify_mongodb_connection_holders(url)]
     selected = catalog.targets.select("services", alert.labels)
     if selected is not None and selected[1].health_detailed_url:
         state = check_application_health(selected[1].health_detailed_url, return_state=True)

@@ -7,6 +7,8 @@ Started by the ``responder.alert.firing`` event for the catalog entry ``redis-co
    (refused, timed out or authentication failed: the error is the evidence for "check network
    connectivity" and "verify REDIS_URL / credentials")
 2. Check Redis memory usage, when it answers                         → ``check-redis-memory``
+   "Redis connection errors" while it answers: who holds the clients (``CLIENT LIST`` grouped by
+   name and client host, against ``maxclients``)                     → ``identify-redis-clients``
 3. "If Redis down: Restart Redis service": the restart argv of the ``services`` entry named
    ``redis``, risky (approval)                                        → ``mitigate``
 4. Verify: ping again until PONG; close or escalate.
@@ -56,6 +58,11 @@ def check_redis_ping(url: SecretStr) -> ProbeResult:
     return redis.ping(url)
 
 
+@task(name="identify-redis-clients", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def identify_redis_clients(url: SecretStr, threshold: float) -> ProbeResult:
+    return redis.connection_holders(url, threshold=threshold)
+
+
 @task(name="check-redis-memory", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def check_redis_memory(url: SecretStr, threshold: float) -> ProbeResult:
     return redis.memory(url, threshold=threshold)
@@ -96,6 +103,7 @@ def redis_connection_failure(alert: Alert, incident: IncidentRef | None = None):
     evidence = [ping]
     if ping.ok:
         evidence.append(check_redis_memory(url, runbook.thresholds.get("memory_ratio", 0.85)))
+        evidence.append(identify_redis_clients(url, runbook.thresholds.get("clients_ratio", 0.8)))
 
     outcomes = []
     plans = plan_redis_restart(ping)

@@ -173,7 +173,7 @@ def test_refuses_its_own_backend(postgres_url):
             "SELECT pid, backend_start, query_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
         ).fetchone()
         with pytest.raises(ResponderError) as err:
-            actions._signal(conn, "terminate", me["pid"], me["backend_start"], me["query_start"],
+            actions._signal(conn, "terminate", me["pid"], me["backend_start"], {"query_start": me["query_start"]},
                             dry_run=False, all_databases=False, wait_seconds=1)
         assert conn.execute("SELECT 1 AS one").fetchone()["one"] == 1
     assert err.value.code is ErrorCode.REFUSED and "own connection" in err.value.message
@@ -257,3 +257,93 @@ def test_without_privileges_it_raises_instead_of_guessing(postgres_url, admin, s
         actions.terminate_backend(url, **_params(row))
     assert err.value.code is ErrorCode.REFUSED and "superuser" in err.value.message
     assert _activity(admin, row["pid"])[0] == "active"
+
+
+# -- terminate_idle_transaction: sessions left "idle in transaction" -------------------------
+
+
+def _idle_in_transaction(open_session, url: str) -> tuple[psycopg.Connection, dict]:
+    """A real session that ran ``BEGIN; SELECT 1`` and left its transaction open; the probe's row for it."""
+    conn = open_session(url)
+    conn.execute("BEGIN")
+    conn.execute("SELECT 1")
+    return conn, _holder_row(url, conn.info.backend_pid)
+
+
+def _holder_row(url: str, pid: int, state_change_not: str | None = None, timeout_s: float = 5.0) -> dict:
+    """``connection_holders``' idle-in-transaction row for ``pid`` (optionally, idle since a newer moment)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = probes.connection_holders(url, idle_in_transaction_minutes=0, limit=500).evidence["idle_in_transaction"]
+        for row in rows:
+            if row["pid"] == pid and row["state_change"] != state_change_not:
+                return row
+        time.sleep(0.02)
+    raise AssertionError(f"pid {pid} never showed up idle in transaction")
+
+
+def _idle_params(row: dict) -> dict:
+    return {k: row[k] for k in ("pid", "backend_start", "xact_start", "state_change")}
+
+
+def test_terminate_idle_transaction_ends_the_same_idle_transaction(postgres_url, admin, sessions):
+    conn, row = _idle_in_transaction(sessions, postgres_url)
+    pid = row["pid"]
+    outcome = actions.terminate_idle_transaction(SecretStr(postgres_url), **_idle_params(row))
+    assert outcome.status == "done", outcome.detail
+    assert outcome.action == "terminate_idle_transaction" and outcome.risk.value == "risky"
+    assert outcome.changes == [f"terminated backend pid {pid} ({row['usename']}@{row['datname']})"]
+    assert "transaction had been idle for" in outcome.detail
+    assert _activity(admin, pid) is None  # the action waited until the backend had exited
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("SELECT 1")
+
+
+def test_terminate_idle_transaction_dry_run_leaves_it_open(postgres_url, admin, sessions):
+    conn, row = _idle_in_transaction(sessions, postgres_url)
+    outcome = actions.terminate_idle_transaction(postgres_url, **_idle_params(row), dry_run=True)
+    assert outcome.status == "would_do" and outcome.dry_run is True and outcome.changes == []
+    assert f"pg_terminate_backend({row['pid']})" in outcome.detail and "idle for" in outcome.detail
+    assert _activity(admin, row["pid"])[0] == "idle in transaction"
+    assert conn.execute("SELECT 42").fetchone() == (42,)  # still the same open transaction
+
+
+def test_a_transaction_that_ended_moved_on_or_is_in_use_is_not_needed(postgres_url, admin, sessions):
+    """Every way the recorded idle transaction can stop being the one a human approved to end."""
+    conn, row = _idle_in_transaction(sessions, postgres_url)
+    pid = row["pid"]
+
+    conn.execute("SELECT 2")  # a statement in the same transaction: it is in use, not forgotten
+    used = actions.terminate_idle_transaction(postgres_url, **_idle_params(row))
+    assert used.status == "not_needed" and "in use" in used.detail, used.detail
+
+    conn.pgconn.send_query(b"SELECT pg_sleep(60)")  # running right now, inside the same transaction
+    _probe_row(postgres_url, pid)
+    busy = actions.terminate_idle_transaction(postgres_url, **_idle_params(row))
+    assert busy.status == "not_needed" and "no longer idle; the session is active" in busy.detail, busy.detail
+    admin.execute("SELECT pg_cancel_backend(%s)", [pid])
+    while conn.pgconn.get_result() is not None:
+        pass
+    conn.execute("ROLLBACK")
+
+    ended = actions.terminate_idle_transaction(postgres_url, **_idle_params(row))
+    assert ended.status == "not_needed" and ended.detail == "the transaction has ended; the session is idle"
+
+    conn.execute("BEGIN")
+    conn.execute("SELECT 3")
+    _holder_row(postgres_url, pid, state_change_not=row["state_change"])
+    another = actions.terminate_idle_transaction(postgres_url, **_idle_params(row))
+    assert another.status == "not_needed" and "in another one now" in another.detail, another.detail
+
+    reused = datetime.fromisoformat(row["backend_start"]) - timedelta(microseconds=1)
+    other = actions.terminate_idle_transaction(
+        postgres_url, **{**_idle_params(row), "backend_start": reused.isoformat()})
+    assert other.status == "not_needed" and "another connection" in other.detail
+    assert _activity(admin, pid)[0] == "idle in transaction"  # none of them touched the session
+
+
+def test_terminate_idle_transaction_timestamps_must_be_the_probes(postgres_url, sessions):
+    _, row = _idle_in_transaction(sessions, postgres_url)
+    with pytest.raises(ResponderError) as err:
+        actions.terminate_idle_transaction(postgres_url, **{**_idle_params(row), "xact_start": "yesterday"})
+    assert err.value.code is ErrorCode.CONFIG

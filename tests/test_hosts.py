@@ -19,7 +19,8 @@ import uuid
 import psutil
 import pytest
 
-from conftest import answer, fire, free_port, make_config, paused_run, report, running_responder, wait_for, wait_run_final
+from conftest import (CaptureServer, answer, fire, form_description, free_port, make_config, paused_run, report,
+                      running_responder, wait_for, wait_run_final)
 from tasks.probes import hosts, node
 from test_probes_prometheus import AppTarget, PrometheusServer, _binary
 
@@ -171,7 +172,15 @@ def test_node_exporter_figures_match_what_psutil_sees_here(fleet):
 
 
 @pytest.fixture(scope="module")
-def responder(prefect_server, tmp_path_factory, fleet):
+def webhook():
+    """Receives what Slack would (the same text goes to every channel); Slack is unreachable here."""
+    server = CaptureServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def responder(prefect_server, tmp_path_factory, fleet, webhook):
     tmp = tmp_path_factory.mktemp("runbook-hosts")
     web3 = fleet["web3"]
     web3.on_post["restart-app"] = lambda: set_cpu(web3, cores=4, busy=0.05)
@@ -192,6 +201,7 @@ def responder(prefect_server, tmp_path_factory, fleet):
                                        "restart": restart}},
             "paths": {"disk": ["/"]},
         },
+        notify={"webhooks": [f"{webhook.url}/hooks"]},
     )
     with running_responder(tmp, prefect_server.api_url, cfg) as proc:
         yield proc
@@ -215,7 +225,7 @@ def assert_only_web3(text: str) -> None:
     assert "| pid |" not in text  # no process table of this machine
 
 
-def test_cpu_alert_of_another_machine_reports_that_machine_and_escalates(responder, prefect_server):
+def test_cpu_alert_of_another_machine_reports_that_machine_and_escalates(responder, prefect_server, webhook):
     api = prefect_server.api_url
     incident_id = fire(responder, alert("HIGH_CPU_USAGE", WEB3))
     final = wait_run_final(api, incident_id, timeout=90)
@@ -226,6 +236,11 @@ def test_cpu_alert_of_another_machine_reports_that_machine_and_escalates(respond
     first = text.split("**Alert:**")[0]  # the verdict and the three findings people read first
     assert "NOT-VERIFIED" in first and "cpu_percent" in first and WEB3 in first
     assert "terminate_process" not in text  # a pid is never offered for another machine
+    # The incident's thread gets the verdict and the same three findings, each naming the machine.
+    verdict = next(r["body"] for r in webhook.requests
+                   if r["body"].get("kind") == "verdict" and r["body"]["incident"]["id"] == incident_id)
+    assert verdict["text"].startswith("*High CPU usage: NOT-VERIFIED* on `web-3:9100`")
+    assert len(verdict["findings"]) == 3 and all(WEB3 in line for line in verdict["findings"])
 
 
 def test_cpu_of_another_machine_is_fixed_by_its_configured_command_and_verified_there(responder, prefect_server, fleet):
@@ -235,6 +250,8 @@ def test_cpu_of_another_machine_is_fixed_by_its_configured_command_and_verified_
     incident_id = fire(responder, alert("HIGH_CPU_USAGE", WEB3, service="app"))
     run = paused_run(api, incident_id)
     assert not web3.posts, "nothing may run before approval"
+    form = form_description(api, run)  # the person approving reads web-3's figures, not this machine's
+    assert "restart_service" in form and f"node_exporter {WEB3}" in form and "CPU 9" in form and "psutil" not in form
     answer(api, run, True, "alice")
     final = wait_run_final(api, incident_id, timeout=90)
     assert [p["path"] for p in web3.posts] == ["/api/orchestrator/restart-app"]

@@ -48,8 +48,8 @@ def sessions(pg_url, admin):
     """Opens extra real sessions on demand; terminates and closes them all at teardown."""
     opened: list[psycopg.Connection] = []
 
-    def open_session(autocommit: bool = True) -> psycopg.Connection:
-        conn = psycopg.connect(pg_url, autocommit=autocommit)
+    def open_session(autocommit: bool = True, **kwargs) -> psycopg.Connection:
+        conn = psycopg.connect(pg_url, autocommit=autocommit, **kwargs)
         opened.append(conn)
         return conn
 
@@ -203,6 +203,89 @@ def test_long_transactions_sees_idle_in_transaction(pg_url, admin, sessions):
     [row] = [s for s in result.evidence["sessions"] if s["pid"] == pid]
     assert row["state"] == "idle in transaction" and row["xact_start"] is not None
     assert result.ok is False and result.value >= 0.7
+
+
+def test_connection_holders_groups_real_sessions_and_names_their_pids(pg_url, admin, sessions):
+    """Two applications hold six sessions: some idle in a transaction (BEGIN; SELECT 1; left open),
+    one running a query, the rest idle. The probe groups them with the right counts and pids."""
+    tag = uuid.uuid4().hex[:8]
+    billing_app, reports_app = f"billing-{tag}", f"reports-{tag}"
+    billing = [sessions(application_name=billing_app) for _ in range(4)]
+    reports = [sessions(application_name=reports_app) for _ in range(2)]
+    long_sql = "SELECT 1 /* " + "y" * 2000 + " */"
+    for conn, text in ((billing[0], "SELECT 1"), (billing[1], long_sql)):
+        conn.execute("BEGIN")
+        conn.execute(text)
+    _send(billing[2], "SELECT pg_sleep(30)")
+    for conn in reports:
+        conn.execute("SELECT 1")
+    in_transaction = [c.info.backend_pid for c in billing[:2]]
+    _wait_for(admin, in_transaction, "state = 'idle in transaction'")
+    _wait_for(admin, [billing[2].info.backend_pid], "state = 'active'")
+    time.sleep(0.8)  # idle longer than the 0.6 s threshold below
+
+    result = postgres.connection_holders(pg_url, idle_in_transaction_minutes=0.01, oldest=500)
+    me = admin.execute(
+        "SELECT usename, host(client_addr) FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()
+    groups = {g["application_name"]: g for g in result.evidence["groups"]}
+    assert groups[billing_app] == {
+        "application_name": billing_app, "usename": me[0], "client_addr": me[1], "count": 4,
+        "by_state": {"idle in transaction": 2, "active": 1, "idle": 1},
+        "pids": sorted(c.info.backend_pid for c in billing),
+    }
+    assert groups[reports_app]["count"] == 2 and groups[reports_app]["by_state"] == {"idle": 2}
+    assert groups[reports_app]["pids"] == sorted(c.info.backend_pid for c in reports)
+    counts = [g["count"] for g in result.evidence["groups"]]
+    assert counts == sorted(counts, reverse=True)
+    assert result.evidence["total"] == sum(counts) + result.evidence["other_groups"]["connections"]
+    assert result.evidence["max_connections"] == int(admin.execute("SHOW max_connections").fetchone()[0])
+
+    # The summary names the biggest holders, with their states and pids.
+    assert result.summary.startswith(f"{result.evidence['total']} of {result.evidence['max_connections']}: ")
+    top = result.evidence["groups"][0]
+    assert f"{top['count']} app={top['application_name'] or '(none)'} user={top['usename']}" in result.summary
+    if billing_app in [g["application_name"] for g in result.evidence["groups"][:3]]:  # not crowded out by others
+        pids = ", ".join(str(p) for p in groups[billing_app]["pids"])
+        assert (f"4 app={billing_app} user={me[0]} from {me[1]} (idle in transaction 2, active 1, idle 1)"
+                f" pids {pids}") in result.summary
+
+    # Idle in transaction: longest idle first, both ages, the identity an action re-checks.
+    idle = {s["pid"]: s for s in result.evidence["idle_in_transaction"]}
+    assert set(in_transaction) <= set(idle)
+    truth = {row[0]: tuple(t.isoformat() for t in row[1:]) for row in admin.execute(
+        "SELECT pid, backend_start, xact_start, state_change FROM pg_stat_activity WHERE pid = ANY(%s)",
+        [in_transaction])}
+    for pid in in_transaction:
+        row = idle[pid]
+        assert (row["backend_start"], row["xact_start"], row["state_change"]) == truth[pid]
+        assert row["state"] == "idle in transaction" and row["application_name"] == billing_app
+        assert row["xact_age_s"] >= row["state_age_s"] >= 0.8
+        assert f"pid {pid} (" in result.summary.split("idle in transaction over 0.6 s: ")[1]
+    assert idle[in_transaction[0]]["query"] == "SELECT 1" and idle[in_transaction[0]]["query_truncated"] is False
+    cut = idle[in_transaction[1]]
+    assert len(cut["query"]) == postgres.QUERY_TEXT_LIMIT and cut["query_truncated"] is True
+    ages = [s["state_age_s"] for s in result.evidence["idle_in_transaction"]]
+    assert ages == sorted(ages, reverse=True)
+    assert result.ok is False and result.threshold == pytest.approx(0.6) and result.value >= 0.8
+
+    # The oldest sessions: by connection age, with what they wait on; never the probe's own.
+    oldest = result.evidence["oldest"]
+    assert [s["age_s"] for s in oldest] == sorted((s["age_s"] for s in oldest), reverse=True)
+    sleeper = next(s for s in oldest if s["pid"] == billing[2].info.backend_pid)
+    assert (sleeper["state"], sleeper["wait_event_type"], sleeper["wait_event"]) == ("active", "Timeout", "PgSleep")
+    assert not any("idle_rank" in (s["query"] or "") for s in oldest), "the probe listed its own session"
+    assert json.loads(json.dumps(result.evidence)) == result.evidence
+
+    calm = postgres.connection_holders(pg_url, idle_in_transaction_minutes=5)
+    assert calm.threshold == 300 and calm.ok is (calm.value <= 300)
+    assert f"pid {in_transaction[0]} (" not in calm.summary  # listed as holders, not as over the threshold
+
+
+def test_connection_holders_rejects_nonsense_limits(pg_url):
+    for bad in ({"idle_in_transaction_minutes": -1}, {"oldest": 0}, {"limit": 0}, {"groups": 0}):
+        with pytest.raises(ResponderError) as err:
+            postgres.connection_holders(pg_url, **bad)
+        assert err.value.code is ErrorCode.CONFIG
 
 
 def test_lock_waits_names_the_blocker(pg_url, admin, sessions):

@@ -116,6 +116,48 @@ def test_memory_ratio_matches_info(redis_url, rdb):
     assert redis_probes.memory(redis_url, threshold=0.0).ok is False
 
 
+def test_connection_holders_groups_named_clients_by_name_and_host(redis_url):
+    """Five real clients named with CLIENT SETNAME under two names: grouped with the right counts and ids."""
+    tag = uuid.uuid4().hex[:8]
+    workers, web = f"worker-{tag}", f"web-{tag}"
+    clients = [redis.Redis.from_url(redis_url, decode_responses=True, single_connection_client=True)
+               for _ in range(5)]
+    try:
+        for i, client in enumerate(clients):
+            client.client_setname(workers if i < 3 else web)
+        host = clients[0].client_info()["addr"].rpartition(":")[0].strip("[]")  # as the server sees us
+        ids = [client.client_id() for client in clients]
+        time.sleep(1.1)  # one second of age for the clients
+        result = redis_probes.connection_holders(redis_url, oldest=10_000)
+    finally:
+        for client in clients:
+            client.close()
+
+    groups = {g["name"]: g for g in result.evidence["groups"]}
+    assert groups[workers] == {"name": workers, "host": host, "count": 3, "ids": sorted(ids[:3])}
+    assert groups[web] == {"name": web, "host": host, "count": 2, "ids": sorted(ids[3:])}
+    counts = [g["count"] for g in result.evidence["groups"]]
+    assert counts == sorted(counts, reverse=True)
+    assert result.evidence["total"] == sum(counts) + result.evidence["other_groups"]["connections"]
+
+    oldest = {c["id"]: c for c in result.evidence["oldest"]}
+    assert set(ids) <= set(oldest)
+    for client_id in ids:
+        assert oldest[client_id]["age"] >= 1 and oldest[client_id]["idle"] >= 1
+        assert oldest[client_id]["cmd"] == "client|id" and oldest[client_id]["host"] == host
+    ages = [c["age"] for c in result.evidence["oldest"]]
+    assert ages == sorted(ages, reverse=True)
+    # The probe's own connection (running CLIENT LIST right then) is not listed.
+    assert not any(c["cmd"] == "client|list" for c in result.evidence["oldest"])
+
+    if workers in [g["name"] for g in result.evidence["groups"][:5]]:  # not crowded out by others
+        assert f"3 name={workers} from {host} ids {', '.join(map(str, sorted(ids[:3])))}" in result.summary
+    maxclients = int(redis.Redis.from_url(redis_url).config_get("maxclients")["maxclients"])
+    assert result.evidence["maxclients"] == maxclients
+    assert result.value == pytest.approx(result.evidence["total"] / maxclients, abs=1e-6)
+    assert result.ok is (result.value <= 0.8)
+
+
 def test_list_queue_lengths_and_threshold(redis_url, rdb):
     client, prefix, written = rdb
     busy, idle = f"{prefix}:media_request_queue", f"{prefix}:queue:default"

@@ -77,11 +77,18 @@ def pings(port: int) -> bool:
 
 def test_answering_redis_is_verified_with_its_memory_in_the_report(responder, prefect_server, redis_port):
     api = prefect_server.api_url
+    port, _ = redis_port
+    workers = [redis.Redis(port=port, client_name="media-worker") for _ in range(3)]
+    for client in workers:
+        client.ping()  # three connections named by the application that holds them
     incident_id = fire(responder, alert_body("RedisConnectionFailure"))
     final = wait_run_final(api, incident_id)
     assert final["state"]["name"] == "Resolved", final["state"]
     text = report(api, incident_id)
     assert "| redis_ping | yes |" in text and "| redis_memory |" in text and "No automated action" in text
+    assert "| redis_connection_holders |" in text and "3 name=media-worker" in text, text
+    for client in workers:
+        client.close()
 
 
 def test_stopped_redis_is_restarted_after_approval_and_answers_again(responder, prefect_server, redis_port):

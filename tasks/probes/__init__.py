@@ -35,11 +35,16 @@ Failure rule shared by every module:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from pydantic import SecretStr
 
-__all__ = ["clip", "human_bytes", "redact", "reveal", "url_secrets"]
+__all__ = ["clip", "count_groups", "groups_summary", "host_of", "human_bytes", "id_list", "label", "redact", "reveal",
+           "url_secrets"]
+
+IDS_PER_GROUP = 20
 
 
 def clip(text: str | None, limit: int) -> str | None:
@@ -80,3 +85,69 @@ def url_secrets(url: str) -> tuple[str, ...]:
     if not password:
         return (url,)
     return (url, password, unquote(password))
+
+
+# -- who holds the connections: shared by the PostgreSQL, Redis and MongoDB holder probes ----------
+
+
+def label(text: str | None, missing: str) -> str:
+    """Client-chosen text (an application or client name) fit for a one-line summary that ends
+    up in a Markdown table: one line, no column separator, at most 40 characters."""
+    if not text:
+        return missing
+    return clip(" ".join(text.split()).replace("|", "/"), 40) or missing
+
+
+def host_of(addr: str | None) -> str | None:
+    """The host of a client address: ``10.0.0.5:52114`` → ``10.0.0.5``, ``[::1]:52114`` → ``::1``,
+    a Unix socket's ``/run/redis.sock:0`` → ``/run/redis.sock``."""
+    if not addr:
+        return None
+    host, sep, _ = addr.rpartition(":")
+    if not sep:
+        return addr
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def id_list(ids: list[Any], shown: int = 5) -> str:
+    """``"4, 5, 6, …"``: the first ``shown`` ids, marking the cut."""
+    return ", ".join(str(i) for i in ids[:shown]) + (", …" if len(ids) > shown else "")
+
+
+def count_groups(
+    items: Iterable[Mapping[str, Any]], key: Callable[[Mapping[str, Any]], Mapping[str, Hashable]],
+    ids: str, by: str | None = None,
+) -> list[dict[str, Any]]:
+    """Count ``items`` per ``key(item)`` (a mapping of the group's fields), largest group first.
+
+    Each group is its key's fields plus ``count``, with ``by`` the counts per value of the
+    item's ``by`` field (as ``by_<by>``, largest first) and up to ``IDS_PER_GROUP`` of the
+    items' ``ids`` (sorted), so a summary can name them.
+    """
+    groups: dict[tuple[Hashable, ...], dict[str, Any]] = {}
+    for item in items:
+        fields = dict(key(item))
+        group = groups.setdefault(tuple(fields.values()), {**fields, "count": 0, "ids": [], "by": {}})
+        group["count"] += 1
+        group["ids"].append(item[ids])
+        if by is not None:
+            group["by"][item.get(by)] = group["by"].get(item.get(by), 0) + 1
+    ordered = sorted(groups.items(), key=lambda kv: (-kv[1]["count"], tuple(str(v) for v in kv[0])))
+    out = []
+    for _, group in ordered:
+        counts = group.pop("by")
+        if by is not None:
+            group[f"by_{by}"] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))))
+        group["ids"] = sorted(group["ids"])[:IDS_PER_GROUP]
+        out.append(group)
+    return out
+
+
+def groups_summary(groups: list[dict[str, Any]], describe: Callable[[dict[str, Any]], str], shown: int = 5) -> str:
+    """``"12 app=billing …; 5 app=reports …; 3 more in 2 other groups"`` for groups with a ``count``,
+    largest first; ``describe`` names one group."""
+    parts = [f"{g['count']} {describe(g)}" for g in groups[:shown]]
+    rest = groups[shown:]
+    if rest:
+        parts.append(f"{sum(g['count'] for g in rest)} more in {len(rest)} other groups")
+    return "; ".join(parts)

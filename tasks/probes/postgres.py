@@ -8,6 +8,10 @@ Defaults quote the seeds:
 
 * ``readiness``: ``pg_isready`` / ``SELECT 1`` (seeds 000, 003 DatabaseConnectionFailure).
 * ``connections``: ``database_connections`` "Connection pool usage exceeds 80%" (seed 001).
+* ``connection_holders``: who holds them: sessions grouped by ``application_name``, user,
+  client address and state, the oldest sessions, and the sessions idle in a transaction (seed
+  001's leak "Transactions not being committed/rolled back"), with the ``backend_start``,
+  ``xact_start`` and ``state_change`` a later terminate action re-checks.
 * ``long_running_queries``: "(now() - query_start) > interval '5 minutes' AND state = 'active'"
   (seed 001). Each row carries ``pid``, ``backend_start`` and ``query_start``, so a later
   cancel/terminate action can re-check it is still the *same* query before acting.
@@ -44,7 +48,7 @@ from psycopg.rows import DictRow, dict_row
 from pydantic import SecretStr
 
 from tasks.base import ErrorCode, ProbeResult, ResponderError
-from tasks.probes import clip, human_bytes, redact, reveal
+from tasks.probes import IDS_PER_GROUP, clip, groups_summary, human_bytes, id_list, label, redact, reveal
 
 QUERY_TEXT_LIMIT = 500
 APPLICATION_NAME = "runbook-responder"
@@ -96,10 +100,6 @@ def _connect(
     with conn:
         conn.execute("SELECT set_config('statement_timeout', %s, false)", [str(statement_timeout_ms)])
         yield conn
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 def readiness(dsn: Dsn, connect_timeout_s: int = 5) -> ProbeResult:
@@ -223,10 +223,14 @@ WHERE backend_type = 'client backend' AND xact_start IS NOT NULL AND pid <> pg_b
 
 
 def _session_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A ``pg_stat_activity`` row as JSON-ready evidence: timestamps as ISO text (exactly what an
+    action later compares), durations (columns named ``*_s``) rounded to the millisecond."""
     out = dict(row)
-    for key in ("backend_start", "xact_start", "query_start"):
-        out[key] = _iso(out[key])
-    out["duration_s"] = round(out["duration_s"], 3)
+    for key, value in out.items():
+        if isinstance(value, datetime):
+            out[key] = value.isoformat()
+        elif key.endswith("_s") and isinstance(value, float):
+            out[key] = round(value, 3)
     return out
 
 
@@ -315,6 +319,142 @@ def lock_waits(dsn: Dsn, threshold: int = 0, all_databases: bool = False, limit:
         threshold=float(threshold),
         summary=f"{len(waiting)} sessions waiting on locks" + (f", blocked by pids {blockers}" if blockers else ""),
         evidence={"waiting": waiting, "blocking_pids": blockers},
+    )
+
+
+IDLE_IN_TRANSACTION = ("idle in transaction", "idle in transaction (aborted)")
+
+# One row per (application, user, client address, state), and max_connections even when no
+# other session exists (the LEFT JOIN keeps the settings row).
+_HOLDER_GROUPS_SQL = """
+SELECT s.max_connections, g.application_name, g.usename, g.client_addr, g.state, g.n, g.pids
+FROM (SELECT current_setting('max_connections')::int AS max_connections) s
+LEFT JOIN (
+    SELECT application_name, usename, host(client_addr) AS client_addr, coalesce(state, 'unknown') AS state,
+           count(*)::int AS n, (array_agg(pid ORDER BY backend_start, pid))[1:%(pids)s] AS pids
+    FROM pg_stat_activity
+    WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+    GROUP BY 1, 2, 3, 4
+) g ON true
+"""
+
+# The ``oldest`` longest-connected sessions and the ``limit`` longest idle-in-transaction ones
+# (longest idle first), in one pass over pg_stat_activity.
+_HOLDER_SESSIONS_SQL = f"""
+SELECT * FROM (
+    SELECT {_SESSION_COLUMNS}, state_change,
+           extract(epoch FROM clock_timestamp() - backend_start)::float8 AS age_s,
+           extract(epoch FROM clock_timestamp() - xact_start)::float8 AS xact_age_s,
+           extract(epoch FROM clock_timestamp() - state_change)::float8 AS state_age_s,
+           row_number() OVER (ORDER BY backend_start, pid) AS age_rank,
+           row_number() OVER (PARTITION BY state IN ('idle in transaction', 'idle in transaction (aborted)')
+                              ORDER BY state_change, pid) AS idle_rank
+    FROM pg_stat_activity
+    WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+) s
+WHERE age_rank <= %(oldest)s
+   OR (state IN ('idle in transaction', 'idle in transaction (aborted)') AND idle_rank <= %(limit)s)
+"""
+
+
+def _holder_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-state rows merged into one group per (application_name, usename, client_addr), largest first."""
+    groups: dict[tuple[str, str | None, str | None], dict[str, Any]] = {}
+    for row in rows:
+        if row["n"] is None:  # the LEFT JOIN's row when no other session exists
+            continue
+        key = (row["application_name"], row["usename"], row["client_addr"])
+        group = groups.setdefault(key, {
+            "application_name": key[0], "usename": key[1], "client_addr": key[2],
+            "count": 0, "by_state": {}, "pids": [],
+        })
+        group["count"] += row["n"]
+        group["by_state"][row["state"]] = row["n"]
+        group["pids"].extend(row["pids"])
+    ordered = sorted(groups.values(), key=lambda g: (-g["count"], g["application_name"] or "", g["usename"] or "",
+                                                     g["client_addr"] or ""))
+    for group in ordered:
+        group["by_state"] = dict(sorted(group["by_state"].items(), key=lambda item: (-item[1], item[0])))
+        group["pids"] = sorted(group["pids"])[:IDS_PER_GROUP]
+    return ordered
+
+
+def _describe_holder(group: dict[str, Any]) -> str:
+    states = ", ".join(f"{state} {n}" for state, n in group["by_state"].items())
+    return (f"app={label(group['application_name'], '(none)')} user={label(group['usename'], '?')}"
+            f" from {group['client_addr'] or 'local socket'} ({states}) pids {id_list(group['pids'])}")
+
+
+def _holders_summary(total: int, max_connections: int, groups: list[dict[str, Any]],
+                     idle: list[dict[str, Any]], threshold_s: float) -> str:
+    parts = [groups_summary(groups, _describe_holder)] if groups else ["no other client session"]
+    over = [s for s in idle if s["state_age_s"] > threshold_s]
+    if over:
+        parts.append(f"idle in transaction over {threshold_s:g} s: "
+                     + id_list([f"pid {s['pid']} ({s['state_age_s']:.0f} s)" for s in over]))
+    return f"{total} of {max_connections}: " + "; ".join(parts)
+
+
+def connection_holders(
+    dsn: Dsn, idle_in_transaction_minutes: float = 5.0, oldest: int = 10, limit: int = 50, groups: int = 20
+) -> ProbeResult:
+    """Who holds the client connections: grouped, the oldest sessions, and the idle transactions.
+
+    * ``groups``: one entry per ``application_name``, ``usename`` and ``client_addr`` (the host,
+      ``None`` for a Unix socket), with its ``count``, counts ``by_state`` and up to
+      ``IDS_PER_GROUP`` pids, largest first; the rest is summed in ``other_groups``.
+    * ``oldest``: the sessions connected longest (``age_s`` since ``backend_start``), with
+      ``wait_event_type``/``wait_event`` and the query cut to ``QUERY_TEXT_LIMIT``.
+    * ``idle_in_transaction``: sessions ``idle in transaction`` (or ``(aborted)``), longest idle
+      first, with ``xact_age_s`` (since ``xact_start``) and ``state_age_s`` (idle for, since
+      ``state_change``) and the ``backend_start``/``xact_start``/``state_change`` an action
+      re-checks before terminating one.
+
+    Not ok when a session has been idle in a transaction longer than
+    ``idle_in_transaction_minutes``: the connection leak of seed 001 ("Transactions not being
+    committed/rolled back"). Idle time is counted as PostgreSQL's own
+    ``idle_in_transaction_session_timeout`` counts it (since ``state_change``), so a transaction
+    that is doing work between statements is not one. ``value`` is the longest such idle time
+    in seconds. Counts cover every database (``max_connections`` is the server's); the probe's
+    own connection and non-client backends are left out. Two queries on one connection.
+    """
+    if idle_in_transaction_minutes < 0 or min(oldest, limit, groups) < 1:
+        raise ResponderError(
+            ErrorCode.CONFIG, "pg_connection_holders: idle_in_transaction_minutes must be >= 0, "
+            "oldest, limit and groups >= 1")
+    params = {"pids": IDS_PER_GROUP, "oldest": oldest, "limit": limit, "qlen": QUERY_TEXT_LIMIT}
+    with _connect(dsn) as conn:
+        group_rows = conn.execute(_HOLDER_GROUPS_SQL, params).fetchall()
+        session_rows = conn.execute(_HOLDER_SESSIONS_SQL, params).fetchall()
+        database = conn.info.dbname
+    max_connections = group_rows[0]["max_connections"]
+    all_groups = _holder_groups(group_rows)
+    total = sum(g["count"] for g in all_groups)
+    sessions = [_session_row(row) for row in session_rows]
+    oldest_sessions = sorted((s for s in sessions if s["age_rank"] <= oldest), key=lambda s: s["age_rank"])
+    idle = sorted((s for s in sessions if s["state"] in IDLE_IN_TRANSACTION and s["idle_rank"] <= limit),
+                  key=lambda s: s["idle_rank"])
+    for s in sessions:
+        del s["age_rank"], s["idle_rank"]
+    threshold_s = idle_in_transaction_minutes * 60
+    rest = all_groups[groups:]
+    return ProbeResult(
+        probe="pg_connection_holders",
+        ok=not any(s["state_age_s"] > threshold_s for s in idle),
+        value=idle[0]["state_age_s"] if idle else 0.0,
+        threshold=threshold_s,
+        unit="s",
+        summary=_holders_summary(total, max_connections, all_groups, idle, threshold_s),
+        evidence={
+            "database": database,
+            "max_connections": max_connections,
+            "total": total,
+            "idle_in_transaction_minutes": idle_in_transaction_minutes,
+            "groups": all_groups[:groups],
+            "other_groups": {"groups": len(rest), "connections": sum(g["count"] for g in rest)},
+            "oldest": oldest_sessions,
+            "idle_in_transaction": idle,
+        },
     )
 
 

@@ -3,6 +3,9 @@
 * ``ping``: "redis-cli -u $REDIS_URL ping" (seeds 000, 001), with the round trip in ms.
 * ``memory``: "Check Redis memory usage" (seed 001). The seeds give no Redis figure, so the
   default 0.85 reuses HIGH_MEMORY_USAGE ">85%" (seed 000).
+* ``connection_holders``: who holds the client connections: ``CLIENT LIST`` grouped by client
+  name and host, and the oldest clients, as a share of ``maxclients`` (the seeds give no Redis
+  figure: seed 001's database 80%).
 * ``queue_lengths``: "redis-cli LLEN media_request_queue" (seed 000), "LLEN queue:default"
   (seed 001) and BullMQ queues (seed 001); the default threshold is "Queue Backlog: >100
   pending jobs" (seed 004).
@@ -28,7 +31,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tasks.base import ErrorCode, ProbeResult, ResponderError
-from tasks.probes import clip, redact, reveal, url_secrets
+from tasks.probes import clip, count_groups, groups_summary, host_of, id_list, label, redact, reveal, url_secrets
 
 Url = SecretStr | str
 
@@ -131,6 +134,57 @@ def memory(url: Url, threshold: float = 0.85, timeout_s: float = 2.0) -> ProbeRe
             "used_memory_peak": info.get("used_memory_peak"),
             "mem_fragmentation_ratio": info.get("mem_fragmentation_ratio"),
             "maxmemory_policy": info.get("maxmemory_policy"),
+        },
+    )
+
+
+def connection_holders(
+    url: Url, threshold: float = 0.8, oldest: int = 10, groups: int = 20, timeout_s: float = 2.0
+) -> ProbeResult:
+    """Who holds the client connections: ``CLIENT LIST`` grouped by name and client host.
+
+    * ``groups``: one entry per client ``name`` (``""`` when unset) and ``host`` (the ``addr``
+      without its port), with its ``count`` and up to ``IDS_PER_GROUP`` client ``ids``, largest
+      first; the rest is summed in ``other_groups``.
+    * ``oldest``: the clients connected longest: ``id``, ``name``, ``addr``, ``age`` and
+      ``idle`` (seconds), the last ``cmd`` and ``db``.
+
+    ``value`` is the clients' share of ``maxclients`` (``INFO clients``); not ok above
+    ``threshold``. The probe's own connection is left out: ``CLIENT ID``, ``CLIENT LIST`` and
+    ``INFO`` go through one pipeline, so they share its connection.
+    """
+    if oldest < 1 or groups < 1:
+        raise ResponderError(ErrorCode.CONFIG, "redis connection_holders: oldest and groups must be >= 1")
+    with _client(url, timeout_s) as client:
+        pipe = client.pipeline(transaction=False)
+        pipe.client_id()
+        pipe.client_list()
+        pipe.info("clients")
+        own_id, listed, info = pipe.execute()
+    clients = [
+        {"id": int(c["id"]), "name": c.get("name", ""), "addr": c.get("addr"), "host": host_of(c.get("addr")),
+         "age": int(c["age"]), "idle": int(c["idle"]), "cmd": c.get("cmd"), "db": int(c.get("db", 0))}
+        for c in listed
+        if int(c["id"]) != own_id
+    ]
+    all_groups = count_groups(clients, lambda c: {"name": c["name"], "host": c["host"]}, ids="id")
+    maxclients = int(info.get("maxclients", 0))
+    ratio = len(clients) / maxclients if maxclients else None
+    rest = all_groups[groups:]
+    holders = groups_summary(
+        all_groups, lambda g: f"name={label(g['name'], '(none)')} from {g['host'] or '?'} ids {id_list(g['ids'])}")
+    return ProbeResult(
+        probe="redis_connection_holders",
+        ok=ratio is None or ratio <= threshold,
+        value=None if ratio is None else round(ratio, 6),
+        threshold=threshold,
+        summary=f"{len(clients)} of {maxclients or '?'} clients: {holders or 'no other client'}",
+        evidence={
+            "maxclients": maxclients,
+            "total": len(clients),
+            "groups": all_groups[:groups],
+            "other_groups": {"groups": len(rest), "connections": sum(g["count"] for g in rest)},
+            "oldest": sorted(clients, key=lambda c: (-c["age"], c["id"]))[:oldest],
         },
     )
 
