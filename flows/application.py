@@ -23,7 +23,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows import checks
-from flows.checks import collect, measured, setting
+from flows.checks import collect, compact, measured, setting
 from flows.host import locate, prometheus_url
 from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
 from responder.alerts import Alert, IncidentRef
@@ -33,16 +33,6 @@ from tasks.probes import hosts, http, postgres, prometheus
 
 ENDPOINTS = ("job", *checks.ENDPOINT_LABELS)  # sum by these: whichever label the application uses
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9/_.\-]{0,200}$")
-
-
-def _verify(runbook, incident, measure):
-    settings, _, _ = runtime()
-    return verify_until_ok(measure, incident, budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
-                           interval_seconds=runbook.verify.interval_seconds * settings.time_scale)
-
-
-def _compact(plans: list[PlannedAction | None]) -> list[PlannedAction]:
-    return [p for p in plans if p is not None]
 
 
 @task(name="check-database-performance", **checks.PROBE)
@@ -99,7 +89,7 @@ def plan_response_time(alert: Alert, p95: ProbeResult, resources: ProbeResult, h
         plans.append(checks.service_plan("restart_service", alert, f"{p95.line()}; memory pressure: {heap.line()}"))
     if cpu_bad:
         plans.append(checks.service_plan("scale_service", alert, f"{p95.line()}; CPU bound"))
-    return _compact(plans)
+    return compact(plans)
 
 
 @runbook_flow(name="high-response-time", run_name="{alert.labels[alertname]} {alert.fingerprint}")
@@ -134,7 +124,7 @@ def high_response_time(alert: Alert, incident: IncidentRef | None = None):
     evidence = [p95, endpoints, slow_logs, slow_queries_log, database, externals, resources, heap]
 
     outcomes = mitigate(runbook, incident, plan_response_time(alert, p95, resources, heap), evidence)
-    last, verdict = _verify(runbook, incident, lambda: check_endpoint_performance(threshold, window, ("job",), match, no_data_ok=False))
+    last, verdict = verify_until_ok(lambda: check_endpoint_performance(threshold, window, ("job",), match, no_data_ok=False), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
 
 
@@ -159,14 +149,14 @@ def plan_error_rate(alert: Alert, rate: ProbeResult, dependencies: ProbeResult, 
     if measured(externals) and not externals.ok:
         plan = checks.flag_plan("degraded-mode", f"{rate.line()}; {externals.line()}: disable non-critical features, "
                                                  "return cached data (seed 003 graceful degradation)")
-        return _compact([plan])
+        return compact([plan])
     deps = [dependencies, externals, database]
     if all(measured(d) and d.ok for d in deps):
         plan = checks.service_plan(
             "rollback_release", alert,
             f"{rate.line()} while the database, Redis and external services are healthy: likely a code issue "
             "(seed 001 'Rollback deployment immediately'); check the deployment history before approving")
-        return _compact([plan])
+        return compact([plan])
     return []
 
 
@@ -204,7 +194,7 @@ def high_error_rate(alert: Alert, incident: IncidentRef | None = None):
     evidence = [rate, endpoints, error_logs, patterns, by_type, by_user, breakers, dependencies, database, externals]
 
     outcomes = mitigate(runbook, incident, plan_error_rate(alert, rate, dependencies, externals, database), evidence)
-    last, verdict = _verify(runbook, incident, lambda: check_error_rate(threshold, window, ("job",), match, no_data_ok=False))
+    last, verdict = verify_until_ok(lambda: check_error_rate(threshold, window, ("job",), match, no_data_ok=False), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
 
 
@@ -256,9 +246,9 @@ def endpoint_broken(alert: Alert, incident: IncidentRef | None = None):
 
     plans = []
     if not rate.ok or not status.ok:  # 3 "Disable endpoint temporarily / Return 503 with maintenance message"
-        plans = _compact([checks.flag_plan(f"endpoint:{endpoint}", f"{rate.line()}; {status.line()}")]) if endpoint else []
+        plans = compact([checks.flag_plan(f"endpoint:{endpoint}", f"{rate.line()}; {status.line()}")]) if endpoint else []
     outcomes = mitigate(runbook, incident, plans, evidence)
-    last, verdict = _verify(runbook, incident, lambda: check_endpoint_errors(threshold, window, ENDPOINTS, match, no_data_ok=False))
+    last, verdict = verify_until_ok(lambda: check_endpoint_errors(threshold, window, ENDPOINTS, match, no_data_ok=False), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
 
 
@@ -306,10 +296,10 @@ def memory_keeps_growing(alert: Alert, incident: IncidentRef | None = None):
 
     plans = []
     if not leak.ok and measured(leak):  # 3 "Temporary fix: docker-compose restart backend"
-        plans = _compact([checks.service_plan("restart_service", alert, f"{leak.line()}: memory keeps growing")])
+        plans = compact([checks.service_plan("restart_service", alert, f"{leak.line()}: memory keeps growing")])
     outcomes = mitigate(runbook, incident, plans, evidence)
-    last, verdict = _verify(runbook, incident, lambda: confirm_memory_leak(query, growth, probe="heap_growth",
-                                                                            no_data_ok=False))
+    last, verdict = verify_until_ok(lambda: confirm_memory_leak(query, growth, probe="heap_growth", no_data_ok=False),
+                                    incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
 
 
@@ -333,7 +323,7 @@ def plan_queue(alert: Alert, queue: ProbeResult, stuck_minutes: float) -> list[P
         plans.append(checks.service_plan("restart_service", alert, f"{queue.line()}: workers stuck, restart them"))
     elif backlog:
         plans.append(checks.service_plan("scale_service", alert, f"{queue.line()}: workers overloaded, scale up"))
-    return _compact(plans)
+    return compact(plans)
 
 
 @runbook_flow(name="queue-backlog", run_name="{alert.labels[alertname]} {alert.fingerprint}")
@@ -362,7 +352,7 @@ def queue_backlog(alert: Alert, incident: IncidentRef | None = None):
     evidence = [queue, workers, times]
 
     outcomes = mitigate(runbook, incident, plan_queue(alert, queue, stuck), evidence)                        # resolution
-    last, verdict = _verify(runbook, incident, lambda: check_queue_status("default", only, backlog, stall, stuck))
+    last, verdict = verify_until_ok(lambda: check_queue_status("default", only, backlog, stall, stuck), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
 
 
@@ -394,7 +384,7 @@ def plan_uploads(alert: Alert, disk: ProbeResult, queue: ProbeResult, stuck_minu
     if measured(queue) and not queue.ok:
         plans += checks.dead_letter_plans(queue, stuck_minutes, "transcoding jobs stuck in processing")
         plans.append(checks.service_plan("restart_service", alert, f"{queue.line()}: restart transcoding workers"))
-    return _compact(plans)
+    return compact(plans)
 
 
 @task(name="check-upload-pipeline", **checks.PROBE)
@@ -434,6 +424,6 @@ def video_upload_failures(alert: Alert, incident: IncidentRef | None = None):
     evidence = [storage, transcoding, worker_logs, uploads, disk, queue]
 
     outcomes = mitigate(runbook, incident, plan_uploads(alert, disk, queue, stuck), evidence)
-    last, verdict = _verify(runbook, incident, lambda: check_upload_pipeline(
-        only, stall, stuck, setting(runbook, "verify_window_minutes", name, 5)))
+    last, verdict = verify_until_ok(lambda: check_upload_pipeline(
+        only, stall, stuck, setting(runbook, "verify_window_minutes", name, 5)), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

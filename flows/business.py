@@ -20,22 +20,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows import checks
-from flows.checks import collect, measured, setting
+from flows.checks import collect, compact, measured, setting
 from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
 from responder.alerts import Alert, IncidentRef
 from tasks.base import ProbeResult, Risk
 from tasks.mitigations import PlannedAction
 from tasks.probes import prometheus
-
-
-def _verify(runbook, incident, measure):
-    settings, _, _ = runtime()
-    return verify_until_ok(measure, incident, budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
-                           interval_seconds=runbook.verify.interval_seconds * settings.time_scale)
-
-
-def _compact(plans):
-    return [p for p in plans if p is not None]
 
 
 # -- FAILED_MEDIA_REQUESTS (seed 000) -----------------------------------------------------------
@@ -66,7 +56,7 @@ def plan_media(alert: Alert, failures: ProbeResult, externals: ProbeResult, queu
     if down:
         plans.append(checks.flag_plan("media-fallback", f"{failures.line()}; {externals.line()}: switch to backup data sources"))
     plans += checks.dead_letter_plans(queue, stuck_minutes, "media requests stuck in the queue")
-    return _compact(plans)
+    return compact(plans)
 
 
 @runbook_flow(name="failed-media-requests", run_name="{alert.labels[alertname]} {alert.fingerprint}")
@@ -90,7 +80,7 @@ def failed_media_requests(alert: Alert, incident: IncidentRef | None = None):
     evidence = [failures, externals, queue]
 
     outcomes = mitigate(runbook, incident, plan_media(alert, failures, externals, queue, stuck), evidence)
-    last, verdict = _verify(runbook, incident, lambda: check_request_status(query, threshold, probe="media_failure_percent", unit="%", no_data_ok=False))
+    last, verdict = verify_until_ok(lambda: check_request_status(query, threshold, probe="media_failure_percent", unit="%", no_data_ok=False), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
 
 
@@ -160,7 +150,7 @@ def user_authentication_issues(alert: Alert, incident: IncidentRef | None = None
     plans = plan_security_actions(logins, blocked, setting(runbook, "block_seconds", name, 3600),
                                   int(setting(runbook, "max_blocks", name, 5)))
     outcomes = mitigate(runbook, incident, plans, evidence)
-    last, verdict = _verify(runbook, incident, lambda: check_failed_logins(query, threshold, probe="failed_login_percent", unit="%", no_data_ok=False))
+    last, verdict = verify_until_ok(lambda: check_failed_logins(query, threshold, probe="failed_login_percent", unit="%", no_data_ok=False), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
 
 
@@ -201,9 +191,9 @@ def high_api_costs(alert: Alert, incident: IncidentRef | None = None):
 
     plans = []
     if not rate.ok or not daily.ok:  # "Option 1: Reduce generation frequency"
-        plans = _compact([checks.flag_plan("reduce-generation", f"{daily.line()}; {rate.line()}")])
+        plans = compact([checks.flag_plan("reduce-generation", f"{daily.line()}; {rate.line()}")])
     outcomes = mitigate(runbook, incident, plans, evidence)
-    last, verdict = _verify(runbook, incident, lambda: check_burn_rate(burn, budget, probe="projected_daily_cost", unit="$", no_data_ok=False))
+    last, verdict = verify_until_ok(lambda: check_burn_rate(burn, budget, probe="projected_daily_cost", unit="$", no_data_ok=False), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
 
 
@@ -246,11 +236,12 @@ def no_products_synced(alert: Alert, incident: IncidentRef | None = None):
     plans = []
     if not last_sync.ok:
         if limited.ok:  # "Retry sync manually"
-            plans = _compact([checks.job_plan("sync-products", last_sync.line(), f"{incident.id}-sync-products")])
+            plans = compact([checks.job_plan("sync-products", last_sync.line(), f"{incident.id}-sync-products")])
         # rate limited: "Wait 1-2 hours before next attempt" - nothing to trigger, verification decides
     outcomes = mitigate(runbook, incident, plans, evidence)
-    last, verdict = _verify(runbook, incident, lambda: verify_sync(
-        _increase(synced, verify_window, match), 0, bad_when="at_or_below", probe="products_synced_recently", no_data_ok=False))
+    last, verdict = verify_until_ok(lambda: verify_sync(
+        _increase(synced, verify_window, match), 0, bad_when="at_or_below", probe="products_synced_recently",
+        no_data_ok=False), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
 
 
@@ -293,10 +284,11 @@ def no_videos_generated(alert: Alert, incident: IncidentRef | None = None):
     plans = []
     # "Trigger manual generation", unless "Budget limit hit", "Pika Labs down" or "Input products missing"
     if not last_video.ok and costs.ok and generator.ok and products.ok:
-        plans = _compact([checks.job_plan("generate-videos", last_video.line(), f"{incident.id}-generate-videos")])
+        plans = compact([checks.job_plan("generate-videos", last_video.line(), f"{incident.id}-generate-videos")])
     outcomes = mitigate(runbook, incident, plans, evidence)
-    last, verdict = _verify(runbook, incident, lambda: verify_videos(
-        _increase(videos, verify_window, match), 0, bad_when="at_or_below", probe="videos_generated_recently", no_data_ok=False))
+    last, verdict = verify_until_ok(lambda: verify_videos(
+        _increase(videos, verify_window, match), 0, bad_when="at_or_below", probe="videos_generated_recently",
+        no_data_ok=False), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
 
 
@@ -329,6 +321,6 @@ def revenue_declining(alert: Alert, incident: IncidentRef | None = None):
     evidence = [periods, weekly, pipeline]
 
     outcomes = mitigate(runbook, incident, [], evidence)  # every action item of the seed is a person's decision
-    last, verdict = _verify(runbook, incident, lambda: compare_periods(day, 1.0, bad_when="below",
-                                                                         probe="revenue_vs_previous_24h", no_data_ok=False))
+    last, verdict = verify_until_ok(lambda: compare_periods(day, 1.0, bad_when="below", probe="revenue_vs_previous_24h",
+                                                            no_data_ok=False), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

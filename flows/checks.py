@@ -308,6 +308,11 @@ def backup_freshness() -> ProbeResult:
 # -- planning helpers -----------------------------------------------------------------------
 
 
+def compact(plans: Sequence[PlannedAction | None]) -> list[PlannedAction]:
+    """The plans a runbook could make (a helper returns None when its target is not configured)."""
+    return [p for p in plans if p is not None]
+
+
 def flag_plan(name: str, why: str, on: bool = True) -> PlannedAction | None:
     """``set_flag`` for a configured flag, else None (the step is left to a human)."""
     flag = targets().flags.get(name)

@@ -242,15 +242,6 @@ def plan_database_restart(readiness: ProbeResult) -> list[PlannedAction] | Probe
 # -- flows ------------------------------------------------------------------------------------
 
 
-def _verify(runbook: Runbook, incident: IncidentRef, measure: Any) -> tuple[ProbeResult | None, str]:
-    settings, _, _ = runtime()
-    return verify_until_ok(
-        measure, incident,
-        budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
-        interval_seconds=runbook.verify.interval_seconds * settings.time_scale,
-    )
-
-
 def _no_target(runbook: Runbook, alert: Alert, incident: IncidentRef, missing: ProbeResult):
     return conclude(runbook, alert, incident, [missing], [], "not-verified", missing)
 
@@ -284,7 +275,7 @@ def database_connections(alert: Alert, incident: IncidentRef | None = None):
              *plan_idle_transaction_terminations(name, connections, holders, limit)]
     outcomes = mitigate(runbook, incident, plans, evidence)
 
-    last, verdict = _verify(runbook, incident, lambda: verify_connections(dsn, ratio, minutes))
+    last, verdict = verify_until_ok(lambda: verify_connections(dsn, ratio, minutes), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
 
 
@@ -312,7 +303,7 @@ def database_slow_queries(alert: Alert, incident: IncidentRef | None = None):
     plans = plan_query_cancellations(name, too_long, int(t.get("max_cancellations", 5)))
     outcomes = mitigate(runbook, incident, plans, evidence)
 
-    last, verdict = _verify(runbook, incident, lambda: identify_long_running_queries(dsn, seconds / 60))
+    last, verdict = verify_until_ok(lambda: identify_long_running_queries(dsn, seconds / 60), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
 
 
@@ -347,5 +338,5 @@ def database_connection_failure(alert: Alert, incident: IncidentRef | None = Non
     else:
         outcomes = mitigate(runbook, incident, plans, evidence)
 
-    last, verdict = _verify(runbook, incident, lambda: check_database_readiness(dsn))
+    last, verdict = verify_until_ok(lambda: check_database_readiness(dsn), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

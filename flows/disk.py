@@ -116,7 +116,7 @@ def plan_cleanup(disk: ProbeResult, paths: PathTargets) -> list[PlannedAction]:
 @runbook_flow(name="disk-space", run_name="{alert.alertname} {alert.fingerprint}")
 def disk_space(alert: Alert, incident: IncidentRef | None = None):
     """Respond to a full disk the way seeds 000, 001 and 002 say to."""
-    settings, catalog, _ = runtime()
+    _, catalog, _ = runtime()
     runbook = catalog.get(RUNBOOK)
     threshold = runbook.thresholds.get(alert.alertname, runbook.thresholds.get("disk_percent", 90))
     paths = catalog.targets.paths
@@ -138,10 +138,5 @@ def disk_space(alert: Alert, incident: IncidentRef | None = None):
     plans = plan_cleanup(disk, paths) if host.local else []  # the configured directories are this machine's
     outcomes = mitigate(runbook, incident, plans, evidence)
 
-    last, verdict = verify_until_ok(
-        lambda: check_disk_usage(host, paths.disk, threshold),
-        incident,
-        budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
-        interval_seconds=runbook.verify.interval_seconds * settings.time_scale,
-    )
+    last, verdict = verify_until_ok(lambda: check_disk_usage(host, paths.disk, threshold), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

@@ -42,16 +42,12 @@ def drill_verified(outcomes: list[ActionOutcome]) -> ProbeResult:
 
 @runbook_flow(name="responder-drill", run_name="ResponderDrill {alert.fingerprint}")
 def responder_drill(alert: Alert, incident: IncidentRef | None = None):
-    settings, catalog, _ = runtime()
+    _, catalog, _ = runtime()
     runbook = catalog.get(RUNBOOK)
     incident = acknowledge(RUNBOOK, alert, incident)
     if incident is None:
         return "duplicate"
     evidence = [assess_drill(alert)]
     outcomes = mitigate(runbook, incident, plan_drill_step(alert), evidence)
-    last, verdict = verify_until_ok(
-        lambda: drill_verified(outcomes), incident,
-        budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
-        interval_seconds=runbook.verify.interval_seconds * settings.time_scale,
-    )
+    last, verdict = verify_until_ok(lambda: drill_verified(outcomes), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

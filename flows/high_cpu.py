@@ -95,11 +95,5 @@ def high_cpu_usage(alert: Alert, incident: IncidentRef | None = None):
 
     outcomes = mitigate(runbook, incident, plan_immediate_actions(alert, host, cpu, top), evidence)
 
-    settings, _, _ = runtime()
-    last, verdict = verify_until_ok(
-        lambda: check_cpu_usage(host, threshold),
-        incident,
-        budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
-        interval_seconds=runbook.verify.interval_seconds * settings.time_scale,
-    )
+    last, verdict = verify_until_ok(lambda: check_cpu_usage(host, threshold), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

@@ -310,13 +310,16 @@ def _record_outcome(incident: IncidentRef, outcome: ActionOutcome) -> None:
 
 
 def verify_until_ok(
-    measure: Callable[[], ProbeResult], incident: IncidentRef, budget_seconds: float, interval_seconds: float
+    measure: Callable[[], ProbeResult], incident: IncidentRef, runbook: Runbook
 ) -> tuple[ProbeResult | None, str]:
-    """Measure again until healthy, the incident closes, or the budget runs out.
+    """Measure again until healthy, the incident closes, or the runbook's verification budget runs out.
 
-    Returns the last result and a verdict: ``verified``, ``resolved-by-alert`` or ``not-verified``.
+    Budget and interval are the runbook's ``verify`` (times ``RESPONDER_TIME_SCALE``). Returns the
+    last result and a verdict: ``verified``, ``resolved-by-alert`` or ``not-verified``.
     """
-    _, _, store = runtime()
+    settings, _, store = runtime()
+    budget_seconds = runbook.verify.budget_seconds * settings.time_scale
+    interval_seconds = runbook.verify.interval_seconds * settings.time_scale
     deadline = time.monotonic() + budget_seconds
     result = None
     while True:

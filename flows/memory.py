@@ -113,7 +113,7 @@ def plan_resolutions(alert: Alert, host: Host, memory: ProbeResult, top: ProbeRe
 @runbook_flow(name="high-memory-usage", run_name="{alert.alertname} {alert.fingerprint}")
 def high_memory_usage(alert: Alert, incident: IncidentRef | None = None):
     """Respond to high memory the way seeds 000-004 say to."""
-    settings, catalog, _ = runtime()
+    _, catalog, _ = runtime()
     runbook = catalog.get(RUNBOOK)
     threshold = runbook.thresholds.get(alert.alertname, runbook.thresholds.get("memory_percent", 85))
     heap_alert = alert.alertname in HEAP_ALERTNAMES
@@ -141,10 +141,5 @@ def high_memory_usage(alert: Alert, incident: IncidentRef | None = None):
 
     measure = ((lambda: await_alert_resolution(alert.alertname)) if heap_alert
                else (lambda: check_memory_usage(host, threshold)))
-    last, verdict = verify_until_ok(
-        measure,
-        incident,
-        budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
-        interval_seconds=runbook.verify.interval_seconds * settings.time_scale,
-    )
+    last, verdict = verify_until_ok(measure, incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

@@ -166,10 +166,5 @@ def mongodb_connection_lost(alert: Alert, incident: IncidentRef | None = None):
         outcomes = mitigate(runbook, incident, plans, evidence)
 
     stay_up = t.get("stay_up_seconds", 30) * settings.time_scale
-    last, verdict = verify_until_ok(
-        lambda: verify_mongodb_stays_up(url, stay_up),
-        incident,
-        budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
-        interval_seconds=runbook.verify.interval_seconds * settings.time_scale,
-    )
+    last, verdict = verify_until_ok(lambda: verify_mongodb_stays_up(url, stay_up), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

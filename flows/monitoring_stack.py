@@ -18,21 +18,11 @@ from urllib.parse import urlsplit
 from prefect import task
 
 from flows import checks
-from flows.checks import collect, measured, setting
+from flows.checks import collect, compact, measured, setting
 from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
 from responder.alerts import Alert, IncidentRef
 from tasks.base import ProbeResult
 from tasks.probes import http
-
-
-def _verify(runbook, incident, measure):
-    settings, _, _ = runtime()
-    return verify_until_ok(measure, incident, budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
-                           interval_seconds=runbook.verify.interval_seconds * settings.time_scale)
-
-
-def _compact(plans):
-    return [p for p in plans if p is not None]
 
 
 # -- External Service Failures ---------------------------------------------------------------------
@@ -70,10 +60,10 @@ def external_service_failures(alert: Alert, incident: IncidentRef | None = None)
 
     plans = []
     if measured(services) and not services.ok:  # seed 003 "graceful degradation (if external API down)"
-        plans = _compact([checks.flag_plan("degraded-mode", f"{services.line()}: disable non-critical features, "
+        plans = compact([checks.flag_plan("degraded-mode", f"{services.line()}: disable non-critical features, "
                                                             "return cached data, queue jobs for retry")])
     outcomes = mitigate(runbook, incident, plans, evidence)
-    last, verdict = _verify(runbook, incident, lambda: check_external_services(names, slow_ms, required=True))
+    last, verdict = verify_until_ok(lambda: check_external_services(names, slow_ms, required=True), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
 
 
@@ -145,7 +135,7 @@ def prometheus_not_scraping(alert: Alert, incident: IncidentRef | None = None):
     evidence = [scoped, targets, network, config, rules] if scoped is not targets else [targets, network, config, rules]
 
     outcomes = mitigate(runbook, incident, [], evidence)  # network and configuration fixes are a person's
-    last, verdict = _verify(runbook, incident, lambda: check_job_targets(job))
+    last, verdict = verify_until_ok(lambda: check_job_targets(job), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
 
 
@@ -184,9 +174,9 @@ def grafana_not_loading(alert: Alert, incident: IncidentRef | None = None):
 
     plans = []
     if measured(health) and not health.ok:
-        plans = _compact([checks.service_plan("restart_service", alert, f"{health.line()}", service="grafana")])
+        plans = compact([checks.service_plan("restart_service", alert, f"{health.line()}", service="grafana")])
     outcomes = mitigate(runbook, incident, plans, evidence)
-    last, verdict = _verify(runbook, incident, check_grafana_serving)
+    last, verdict = verify_until_ok(check_grafana_serving, incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
 
 
@@ -228,8 +218,8 @@ def alertmanager_not_sending(alert: Alert, incident: IncidentRef | None = None):
 
     plans = []
     if measured(status) and not status.ok:
-        plans = _compact([checks.service_plan("restart_service", alert, f"{status.line()}", service="alertmanager")])
+        plans = compact([checks.service_plan("restart_service", alert, f"{status.line()}", service="alertmanager")])
     outcomes = mitigate(runbook, incident, plans, evidence)
     had_failures = measured(failures) and bool(failures.value)
-    last, verdict = _verify(runbook, incident, lambda: check_notifications_flowing(baseline, had_failures))
+    last, verdict = verify_until_ok(lambda: check_notifications_flowing(baseline, had_failures), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

@@ -88,7 +88,7 @@ def plan_redis_restart(ping: ProbeResult) -> list[PlannedAction] | ProbeResult:
 @runbook_flow(name="redis-connection-failure", run_name="{alert.alertname} {alert.fingerprint}")
 def redis_connection_failure(alert: Alert, incident: IncidentRef | None = None):
     """Respond to an unreachable Redis the way seed 001 says to."""
-    settings, catalog, _ = runtime()
+    _, catalog, _ = runtime()
     runbook = catalog.get(RUNBOOK)
 
     incident = acknowledge(RUNBOOK, alert, incident)
@@ -112,10 +112,5 @@ def redis_connection_failure(alert: Alert, incident: IncidentRef | None = None):
     else:
         outcomes = mitigate(runbook, incident, plans, evidence)
 
-    last, verdict = verify_until_ok(
-        lambda: check_redis_ping(url),
-        incident,
-        budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
-        interval_seconds=runbook.verify.interval_seconds * settings.time_scale,
-    )
+    last, verdict = verify_until_ok(lambda: check_redis_ping(url), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

@@ -120,13 +120,7 @@ def plan_rollback(name: str, service: ServiceTarget, last: ProbeResult) -> list[
 
 
 def _verify(runbook: Runbook, incident: IncidentRef, url: str, attempts: int, timeout_s: float):
-    settings, _, _ = runtime()
-    return verify_until_ok(
-        lambda: check_health_endpoint(url, attempts, timeout_s),
-        incident,
-        budget_seconds=runbook.verify.budget_seconds * settings.time_scale,
-        interval_seconds=runbook.verify.interval_seconds * settings.time_scale,
-    )
+    return verify_until_ok(lambda: check_health_endpoint(url, attempts, timeout_s), incident, runbook)
 
 
 @runbook_flow(name="service-health", run_name="{alert.alertname} {alert.fingerprint}")

@@ -527,4 +527,5 @@ def answer(api: str, run: dict, approve: bool, who: str) -> None:
 def report(api: str, incident_id: str) -> str:
     """The response artifact (verdict, evidence, actions) of the incident's run."""
     body = {"artifacts": {"key": {"any_": [f"response-{incident_id}"]}}}
-    return wait_for(lambda: prefect_post(api, "/artifacts/filter", body)[0]["data"], 10, what="the response artifact")
+    return wait_for(lambda: prefect_post(api, "/artifacts/filter", body)[0]["data"], 30, interval=0.5,
+                    what="the response artifact")

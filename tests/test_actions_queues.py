@@ -18,7 +18,7 @@ from conftest import CaptureServer, free_port
 from tasks.base import ErrorCode, ResponderError, Risk
 from tasks.mitigations import REGISTRY
 from tasks.actions import jobs, queues as actions
-from test_probes_queues import bullmq_queue
+from support.queues import bullmq_queue
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ import pytest
 
 from conftest import (CaptureServer, answer, fire, form_description, free_port, make_config, paused_run, report,
                       running_responder, wait_for, wait_run_final)
-from tasks.probes import hosts, node
-from test_probes_prometheus import AppTarget, PrometheusServer, _binary
+from tasks.probes import hosts
+from support.prometheus import AppTarget, PrometheusServer, binary
 
 GiB = 2**30
 WEB3 = "web-3:9100"
@@ -65,7 +65,7 @@ def busy_machine() -> AppTarget:
 def fleet(tmp_path_factory):
     """node_exporter of this machine, web-3 (busy), web-4 (stopped after a few scrapes), one Prometheus."""
     port = free_port()
-    exporter = subprocess.Popen([_binary("prometheus-node-exporter", "node_exporter"),
+    exporter = subprocess.Popen([binary("prometheus-node-exporter", "node_exporter"),
                                  f"--web.listen-address=127.0.0.1:{port}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     web3, web4 = busy_machine(), busy_machine()

@@ -206,7 +206,6 @@ def test_queue_lengths_rejects_bad_configuration(redis_url):
         assert err.value.code is ErrorCode.CONFIG
 
 
-
 def test_ping_with_a_wrong_password_is_ok_false_without_the_password(private_redis):
     port, _, _ = private_redis
     result = redis_probes.ping(SecretStr(f"redis://:wrong-pw-secret@127.0.0.1:{port}/0"))

@@ -29,10 +29,9 @@ import httpx
 import pytest
 import redis
 
-from conftest import (CaptureServer, ResponderProcess, make_config, resume, runs_for_incident, wait_for,
+from conftest import (CaptureServer, report, ResponderProcess, make_config, resume, runs_for_incident, wait_for,
                       wait_run_final)
-from test_probes_prometheus import AlertmanagerServer, AppTarget, PrometheusServer, seed_rules
-from test_runbook_application import report_of
+from support.prometheus import AlertmanagerServer, AppTarget, PrometheusServer, seed_rules
 
 ATTACKER, USERS = "203.0.113.7", "198.51.100.20"
 
@@ -151,10 +150,10 @@ def test_high_error_rate_from_prometheus_is_assessed_and_escalated(world, fired,
     assert run["created_by"]["type"] == "AUTOMATION"
     assert run["parameters"]["alert"]["labels"]["alertname"] == "HIGH_ERROR_RATE"
     assert run["state"]["name"] == "Escalated", run["state"]
-    report = report_of(api, incident["id"])
-    assert "| error_ratio | **no** |" in report          # measured by Prometheus: 20 % > 5 %
-    assert "| access_log_5xx | **no** | 20%" in report   # 2 of 10 lines of the access log
-    assert "| service_dependencies | yes |" in report     # real PostgreSQL and Redis answered
+    text = report(api, incident["id"])
+    assert "| error_ratio | **no** |" in text          # measured by Prometheus: 20 % > 5 %
+    assert "| access_log_5xx | **no** | 20%" in text   # 2 of 10 lines of the access log
+    assert "| service_dependencies | yes |" in text     # real PostgreSQL and Redis answered
     escalations = [r["body"] for r in world.webhook.requests
                    if r["body"].get("kind") == "escalated" and r["body"].get("incident", {}).get("id") == incident["id"]]
     assert escalations and "error_ratio" in escalations[0]["reason"]
@@ -188,5 +187,5 @@ def test_brute_force_is_blocked_after_approval_and_failed_logins_drop(world, fir
     until = world.redis.zscore(world.blocklist, ATTACKER)
     assert until is not None and time.time() + 3000 < until <= time.time() + 3600  # block_seconds 3600
     assert world.redis.zscore(world.blocklist, USERS) is None
-    report = report_of(api, incident["id"])
-    assert f"| block_address | address {ATTACKER} | risky | done |" in report and "carol" in report
+    text = report(api, incident["id"])
+    assert f"| block_address | address {ATTACKER} | risky | done |" in text and "carol" in text

@@ -27,24 +27,10 @@ import httpx
 import pytest
 import redis
 
-from conftest import make_config, prefect_post, resume, running_responder, runs_for_incident, wait_for, wait_run_final
-from test_probes_prometheus import AppTarget, PrometheusServer
-from test_probes_queues import bullmq_queue
-
-
-def alert_body(alertname: str, test_id: str, **labels: str) -> dict:
-    """An Alertmanager v4 webhook body with one firing alert."""
-    all_labels = {"alertname": alertname, "severity": "warning", "job": "shop", "test_id": test_id, **labels}
-    fingerprint = uuid.uuid4().hex[:16]
-    return {
-        "version": "4", "groupKey": f'{{}}:{{alertname="{alertname}", test_id="{test_id}-{fingerprint}"}}',
-        "truncatedAlerts": 0, "status": "firing", "receiver": "responder",
-        "groupLabels": {"alertname": alertname}, "commonLabels": all_labels, "commonAnnotations": {"summary": alertname},
-        "externalURL": "http://alertmanager.test:9093",
-        "alerts": [{"status": "firing", "labels": all_labels, "annotations": {"summary": f"{alertname} (test)"},
-                    "startsAt": datetime.now(timezone.utc).isoformat(), "endsAt": "0001-01-01T00:00:00Z",
-                    "generatorURL": "", "fingerprint": fingerprint}],
-    }
+from conftest import make_config, report, prefect_post, resume, running_responder, runs_for_incident, wait_for, wait_run_final
+from support.alerts import alert_body
+from support.prometheus import AppTarget, PrometheusServer
+from support.queues import bullmq_queue
 
 
 @pytest.fixture(scope="module")
@@ -138,15 +124,6 @@ def _approve_next(api: str, incident_id: str, approve: bool = True, after: str |
     return key
 
 
-def report_of(api: str, incident_id: str) -> str:
-    """The run's response artifact (read again while a busy Prefect server answers 503)."""
-    return wait_for(lambda: prefect_post(api, "/artifacts/filter", {"artifacts": {"key": {"any_": [f"response-{incident_id}"]}}}),
-                    30, interval=1, what="the response artifact")[0]["data"]
-
-
-_report = report_of
-
-
 def _deployment(api: str, name: str) -> str:
     return httpx.get(f"{api}/deployments/name/{name}/{name}").json()["id"]
 
@@ -165,10 +142,10 @@ def test_slow_responses_are_assessed_and_verified_after_they_recover(env, prefec
     assert final["state"]["name"] == "Resolved", final["state"]
     assert {"acknowledge", "check-endpoint-performance", "identify-slow-endpoints", "check-database-performance",
             "check-external-api-calls", "check-system-resources"} <= _task_names(api, run["id"])
-    report = _report(api, incident)
+    text = report(api, incident)
     # 1.5 s answers fall in the (1 s, 2 s] bucket: histogram_quantile interpolates 1.95 s; seed 001's threshold 1 s
     assert re.search(r"\| p95_latency \| \*\*no\*\* \| 1\.9\d*s \| 1s \|", report), report[:1500]
-    assert "VERIFIED" in report
+    assert "VERIFIED" in text
 
 
 def test_stuck_bullmq_job_goes_to_the_dead_letter_list_after_approval(env, prefect_server):
@@ -182,9 +159,9 @@ def test_stuck_bullmq_job_goes_to_the_dead_letter_list_after_approval(env, prefe
     assert final["state"]["name"] == "Resolved", final["state"]
     assert client.lrange(f"bull:{queue}:dead", 0, -1) == ["stuck-1"]
     assert client.lrange(f"bull:{queue}:active", 0, -1) == [] and client.llen(f"bull:{queue}:wait") == 2
-    report = _report(api, incident)
-    assert f"| move_to_dead_letter | queue {queue} | risky | done |" in report and "dana" in report
-    assert "| restart_service | shop | risky | rejected |" in report
+    text = report(api, incident)
+    assert f"| move_to_dead_letter | queue {queue} | risky | done |" in text and "dana" in text
+    assert "| restart_service | shop | risky | rejected |" in text
 
 
 def test_endpoint_errors_switch_degraded_mode_when_a_dependency_is_down(env, prefect_server):
@@ -196,11 +173,11 @@ def test_endpoint_errors_switch_degraded_mode_when_a_dependency_is_down(env, pre
     assert final["deployment_id"] == _deployment(api, "high-error-rate")
     assert final["state"]["name"] == "Escalated", final["state"]  # errors go on: people take over
     assert client.get(flag) == "1"
-    report = _report(api, incident)
-    assert "| log_group_by_error_type | yes | 4 lines |" in report and "largest DatabaseError (3)" in report
-    assert "| log_group_by_user_id | yes | 4 lines |" in report and "largest u1 (3)" in report
-    assert "| external_services | **no** |" in report and "mux (Video API outage)" in report
-    assert "| set_flag | flag degraded-mode | risky | done |" in report
+    text = report(api, incident)
+    assert "| log_group_by_error_type | yes | 4 lines |" in text and "largest DatabaseError (3)" in text
+    assert "| log_group_by_user_id | yes | 4 lines |" in text and "largest u1 (3)" in text
+    assert "| external_services | **no** |" in text and "mux (Video API outage)" in text
+    assert "| set_flag | flag degraded-mode | risky | done |" in text
 
 
 def test_growing_heap_is_confirmed_and_the_approved_restart_stops_it(env, prefect_server):
@@ -214,5 +191,5 @@ def test_growing_heap_is_confirmed_and_the_approved_restart_stops_it(env, prefec
     assert final["deployment_id"] == _deployment(api, "memory-keeps-growing")
     assert final["state"]["name"] == "Resolved", final["state"]
     assert env["heap"]["growth"] == 0.0, "the configured restart command reached the application"
-    report = _report(api, incident)
-    assert "| heap_growth | **no** |" in report and "| restart_service | shop | risky | done |" in report
+    text = report(api, incident)
+    assert "| heap_growth | **no** |" in text and "| restart_service | shop | risky | done |" in text

@@ -23,9 +23,9 @@ import httpx
 import pytest
 import redis
 
-from conftest import CaptureServer, free_port, make_config, prefect_post, resume, running_responder, runs_for_incident, wait_for, wait_run_final
-from test_probes_prometheus import AlertmanagerServer, AppTarget, GrafanaStub, PrometheusServer
-from test_runbook_application import alert_body, report_of
+from conftest import CaptureServer, free_port, report, make_config, prefect_post, resume, running_responder, runs_for_incident, wait_for, wait_run_final
+from support.alerts import alert_body
+from support.prometheus import AlertmanagerServer, AppTarget, GrafanaStub, PrometheusServer
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +79,6 @@ def _fire(env, alertname: str, **labels: str) -> str:
     return answer.json()["incidents_opened"][0]
 
 
-_report = report_of
-
-
 def _deployment(api: str, name: str) -> str:
     return httpx.get(f"{api}/deployments/name/{name}/{name}").json()["id"]
 
@@ -118,10 +115,10 @@ def test_prometheus_not_scraping_finds_the_down_target_and_verifies_when_it_is_b
         ghost.shutdown()
     assert final["deployment_id"] == _deployment(api, "prometheus-not-scraping")
     assert final["state"]["name"] == "Resolved", final["state"]
-    report = _report(api, incident)
-    assert "| scrape_targets | **no** | 1 down |" in report and "job ghost: 0 up, 1 down" in report
-    assert "| network_connectivity | **no** | 1 unreachable |" in report
-    assert "| prometheus_runtime | yes |" in report
+    text = report(api, incident)
+    assert "| scrape_targets | **no** | 1 down |" in text and "job ghost: 0 up, 1 down" in text
+    assert "| network_connectivity | **no** | 1 unreachable |" in text
+    assert "| prometheus_runtime | yes |" in text
 
 
 def test_alertmanager_not_sending_reads_status_and_failures_and_escalates(env, prefect_server):
@@ -132,10 +129,10 @@ def test_alertmanager_not_sending_reads_status_and_failures_and_escalates(env, p
     final = wait_run_final(api, incident, timeout=60)
     assert final["deployment_id"] == _deployment(api, "alertmanager-not-sending")
     assert final["state"]["name"] == "Escalated", final["state"]
-    report = _report(api, incident)
-    assert "| alertmanager_status | yes |" in report and "receivers responder" in report
-    assert "| alertmanager_notification_failures | **no** |" in report and "failing since start: webhook" in report
-    assert "| prometheus_alertmanagers | yes |" in report
+    text = report(api, incident)
+    assert "| alertmanager_status | yes |" in text and "receivers responder" in text
+    assert "| alertmanager_notification_failures | **no** |" in text and "failing since start: webhook" in text
+    assert "| prometheus_alertmanagers | yes |" in text
 
 
 def test_external_outage_switches_degraded_mode_and_verifies_recovery(env, prefect_server):
@@ -153,8 +150,8 @@ def test_external_outage_switches_degraded_mode_and_verifies_recovery(env, prefe
     final = wait_run_final(api, incident, timeout=60)
     assert final["deployment_id"] == _deployment(api, "external-service-failures")
     assert final["state"]["name"] == "Resolved", final["state"]
-    report = _report(api, incident)
-    assert "stripe (Payments API down)" in report and "| set_flag | flag degraded-mode | risky | done |" in report
+    text = report(api, incident)
+    assert "stripe (Payments API down)" in text and "| set_flag | flag degraded-mode | risky | done |" in text
 
 
 def test_grafana_not_loading_names_the_failing_data_source(env, prefect_server):
@@ -163,8 +160,8 @@ def test_grafana_not_loading_names_the_failing_data_source(env, prefect_server):
     final = wait_run_final(api, incident, timeout=60)
     assert final["deployment_id"] == _deployment(api, "grafana-not-loading")
     assert final["state"]["name"] == "Escalated", final["state"]
-    report = _report(api, incident)
-    assert "| grafana_health | yes |" in report
-    assert "| grafana_datasources | **no** | 1 failing |" in report and "Prometheus (Post" in report
-    assert "| prometheus_query_up | yes |" in report
-    assert "secret" not in report  # the login in grafana_url is never shown
+    text = report(api, incident)
+    assert "| grafana_health | yes |" in text
+    assert "| grafana_datasources | **no** | 1 failing |" in text and "Prometheus (Post" in text
+    assert "| prometheus_query_up | yes |" in text
+    assert "secret" not in text  # the login in grafana_url is never shown

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from conftest import CaptureServer, make_config, prefect_post, running_responder, wait_for
-from test_probes_prometheus import AlertmanagerServer, AppTarget, PrometheusServer
+from support.prometheus import AlertmanagerServer, AppTarget, PrometheusServer
 
 SCHEDULED = {"daily-checks": "0 8 * * *", "weekly-checks": "0 8 * * 1", "monthly-checks": "0 8 1 * *",
              "log-retention": "30 3 * * *", "backup-freshness": "0 7 * * *"}

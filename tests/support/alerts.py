@@ -1,0 +1,21 @@
+"""Alertmanager v4 webhook bodies for tests."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+
+def alert_body(alertname: str, test_id: str, **labels: str) -> dict:
+    """An Alertmanager v4 webhook body with one firing alert."""
+    all_labels = {"alertname": alertname, "severity": "warning", "job": "shop", "test_id": test_id, **labels}
+    fingerprint = uuid.uuid4().hex[:16]
+    return {
+        "version": "4", "groupKey": f'{{}}:{{alertname="{alertname}", test_id="{test_id}-{fingerprint}"}}',
+        "truncatedAlerts": 0, "status": "firing", "receiver": "responder",
+        "groupLabels": {"alertname": alertname}, "commonLabels": all_labels, "commonAnnotations": {"summary": alertname},
+        "externalURL": "http://alertmanager.test:9093",
+        "alerts": [{"status": "firing", "labels": all_labels, "annotations": {"summary": f"{alertname} (test)"},
+                    "startsAt": datetime.now(timezone.utc).isoformat(), "endsAt": "0001-01-01T00:00:00Z",
+                    "generatorURL": "", "fingerprint": fingerprint}],
+    }
