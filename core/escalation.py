@@ -6,8 +6,8 @@ import logging
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from responder.catalog import Catalog
-from responder.store import Incident
+from core.catalog import Catalog
+from core.store import Incident
 
 log = logging.getLogger("responder.escalation")
 

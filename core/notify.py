@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_exponential
 
-from responder.catalog import Catalog
-from responder.settings import ResponderSettings
-from responder.store import Incident, Store
+from core.catalog import Catalog
+from core.settings import ResponderSettings
+from core.store import Incident, Store
 
 log = logging.getLogger("responder.notify")
 
@@ -148,9 +148,15 @@ class Notifier:
 
     # -- what happened ---------------------------------------------------------------
     def send(self, incident: Incident, kind: str, text: str, *, details: dict[str, Any] | None = None,
-             blocks: list[dict[str, Any]] | None = None, discord: bool = False, pagerduty: str | None = None) -> list[str]:
-        """Send one incident event everywhere it belongs; returns the channels that failed (recorded)."""
+             discord: bool = False, pagerduty: str | None = None) -> list[str]:
+        """Send one incident event everywhere it belongs; returns the channels that failed (recorded).
+
+        How it looks is decided here, per channel: in Slack, an ``opened`` incident and a ``page``
+        carry an Acknowledge button, an ``approval-asked`` (``details["flow_run_id"]``) Approve and
+        Reject buttons.
+        """
         failures: list[str] = []
+        blocks = _slack_blocks(incident, kind, text, details or {})
         attempts: list[tuple[str, Any]] = [
             ("slack", lambda: self.slack(incident, text, blocks)),
             ("webhooks", lambda: self.webhooks({"kind": kind, "text": text, "incident": _incident_body(incident),
@@ -181,6 +187,14 @@ def _incident_body(incident: Incident) -> dict[str, Any]:
         "opened_at": incident.opened_at,
         "acknowledged_by": incident.acknowledged_by,
     }
+
+
+def _slack_blocks(incident: Incident, kind: str, text: str, details: dict[str, Any]) -> list[dict[str, Any]] | None:
+    if kind in ("opened", "page"):
+        return [section(text), *ack_button(incident.id)]
+    if kind == "approval-asked" and details.get("flow_run_id"):
+        return [section(text), *action_buttons(str(details["flow_run_id"]))]
+    return None
 
 
 def action_buttons(flow_run_id: str) -> list[dict[str, Any]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -92,8 +91,3 @@ class ResponderSettings(BaseSettings):
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_urlsafe(32))
         return SecretStr(path.read_text().strip())
-
-
-@lru_cache
-def get_settings() -> ResponderSettings:
-    return ResponderSettings()

@@ -24,8 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from responder.alerts import Alert, AlertmanagerPayload
-from responder.catalog import Catalog
+from core.alerts import Alert, AlertmanagerPayload
+from core.catalog import Catalog
 
 
 class StoreUnavailable(Exception):

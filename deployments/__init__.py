@@ -22,7 +22,7 @@ from typing import Any
 
 from prefect.events import DeploymentEventTrigger
 
-from responder.catalog import Catalog, Runbook
+from core.catalog import Catalog, Runbook
 
 FIRING_EVENT = "responder.alert.firing"
 

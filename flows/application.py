@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 
+import httpx
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -26,10 +28,11 @@ from flows import checks
 from flows.checks import collect, compact, measured, setting
 from flows.host import locate, prometheus_url
 from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
-from responder.alerts import Alert, IncidentRef
-from tasks.base import ProbeResult
+from core.alerts import Alert, IncidentRef
+from tasks.base import ProbeResult, Risk
 from tasks.mitigations import PlannedAction
 from tasks.probes import hosts, http, postgres, prometheus
+from tasks.probes import redis as redis_probes
 
 ENDPOINTS = ("job", *checks.ENDPOINT_LABELS)  # sum by these: whichever label the application uses
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9/_.\-]{0,200}$")
@@ -50,8 +53,6 @@ def check_database_performance(slow_query_ms: float, connections_ratio: float) -
 @task(name="check-service-dependencies", **checks.PROBE)
 def check_service_dependencies() -> ProbeResult:
     """Seed 000 "pg_isready", "redis-cli ping", "curl -I https://api.themoviedb.org/..." (externals separately)."""
-    from tasks.probes import redis as redis_probes
-
     results = []
     pg = checks.targets().postgres.get("default")
     if pg is not None and pg.url is not None:
@@ -212,8 +213,6 @@ def verify_endpoint(alert: Alert) -> ProbeResult:
     selected = checks.targets().select("services", alert.labels)
     if not path or not _SAFE_PATH.match(path) or selected is None or not selected[1].health_url:
         return checks.unconfigured("endpoint_status", "a service with health_url and a plain path label", False)
-    import httpx
-
     origin = httpx.URL(selected[1].health_url).copy_with(path="/", query=None)
     result = http.health_check(str(origin.join(path)), attempts=1)
     return result.model_copy(update={"probe": "endpoint_status"})
@@ -373,8 +372,6 @@ def _names(*words: str) -> list[str]:
 @task(name="plan-resolution", cache_policy=NO_CACHE)
 def plan_uploads(alert: Alert, disk: ProbeResult, queue: ProbeResult, stuck_minutes: float) -> list[PlannedAction]:
     """Seed 001: "If disk space full: clean up temp files"; "If worker stuck: restart workers, clear stuck jobs"."""
-    from tasks.base import Risk
-
     plans: list[PlannedAction | None] = []
     paths = checks.targets().paths
     if measured(disk) and not disk.ok and paths.temp:

@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from flows import checks
 from flows.checks import collect, compact, measured, setting
 from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
-from responder.alerts import Alert, IncidentRef
+from core.alerts import Alert, IncidentRef
 from tasks.base import ProbeResult, Risk
 from tasks.mitigations import PlannedAction
 from tasks.probes import prometheus

@@ -32,8 +32,8 @@ from pydantic import SecretStr
 
 from flows.host import locate, prometheus_url
 from flows.lifecycle import runtime
-from responder.alerts import Alert
-from responder.catalog import Runbook
+from core.alerts import Alert
+from core.catalog import Runbook
 from tasks.base import ProbeResult, ResponderError, Risk
 from tasks.mitigations import PlannedAction
 from tasks.probes import backups, external, hosts, logs, prometheus, queues, system

@@ -67,8 +67,8 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
 from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
-from responder.alerts import Alert, IncidentRef
-from responder.catalog import Runbook
+from core.alerts import Alert, IncidentRef
+from core.catalog import Runbook
 from tasks.base import ActionOutcome, ProbeResult, Risk
 from tasks.mitigations import PlannedAction
 from tasks.probes import postgres, system

@@ -49,8 +49,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.host import cannot_measure, locate_host, prometheus_url
 from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
-from responder.alerts import Alert, IncidentRef
-from responder.catalog import PathTargets
+from core.alerts import Alert, IncidentRef
+from core.catalog import PathTargets
 from tasks.base import ProbeResult, Risk
 from tasks.mitigations import PlannedAction
 from tasks.probes import hosts

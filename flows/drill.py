@@ -12,7 +12,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
-from responder.alerts import Alert, IncidentRef
+from core.alerts import Alert, IncidentRef
 from tasks.base import ActionOutcome, ProbeResult, Risk
 from tasks.mitigations import PlannedAction
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 from uuid import UUID
 
 from prefect import flow, get_run_logger
+from prefect.runtime import deployment
 from prefect.states import Completed, State
+from prefect.utilities.asyncutils import run_coro_as_sync
 
+from core import metrics
+from core.escalation import schedule_next_page
 from flows.lifecycle import notifier, runtime
-from responder import metrics
-from responder.notify import ack_button, section
 
 
 @flow(name="escalation-page", flow_run_name="page L{level} {incident_id}")
@@ -41,7 +43,7 @@ def escalation_page(incident_id: str, level: int) -> State:
             f"{incident.title} — `{incident.runbook}`, {incident.severity}, open since {incident.opened_at}")
     first = level == min(step.level for step in catalog.escalation.steps_for(incident.severity))
     notifier().send(incident, "page", text, details={"level": level, "who": target.who},
-                    blocks=[section(text), *ack_button(incident.id)], discord=True,
+                    discord=True,
                     pagerduty="trigger" if first else None)
     store.add_timeline(incident_id, "page", f"paged level {level}: {target.who}")
     store.record_event(incident_id, "paged", {"level": level, "who": target.who})
@@ -52,11 +54,6 @@ def escalation_page(incident_id: str, level: int) -> State:
 
 
 def _schedule_next(incident, level: int) -> None:
-    from prefect.runtime import deployment
-    from prefect.utilities.asyncutils import run_coro_as_sync
-
-    from responder.escalation import schedule_next_page
-
     settings, catalog, _ = runtime()
     if deployment.id:
         run_coro_as_sync(schedule_next_page(incident, catalog, settings.time_scale, UUID(deployment.id), after_level=level))

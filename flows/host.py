@@ -25,8 +25,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows.lifecycle import conclude, runtime
-from responder.alerts import Alert, IncidentRef
-from responder.catalog import Runbook
+from core.alerts import Alert, IncidentRef
+from core.catalog import Runbook
 from tasks.base import ActionOutcome
 from tasks.probes import hosts, node
 

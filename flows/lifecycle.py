@@ -13,27 +13,33 @@ run Failed), so the action does not run and the incident escalates.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import threading
 import uuid
 import time
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache
 from typing import Any, Callable
 from uuid import UUID
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+import prefect.runtime as prefect_runtime
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.flow_runs import pause_flow_run, resume_flow_run
+from prefect.settings import PREFECT_UI_URL
 from prefect.cache_policies import NO_CACHE
 from prefect.input import RunInput
 from prefect.states import Completed, State
 from pydantic import Field
 
-from responder.alerts import Alert, IncidentRef
-from responder.catalog import Catalog, Runbook, load_catalog
-from responder.settings import ResponderSettings, get_settings
-from responder.store import Store, open_store
+from core.alerts import Alert, IncidentRef
+from core import metrics
+from core.catalog import Catalog, Runbook
+from core.notify import Notifier
+from core.services import current
+from core.settings import ResponderSettings
+from core.store import Store
 from tasks.base import ActionOutcome, ErrorCode, ProbeResult, ResponderError, Risk
 from tasks.mitigations import REGISTRY, PlannedAction
 
@@ -43,34 +49,23 @@ LOOP_GUARD_LIMIT = 3
 LOOP_GUARD_WINDOW = timedelta(hours=1)
 
 
-@lru_cache
 def runtime() -> tuple[ResponderSettings, Catalog, Store]:
-    """Settings, catalog and store of this process (loaded once)."""
-    settings = get_settings()
-    catalog = load_catalog(settings.config_dir)
-    db_url = settings.database_url.get_secret_value() if settings.database_url else None
-    return settings, catalog, open_store(db_url, settings.sqlite_path)
+    """Settings, catalog and store of the services bound to this run (see :mod:`core.services`)."""
+    services = current()
+    return services.settings, services.catalog, services.store
 
 
-@lru_cache
-def notifier():
-    from responder.notify import Notifier
-
-    settings, catalog, store = runtime()
-    return Notifier(settings, catalog, store)
+def notifier() -> Notifier:
+    return current().notifier
 
 
 def run_url(flow_run_id: str) -> str:
-    from prefect.settings import PREFECT_UI_URL
-
     base = (PREFECT_UI_URL.value() or "").rstrip("/")
     return f"{base}/runs/flow-run/{flow_run_id}" if base else flow_run_id
 
 
 def current_flow_run_id() -> str:
-    from prefect.runtime import flow_run
-
-    return str(flow_run.id)
+    return str(prefect_runtime.flow_run.id)
 
 
 class Approval(RunInput):
@@ -111,8 +106,6 @@ def runbook_flow(name: str, run_name: str) -> Callable[[Callable[..., Any]], Any
 
 def publish_timeline(incident_id: str) -> None:
     """The incident's timeline as a table artifact (a new version each time: the UI shows the latest)."""
-    from prefect.artifacts import create_table_artifact
-
     _, _, store = runtime()
     create_table_artifact(store.timeline(incident_id), key=f"timeline-{incident_id.lower()}",
                           description="Incident timeline (updated as the response goes)")
@@ -131,7 +124,6 @@ def acknowledge(runbook_name: str, alert: Alert, incident: IncidentRef | None) -
         opened = store.open_manual_incident(runbook.name, alert.labels.get("severity") or runbook.severity, alert.summary, run_id)
         incident = IncidentRef(id=opened.id, runbook=opened.runbook, group_key=opened.group_key, severity=opened.severity)
     claimed, record = store.claim_incident(incident.id, run_id)
-    _incident_of_run[run_id] = incident.id
     logger = get_run_logger()
     if not claimed:
         logger.warning("Incident %s is already handled by run %s; this run stops here", incident.id, record.flow_run_id)
@@ -139,12 +131,9 @@ def acknowledge(runbook_name: str, alert: Alert, incident: IncidentRef | None) -
     logger.info("Acknowledged %s on %s (%s): %s", alert.alertname, alert.instance or "?", incident.severity, alert.summary)
     store.add_timeline(incident.id, "detected", f"{alert.alertname} on {alert.instance or '?'} fired at {alert.startsAt.isoformat()}")
     store.add_timeline(incident.id, "response", f"runbook {runbook_name} started (run {run_id})")
-    from responder.notify import ack_button, section
-
     text = (f":fire: *{alert.alertname}* on `{alert.instance or '?'}` ({incident.severity}): {alert.summary}\n"
             f"Runbook `{runbook_name}` is responding: {run_url(run_id)}")
     notifier().send(record, "opened", text, details={"alert": alert.model_dump(mode="json")},
-                    blocks=[section(text), *ack_button(incident.id)],
                     pagerduty="trigger" if incident.severity == "critical" else None)
     publish_timeline(incident.id)
     return incident
@@ -170,17 +159,14 @@ def _approval_description(plan: PlannedAction, runbook: Runbook, evidence: list[
     return "\n".join(lines)
 
 
-_incident_of_run: dict[str, str] = {}
-
-
 def _current_incident_id() -> str | None:
-    return _incident_of_run.get(current_flow_run_id())
+    """The incident this run claimed in ``acknowledge`` (the store records the claim)."""
+    incident = runtime()[2].incident_by_run(current_flow_run_id())
+    return incident.id if incident is not None else None
 
 
 def ask_approval(plan: PlannedAction, runbook: Runbook, evidence: list[ProbeResult], deadline_seconds: float) -> Approval:
     """Pause the run until a human answers; answer 'no' ourselves at the deadline."""
-    from prefect.flow_runs import pause_flow_run, resume_flow_run
-
     flow_run_id = UUID(current_flow_run_id())
     deadline = max(1.0, deadline_seconds)
     timer_answered = threading.Event()
@@ -196,8 +182,6 @@ def ask_approval(plan: PlannedAction, runbook: Runbook, evidence: list[ProbeResu
             log.debug("Deadline answer not needed: %s", exc)
 
     _, _, store = runtime()
-    from responder.notify import action_buttons, section
-
     incident_id = _current_incident_id()
     if incident_id:
         record = store.incident(incident_id)
@@ -207,9 +191,10 @@ def ask_approval(plan: PlannedAction, runbook: Runbook, evidence: list[ProbeResu
         store.add_timeline(incident_id, "approval-asked", f"{plan.action} on {plan.target}: {plan.why}")
         store.set_note(incident_id, "waiting_on", f"approval of {plan.action} on {plan.target} (run {flow_run_id})")
         if record is not None:
-            notifier().send(record, "approval-asked", text, details={"flow_run_id": str(flow_run_id), "plan": plan.model_dump(mode="json")},
-                            blocks=[section(text), *action_buttons(str(flow_run_id))])
-    timer = threading.Timer(deadline, answer_no_at_deadline)
+            notifier().send(record, "approval-asked", text,
+                            details={"flow_run_id": str(flow_run_id), "plan": plan.model_dump(mode="json")})
+    # The timer answers with the run's own Prefect settings and client context.
+    timer = threading.Timer(deadline, contextvars.copy_context().run, args=(answer_no_at_deadline,))
     timer.daemon = True
     timer.start()
     try:
@@ -295,8 +280,6 @@ def mitigate(
 
 
 def _record_outcome(incident: IncidentRef, outcome: ActionOutcome) -> None:
-    from responder import metrics
-
     _, _, store = runtime()
     metrics.ACTIONS.labels(outcome.status).inc()
     text = f"{outcome.action} on {outcome.target}: {outcome.status}{' (dry run)' if outcome.dry_run else ''} — {outcome.detail}"

@@ -37,7 +37,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.host import cannot_measure, host_service, locate_host, prometheus_url
 from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
-from responder.alerts import Alert, IncidentRef
+from core.alerts import Alert, IncidentRef
 from tasks.base import ProbeResult, Risk
 from tasks.mitigations import PlannedAction, plan_process_terminations
 from tasks.probes import hosts, http

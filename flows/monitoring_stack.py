@@ -20,7 +20,7 @@ from prefect import task
 from flows import checks
 from flows.checks import collect, compact, measured, setting
 from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
-from responder.alerts import Alert, IncidentRef
+from core.alerts import Alert, IncidentRef
 from tasks.base import ProbeResult
 from tasks.probes import http
 

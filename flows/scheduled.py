@@ -30,11 +30,11 @@ from prefect.states import Completed, State
 from flows import checks
 from flows.checks import collect
 from flows.lifecycle import current_flow_run_id, runtime
-from responder.catalog import Runbook
-from responder.notify import post_json
+from core.catalog import Runbook
+from core.notify import post_json
 from tasks.base import ActionOutcome, ProbeResult
 from tasks.mitigations import REGISTRY
-from tasks.probes import http, logs, prometheus, system
+from tasks.probes import http, logs, postgres, prometheus, system
 
 DAILY_COST = "sum(increase(affiliate_api_cost_dollars[24h]))"
 ENDPOINTS = ("job", *checks.ENDPOINT_LABELS)
@@ -334,8 +334,6 @@ check_backups_for_restore = checks.backup_freshness.with_options(name="disaster-
 
 @task(name="capacity-planning-database-size", **checks.PROBE)
 def database_size() -> ProbeResult:
-    from tasks.probes import postgres
-
     entry = checks.targets().postgres.get("default")
     if entry is None or entry.url is None:
         return checks.unconfigured("pg_database_sizes", "postgres.default", False)

@@ -54,8 +54,8 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
 from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
-from responder.alerts import Alert, IncidentRef
-from responder.catalog import Runbook, ServiceTarget
+from core.alerts import Alert, IncidentRef
+from core.catalog import Runbook, ServiceTarget
 from tasks.base import ActionOutcome, ProbeResult, Risk
 from tasks.mitigations import PlannedAction
 from tasks.probes import http, mongo, postgres, redis

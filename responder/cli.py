@@ -18,8 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-from responder.catalog import CatalogError, load_catalog
-from responder.settings import ResponderSettings
+from core.catalog import CatalogError, load_catalog
+from core.settings import ResponderSettings
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -159,8 +159,9 @@ def cmd_drill(args: argparse.Namespace, settings: ResponderSettings) -> int:
 def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
     import asyncio
 
+    from core.services import build
     from responder.runtime import EmbeddedPrefectServer, Responder, default_prefect_home
-    from responder.store import StoreUnavailable, open_store
+    from core.store import StoreUnavailable, open_store
 
     try:
         catalog = load_catalog(settings.config_dir)
@@ -190,7 +191,7 @@ def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
     else:
         ui = os.environ["PREFECT_API_URL"].rstrip("/").removesuffix("/api")
 
-    responder = Responder(settings, catalog, store)
+    responder = Responder(build(settings, catalog, store))  # the process's one set of services
     try:
         responder.catalog.resolve_flows()
     except CatalogError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
-from responder.catalog import Catalog
+from core.catalog import Catalog
 
 
 def _flow_doc(flow_path: str) -> tuple[str, str]:

@@ -29,6 +29,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 from uuid import UUID
 
+from prefect.flow_engine import run_flow
+
+from core.services import Services, bound
+
 logger = logging.getLogger("responder.executor")
 
 READY_MARK_SECONDS = 30.0
@@ -38,11 +42,13 @@ class Executor:
     def __init__(
         self,
         flows_by_deployment: dict[UUID, tuple[str, Any]],
+        services: Services,
         poll_seconds: float = 2.0,
         max_concurrent_runs: int = 64,
         on_run_started: Callable[[str], None] | None = None,
     ) -> None:
         self.flows_by_deployment = flows_by_deployment
+        self.services = services
         self.poll_seconds = poll_seconds
         self._slots = threading.BoundedSemaphore(max_concurrent_runs)
         self._inflight: set[UUID] = set()
@@ -228,12 +234,11 @@ class Executor:
             self._slots.release()
 
     def _execute(self, flow: Any, flow_run: Any, runbook: str) -> None:
-        from prefect.flow_engine import run_flow
-
         try:
             if self.on_run_started:
                 self.on_run_started(runbook)
-            run_flow(flow, flow_run=flow_run, return_type="state")
+            with bound(self.services):  # the run's steps use the process's store and notifier
+                run_flow(flow, flow_run=flow_run, return_type="state")
         except BaseException:
             logger.exception("Run %s of %s ended with an engine error", flow_run.id, runbook)
         finally:

@@ -31,9 +31,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from responder import metrics
-from responder.alerts import AlertmanagerPayload
-from responder.store import StoreUnavailable
+from core import metrics
+from core.alerts import AlertmanagerPayload
+from core.store import StoreUnavailable
+from responder.approvals import ApprovalError, answer
 
 if TYPE_CHECKING:
     from responder.runtime import Responder
@@ -179,7 +180,6 @@ def create_app(responder: "Responder") -> FastAPI:
         if kind == "ack":
             return await _acknowledge(value, who)
         if kind in ("approve", "reject"):
-            from responder.approvals import ApprovalError, answer
 
             try:
                 await answer(value, kind == "approve", f"via Slack by {who}", who)

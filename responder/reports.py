@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from responder.store import Incident
+from core.store import Incident
 
 
 def incident_markdown(incident: Incident, alerts: list[dict[str, Any]]) -> str:

@@ -20,10 +20,17 @@ from typing import Any
 
 import httpx
 
-from responder import metrics
-from responder.catalog import Catalog
-from responder.settings import PROJECT_ROOT, ResponderSettings
-from responder.store import IngestResult, Store, StoreUnavailable
+from core import metrics
+from core.escalation import cancel_pages, schedule_next_page
+from core.settings import PROJECT_ROOT
+from core.services import Services
+from core.store import IngestResult, StoreUnavailable
+from deployments import build_deployments
+from flows.escalation import escalation_page
+from responder.executor import Executor
+from responder.prefect_api import (ensure_canary, post_events, probe_triggers, release_waiting_run,
+                                   server_healthy)
+from responder.reports import publish_incident_artifact, publish_postmortem
 
 logger = logging.getLogger("responder")
 
@@ -102,10 +109,15 @@ class EmbeddedPrefectServer:
 
 
 class Responder:
-    def __init__(self, settings: ResponderSettings, catalog: Catalog, store: Store) -> None:
-        self.settings = settings
-        self.catalog = catalog
-        self.store = store
+    """The service: intake hooks, deployments, event delivery, follow-ups and the executor, on one set
+    of :class:`~core.services.Services` that the executor also binds around every run."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.catalog = services.catalog
+        self.store = services.store
+        self.notifier = services.notifier
         self.executor: Any = None
         self.prefect_ready = False
         self.triggers_ready = False
@@ -113,9 +125,6 @@ class Responder:
         self._follow_up_wake: asyncio.Event | None = None
         self.deployment_ids: dict[str, Any] = {}
         self.page_deployment_id: Any = None
-        from responder.notify import Notifier
-
-        self.notifier = Notifier(settings, catalog, store)
 
     # -- called by the intake ----------------------------------------------------
     def after_ingest(self, result: IngestResult) -> None:
@@ -138,8 +147,6 @@ class Responder:
             store_ok = True
         except StoreUnavailable:
             store_ok = False
-        from responder.prefect_api import server_healthy
-
         async with httpx.AsyncClient() as http:
             server_ok = await server_healthy(http)
         if not server_ok:
@@ -156,10 +163,6 @@ class Responder:
     # -- Prefect set-up ------------------------------------------------------------
     async def apply_deployments(self) -> None:
         """Register every runbook deployment and its trigger; retried until the server answers."""
-        from deployments import build_deployments
-        from flows.escalation import escalation_page
-        from responder.prefect_api import ensure_canary
-
         flows = self.catalog.resolve_flows()
         delay = 1.0
         while True:
@@ -178,13 +181,12 @@ class Responder:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
         self.prefect_ready = True
-        from responder.executor import Executor
-
         self.executor = Executor(
             {
                 **{self.deployment_ids[name]: (name, flows[name]) for name in self.deployment_ids},
                 self.page_deployment_id: ("escalation-page", escalation_page),
             },
+            services=self.services,
             poll_seconds=self.settings.poll_seconds,
             max_concurrent_runs=self.settings.max_concurrent_runs,
             on_run_started=lambda runbook: metrics.RUNS_STARTED.labels(runbook).inc(),
@@ -193,8 +195,6 @@ class Responder:
     # -- event delivery ----------------------------------------------------------
     async def deliver_forever(self) -> None:
         """Send stored events to Prefect, oldest first, until each one is accepted."""
-        from responder.prefect_api import post_events, probe_triggers, server_healthy
-
         self._deliver_wake = asyncio.Event()
         retry = self.settings.delivery_retry_seconds
         async with httpx.AsyncClient() as http:
@@ -276,10 +276,6 @@ class Responder:
             logger.warning("Follow-ups paused (%s: %s); will retry", type(exc).__name__, exc)
 
     async def _follow_up_one(self, event: dict[str, Any]) -> None:
-        from responder.escalation import cancel_pages, schedule_next_page
-        from responder.prefect_api import release_waiting_run
-        from responder.reports import publish_incident_artifact, publish_postmortem
-
         name = event["event"]
         incident_ref = (event.get("payload") or {}).get("incident")
         if not incident_ref or not name.startswith(("responder.alert.firing", "responder.incident.")):

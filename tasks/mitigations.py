@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 from pydantic import BaseModel, Field
 
+from tasks.actions import ACTIONS
 from tasks.base import ActionOutcome, ErrorCode, Mitigation, ResponderError, Risk
 
 
@@ -81,8 +82,6 @@ CORE: tuple[Mitigation, ...] = (
 
 
 def _registry() -> dict[str, Mitigation]:
-    from tasks.actions import ACTIONS
-
     registry: dict[str, Mitigation] = {}
     for mitigation in (*CORE, *ACTIONS):
         if mitigation.name in registry:

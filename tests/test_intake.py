@@ -160,7 +160,7 @@ def test_connections_cut_by_the_server_are_replaced_in_every_thread(postgres_url
     import threading
 
     from conftest import temporary_database
-    from responder.store import PostgresStore, StoreUnavailable
+    from core.store import PostgresStore, StoreUnavailable
 
     class Worker:  # a long-lived thread, like the intake's worker threads, that keeps its connection
         def __init__(self) -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from conftest import CaptureServer, make_config
-from responder.catalog import load_catalog
-from responder.notify import Notifier
-from responder.settings import ResponderSettings
-from responder.store import open_store
+from core.catalog import load_catalog
+from core.notify import Notifier
+from core.settings import ResponderSettings
+from core.store import open_store
 
 
 def _setup(tmp_path: Path, slack_url: str, notify: dict):
