@@ -27,8 +27,9 @@ from prefect.cache_policies import NO_CACHE
 from flows import checks
 from flows.checks import collect, compact, measured, setting
 from flows.host import locate, prometheus_url
-from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from flows.lifecycle import Assessment, respond, runbook_flow
 from core.alerts import Alert, IncidentRef
+from core.catalog import Runbook
 from tasks.base import ProbeResult, Risk
 from tasks.mitigations import PlannedAction
 from tasks.probes import hosts, http, postgres, prometheus
@@ -93,20 +94,12 @@ def plan_response_time(alert: Alert, p95: ProbeResult, resources: ProbeResult, h
     return compact(plans)
 
 
-@runbook_flow(name="high-response-time", run_name="{alert.labels[alertname]} {alert.fingerprint}")
-def high_response_time(alert: Alert, incident: IncidentRef | None = None):
-    """P95 response time over the alert's threshold: find where the time goes, relieve, verify."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get("high-response-time")
+def assess_response_time(runbook: Runbook, alert: Alert) -> Assessment:
+    """The high-response-time steps of seeds 000-004, in order (each line names its seed)."""
     name = alert.alertname
     threshold = setting(runbook, "p95_seconds", name, 2.0)
     window = checks.window_of(runbook, name, 300)
     match = checks.job_match(alert)
-
-    incident = acknowledge(runbook.name, alert, incident)
-    if incident is None:
-        return "duplicate"
-
     p95 = collect(check_endpoint_performance, threshold, window, ("job",), match)                      # 000 step 1
     endpoints = collect(identify_slow_endpoints, threshold, window, ENDPOINTS, match, required=False)  # 001, 002
     slow_logs = collect(check_slow_request_logs, "slow_requests", ("app",), threshold_ms=threshold * 1000,
@@ -122,11 +115,15 @@ def high_response_time(alert: Alert, incident: IncidentRef | None = None):
                    f"max by (job, instance) (nodejs_heap_used_bytes{{{prometheus.matchers(match)}}}"
                    f" / nodejs_heap_size_limit_bytes{{{prometheus.matchers(match)}}})",
                    setting(runbook, "heap_ratio", name, 0.9), probe="nodejs_heap_ratio", required=False)  # 003
-    evidence = [p95, endpoints, slow_logs, slow_queries_log, database, externals, resources, heap]
+    return Assessment(evidence=[p95, endpoints, slow_logs, slow_queries_log, database, externals, resources, heap],
+                      plans=plan_response_time(alert, p95, resources, heap),
+                      verify=lambda: check_endpoint_performance(threshold, window, ("job",), match, no_data_ok=False))
 
-    outcomes = mitigate(runbook, incident, plan_response_time(alert, p95, resources, heap), evidence)
-    last, verdict = verify_until_ok(lambda: check_endpoint_performance(threshold, window, ("job",), match, no_data_ok=False), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+@runbook_flow(name="high-response-time", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def high_response_time(alert: Alert, incident: IncidentRef | None = None):
+    """P95 response time over the alert's threshold: find where the time goes, relieve, verify."""
+    return respond("high-response-time", alert, incident, assess_response_time)
 
 
 # -- HIGH_ERROR_RATE --------------------------------------------------------------------------
@@ -161,22 +158,14 @@ def plan_error_rate(alert: Alert, rate: ProbeResult, dependencies: ProbeResult, 
     return []
 
 
-@runbook_flow(name="high-error-rate", run_name="{alert.labels[alertname]} {alert.fingerprint}")
-def high_error_rate(alert: Alert, incident: IncidentRef | None = None):
-    """More than 5 % of requests fail: read the errors, check dependencies, degrade or roll back, verify."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get("high-error-rate")
+def assess_error_rate(runbook: Runbook, alert: Alert) -> Assessment:
+    """The high-error-rate steps of seeds 000-004, in order (each line names its seed)."""
     name = alert.alertname
     threshold = setting(runbook, "error_ratio", name, 0.05)
     window = checks.window_of(runbook, name, 300)
     since = setting(runbook, "log_window_minutes", name, 15)
     match = checks.job_match(alert)
     endpoint = checks.endpoint_of(alert)
-
-    incident = acknowledge(runbook.name, alert, incident)
-    if incident is None:
-        return "duplicate"
-
     rate = collect(check_error_rate, threshold, window, ("job",), match)                                     # 003 1
     endpoints = collect(identify_failing_endpoints, threshold, window, ENDPOINTS, match, required=False)     # 002, 003
     error_logs = collect(check_error_logs, "errors", ("error", "app"), since_minutes=since)                  # 000 1
@@ -192,11 +181,17 @@ def high_error_rate(alert: Alert, incident: IncidentRef | None = None):
     database = collect(check_database_performance, setting(runbook, "slow_query_ms", name, 1000),
                        setting(runbook, "connections_ratio", name, 0.8))                                     # 001 3
     externals = collect(verify_external_service_status)                                                      # 001 4
-    evidence = [rate, endpoints, error_logs, patterns, by_type, by_user, breakers, dependencies, database, externals]
+    return Assessment(
+        evidence=[rate, endpoints, error_logs, patterns, by_type, by_user, breakers, dependencies, database, externals],
+        plans=plan_error_rate(alert, rate, dependencies, externals, database),
+        verify=lambda: check_error_rate(threshold, window, ("job",), match, no_data_ok=False),
+    )
 
-    outcomes = mitigate(runbook, incident, plan_error_rate(alert, rate, dependencies, externals, database), evidence)
-    last, verdict = verify_until_ok(lambda: check_error_rate(threshold, window, ("job",), match, no_data_ok=False), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+@runbook_flow(name="high-error-rate", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def high_error_rate(alert: Alert, incident: IncidentRef | None = None):
+    """More than 5 % of requests fail: read the errors, check dependencies, degrade or roll back, verify."""
+    return respond("high-error-rate", alert, incident, assess_error_rate)
 
 
 # -- one endpoint broken (seed 003) -----------------------------------------------------------
@@ -222,33 +217,28 @@ check_endpoint_errors = checks.error_ratio.with_options(name="check-endpoint-err
 check_endpoint_error_logs = checks.log_probe.with_options(name="check-endpoint-errors-in-logs")
 
 
-@runbook_flow(name="endpoint-broken", run_name="{alert.labels[alertname]} {alert.fingerprint}")
-def endpoint_broken(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 003 "One Endpoint is Broken": verify, read its errors, disable it temporarily, verify."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get("endpoint-broken")
+def assess_endpoint(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 003 "One Endpoint is Broken", in order."""
     name = alert.alertname
     endpoint = checks.endpoint_of(alert)
     threshold = setting(runbook, "error_ratio", name, 0.05)
     window = checks.window_of(runbook, name, 300)
     match = {**(checks.job_match(alert) or {}), **checks.endpoint_match(alert)} or None
-
-    incident = acknowledge(runbook.name, alert, incident)
-    if incident is None:
-        return "duplicate"
-
     status = collect(verify_endpoint, alert)                                                                 # 1
     rate = collect(check_endpoint_errors, threshold, window, ENDPOINTS, match)
     errors = collect(check_endpoint_error_logs, "group_by", ("app",), field="error_type", where={"level": "ERROR"},
                      contains=endpoint, since_minutes=setting(runbook, "log_window_minutes", name, 15))     # 2
-    evidence = [status, rate, errors]
-
     plans = []
     if not rate.ok or not status.ok:  # 3 "Disable endpoint temporarily / Return 503 with maintenance message"
         plans = compact([checks.flag_plan(f"endpoint:{endpoint}", f"{rate.line()}; {status.line()}")]) if endpoint else []
-    outcomes = mitigate(runbook, incident, plans, evidence)
-    last, verdict = verify_until_ok(lambda: check_endpoint_errors(threshold, window, ENDPOINTS, match, no_data_ok=False), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+    return Assessment(evidence=[status, rate, errors], plans=plans,
+                      verify=lambda: check_endpoint_errors(threshold, window, ENDPOINTS, match, no_data_ok=False))
+
+
+@runbook_flow(name="endpoint-broken", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def endpoint_broken(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 003 "One Endpoint is Broken": verify, read its errors, disable it temporarily, verify."""
+    return respond("endpoint-broken", alert, incident, assess_endpoint)
 
 
 # -- memory keeps growing (seed 003) ----------------------------------------------------------
@@ -270,36 +260,30 @@ def _growth_query(match: dict[str, str] | None, minutes: float) -> str:
             f" / max by (job, instance) (nodejs_heap_used_bytes{{{m}}} offset {ago})")
 
 
-@runbook_flow(name="memory-keeps-growing", run_name="{alert.labels[alertname]} {alert.fingerprint}")
-def memory_keeps_growing(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 003 "Memory Keeps Growing": confirm over 30 minutes, find the consumer, restart, watch."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get("memory-keeps-growing")
+def assess_memory_growth(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 003 "Memory Keeps Growing", in order."""
     name = alert.alertname
     growth = setting(runbook, "growth_ratio", name, 0.2)
     minutes = setting(runbook, "watch_minutes", name, 30)
     match = checks.job_match(alert)
     query = _growth_query(match, minutes)
-
-    incident = acknowledge(runbook.name, alert, incident)
-    if incident is None:
-        return "duplicate"
-
     # no data from 30 minutes ago: the growth cannot be confirmed, so it is not called healthy either
     leak = collect(confirm_memory_leak, query, growth, probe="heap_growth", no_data_ok=False)                 # 1
     heap = collect(check_heap_ratio, f"max by (job, instance) (nodejs_heap_used_bytes{{{prometheus.matchers(match)}}}"
                    f" / nodejs_heap_size_limit_bytes{{{prometheus.matchers(match)}}})",
                    setting(runbook, "heap_ratio", name, 0.9), probe="nodejs_heap_ratio", required=False)
     consumers = collect(identify_memory_consumers, alert.instance)                                            # 2
-    evidence = [leak, heap, consumers]
-
     plans = []
     if not leak.ok and measured(leak):  # 3 "Temporary fix: docker-compose restart backend"
         plans = compact([checks.service_plan("restart_service", alert, f"{leak.line()}: memory keeps growing")])
-    outcomes = mitigate(runbook, incident, plans, evidence)
-    last, verdict = verify_until_ok(lambda: confirm_memory_leak(query, growth, probe="heap_growth", no_data_ok=False),
-                                    incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+    return Assessment(evidence=[leak, heap, consumers], plans=plans,
+                      verify=lambda: confirm_memory_leak(query, growth, probe="heap_growth", no_data_ok=False))
+
+
+@runbook_flow(name="memory-keeps-growing", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def memory_keeps_growing(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 003 "Memory Keeps Growing": confirm over 30 minutes, find the consumer, restart, watch."""
+    return respond("memory-keeps-growing", alert, incident, assess_memory_growth)
 
 
 # -- queue_processing_time / Queue Backlog / Download Queue Stalled ------------------------------
@@ -325,22 +309,14 @@ def plan_queue(alert: Alert, queue: ProbeResult, stuck_minutes: float) -> list[P
     return compact(plans)
 
 
-@runbook_flow(name="queue-backlog", run_name="{alert.labels[alertname]} {alert.fingerprint}")
-def queue_backlog(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 001 "Queue Processing Delays", seed 004 "Queue Backlog" / "Download Queue Stalled"."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get("queue-backlog")
+def assess_queue(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 001 "Queue Processing Delays" and seed 004 "Queue Backlog" / "Download Queue Stalled", in order."""
     name = alert.alertname
     backlog = int(setting(runbook, "backlog_jobs", name, 100))
     stall = setting(runbook, "stall_minutes", name, 10)
     stuck = setting(runbook, "stuck_minutes", name, 10)
     only = [alert.labels["queue"]] if alert.labels.get("queue") else None
     queue_match = {"queue": alert.labels["queue"]} if alert.labels.get("queue") else None
-
-    incident = acknowledge(runbook.name, alert, incident)
-    if incident is None:
-        return "duplicate"
-
     queue = collect(check_queue_status, "default", only, backlog, stall, stuck)                              # 1
     workers = collect(check_worker_logs, "errors", ("worker",), since_minutes=setting(runbook, "log_window_minutes", name, 15))  # 2
     times = collect(check_processing_times,
@@ -348,11 +324,14 @@ def queue_backlog(alert: Alert, incident: IncidentRef | None = None):
                     f"{{{prometheus.matchers(queue_match)}}}[10m])))",
                     setting(runbook, "processing_p95_seconds", name, 300), probe="queue_processing_p95", unit="s",
                     required=False)                                                                          # 3
-    evidence = [queue, workers, times]
+    return Assessment(evidence=[queue, workers, times], plans=plan_queue(alert, queue, stuck),           # resolution
+                      verify=lambda: check_queue_status("default", only, backlog, stall, stuck))
 
-    outcomes = mitigate(runbook, incident, plan_queue(alert, queue, stuck), evidence)                        # resolution
-    last, verdict = verify_until_ok(lambda: check_queue_status("default", only, backlog, stall, stuck), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+@runbook_flow(name="queue-backlog", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def queue_backlog(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 001 "Queue Processing Delays", seed 004 "Queue Backlog" / "Download Queue Stalled"."""
+    return respond("queue-backlog", alert, incident, assess_queue)
 
 
 # -- video upload failures (seed 001) ------------------------------------------------------------
@@ -395,21 +374,13 @@ def check_upload_pipeline(queue_only: list[str] | None, stall: float, stuck: flo
     return checks.combine("upload_pipeline", [queue, errors])
 
 
-@runbook_flow(name="video-upload-failures", run_name="{alert.labels[alertname]} {alert.fingerprint}")
-def video_upload_failures(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 001 "Video uploads failing or stuck in processing"."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get("video-upload-failures")
+def assess_uploads(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 001 "Video Upload Failures", in order."""
     name = alert.alertname
     since = setting(runbook, "log_window_minutes", name, 15)
     stall = setting(runbook, "stall_minutes", name, 10)
     stuck = setting(runbook, "stuck_minutes", name, 10)
     only = [alert.labels["queue"]] if alert.labels.get("queue") else None
-
-    incident = acknowledge(runbook.name, alert, incident)
-    if incident is None:
-        return "duplicate"
-
     storage = collect(check_storage_status, _names("s3", "r2", "storage"), probe="storage_status")          # 1
     transcoding = collect(verify_transcoding_service, _names("mux", "cloudflare", "transcod"), probe="transcoding_status")  # 2
     worker_logs = collect(check_transcoding_worker_logs, "errors", ("worker", "app"), probe="transcoding_log",
@@ -418,9 +389,13 @@ def video_upload_failures(alert: Alert, incident: IncidentRef | None = None):
                       pattern=r"(?i)upload|video", since_minutes=since)                                      # 3
     disk = collect(check_disk_space_on_workers, setting(runbook, "disk_percent", name, 85))                  # 4
     queue = collect(check_worker_queue, "default", only, None, stall, stuck, required=False)                 # 5
-    evidence = [storage, transcoding, worker_logs, uploads, disk, queue]
+    return Assessment(evidence=[storage, transcoding, worker_logs, uploads, disk, queue],
+                      plans=plan_uploads(alert, disk, queue, stuck),
+                      verify=lambda: check_upload_pipeline(
+                          only, stall, stuck, setting(runbook, "verify_window_minutes", name, 5)))
 
-    outcomes = mitigate(runbook, incident, plan_uploads(alert, disk, queue, stuck), evidence)
-    last, verdict = verify_until_ok(lambda: check_upload_pipeline(
-        only, stall, stuck, setting(runbook, "verify_window_minutes", name, 5)), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+@runbook_flow(name="video-upload-failures", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def video_upload_failures(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 001 "Video uploads failing or stuck in processing"."""
+    return respond("video-upload-failures", alert, incident, assess_uploads)

@@ -21,8 +21,9 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import checks
 from flows.checks import collect, compact, measured, setting
-from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from flows.lifecycle import Assessment, current_incident_id, respond, runbook_flow
 from core.alerts import Alert, IncidentRef
+from core.catalog import Runbook
 from tasks.base import ProbeResult, Risk
 from tasks.mitigations import PlannedAction
 from tasks.probes import prometheus
@@ -59,29 +60,27 @@ def plan_media(alert: Alert, failures: ProbeResult, externals: ProbeResult, queu
     return compact(plans)
 
 
-@runbook_flow(name="failed-media-requests", run_name="{alert.labels[alertname]} {alert.fingerprint}")
-def failed_media_requests(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 000 FAILED_MEDIA_REQUESTS: request status, external services, queue; recover, verify."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get("failed-media-requests")
+def assess_media(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 000 FAILED_MEDIA_REQUESTS' steps, in order."""
     name = alert.alertname
     threshold = setting(runbook, "failure_percent", name, 10)
     query = _media_failure_query(checks.job_match(alert), checks.window_of(runbook, name, 300))
     stuck = setting(runbook, "stuck_minutes", name, 10)
-
-    incident = acknowledge(runbook.name, alert, incident)
-    if incident is None:
-        return "duplicate"
-
     failures = collect(check_request_status, query, threshold, probe="media_failure_percent", unit="%")     # 1
     externals = collect(check_external_service_health)                                                      # 2
     queue = collect(check_media_queue, "default", None, None, setting(runbook, "stall_minutes", name, 10), stuck,
                     required=False)                                                                         # 3
-    evidence = [failures, externals, queue]
+    return Assessment(
+        evidence=[failures, externals, queue],
+        plans=plan_media(alert, failures, externals, queue, stuck),
+        verify=lambda: check_request_status(query, threshold, probe="media_failure_percent", unit="%", no_data_ok=False),
+    )
 
-    outcomes = mitigate(runbook, incident, plan_media(alert, failures, externals, queue, stuck), evidence)
-    last, verdict = verify_until_ok(lambda: check_request_status(query, threshold, probe="media_failure_percent", unit="%", no_data_ok=False), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+@runbook_flow(name="failed-media-requests", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def failed_media_requests(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 000 FAILED_MEDIA_REQUESTS: request status, external services, queue; recover, verify."""
+    return respond("failed-media-requests", alert, incident, assess_media)
 
 
 # -- USER_AUTHENTICATION_ISSUES (seed 000) --------------------------------------------------------
@@ -123,19 +122,11 @@ def plan_security_actions(logins: ProbeResult, blocked: ProbeResult, block_secon
     return plans
 
 
-@runbook_flow(name="user-authentication-issues", run_name="{alert.labels[alertname]} {alert.fingerprint}")
-def user_authentication_issues(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 000 USER_AUTHENTICATION_ISSUES: auth patterns, OAuth, rate limits; block attackers; verify."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get("user-authentication-issues")
+def assess_authentication(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 000 USER_AUTHENTICATION_ISSUES' steps, in order."""
     name = alert.alertname
     threshold = setting(runbook, "failed_login_percent", name, 5)
     query = _failed_login_query(checks.job_match(alert), checks.window_of(runbook, name, 300))
-
-    incident = acknowledge(runbook.name, alert, incident)
-    if incident is None:
-        return "duplicate"
-
     rate = collect(check_failed_logins, query, threshold, probe="failed_login_percent", unit="%")
     logins = collect(check_auth_patterns, "failed_logins", ("auth",),
                      since_minutes=setting(runbook, "window_minutes", name, 15),
@@ -145,13 +136,18 @@ def user_authentication_issues(alert: Alert, incident: IncidentRef | None = None
     limits = collect(check_rate_limiting)                                                                  # 3
     suspects = [r["address"] for r in logins.evidence.get("over_threshold", [])]
     blocked = collect(check_blocklist, suspects)
-    evidence = [rate, logins, oauth, limits, blocked]
+    return Assessment(
+        evidence=[rate, logins, oauth, limits, blocked],
+        plans=plan_security_actions(logins, blocked, setting(runbook, "block_seconds", name, 3600),
+                                    int(setting(runbook, "max_blocks", name, 5))),
+        verify=lambda: check_failed_logins(query, threshold, probe="failed_login_percent", unit="%", no_data_ok=False),
+    )
 
-    plans = plan_security_actions(logins, blocked, setting(runbook, "block_seconds", name, 3600),
-                                  int(setting(runbook, "max_blocks", name, 5)))
-    outcomes = mitigate(runbook, incident, plans, evidence)
-    last, verdict = verify_until_ok(lambda: check_failed_logins(query, threshold, probe="failed_login_percent", unit="%", no_data_ok=False), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+@runbook_flow(name="user-authentication-issues", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def user_authentication_issues(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 000 USER_AUTHENTICATION_ISSUES: auth patterns, OAuth, rate limits; block attackers; verify."""
+    return respond("user-authentication-issues", alert, incident, assess_authentication)
 
 
 # -- HighApiCosts (seed 003) ----------------------------------------------------------------------
@@ -167,19 +163,11 @@ PER_SERVICE = "sum by (service) (rate(affiliate_api_cost_dollars[1h])) * 3600"  
 BURN_RATE = "sum(rate(affiliate_api_cost_dollars[{window}])) * 86400"
 
 
-@runbook_flow(name="high-api-costs", run_name="{alert.labels[alertname]} {alert.fingerprint}")
-def high_api_costs(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 003 HighApiCosts: cost dashboard, culprit service, workflow frequency, retries; reduce frequency."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get("high-api-costs")
+def assess_api_costs(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 003 HighApiCosts' steps, in order."""
     name = alert.alertname
     budget = setting(runbook, "daily_cost_dollars", name, 100)
     burn = BURN_RATE.format(window=checks.window_of(runbook, name, 3600))
-
-    incident = acknowledge(runbook.name, alert, incident)
-    if incident is None:
-        return "duplicate"
-
     daily = collect(view_cost_dashboard, DAILY_COST, budget, probe="daily_api_cost", unit="$")              # 1
     culprit = collect(identify_culprit, PER_SERVICE, None, probe="api_cost_per_service_hourly", unit="$/h")  # 2
     workflows = collect(check_workflow_frequency, "errors", ("app",), probe="workflows_started",
@@ -187,14 +175,17 @@ def high_api_costs(alert: Alert, incident: IncidentRef | None = None):
     retries = collect(check_retries, "errors", ("app",), probe="retry_loops", pattern=r"(?i)retry|exponential.*backoff",
                       since_minutes=60)                                                                       # inv. 3
     rate = collect(check_burn_rate, burn, budget, probe="projected_daily_cost", unit="$")
-    evidence = [daily, culprit, workflows, retries, rate]
-
     plans = []
     if not rate.ok or not daily.ok:  # "Option 1: Reduce generation frequency"
         plans = compact([checks.flag_plan("reduce-generation", f"{daily.line()}; {rate.line()}")])
-    outcomes = mitigate(runbook, incident, plans, evidence)
-    last, verdict = verify_until_ok(lambda: check_burn_rate(burn, budget, probe="projected_daily_cost", unit="$", no_data_ok=False), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+    return Assessment(evidence=[daily, culprit, workflows, retries, rate], plans=plans,
+                      verify=lambda: check_burn_rate(burn, budget, probe="projected_daily_cost", unit="$", no_data_ok=False))
+
+
+@runbook_flow(name="high-api-costs", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def high_api_costs(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 003 HighApiCosts: cost dashboard, culprit service, workflow frequency, retries; reduce frequency."""
+    return respond("high-api-costs", alert, incident, assess_api_costs)
 
 
 # -- NoProductsSynced (seed 003) ------------------------------------------------------------------
@@ -209,21 +200,13 @@ def _increase(metric: str, window: str, match: dict[str, str] | None) -> str:
     return f"sum(increase({metric}{{{prometheus.matchers(match)}}}[{window}]))"
 
 
-@runbook_flow(name="no-products-synced", run_name="{alert.labels[alertname]} {alert.fingerprint}")
-def no_products_synced(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 003 NoProductsSynced: last sync, API errors, rate limit; retry the sync; verify products flow."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get("no-products-synced")
+def assess_products(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 003 NoProductsSynced's steps, in order."""
     name = alert.alertname
     match = checks.job_match(alert)
     window = prometheus.window(setting(runbook, "window_seconds", name, 3600))
     verify_window = prometheus.window(setting(runbook, "verify_window_seconds", name, 300))
     synced = "affiliate_products_synced_total"
-
-    incident = acknowledge(runbook.name, alert, incident)
-    if incident is None:
-        return "duplicate"
-
     last_sync = collect(check_last_sync, _increase(synced, window, match), 0, bad_when="at_or_below",
                         probe="products_synced", no_data_ok=False)                                          # 1
     api_errors = collect(check_api_errors, "errors", ("app",), probe="affiliate_api_errors",
@@ -231,18 +214,20 @@ def no_products_synced(alert: Alert, incident: IncidentRef | None = None):
                          since_minutes=60)                                                                  # rec. 3
     limited = collect(check_rate_limited, "errors", ("app",), probe="rate_limited", pattern=r"\b429\b|(?i:rate.?limit)",
                       since_minutes=setting(runbook, "rate_limit_wait_minutes", name, 120), threshold=0)     # rec. 4
-    evidence = [last_sync, api_errors, limited]
-
     plans = []
     if not last_sync.ok:
         if limited.ok:  # "Retry sync manually"
-            plans = compact([checks.job_plan("sync-products", last_sync.line(), f"{incident.id}-sync-products")])
+            plans = compact([checks.job_plan("sync-products", last_sync.line(), f"{current_incident_id()}-sync-products")])
         # rate limited: "Wait 1-2 hours before next attempt" - nothing to trigger, verification decides
-    outcomes = mitigate(runbook, incident, plans, evidence)
-    last, verdict = verify_until_ok(lambda: verify_sync(
+    return Assessment(evidence=[last_sync, api_errors, limited], plans=plans, verify=lambda: verify_sync(
         _increase(synced, verify_window, match), 0, bad_when="at_or_below", probe="products_synced_recently",
-        no_data_ok=False), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+        no_data_ok=False))
+
+
+@runbook_flow(name="no-products-synced", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def no_products_synced(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 003 NoProductsSynced: last sync, API errors, rate limit; retry the sync; verify products flow."""
+    return respond("no-products-synced", alert, incident, assess_products)
 
 
 # -- NoVideosGenerated (seed 003) -----------------------------------------------------------------
@@ -255,21 +240,13 @@ check_products = checks.prometheus_query.with_options(name="check-product-sync")
 verify_videos = checks.prometheus_query.with_options(name="verify-videos-generating")
 
 
-@runbook_flow(name="no-videos-generated", run_name="{alert.labels[alertname]} {alert.fingerprint}")
-def no_videos_generated(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 003 NoVideosGenerated: last video, queue, budget, generator; trigger generation; verify."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get("no-videos-generated")
+def assess_videos(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 003 NoVideosGenerated's steps, in order."""
     name = alert.alertname
     match = checks.job_match(alert)
     window = prometheus.window(setting(runbook, "window_seconds", name, 7200))
     verify_window = prometheus.window(setting(runbook, "verify_window_seconds", name, 300))
     videos = "affiliate_videos_generated_total"
-
-    incident = acknowledge(runbook.name, alert, incident)
-    if incident is None:
-        return "duplicate"
-
     last_video = collect(check_last_video, _increase(videos, window, match), 0, bad_when="at_or_below",
                          probe="videos_generated", no_data_ok=False)                                         # 1
     queue = collect(check_video_queue, "default", None, None, 10, 10, required=False)                        # 2
@@ -279,17 +256,19 @@ def no_videos_generated(alert: Alert, incident: IncidentRef | None = None):
                         or None, probe="generator_status")                                                   # rec. 1
     products = collect(check_products, _increase("affiliate_products_synced_total", prometheus.window(86400), match), 0,
                        bad_when="at_or_below", probe="products_synced_24h", required=False)
-    evidence = [last_video, queue, costs, generator, products]
-
     plans = []
     # "Trigger manual generation", unless "Budget limit hit", "Pika Labs down" or "Input products missing"
     if not last_video.ok and costs.ok and generator.ok and products.ok:
-        plans = compact([checks.job_plan("generate-videos", last_video.line(), f"{incident.id}-generate-videos")])
-    outcomes = mitigate(runbook, incident, plans, evidence)
-    last, verdict = verify_until_ok(lambda: verify_videos(
+        plans = compact([checks.job_plan("generate-videos", last_video.line(), f"{current_incident_id()}-generate-videos")])
+    return Assessment(evidence=[last_video, queue, costs, generator, products], plans=plans, verify=lambda: verify_videos(
         _increase(videos, verify_window, match), 0, bad_when="at_or_below", probe="videos_generated_recently",
-        no_data_ok=False), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+        no_data_ok=False))
+
+
+@runbook_flow(name="no-videos-generated", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def no_videos_generated(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 003 NoVideosGenerated: last video, queue, budget, generator; trigger generation; verify."""
+    return respond("no-videos-generated", alert, incident, assess_videos)
 
 
 # -- RevenueDeclining (seed 003, INFO) --------------------------------------------------------------
@@ -302,25 +281,21 @@ REVENUE_RATIO = ("sum(increase(affiliate_revenue_dollars_total[24h]))"
                  " / sum(increase(affiliate_revenue_dollars_total[24h] offset {offset}))")
 
 
-@runbook_flow(name="revenue-declining", run_name="{alert.labels[alertname]} {alert.fingerprint}")
-def revenue_declining(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 003 RevenueDeclining (info, < 4 h): the comparisons for the people who act on them."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get("revenue-declining")
+def assess_revenue(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 003 RevenueDeclining's comparisons, in order."""
     day = REVENUE_RATIO.format(offset="24h")
-
-    incident = acknowledge(runbook.name, alert, incident)
-    if incident is None:
-        return "duplicate"
-
     periods = collect(compare_periods, day, 1.0, bad_when="below", probe="revenue_vs_previous_24h")          # 2
     weekly = collect(compare_same_day_last_week, REVENUE_RATIO.format(offset="7d"), 1.0, bad_when="below",
                      probe="revenue_vs_same_day_last_week", required=False)                                   # inv. 1
     pipeline = collect(check_content_pipeline, "sum(increase(affiliate_videos_generated_total[24h]))", 0,
                        bad_when="at_or_below", probe="videos_generated_24h", required=False)                 # inv. 4
-    evidence = [periods, weekly, pipeline]
+    return Assessment(evidence=[periods, weekly, pipeline],
+                      plans=[],  # every action item of the seed is a person's decision
+                      verify=lambda: compare_periods(day, 1.0, bad_when="below", probe="revenue_vs_previous_24h",
+                                                     no_data_ok=False))
 
-    outcomes = mitigate(runbook, incident, [], evidence)  # every action item of the seed is a person's decision
-    last, verdict = verify_until_ok(lambda: compare_periods(day, 1.0, bad_when="below", probe="revenue_vs_previous_24h",
-                                                            no_data_ok=False), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+@runbook_flow(name="revenue-declining", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def revenue_declining(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 003 RevenueDeclining (info, < 4 h): the comparisons for the people who act on them."""
+    return respond("revenue-declining", alert, incident, assess_revenue)

@@ -305,6 +305,38 @@ def backup_freshness() -> ProbeResult:
     return backups.freshness([b.model_dump() for b in targets().backups])
 
 
+# -- data stores (PostgreSQL, Redis, MongoDB) ---------------------------------------------------
+
+_STORE_TITLES = {"postgres": "PostgreSQL", "redis": "Redis", "mongodb": "MongoDB"}
+
+
+def data_store(kind: str, alert: Alert) -> tuple[str, SecretStr] | ProbeResult:
+    """The configured data store of ``kind`` the alert's labels select, or a result saying there is none."""
+    title = _STORE_TITLES[kind]
+    chosen = targets().select(kind, alert.labels)
+    if chosen is None:
+        return ProbeResult(probe=f"{kind}_target", ok=False,
+                           summary=f"no {title} target configured (config/targets.yaml {kind}) for this alert")
+    name, target = chosen
+    if target.url is None:
+        return ProbeResult(probe=f"{kind}_target", ok=False, summary=f"no {title} target configured: {kind}.{name} has no URL")
+    return name, target.url
+
+
+def data_store_restart(kind: str, service: str, down: ProbeResult) -> list[PlannedAction] | ProbeResult:
+    """Restart a data store that does not answer, with the ``services`` entry named for it (never one the
+    alert's labels choose: they name the exporter or the application that noticed)."""
+    if down.ok:
+        return []
+    entry = targets().services.get(service)
+    if entry is None or not entry.restart:
+        return ProbeResult(probe=f"{kind}_restart", ok=False,
+                           summary=f"no restart configured for {_STORE_TITLES[kind]} (config/targets.yaml services.{service})")
+    return [PlannedAction(action="restart_service", risk=Risk.RISKY, target=service,
+                          params={"service": service, "argv": entry.restart},
+                          why=f"{down.line()}: {str(down.evidence.get('error', ''))[:200]}")]
+
+
 # -- planning helpers -----------------------------------------------------------------------
 
 

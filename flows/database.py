@@ -66,10 +66,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
-from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from flows import checks
+from flows.lifecycle import Assessment, cannot_measure, proposals, respond, runbook_flow, runtime
 from core.alerts import Alert, IncidentRef
 from core.catalog import Runbook
-from tasks.base import ActionOutcome, ProbeResult, Risk
+from tasks.base import ProbeResult, Risk
 from tasks.mitigations import PlannedAction
 from tasks.probes import postgres, system
 
@@ -85,16 +86,7 @@ DATABASE_SERVICE = "postgres"
 @task(name="select-postgres-target", cache_policy=NO_CACHE)
 def select_postgres_target(alert: Alert) -> tuple[str, SecretStr] | ProbeResult:
     """The configured PostgreSQL the alert's labels point at, or a result saying there is none."""
-    _, catalog, _ = runtime()
-    chosen = catalog.targets.select("postgres", alert.labels)
-    if chosen is None:
-        return ProbeResult(probe="postgres_target", ok=False,
-                           summary="no PostgreSQL target configured (config/targets.yaml postgres) for this alert")
-    name, target = chosen
-    if target.url is None:
-        return ProbeResult(probe="postgres_target", ok=False,
-                           summary=f"no PostgreSQL target configured: postgres.{name} has no URL")
-    return name, target.url
+    return checks.data_store("postgres", alert)
 
 
 @task(name="check-active-connections", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
@@ -225,118 +217,83 @@ def plan_query_cancellations(target_name: str, long_queries: ProbeResult, limit:
 @task(name="plan-database-restart", cache_policy=NO_CACHE)
 def plan_database_restart(readiness: ProbeResult) -> list[PlannedAction] | ProbeResult:
     """Seed 003 "If hung, force restart": the configured ``postgres`` service, only while unreachable."""
-    if readiness.ok:
-        return []
-    _, catalog, _ = runtime()
-    service = catalog.targets.services.get(DATABASE_SERVICE)
-    if service is None or not service.restart:
-        return ProbeResult(probe="postgres_restart", ok=False,
-                           summary=f"no restart configured for PostgreSQL (config/targets.yaml services.{DATABASE_SERVICE})")
-    return [PlannedAction(
-        action="restart_service", risk=Risk.RISKY, target=DATABASE_SERVICE,
-        params={"service": DATABASE_SERVICE, "argv": service.restart},
-        why=f"{readiness.line()} ({readiness.evidence.get('error', '')})",
-    )]
+    return checks.data_store_restart("postgres", DATABASE_SERVICE, readiness)
 
 
 # -- flows ------------------------------------------------------------------------------------
 
 
-def _no_target(runbook: Runbook, alert: Alert, incident: IncidentRef, missing: ProbeResult):
-    return conclude(runbook, alert, incident, [missing], [], "not-verified", missing)
-
-
-@runbook_flow(name="database-connections", run_name="{alert.alertname} {alert.fingerprint}")
-def database_connections(alert: Alert, incident: IncidentRef | None = None):
-    """Respond to connection exhaustion the way seed 001 says to."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get(CONNECTIONS)
+def assess_connections(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 001 "Database Connection Exhaustion", in order."""
     t = runbook.thresholds
     ratio, minutes = t.get("connections_ratio", 0.8), t.get("long_query_minutes", 5)
-
-    incident = acknowledge(CONNECTIONS, alert, incident)
-    if incident is None:
-        return "duplicate"
     target = select_postgres_target(alert)
     if isinstance(target, ProbeResult):
-        return _no_target(runbook, alert, incident, target)
+        return cannot_measure(target)
     name, dsn = target
-
     connections = check_active_connections(dsn, ratio)
     holders = identify_connection_holders(dsn, t.get("idle_in_transaction_minutes", 5))
     long_queries = identify_long_running_queries(dsn, minutes)
     locks = check_lock_waits(dsn)
     transactions = check_long_transactions(dsn, t.get("long_transaction_minutes", 1))
     slow = check_slow_statements(dsn, t.get("slow_statement_ms", 1000))
-    evidence = [connections, holders, long_queries, locks, transactions, slow]
-
     limit = int(t.get("max_terminations", 5))
-    plans = [*plan_query_terminations(name, long_queries, limit),
-             *plan_idle_transaction_terminations(name, connections, holders, limit)]
-    outcomes = mitigate(runbook, incident, plans, evidence)
+    return Assessment(
+        evidence=[connections, holders, long_queries, locks, transactions, slow],
+        plans=[*plan_query_terminations(name, long_queries, limit),
+               *plan_idle_transaction_terminations(name, connections, holders, limit)],
+        verify=lambda: verify_connections(dsn, ratio, minutes),
+    )
 
-    last, verdict = verify_until_ok(lambda: verify_connections(dsn, ratio, minutes), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+@runbook_flow(name="database-connections", run_name="{alert.alertname} {alert.fingerprint}")
+def database_connections(alert: Alert, incident: IncidentRef | None = None):
+    """Respond to connection exhaustion the way seed 001 says to."""
+    return respond(CONNECTIONS, alert, incident, assess_connections)
+
+
+def assess_slow_queries(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 000 "Queries taking >1s", in order."""
+    t = runbook.thresholds
+    seconds = t.get("query_seconds", 1)
+    target = select_postgres_target(alert)
+    if isinstance(target, ProbeResult):
+        return cannot_measure(target)
+    name, dsn = target
+    slow = identify_slow_queries(dsn, seconds * 1000)
+    running = identify_long_running_queries(dsn, seconds / 60)
+    too_long = identify_long_running_queries(dsn, t.get("cancel_after_minutes", 5))
+    return Assessment(evidence=[slow, running, too_long],
+                      plans=plan_query_cancellations(name, too_long, int(t.get("max_cancellations", 5))),
+                      verify=lambda: identify_long_running_queries(dsn, seconds / 60))
 
 
 @runbook_flow(name="database-slow-queries", run_name="{alert.alertname} {alert.fingerprint}")
 def database_slow_queries(alert: Alert, incident: IncidentRef | None = None):
     """Respond to slow queries the way seed 000 says to."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get(SLOW_QUERIES)
-    t = runbook.thresholds
-    seconds = t.get("query_seconds", 1)
+    return respond(SLOW_QUERIES, alert, incident, assess_slow_queries)
 
-    incident = acknowledge(SLOW_QUERIES, alert, incident)
-    if incident is None:
-        return "duplicate"
+
+def assess_connection_failure(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 003 "Cannot connect to PostgreSQL database", in order."""
+    t = runbook.thresholds
     target = select_postgres_target(alert)
     if isinstance(target, ProbeResult):
-        return _no_target(runbook, alert, incident, target)
-    name, dsn = target
-
-    slow = identify_slow_queries(dsn, seconds * 1000)
-    running = identify_long_running_queries(dsn, seconds / 60)
-    too_long = identify_long_running_queries(dsn, t.get("cancel_after_minutes", 5))
-    evidence = [slow, running, too_long]
-
-    plans = plan_query_cancellations(name, too_long, int(t.get("max_cancellations", 5)))
-    outcomes = mitigate(runbook, incident, plans, evidence)
-
-    last, verdict = verify_until_ok(lambda: identify_long_running_queries(dsn, seconds / 60), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+        return cannot_measure(target)
+    _, dsn = target
+    readiness = check_database_readiness(dsn)
+    evidence = [readiness]
+    if readiness.ok:
+        evidence.append(check_active_connections(dsn, t.get("connections_ratio", 0.8)))
+    disk = check_disk_usage(runtime()[1].targets.paths.disk, t.get("disk_percent", 90), return_state=True)
+    # a cause to look at, not the response itself: a disk figure that cannot be taken must not stop it
+    evidence.append(disk.result() if disk.is_completed() else ProbeResult(
+        probe="disk_usage", ok=True, summary=f"not measured: {disk.message}"))
+    return Assessment(evidence=evidence, plans=proposals(plan_database_restart(readiness), evidence),
+                      verify=lambda: check_database_readiness(dsn))
 
 
 @runbook_flow(name="database-connection-failure", run_name="{alert.alertname} {alert.fingerprint}")
 def database_connection_failure(alert: Alert, incident: IncidentRef | None = None):
     """Respond to an unreachable PostgreSQL the way seed 003 says to."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get(CONNECTION_FAILURE)
-    t = runbook.thresholds
-
-    incident = acknowledge(CONNECTION_FAILURE, alert, incident)
-    if incident is None:
-        return "duplicate"
-    target = select_postgres_target(alert)
-    if isinstance(target, ProbeResult):
-        return _no_target(runbook, alert, incident, target)
-    _, dsn = target
-
-    readiness = check_database_readiness(dsn)
-    evidence = [readiness]
-    if readiness.ok:
-        evidence.append(check_active_connections(dsn, t.get("connections_ratio", 0.8)))
-    disk = check_disk_usage(catalog.targets.paths.disk, t.get("disk_percent", 90), return_state=True)
-    # a cause to look at, not the response itself: a disk figure that cannot be taken must not stop it
-    evidence.append(disk.result() if disk.is_completed() else ProbeResult(
-        probe="disk_usage", ok=True, summary=f"not measured: {disk.message}"))
-
-    outcomes: list[ActionOutcome] = []
-    plans = plan_database_restart(readiness)
-    if isinstance(plans, ProbeResult):
-        evidence.append(plans)
-    else:
-        outcomes = mitigate(runbook, incident, plans, evidence)
-
-    last, verdict = verify_until_ok(lambda: check_database_readiness(dsn), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+    return respond(CONNECTION_FAILURE, alert, incident, assess_connection_failure)

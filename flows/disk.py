@@ -47,10 +47,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flows.host import cannot_measure, locate_host, prometheus_url
-from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from flows.host import locate_host, prometheus_url
+from flows.lifecycle import Assessment, cannot_measure, respond, runbook_flow, runtime
 from core.alerts import Alert, IncidentRef
-from core.catalog import PathTargets
+from core.catalog import PathTargets, Runbook
 from tasks.base import ProbeResult, Risk
 from tasks.mitigations import PlannedAction
 from tasks.probes import hosts
@@ -113,30 +113,26 @@ def plan_cleanup(disk: ProbeResult, paths: PathTargets) -> list[PlannedAction]:
     return plans
 
 
-@runbook_flow(name="disk-space", run_name="{alert.alertname} {alert.fingerprint}")
-def disk_space(alert: Alert, incident: IncidentRef | None = None):
-    """Respond to a full disk the way seeds 000, 001 and 002 say to."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get(RUNBOOK)
+def assess(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 000's steps, in order, on the machine that alerted; seed 002's clean-up on this machine only."""
     threshold = runbook.thresholds.get(alert.alertname, runbook.thresholds.get("disk_percent", 90))
-    paths = catalog.targets.paths
-
-    incident = acknowledge(RUNBOOK, alert, incident)
-    if incident is None:
-        return "duplicate"
-
+    paths = runtime()[1].targets.paths
     host = locate_host(alert)
     if host.how == "unmeasured":
-        return cannot_measure(runbook, alert, incident, host)
+        return cannot_measure(host.result())
     disk = check_disk_usage(host, paths.disk, threshold)
     over = [m["path"] for m in disk.evidence.get("mounts", []) if m["percent"] > threshold] or paths.disk
     large = find_large_files(host, over)
     logs = check_log_files(host, paths.logs) if paths.logs else _not_configured("log_dir_sizes", "log directories")
     temp = check_temp_files(host, paths.temp) if paths.temp else _not_configured("temp_dir_sizes", "temp directories")
-    evidence = [host.result(), disk, logs, temp, large]
+    return Assessment(
+        evidence=[host.result(), disk, logs, temp, large],
+        plans=plan_cleanup(disk, paths) if host.local else [],  # the configured directories are this machine's
+        verify=lambda: check_disk_usage(host, paths.disk, threshold),
+    )
 
-    plans = plan_cleanup(disk, paths) if host.local else []  # the configured directories are this machine's
-    outcomes = mitigate(runbook, incident, plans, evidence)
 
-    last, verdict = verify_until_ok(lambda: check_disk_usage(host, paths.disk, threshold), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+@runbook_flow(name="disk-space", run_name="{alert.alertname} {alert.fingerprint}")
+def disk_space(alert: Alert, incident: IncidentRef | None = None):
+    """Respond to a full disk the way seeds 000, 001 and 002 say to."""
+    return respond(RUNBOOK, alert, incident, assess)

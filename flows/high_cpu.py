@@ -20,9 +20,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flows.host import cannot_measure, host_service, locate_host, prometheus_url
-from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from flows.host import host_service, locate_host, prometheus_url
+from flows.lifecycle import Assessment, cannot_measure, respond, runbook_flow, runtime
 from core.alerts import Alert, IncidentRef
+from core.catalog import Runbook
 from tasks.base import ProbeResult, Risk
 from tasks.mitigations import PlannedAction, plan_process_terminations
 from tasks.probes import hosts
@@ -74,26 +75,20 @@ def plan_immediate_actions(alert: Alert, host: Host, cpu: ProbeResult, top: Prob
     return plans
 
 
-@runbook_flow(name="high-cpu-usage", run_name="HIGH_CPU_USAGE {alert.fingerprint}")
-def high_cpu_usage(alert: Alert, incident: IncidentRef | None = None):
-    """Respond to HIGH_CPU_USAGE the way seed 000 says to."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get(RUNBOOK)
+def assess(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 000's steps, in order, on the machine that alerted."""
     threshold = runbook.thresholds.get("cpu_percent", 80)
-
-    incident = acknowledge(RUNBOOK, alert, incident)
-    if incident is None:
-        return "duplicate"
-
     host = locate_host(alert)
     if host.how == "unmeasured":
-        return cannot_measure(runbook, alert, incident, host)
+        return cannot_measure(host.result())
     cpu = check_cpu_usage(host, threshold)
     top = identify_top_processes(host)
     load = check_system_load(host, runbook.thresholds.get("load_per_core", 1.0))
-    evidence = [host.result(), cpu, load, top]
+    return Assessment(evidence=[host.result(), cpu, load, top], plans=plan_immediate_actions(alert, host, cpu, top),
+                      verify=lambda: check_cpu_usage(host, threshold))
 
-    outcomes = mitigate(runbook, incident, plan_immediate_actions(alert, host, cpu, top), evidence)
 
-    last, verdict = verify_until_ok(lambda: check_cpu_usage(host, threshold), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+@runbook_flow(name="high-cpu-usage", run_name="HIGH_CPU_USAGE {alert.fingerprint}")
+def high_cpu_usage(alert: Alert, incident: IncidentRef | None = None):
+    """Respond to HIGH_CPU_USAGE the way seed 000 says to."""
+    return respond(RUNBOOK, alert, incident, assess)

@@ -24,10 +24,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flows.lifecycle import conclude, runtime
-from core.alerts import Alert, IncidentRef
-from core.catalog import Runbook
-from tasks.base import ActionOutcome
+from flows.lifecycle import runtime
+from core.alerts import Alert
 from tasks.probes import hosts, node
 
 
@@ -56,10 +54,3 @@ def host_service(alert: Alert, host: hosts.Host) -> tuple[str, Any] | None:
         return selected if host.local else None
     wanted = (node.host_part(host.instance) or "").lower()
     return selected if (configured.lower() == wanted or (host.local and configured.lower() in hosts.local_names())) else None
-
-
-def cannot_measure(runbook: Runbook, alert: Alert, incident: IncidentRef, host: hosts.Host) -> Any:
-    """Nothing can be measured on that machine: report it and escalate, without acting."""
-    where = host.result()
-    outcomes: list[ActionOutcome] = []
-    return conclude(runbook, alert, incident, [where], outcomes, "not-verified", where)

@@ -20,6 +20,7 @@ import threading
 import uuid
 import time
 from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, field
 from typing import Any, Callable
 from uuid import UUID
 
@@ -159,7 +160,7 @@ def _approval_description(plan: PlannedAction, runbook: Runbook, evidence: list[
     return "\n".join(lines)
 
 
-def _current_incident_id() -> str | None:
+def current_incident_id() -> str | None:
     """The incident this run claimed in ``acknowledge`` (the store records the claim)."""
     incident = runtime()[2].incident_by_run(current_flow_run_id())
     return incident.id if incident is not None else None
@@ -182,7 +183,7 @@ def ask_approval(plan: PlannedAction, runbook: Runbook, evidence: list[ProbeResu
             log.debug("Deadline answer not needed: %s", exc)
 
     _, _, store = runtime()
-    incident_id = _current_incident_id()
+    incident_id = current_incident_id()
     if incident_id:
         record = store.incident(incident_id)
         text = (f":raised_hand: *Approval needed* within {deadline:.0f} s: `{plan.action}` on {plan.target}. "
@@ -455,3 +456,49 @@ def conclude(
         description=f"{runbook.title}: {verdict}",
     )
     return Completed(name=name, message=message, data=summary)
+
+
+# -- the whole response, once -----------------------------------------------------
+
+
+@dataclass
+class Assessment:
+    """What a runbook's own steps found: evidence for people, the actions it proposes, how to verify.
+
+    ``verify`` measures again (a step of the runbook) until healthy; ``None`` means nothing can be
+    measured (no target configured, a machine nobody measures): the response reports the evidence
+    and escalates without acting.
+    """
+
+    evidence: list[ProbeResult]
+    plans: list[PlannedAction] = field(default_factory=list)
+    verify: Callable[[], ProbeResult] | None = None
+
+
+def cannot_measure(result: ProbeResult) -> Assessment:
+    """The assessment of a response that cannot measure anything: ``result`` says why."""
+    return Assessment(evidence=[result])
+
+
+def respond(runbook_name: str, alert: Alert, incident: IncidentRef | None,
+            assess: Callable[[Runbook, Alert], Assessment]) -> State | str:
+    """acknowledge → the runbook's assessment → mitigate (approval, loop guard, dry run) → verify →
+    close or escalate. Every alert-driven runbook is this, with its own ``assess``."""
+    runbook = runtime()[1].get(runbook_name)
+    incident = acknowledge(runbook_name, alert, incident)
+    if incident is None:
+        return "duplicate"
+    found = assess(runbook, alert)
+    if found.verify is None:
+        return conclude(runbook, alert, incident, found.evidence, [], "not-verified", found.evidence[-1])
+    outcomes = mitigate(runbook, incident, found.plans, found.evidence)
+    last, verdict = verify_until_ok(found.verify, incident, runbook)
+    return conclude(runbook, alert, incident, found.evidence, outcomes, verdict, last)
+
+
+def proposals(found: list[PlannedAction] | ProbeResult, evidence: list[ProbeResult]) -> list[PlannedAction]:
+    """A planning step answers with actions, or with a result saying why it has none (kept as evidence)."""
+    if isinstance(found, ProbeResult):
+        evidence.append(found)
+        return []
+    return found

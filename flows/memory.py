@@ -35,9 +35,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flows.host import cannot_measure, host_service, locate_host, prometheus_url
-from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from flows.host import host_service, locate_host, prometheus_url
+from flows.lifecycle import Assessment, cannot_measure, respond, runbook_flow, runtime
 from core.alerts import Alert, IncidentRef
+from core.catalog import Runbook
 from tasks.base import ProbeResult, Risk
 from tasks.mitigations import PlannedAction, plan_process_terminations
 from tasks.probes import hosts, http
@@ -110,36 +111,31 @@ def plan_resolutions(alert: Alert, host: Host, memory: ProbeResult, top: ProbeRe
     return plans
 
 
-@runbook_flow(name="high-memory-usage", run_name="{alert.alertname} {alert.fingerprint}")
-def high_memory_usage(alert: Alert, incident: IncidentRef | None = None):
-    """Respond to high memory the way seeds 000-004 say to."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get(RUNBOOK)
+def assess(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 000's steps, in order, on the machine that alerted; seed 002's detailed health; seed 003's heap."""
     threshold = runbook.thresholds.get(alert.alertname, runbook.thresholds.get("memory_percent", 85))
     heap_alert = alert.alertname in HEAP_ALERTNAMES
-
-    incident = acknowledge(RUNBOOK, alert, incident)
-    if incident is None:
-        return "duplicate"
-
     host = locate_host(alert)
     if host.how == "unmeasured" and not heap_alert:
-        return cannot_measure(runbook, alert, incident, host)
+        return cannot_measure(host.result())
     memory = check_memory_usage(host, threshold)
     top = identify_memory_processes(host)
     swap = check_swap_usage(host)
     evidence = [host.result(), memory, swap, top]
-    selected = catalog.targets.select("services", alert.labels)
+    selected = runtime()[1].targets.select("services", alert.labels)
     if selected is not None and selected[1].health_detailed_url:
         state = check_application_health(selected[1].health_detailed_url, return_state=True)
         evidence.append(state.result() if state.is_completed() else ProbeResult(
             probe="http_health_detailed", ok=False, summary=f"{selected[0]}: no answer ({state.message})"))
     if heap_alert:
         evidence.append(await_alert_resolution(alert.alertname))
+    return Assessment(
+        evidence=evidence, plans=plan_resolutions(alert, host, memory, top, heap_alert),
+        verify=(lambda: await_alert_resolution(alert.alertname)) if heap_alert else (lambda: check_memory_usage(host, threshold)),
+    )
 
-    outcomes = mitigate(runbook, incident, plan_resolutions(alert, host, memory, top, heap_alert), evidence)
 
-    measure = ((lambda: await_alert_resolution(alert.alertname)) if heap_alert
-               else (lambda: check_memory_usage(host, threshold)))
-    last, verdict = verify_until_ok(measure, incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+@runbook_flow(name="high-memory-usage", run_name="{alert.alertname} {alert.fingerprint}")
+def high_memory_usage(alert: Alert, incident: IncidentRef | None = None):
+    """Respond to high memory the way seeds 000-004 say to."""
+    return respond(RUNBOOK, alert, incident, assess)

@@ -42,8 +42,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
-from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from flows import checks
+from flows.lifecycle import Assessment, cannot_measure, proposals, respond, runbook_flow, runtime
 from core.alerts import Alert, IncidentRef
+from core.catalog import Runbook
 from tasks.base import ProbeResult, Risk
 from tasks.mitigations import PlannedAction
 from tasks.probes import http, mongo
@@ -54,15 +56,7 @@ DATABASE_SERVICE = "mongodb"
 
 @task(name="select-mongodb-target", cache_policy=NO_CACHE)
 def select_mongodb_target(alert: Alert) -> tuple[str, SecretStr] | ProbeResult:
-    _, catalog, _ = runtime()
-    chosen = catalog.targets.select("mongodb", alert.labels)
-    if chosen is None:
-        return ProbeResult(probe="mongodb_target", ok=False,
-                           summary="no MongoDB target configured (config/targets.yaml mongodb) for this alert")
-    name, target = chosen
-    if target.url is None:
-        return ProbeResult(probe="mongodb_target", ok=False, summary=f"no MongoDB target configured: mongodb.{name} has no URL")
-    return name, target.url
+    return checks.data_store("mongodb", alert)
 
 
 @task(name="check-mongodb-ping", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
@@ -107,17 +101,9 @@ def plan_resolution(
     alert: Alert, ping: ProbeResult, connections: ProbeResult | None, app_health: ProbeResult | None
 ) -> list[PlannedAction] | ProbeResult:
     """Seed 002 "Resolution Steps": start MongoDB when down; restart the application when its pool is exhausted."""
-    _, catalog, _ = runtime()
     if not ping.ok:
-        service = catalog.targets.services.get(DATABASE_SERVICE)
-        if service is None or not service.restart:
-            return ProbeResult(probe="mongodb_restart", ok=False,
-                               summary=f"no restart configured for MongoDB (config/targets.yaml services.{DATABASE_SERVICE})")
-        return [PlannedAction(
-            action="restart_service", risk=Risk.RISKY, target=DATABASE_SERVICE,
-            params={"service": DATABASE_SERVICE, "argv": service.restart},
-            why=f"{ping.line()}: {ping.evidence.get('error', '')[:200]}",
-        )]
+        return checks.data_store_restart("mongodb", DATABASE_SERVICE, ping)
+    _, catalog, _ = runtime()
     exhausted = [r for r in (connections, app_health) if r is not None and not r.ok]
     selected = catalog.targets.select("services", alert.labels)
     if exhausted and selected is not None and selected[1].restart:
@@ -130,41 +116,31 @@ def plan_resolution(
     return []
 
 
-@runbook_flow(name="mongodb-connection-lost", run_name="{alert.alertname} {alert.fingerprint}")
-def mongodb_connection_lost(alert: Alert, incident: IncidentRef | None = None):
-    """Respond to a lost MongoDB connection the way seed 002 says to."""
-    settings, catalog, _ = runtime()
-    runbook = catalog.get(RUNBOOK)
+def assess(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 002's steps, in order, on the MongoDB the alert's labels select."""
     t = runbook.thresholds
-
-    incident = acknowledge(RUNBOOK, alert, incident)
-    if incident is None:
-        return "duplicate"
     target = select_mongodb_target(alert)
     if isinstance(target, ProbeResult):
-        return conclude(runbook, alert, incident, [target], [], "not-verified", target)
+        return cannot_measure(target)
     _, url = target
-
     ping = check_mongodb_ping(url)
     evidence = [ping]
     connections = app_health = None
     if ping.ok:
         connections = check_mongodb_connections(url, t.get("connections_ratio", 0.8))
         evidence += [connections, identify_mongodb_connection_holders(url)]
-    selected = catalog.targets.select("services", alert.labels)
+    selected = runtime()[1].targets.select("services", alert.labels)
     if selected is not None and selected[1].health_detailed_url:
         state = check_application_health(selected[1].health_detailed_url, return_state=True)
         app_health = state.result() if state.is_completed() else ProbeResult(
             probe="http_health_detailed", ok=False, summary=f"{selected[0]}: no answer ({state.message})")
         evidence.append(app_health)
+    stay_up = t.get("stay_up_seconds", 30) * runtime()[0].time_scale
+    return Assessment(evidence=evidence, plans=proposals(plan_resolution(alert, ping, connections, app_health), evidence),
+                      verify=lambda: verify_mongodb_stays_up(url, stay_up))
 
-    outcomes = []
-    plans = plan_resolution(alert, ping, connections, app_health)
-    if isinstance(plans, ProbeResult):
-        evidence.append(plans)
-    else:
-        outcomes = mitigate(runbook, incident, plans, evidence)
 
-    stay_up = t.get("stay_up_seconds", 30) * settings.time_scale
-    last, verdict = verify_until_ok(lambda: verify_mongodb_stays_up(url, stay_up), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+@runbook_flow(name="mongodb-connection-lost", run_name="{alert.alertname} {alert.fingerprint}")
+def mongodb_connection_lost(alert: Alert, incident: IncidentRef | None = None):
+    """Respond to a lost MongoDB connection the way seed 002 says to."""
+    return respond(RUNBOOK, alert, incident, assess)

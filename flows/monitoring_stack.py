@@ -19,8 +19,9 @@ from prefect import task
 
 from flows import checks
 from flows.checks import collect, compact, measured, setting
-from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from flows.lifecycle import Assessment, respond, runbook_flow
 from core.alerts import Alert, IncidentRef
+from core.catalog import Runbook
 from tasks.base import ProbeResult
 from tasks.probes import http
 
@@ -40,31 +41,26 @@ def _externals_named(alert: Alert) -> list[str] | None:
     return None
 
 
-@runbook_flow(name="external-service-failures", run_name="{alert.labels[alertname]} {alert.fingerprint}")
-def external_service_failures(alert: Alert, incident: IncidentRef | None = None):
-    """Check every configured status/health URL; degrade gracefully while one is down; verify."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get("external-service-failures")
+def assess_external_services(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 004 "External Service Failures", seeds 001 and 003's checks, in order."""
     name = alert.alertname
     names = _externals_named(alert)
     slow_ms = setting(runbook, "slow_ms", name, 2000)
-
-    incident = acknowledge(runbook.name, alert, incident)
-    if incident is None:
-        return "duplicate"
-
     services = collect(check_external_services, names, slow_ms, required=True)
     breakers = collect(check_circuit_breakers, "errors", ("app", "error"), probe="circuit_breaker_open",
                        pattern=r"(?i)circuit.*open", since_minutes=setting(runbook, "log_window_minutes", name, 15))
-    evidence = [services, breakers]
-
     plans = []
     if measured(services) and not services.ok:  # seed 003 "graceful degradation (if external API down)"
         plans = compact([checks.flag_plan("degraded-mode", f"{services.line()}: disable non-critical features, "
                                                             "return cached data, queue jobs for retry")])
-    outcomes = mitigate(runbook, incident, plans, evidence)
-    last, verdict = verify_until_ok(lambda: check_external_services(names, slow_ms, required=True), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+    return Assessment(evidence=[services, breakers], plans=plans,
+                      verify=lambda: check_external_services(names, slow_ms, required=True))
+
+
+@runbook_flow(name="external-service-failures", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def external_service_failures(alert: Alert, incident: IncidentRef | None = None):
+    """Check every configured status/health URL; degrade gracefully while one is down; verify."""
+    return respond("external-service-failures", alert, incident, assess_external_services)
 
 
 # -- Prometheus Not Scraping ---------------------------------------------------------------------
@@ -116,27 +112,23 @@ def check_job_targets(job: str | None) -> ProbeResult:
     return _job_targets(checks.prometheus_api.fn("scrape_targets"), job)
 
 
-@runbook_flow(name="prometheus-not-scraping", run_name="{alert.labels[alertname]} {alert.fingerprint}")
-def prometheus_not_scraping(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 004: check the targets, the network to them, the configuration; verify scraping resumed."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get("prometheus-not-scraping")
+def assess_scraping(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 004 "Prometheus Not Scraping", in order."""
     job = alert.labels.get("target_job") or (alert.labels.get("job") if alert.labels.get("job") != "prometheus" else None)
-
-    incident = acknowledge(runbook.name, alert, incident)
-    if incident is None:
-        return "duplicate"
-
     targets = collect(check_prometheus_targets, "scrape_targets")                                            # 1
     scoped = _job_targets(targets, job)
     network = collect(verify_network_connectivity, targets)                                                  # 2
     config = collect(check_configuration, "runtime_info")                                                    # 3
     rules = collect(check_rule_evaluation, "rule_health", required=False)
     evidence = [scoped, targets, network, config, rules] if scoped is not targets else [targets, network, config, rules]
+    return Assessment(evidence=evidence, plans=[],  # network and configuration fixes are a person's
+                      verify=lambda: check_job_targets(job))
 
-    outcomes = mitigate(runbook, incident, [], evidence)  # network and configuration fixes are a person's
-    last, verdict = verify_until_ok(lambda: check_job_targets(job), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+
+@runbook_flow(name="prometheus-not-scraping", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def prometheus_not_scraping(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 004: check the targets, the network to them, the configuration; verify scraping resumed."""
+    return respond("prometheus-not-scraping", alert, incident, assess_scraping)
 
 
 # -- Grafana Dashboard Not Loading -----------------------------------------------------------------
@@ -155,29 +147,23 @@ def check_grafana_serving() -> ProbeResult:
     return checks.combine("grafana", [health, checks.grafana_api.fn("datasources")])
 
 
-@runbook_flow(name="grafana-not-loading", run_name="{alert.labels[alertname]} {alert.fingerprint}")
-def grafana_not_loading(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 004: data sources, Prometheus queries, Grafana logs; restart Grafana if configured; verify."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get("grafana-not-loading")
-
-    incident = acknowledge(runbook.name, alert, incident)
-    if incident is None:
-        return "duplicate"
-
+def assess_grafana(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 004 "Grafana Dashboard Not Loading", in order."""
     health = collect(check_grafana_health, "health")
     sources = collect(check_data_source_connectivity, "datasources")                                          # 1
     queries = collect(verify_prometheus_queries, "up", probe="prometheus_query_up", no_data_ok=False)        # 2
     logs = collect(check_grafana_logs, "errors", ("grafana",), probe="grafana_log_errors",
                    pattern=r"(?i)\blvl=(eror|crit)\b|level=error|\bERROR\b", since_minutes=60)              # 3
-    evidence = [health, sources, queries, logs]
-
     plans = []
     if measured(health) and not health.ok:
         plans = compact([checks.service_plan("restart_service", alert, f"{health.line()}", service="grafana")])
-    outcomes = mitigate(runbook, incident, plans, evidence)
-    last, verdict = verify_until_ok(check_grafana_serving, incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+    return Assessment(evidence=[health, sources, queries, logs], plans=plans, verify=check_grafana_serving)
+
+
+@runbook_flow(name="grafana-not-loading", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def grafana_not_loading(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 004: data sources, Prometheus queries, Grafana logs; restart Grafana if configured; verify."""
+    return respond("grafana-not-loading", alert, incident, assess_grafana)
 
 
 # -- AlertManager Not Sending Notifications -----------------------------------------------------------
@@ -199,27 +185,23 @@ def check_notifications_flowing(baseline: dict[str, dict[str, float]], require_d
         status, checks.alertmanager_api.fn("notification_failures", baseline=baseline, require_delivery=require_delivery)])
 
 
-@runbook_flow(name="alertmanager-not-sending", run_name="{alert.labels[alertname]} {alert.fingerprint}")
-def alertmanager_not_sending(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 004: status, webhook configuration and failures, Prometheus' side; restart if configured."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get("alertmanager-not-sending")
-
-    incident = acknowledge(runbook.name, alert, incident)
-    if incident is None:
-        return "duplicate"
-
+def assess_alertmanager(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 004 "AlertManager Not Sending Notifications", in order; the counters' first reading is
+    the baseline verification compares with."""
     status = collect(check_alertmanager_status, "status")                                                  # 1
     failures = collect(verify_webhook_configuration, "notification_failures")                               # 2
     sending = collect(check_prometheus_to_alertmanager, "connected_alertmanagers", required=False)
     baseline = read_counters(return_state=True)
     baseline = baseline.result() if baseline.is_completed() else {}
-    evidence = [status, failures, sending]
-
     plans = []
     if measured(status) and not status.ok:
         plans = compact([checks.service_plan("restart_service", alert, f"{status.line()}", service="alertmanager")])
-    outcomes = mitigate(runbook, incident, plans, evidence)
     had_failures = measured(failures) and bool(failures.value)
-    last, verdict = verify_until_ok(lambda: check_notifications_flowing(baseline, had_failures), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+    return Assessment(evidence=[status, failures, sending], plans=plans,
+                      verify=lambda: check_notifications_flowing(baseline, had_failures))
+
+
+@runbook_flow(name="alertmanager-not-sending", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+def alertmanager_not_sending(alert: Alert, incident: IncidentRef | None = None):
+    """Seed 004: status, webhook configuration and failures, Prometheus' side; restart if configured."""
+    return respond("alertmanager-not-sending", alert, incident, assess_alertmanager)

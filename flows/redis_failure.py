@@ -30,9 +30,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
-from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from flows import checks
+from flows.lifecycle import Assessment, cannot_measure, proposals, respond, runbook_flow
 from core.alerts import Alert, IncidentRef
-from tasks.base import ProbeResult, Risk
+from core.catalog import Runbook
+from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import redis
 
@@ -42,15 +44,7 @@ DATABASE_SERVICE = "redis"
 
 @task(name="select-redis-target", cache_policy=NO_CACHE)
 def select_redis_target(alert: Alert) -> tuple[str, SecretStr] | ProbeResult:
-    _, catalog, _ = runtime()
-    chosen = catalog.targets.select("redis", alert.labels)
-    if chosen is None:
-        return ProbeResult(probe="redis_target", ok=False,
-                           summary="no Redis target configured (config/targets.yaml redis) for this alert")
-    name, target = chosen
-    if target.url is None:
-        return ProbeResult(probe="redis_target", ok=False, summary=f"no Redis target configured: redis.{name} has no URL")
-    return name, target.url
+    return checks.data_store("redis", alert)
 
 
 @task(name="check-redis-ping", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
@@ -71,46 +65,25 @@ def check_redis_memory(url: SecretStr, threshold: float) -> ProbeResult:
 @task(name="plan-redis-restart", cache_policy=NO_CACHE)
 def plan_redis_restart(ping: ProbeResult) -> list[PlannedAction] | ProbeResult:
     """Seed 001 "If Redis down: Restart Redis service", only while it does not answer."""
-    if ping.ok:
-        return []
-    _, catalog, _ = runtime()
-    service = catalog.targets.services.get(DATABASE_SERVICE)
-    if service is None or not service.restart:
-        return ProbeResult(probe="redis_restart", ok=False,
-                           summary=f"no restart configured for Redis (config/targets.yaml services.{DATABASE_SERVICE})")
-    return [PlannedAction(
-        action="restart_service", risk=Risk.RISKY, target=DATABASE_SERVICE,
-        params={"service": DATABASE_SERVICE, "argv": service.restart},
-        why=f"{ping.line()}: {ping.evidence.get('error', '')[:200]}",
-    )]
+    return checks.data_store_restart("redis", DATABASE_SERVICE, ping)
 
 
-@runbook_flow(name="redis-connection-failure", run_name="{alert.alertname} {alert.fingerprint}")
-def redis_connection_failure(alert: Alert, incident: IncidentRef | None = None):
-    """Respond to an unreachable Redis the way seed 001 says to."""
-    _, catalog, _ = runtime()
-    runbook = catalog.get(RUNBOOK)
-
-    incident = acknowledge(RUNBOOK, alert, incident)
-    if incident is None:
-        return "duplicate"
+def assess(runbook: Runbook, alert: Alert) -> Assessment:
+    """Seed 001's steps, in order, on the Redis the alert's labels select."""
     target = select_redis_target(alert)
     if isinstance(target, ProbeResult):
-        return conclude(runbook, alert, incident, [target], [], "not-verified", target)
+        return cannot_measure(target)
     _, url = target
-
     ping = check_redis_ping(url)
     evidence = [ping]
     if ping.ok:
         evidence.append(check_redis_memory(url, runbook.thresholds.get("memory_ratio", 0.85)))
         evidence.append(identify_redis_clients(url, runbook.thresholds.get("clients_ratio", 0.8)))
+    return Assessment(evidence=evidence, plans=proposals(plan_redis_restart(ping), evidence),
+                      verify=lambda: check_redis_ping(url))
 
-    outcomes = []
-    plans = plan_redis_restart(ping)
-    if isinstance(plans, ProbeResult):
-        evidence.append(plans)
-    else:
-        outcomes = mitigate(runbook, incident, plans, evidence)
 
-    last, verdict = verify_until_ok(lambda: check_redis_ping(url), incident, runbook)
-    return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)
+@runbook_flow(name="redis-connection-failure", run_name="{alert.alertname} {alert.fingerprint}")
+def redis_connection_failure(alert: Alert, incident: IncidentRef | None = None):
+    """Respond to an unreachable Redis the way seed 001 says to."""
+    return respond(RUNBOOK, alert, incident, assess)

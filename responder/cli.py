@@ -159,9 +159,8 @@ def cmd_drill(args: argparse.Namespace, settings: ResponderSettings) -> int:
 def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
     import asyncio
 
-    from core.services import build
-    from responder.runtime import EmbeddedPrefectServer, Responder, default_prefect_home
     from core.store import StoreUnavailable, open_store
+    from responder.embedded import EmbeddedPrefectServer, default_prefect_home
 
     try:
         catalog = load_catalog(settings.config_dir)
@@ -190,6 +189,10 @@ def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
         ui = embedded.ui_url
     else:
         ui = os.environ["PREFECT_API_URL"].rstrip("/").removesuffix("/api")
+
+    # Imported only now: Prefect reads PREFECT_API_URL when it is first imported (the embedded server's, above).
+    from core.services import build
+    from responder.runtime import Responder
 
     responder = Responder(build(settings, catalog, store))  # the process's one set of services
     try:

@@ -30,7 +30,7 @@ import httpx
 import pytest
 import yaml
 
-from responder.runtime import server_command
+from responder.embedded import server_command
 
 ROOT = Path(__file__).resolve().parent.parent
 # Alertmanager v4 bodies, copied from the project's shared samples (see their README.md).

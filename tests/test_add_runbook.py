@@ -1,0 +1,83 @@
+"""Adding a runbook is its module, its catalog entry and a test: a toy runbook added exactly that way
+answers a real alert end to end (real `responder up`, real Prefect server, real HTTP).
+
+The toy runbook lives in a module outside the repository (on PYTHONPATH), checks a file this test
+controls, proposes a risky step (the registered ``drill_step``) while the file says "bad", and
+verifies by reading the file again.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import uuid
+
+import yaml
+
+from conftest import answer, fire, make_config, paused_run, report, running_responder, wait_run_final
+
+TOY_MODULE = '''
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from core.alerts import Alert, IncidentRef
+from core.catalog import Runbook
+from flows.lifecycle import Assessment, respond, runbook_flow
+from tasks.base import ProbeResult, Risk
+from tasks.mitigations import PlannedAction
+
+STATE = Path({state!r})
+
+
+@task(name="check-toy-state", cache_policy=NO_CACHE)
+def check_toy_state() -> ProbeResult:
+    text = STATE.read_text().strip()
+    return ProbeResult(probe="toy_state", ok=text == "good", summary=f"the toy says {{text}}")
+
+
+def assess(runbook: Runbook, alert: Alert) -> Assessment:
+    state = check_toy_state()
+    plans = [] if state.ok else [PlannedAction(action="drill_step", risk=Risk.RISKY, target="toy",
+                                               params={{"name": "toy"}}, why=state.summary)]
+    return Assessment(evidence=[state], plans=plans, verify=check_toy_state)
+
+
+@runbook_flow(name="toy-runbook", run_name="{{alert.alertname}} {{alert.fingerprint}}")
+def toy_runbook(alert: Alert, incident: IncidentRef | None = None):
+    return respond("toy-runbook", alert, incident, assess)
+'''
+
+
+def test_a_toy_runbook_added_as_the_readme_says_answers_a_real_alert(prefect_server, tmp_path):
+    state = tmp_path / "toy-state"
+    state.write_text("bad")
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "toy_runbook.py").write_text(textwrap.dedent(TOY_MODULE.format(state=str(state))))
+
+    config = make_config(tmp_path)
+    (config / "runbooks" / "toy.yaml").write_text(yaml.safe_dump({"runbooks": [{
+        "name": "toy-runbook", "title": "Toy runbook", "flow": "toy_runbook:toy_runbook", "alertnames": ["ToyAlert"],
+        "severity": "warning", "verify": {"budget_seconds": 20, "interval_seconds": 1},
+        "approval_timeout_seconds": 60, "mitigations": [{"name": "drill_step", "risk": "risky"}],
+    }]}))
+
+    with running_responder(tmp_path, prefect_server.api_url, config, PYTHONPATH=str(modules)) as responder:
+        fingerprint = uuid.uuid4().hex[:16]
+        labels = {"alertname": "ToyAlert", "severity": "warning", "instance": "app-1:9100"}
+        incident_id = fire(responder, {
+            "version": "4", "groupKey": f"toy:{fingerprint}", "status": "firing", "receiver": "responder",
+            "groupLabels": {}, "commonLabels": labels, "commonAnnotations": {}, "externalURL": "",
+            "alerts": [{"status": "firing", "labels": labels, "annotations": {"summary": "the toy is bad"},
+                        "startsAt": "2026-12-06T09:00:00Z", "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "",
+                        "fingerprint": fingerprint}],
+        })
+        run = paused_run(prefect_server.api_url, incident_id)  # its risky step waits like any runbook's
+        assert run["name"] == f"ToyAlert {fingerprint}"
+        state.write_text("good")  # the fix (what the approved step would do)
+        answer(prefect_server.api_url, run, True, "toy-owner")
+        final = wait_run_final(prefect_server.api_url, incident_id)
+    assert final["state"]["name"] == "Resolved", final["state"]
+    text = report(prefect_server.api_url, incident_id)
+    assert "# Toy runbook: VERIFIED" in text and "toy-owner" in text and "| verify: toy_state | yes |" in text
