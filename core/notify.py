@@ -177,6 +177,25 @@ class Notifier:
         return failures
 
 
+    def announce(self, kind: str, severity: str, text: str, *, details: dict[str, Any] | None = None) -> list[str]:
+        """A message that belongs to no incident (a scheduled check's findings): the severity's Slack
+        channel and every webhook. Returns the channels that failed; a failure is logged, never raised."""
+        failures: list[str] = []
+        client = self._slack_client()
+        attempts: list[tuple[str, Any]] = [("webhooks", lambda: self.webhooks({"kind": kind, "text": text, **(details or {})}))]
+        if client is not None:
+            channels = self.catalog.notify.slack.channels
+            channel = channels.get(severity) or channels.get("warning", "#alerts")
+            attempts.insert(0, ("slack", lambda: self._slack_call(client, "chat.postMessage", channel=channel, text=text)))
+        for name, call in attempts:
+            try:
+                call()
+            except Exception as exc:  # any channel failure is reported, never fatal
+                failures.append(name)
+                log.error("Notification %s via %s failed: %s", kind, name, type(exc).__name__)
+        return failures
+
+
 def _incident_body(incident: Incident) -> dict[str, Any]:
     return {
         "id": incident.id,

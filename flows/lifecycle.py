@@ -229,16 +229,24 @@ def run_mitigation(plan: PlannedAction, dry_run: bool) -> ActionOutcome:
 
 
 def mitigate(
-    runbook: Runbook, incident: IncidentRef, plans: list[PlannedAction], evidence: list[ProbeResult]
+    runbook: Runbook, incident: IncidentRef | None, plans: list[PlannedAction], evidence: list[ProbeResult]
 ) -> list[ActionOutcome]:
-    """Run each planned action: safe ones at once, risky ones after approval; guarded against loops."""
+    """Run each planned action: safe ones at once, risky ones after approval; guarded against loops.
+
+    ``incident`` is None for a scheduled runbook: the same rules apply, and what happened is in the
+    run's report instead of an incident's timeline.
+    """
     settings, _, store = runtime()
     logger = get_run_logger()
     dry_run = settings.dry_run or runbook.dry_run
     outcomes: list[ActionOutcome] = []
+
+    def closed() -> bool:
+        return incident is not None and store.incident_status(incident.id) == "closed"
+
     for plan in plans:
         base = dict(action=plan.action, target=plan.target, risk=plan.risk, dry_run=dry_run)
-        if store.incident_status(incident.id) == "closed":
+        if closed():
             outcomes.append(ActionOutcome(**base, status="not_needed", detail="the incident closed (alert resolved)"))
             continue
         since = datetime.now(timezone.utc) - LOOP_GUARD_WINDOW
@@ -254,35 +262,41 @@ def mitigate(
         if plan.risk is Risk.RISKY and not dry_run:
             answer = ask_approval(plan, runbook, evidence, runbook.approval_timeout_seconds * settings.time_scale)
             who = answer.approver or "someone"
-            store.add_timeline(incident.id, "approved" if answer.approve else "rejected",
-                               f"{plan.action} on {plan.target}: {answer.reason or '(no reason given)'}", actor=who)
-            if store.incident_status(incident.id) == "closed":
+            if incident is not None:
+                store.add_timeline(incident.id, "approved" if answer.approve else "rejected",
+                                   f"{plan.action} on {plan.target}: {answer.reason or '(no reason given)'}", actor=who)
+            if closed():
                 outcomes.append(ActionOutcome(**base, status="not_needed", detail=f"the incident closed: {answer.reason}"))
                 continue
             if not answer.approve:
                 outcome = ActionOutcome(**base, status="rejected", detail=f"rejected by {who}: {answer.reason}")
-                store.record_action(plan.guard_key, incident.id, "rejected")
+                store.record_action(plan.guard_key, incident.id if incident else None, "rejected")
                 _record_outcome(incident, outcome)
                 outcomes.append(outcome)
                 continue
             logger.info("Approved by %s: %s", who, answer.reason or "(no reason given)")
-        try:
-            outcome = run_mitigation(plan, dry_run)
-        except ResponderError as exc:
-            outcome = ActionOutcome(**base, status="failed", detail=exc.message)
+        state = run_mitigation(plan, dry_run, return_state=True)
+        if state.is_completed():
+            outcome = state.result()
+        else:  # reported, never retried: a half-done action must not run twice
+            error = state.result(raise_on_failure=False)
+            detail = error.message if isinstance(error, ResponderError) else f"{type(error).__name__}: {error}"
+            outcome = ActionOutcome(**base, status="failed", detail=detail[:500])
         if plan.risk is Risk.RISKY and not dry_run:
             outcome.detail = f"{outcome.detail} (approved by {who})"
-        store.record_action(plan.guard_key, incident.id, outcome.status)
+        store.record_action(plan.guard_key, incident.id if incident else None, outcome.status)
         _record_outcome(incident, outcome)
         outcomes.append(outcome)
-    if plans:
+    if plans and incident is not None:
         publish_timeline(incident.id)
     return outcomes
 
 
-def _record_outcome(incident: IncidentRef, outcome: ActionOutcome) -> None:
-    _, _, store = runtime()
+def _record_outcome(incident: IncidentRef | None, outcome: ActionOutcome) -> None:
     metrics.ACTIONS.labels(outcome.status).inc()
+    if incident is None:
+        return
+    _, _, store = runtime()
     text = f"{outcome.action} on {outcome.target}: {outcome.status}{' (dry run)' if outcome.dry_run else ''} — {outcome.detail}"
     store.add_timeline(incident.id, "action", text)
     record = store.incident(incident.id)

@@ -11,7 +11,10 @@ Every run:
 * measures what a program can (each check a ``ProbeResult``, not configured = skipped);
 * writes a report artifact: markdown (key = the runbook name: findings, tables, and the steps
   only a person can do as an unticked checklist) and a table (``<name>-table``);
-* notifies the escalation webhooks of ``config/notify.yaml`` only when something is wrong;
+* tells people only when something is wrong, through the same notifier as every response (the
+  severity's Slack channel and the webhooks of ``config/notify.yaml``);
+* acts (log retention) through the same mitigation path as every response: loop guard, dry run,
+  approval for anything risky;
 * ends ``Completed`` named ``AllClear`` or ``NeedsAttention``.
 """
 
@@ -29,11 +32,10 @@ from prefect.states import Completed, State
 
 from flows import checks
 from flows.checks import collect
-from flows.lifecycle import current_flow_run_id, runtime
+from flows.lifecycle import current_flow_run_id, mitigate, notifier, runtime
 from core.catalog import Runbook
-from core.notify import post_json
-from tasks.base import ActionOutcome, ProbeResult
-from tasks.mitigations import REGISTRY
+from tasks.base import ActionOutcome, ProbeResult, Risk
+from tasks.mitigations import PlannedAction
 from tasks.probes import http, logs, postgres, prometheus, system
 
 DAILY_COST = "sum(increase(affiliate_api_cost_dollars[24h]))"
@@ -96,26 +98,15 @@ def table(title: str, columns: list[str], rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _post_all(body: dict[str, Any]) -> list[str]:
-    """POST ``body`` to every webhook of config/notify.yaml (retried like every notification)."""
-    _, catalog, _ = runtime()
-    failures = []
-    for url in catalog.notify.webhooks:
-        try:
-            post_json(url, body)
-        except Exception as exc:  # noqa: BLE001 - a notifier outage is recorded, never fatal
-            failures.append(f"{url}: {type(exc).__name__}")
-    return failures
-
-
 @task(name="notify", cache_policy=NO_CACHE)
 def notify(runbook: Runbook, problems: list[str], artifact_key: str) -> list[str]:
-    """Tell the escalation webhooks what is wrong; a notifier outage is logged, never fatal."""
-    failures = _post_all({"kind": "scheduled-check", "check": runbook.name, "title": runbook.title,
-                          "severity": runbook.severity, "problems": problems, "artifact": artifact_key,
-                          "flow_run_id": current_flow_run_id()})
+    """Tell people what is wrong (the same notifier as every response); an outage is logged, never fatal."""
+    text = f":clipboard: *{runbook.title}* needs attention:\n" + "\n".join(f"• {p}" for p in problems)
+    failures = notifier().announce("scheduled-check", runbook.severity, text, details={
+        "check": runbook.name, "title": runbook.title, "severity": runbook.severity, "problems": problems,
+        "artifact": artifact_key, "flow_run_id": current_flow_run_id()})
     for failure in failures:
-        get_run_logger().error("Notification webhook failed: %s", failure)
+        get_run_logger().error("Notification via %s failed", failure)
     return failures
 
 
@@ -139,10 +130,10 @@ def finish(runbook: Runbook, results: list[ProbeResult], outcomes: list[ActionOu
 
 
 def scheduled_failed(flow: Any, flow_run: Any, state: State) -> None:
-    """A scheduled check that broke says so on the webhooks (it would otherwise stay silent)."""
-    _post_all({"kind": "scheduled-check", "check": flow.name,
-               "problems": [f"the run {flow_run.name} ended {state.name}: {state.message or ''}"],
-               "flow_run_id": str(flow_run.id)})
+    """A scheduled check that broke says so (it would otherwise stay silent)."""
+    problem = f"the run {flow_run.name} ended {state.name}: {state.message or ''}"
+    notifier().announce("scheduled-check", "warning", f":warning: scheduled check {flow.name}: {problem}",
+                        details={"check": flow.name, "problems": [problem], "flow_run_id": str(flow_run.id)})
 
 
 def scheduled_flow(name: str):
@@ -377,16 +368,6 @@ def log_directories() -> ProbeResult:
     return system.log_dir_sizes(paths.logs)
 
 
-@task(name="run-retention-step", cache_policy=NO_CACHE)
-def retention_step(action: str, params: dict[str, Any], dry_run: bool) -> ActionOutcome:
-    """One safe file action of the registry (no retries: a half-done deletion is reported, not redone)."""
-    return REGISTRY[action].run(**params, dry_run=dry_run)
-
-
-compress_old_logs = retention_step.with_options(name="compress-old-logs")
-delete_old_logs = retention_step.with_options(name="delete-old-compressed-logs")
-
-
 @scheduled_flow("log-retention")
 def log_retention() -> State:
     """Seed 002 "Clean up logs" + "/etc/cron.daily/auto-author-cleanup"; seed 004 "Logs: 7 days local, 30 days compressed".
@@ -395,22 +376,19 @@ def log_retention() -> State:
     ``paths.delete_after_days`` (30), in ``paths.logs`` only.
     """
     runbook = _runbook("log-retention")
-    settings, catalog, _ = runtime()
-    paths = catalog.targets.paths
-    dry_run = settings.dry_run or runbook.dry_run
+    paths = runtime()[1].targets.paths
     before = collect(log_directories)
-    outcomes: list[ActionOutcome] = []
-    if paths.logs:
-        for step, name, params in (
-            (compress_old_logs, "compress_old_logs", {"directories": paths.logs, "older_than_days": paths.retention_days,
-                                                      "patterns": ["*.log", "*.log.[0-9]*", "*.log-[0-9]*"]}),
-            (delete_old_logs, "delete_old_files", {"directories": paths.logs, "older_than_days": paths.delete_after_days,
-                                                   "patterns": ["*.gz"]}),
-        ):
-            state = step(name, params, dry_run, return_state=True)
-            outcomes.append(state.result() if state.is_completed() else ActionOutcome(
-                action=name, target=", ".join(paths.logs), risk=REGISTRY[name].risk, status="failed",
-                dry_run=dry_run, detail=str(state.message)))
+    plans = [
+        PlannedAction(action="compress_old_logs", risk=Risk.SAFE, target=f"logs in {', '.join(paths.logs)}",
+                      params={"directories": paths.logs, "older_than_days": paths.retention_days,
+                              "patterns": ["*.log", "*.log.[0-9]*", "*.log-[0-9]*"]},
+                      why=f"seed 004: logs 7 days local (retention_days {paths.retention_days:g})"),
+        PlannedAction(action="delete_old_files", risk=Risk.SAFE, target=f"compressed logs in {', '.join(paths.logs)}",
+                      params={"directories": paths.logs, "older_than_days": paths.delete_after_days, "patterns": ["*.gz"]},
+                      why=f"seed 004: 30 days compressed (delete_after_days {paths.delete_after_days:g})"),
+    ] if paths.logs else []
+    # the same path as every response: loop guard, dry run, and approval for anything risky
+    outcomes = mitigate(runbook, None, plans, [before])
     after = collect(log_directories) if outcomes else before
     disk = collect(measure_log_directories, runbook.thresholds.get("disk_percent", 90))
     results = [before.model_copy(update={"probe": "log_dirs_before"}), after.model_copy(update={"probe": "log_dirs_after"}), disk]
