@@ -30,7 +30,7 @@ from flows.host import locate, prometheus_url
 from flows.lifecycle import Assessment, respond, runbook_flow
 from core.alerts import Alert, IncidentRef
 from core.catalog import Runbook
-from tasks.base import ProbeResult, Risk
+from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import hosts, http, postgres, prometheus
 from tasks.probes import redis as redis_probes
@@ -354,7 +354,7 @@ def plan_uploads(alert: Alert, disk: ProbeResult, queue: ProbeResult, stuck_minu
     plans: list[PlannedAction | None] = []
     paths = checks.targets().paths
     if measured(disk) and not disk.ok and paths.temp:
-        plans.append(PlannedAction(action="remove_temp_files", risk=Risk.SAFE, target=", ".join(paths.temp),
+        plans.append(PlannedAction(action="remove_temp_files", target=", ".join(paths.temp),
                                    params={"directories": paths.temp, "older_than_days": paths.retention_days},
                                    why=f"{disk.line()}: remove temporary files"))
     if measured(queue) and not queue.ok:

@@ -24,7 +24,7 @@ from flows.checks import collect, compact, measured, setting
 from flows.lifecycle import Assessment, current_incident_id, respond, runbook_flow
 from core.alerts import Alert, IncidentRef
 from core.catalog import Runbook
-from tasks.base import ProbeResult, Risk
+from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import prometheus
 
@@ -112,7 +112,7 @@ def plan_security_actions(logins: ProbeResult, blocked: ProbeResult, block_secon
         if row["address"] in already:
             continue
         plans.append(PlannedAction(
-            action="block_address", risk=Risk.RISKY, target=f"address {row['address']}",
+            action="block_address", target=f"address {row['address']}",
             params={"blocklist_key": entry.blocklist_key, "address": row["address"], "ttl_seconds": block_seconds},
             target_ref=("redis", "default"),
             why=f"{row['failures']} failed logins in the window (threshold {logins.threshold:g}): brute force suspected",

@@ -34,7 +34,7 @@ from flows.host import locate, prometheus_url
 from flows.lifecycle import runtime
 from core.alerts import Alert
 from core.catalog import Runbook
-from tasks.base import ProbeResult, ResponderError, Risk
+from tasks.base import ProbeResult, ResponderError
 from tasks.mitigations import PlannedAction
 from tasks.probes import backups, external, hosts, logs, prometheus, queues, system
 
@@ -332,7 +332,7 @@ def data_store_restart(kind: str, service: str, down: ProbeResult) -> list[Plann
     if entry is None or not entry.restart:
         return ProbeResult(probe=f"{kind}_restart", ok=False,
                            summary=f"no restart configured for {_STORE_TITLES[kind]} (config/targets.yaml services.{service})")
-    return [PlannedAction(action="restart_service", risk=Risk.RISKY, target=service,
+    return [PlannedAction(action="restart_service", target=service,
                           params={"service": service, "argv": entry.restart},
                           why=f"{down.line()}: {str(down.evidence.get('error', ''))[:200]}")]
 
@@ -351,7 +351,7 @@ def flag_plan(name: str, why: str, on: bool = True) -> PlannedAction | None:
     if flag is None:
         return None
     return PlannedAction(
-        action="set_flag", risk=Risk.RISKY, target=f"flag {name}",
+        action="set_flag", target=f"flag {name}",
         params={"flag": name, "key": flag.key, "value": flag.on_value if on else flag.off_value},
         target_ref=("redis", flag.redis), why=why,
     )
@@ -371,7 +371,7 @@ def service_plan(action: str, alert: Alert, why: str, service: str | None = None
     argv = getattr(entry, field)
     if action == "scale_service" and any("{replicas}" in item for item in argv):
         return None  # the replica count is a person's decision
-    return PlannedAction(action=action, risk=Risk.RISKY, target=name, params={"service": name, "argv": argv}, why=why)
+    return PlannedAction(action=action, target=name, params={"service": name, "argv": argv}, why=why)
 
 
 def dead_letter_plans(queue_result: ProbeResult, older_than_minutes: float, why: str) -> list[PlannedAction]:
@@ -384,7 +384,7 @@ def dead_letter_plans(queue_result: ProbeResult, older_than_minutes: float, why:
     for snap in queue_result.evidence.get("queues", []):
         if snap.get("stuck"):
             plans.append(PlannedAction(
-                action="move_to_dead_letter", risk=Risk.RISKY, target=f"queue {snap['queue']}",
+                action="move_to_dead_letter", target=f"queue {snap['queue']}",
                 params={"queue": snap["queue"], "kind": snap["kind"], "older_than_minutes": older_than_minutes,
                         "dead_letter_suffix": entry.dead_letter_suffix if entry else ":dead"},
                 target_ref=("redis", redis_name),
@@ -397,6 +397,6 @@ def job_plan(job: str, why: str, idempotency_key: str) -> PlannedAction | None:
     entry = targets().jobs.get(job)
     if entry is None:
         return None
-    return PlannedAction(action="trigger_job", risk=Risk.SAFE, target=f"job {job}",
+    return PlannedAction(action="trigger_job", target=f"job {job}",
                          params={"job": job, "method": entry.method, "idempotency_key": idempotency_key},
                          target_ref=("jobs", job), why=why)

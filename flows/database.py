@@ -70,7 +70,7 @@ from flows import checks
 from flows.lifecycle import Assessment, cannot_measure, proposals, respond, runbook_flow, runtime
 from core.alerts import Alert, IncidentRef
 from core.catalog import Runbook
-from tasks.base import ProbeResult, Risk
+from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import postgres, system
 
@@ -162,7 +162,6 @@ def _backend_plans(action: str, target_name: str, queries: ProbeResult, limit: i
         query = _query_line(session)
         plans.append(PlannedAction(
             action=action,
-            risk=Risk.RISKY,
             target=f"backend pid {session['pid']}",
             params={"pid": session["pid"], "backend_start": session["backend_start"],
                     "query_start": session["query_start"]},
@@ -196,7 +195,6 @@ def plan_idle_transaction_terminations(
             if s["state_age_s"] > holders.threshold and s["datname"] == database]
     return [PlannedAction(
         action="terminate_idle_transaction",
-        risk=Risk.RISKY,
         target=f"backend pid {s['pid']}",
         params={k: s[k] for k in ("pid", "backend_start", "xact_start", "state_change")},
         target_ref=("postgres", target_name),

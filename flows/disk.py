@@ -51,7 +51,7 @@ from flows.host import locate_host, prometheus_url
 from flows.lifecycle import Assessment, cannot_measure, respond, runbook_flow, runtime
 from core.alerts import Alert, IncidentRef
 from core.catalog import PathTargets, Runbook
-from tasks.base import ProbeResult, Risk
+from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import hosts
 from tasks.probes.hosts import Host
@@ -94,19 +94,19 @@ def plan_cleanup(disk: ProbeResult, paths: PathTargets) -> list[PlannedAction]:
     plans: list[PlannedAction] = []
     if paths.logs:
         plans.append(PlannedAction(
-            action="compress_old_logs", risk=Risk.SAFE, target=f"logs in {', '.join(paths.logs)}",
+            action="compress_old_logs", target=f"logs in {', '.join(paths.logs)}",
             params={"directories": paths.logs, "older_than_days": paths.retention_days, "patterns": LOG_PATTERNS},
             why=f"{why}; logs older than {paths.retention_days:g} days are kept compressed (seed 004 '7 days local')",
         ))
         plans.append(PlannedAction(
-            action="delete_old_files", risk=Risk.SAFE, target=f"compressed logs in {', '.join(paths.logs)}",
+            action="delete_old_files", target=f"compressed logs in {', '.join(paths.logs)}",
             params={"directories": paths.logs, "older_than_days": paths.delete_after_days,
                     "patterns": COMPRESSED_PATTERNS},
             why=f"{why}; compressed logs are kept {paths.delete_after_days:g} days (seed 004 '30 days compressed')",
         ))
     if paths.temp:
         plans.append(PlannedAction(
-            action="remove_temp_files", risk=Risk.SAFE, target=f"temp files in {', '.join(paths.temp)}",
+            action="remove_temp_files", target=f"temp files in {', '.join(paths.temp)}",
             params={"directories": paths.temp, "older_than_days": paths.retention_days},
             why=f"{why}; temporary files older than {paths.retention_days:g} days (seed 002 'find /tmp -mtime +7 -delete')",
         ))

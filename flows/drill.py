@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
 from core.alerts import Alert, IncidentRef
-from tasks.base import ActionOutcome, ProbeResult, Risk
+from tasks.base import ActionOutcome, ProbeResult
 from tasks.mitigations import PlannedAction
 
 RUNBOOK = "responder-drill"
@@ -30,7 +30,7 @@ def plan_drill_step(alert: Alert) -> list[PlannedAction]:
     # Each drill has its own target (so repeated drills are not taken for a loop) unless the alert
     # names one with a `target` label: then the loop guard can be rehearsed too.
     target = alert.labels.get("target") or f"drill {alert.labels.get('drill_id') or alert.fingerprint}"
-    return [PlannedAction(action="drill_step", risk=Risk.RISKY, target=target, params={"name": target},
+    return [PlannedAction(action="drill_step", target=target, params={"name": target},
                           why="a drill asks for approval like a real risky step does")]
 
 

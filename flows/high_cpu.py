@@ -24,7 +24,7 @@ from flows.host import host_service, locate_host, prometheus_url
 from flows.lifecycle import Assessment, cannot_measure, respond, runbook_flow, runtime
 from core.alerts import Alert, IncidentRef
 from core.catalog import Runbook
-from tasks.base import ProbeResult, Risk
+from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction, plan_process_terminations
 from tasks.probes import hosts
 from tasks.probes.hosts import Host
@@ -66,7 +66,6 @@ def plan_immediate_actions(alert: Alert, host: Host, cpu: ProbeResult, top: Prob
         plans.append(
             PlannedAction(
                 action="restart_service",
-                risk=Risk.RISKY,
                 target=name,
                 params={"service": name, "argv": service.restart},
                 why=f"{cpu.line()}; no non-critical process to terminate",

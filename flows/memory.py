@@ -39,7 +39,7 @@ from flows.host import host_service, locate_host, prometheus_url
 from flows.lifecycle import Assessment, cannot_measure, respond, runbook_flow, runtime
 from core.alerts import Alert, IncidentRef
 from core.catalog import Runbook
-from tasks.base import ProbeResult, Risk
+from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction, plan_process_terminations
 from tasks.probes import hosts, http
 from tasks.probes.hosts import Host
@@ -104,7 +104,7 @@ def plan_resolutions(alert: Alert, host: Host, memory: ProbeResult, top: ProbeRe
                else f"{memory.line()}; no killable process to terminate")
         plans.append(
             PlannedAction(
-                action="restart_service", risk=Risk.RISKY, target=name,
+                action="restart_service", target=name,
                 params={"service": name, "argv": service.restart}, why=why,
             )
         )

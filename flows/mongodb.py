@@ -46,7 +46,7 @@ from flows import checks
 from flows.lifecycle import Assessment, cannot_measure, proposals, respond, runbook_flow, runtime
 from core.alerts import Alert, IncidentRef
 from core.catalog import Runbook
-from tasks.base import ProbeResult, Risk
+from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import http, mongo
 
@@ -109,7 +109,7 @@ def plan_resolution(
     if exhausted and selected is not None and selected[1].restart:
         name, service = selected
         return [PlannedAction(
-            action="restart_service", risk=Risk.RISKY, target=name,
+            action="restart_service", target=name,
             params={"service": name, "argv": service.restart},
             why="MongoDB answers but " + "; ".join(r.line() for r in exhausted) + " (seed 002: restart application to reset connections)",
         )]

@@ -34,7 +34,7 @@ from flows import checks
 from flows.checks import collect
 from flows.lifecycle import current_flow_run_id, mitigate, notifier, runtime
 from core.catalog import Runbook
-from tasks.base import ActionOutcome, ProbeResult, Risk
+from tasks.base import ActionOutcome, ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import http, logs, postgres, prometheus, system
 
@@ -379,11 +379,11 @@ def log_retention() -> State:
     paths = runtime()[1].targets.paths
     before = collect(log_directories)
     plans = [
-        PlannedAction(action="compress_old_logs", risk=Risk.SAFE, target=f"logs in {', '.join(paths.logs)}",
+        PlannedAction(action="compress_old_logs", target=f"logs in {', '.join(paths.logs)}",
                       params={"directories": paths.logs, "older_than_days": paths.retention_days,
                               "patterns": ["*.log", "*.log.[0-9]*", "*.log-[0-9]*"]},
                       why=f"seed 004: logs 7 days local (retention_days {paths.retention_days:g})"),
-        PlannedAction(action="delete_old_files", risk=Risk.SAFE, target=f"compressed logs in {', '.join(paths.logs)}",
+        PlannedAction(action="delete_old_files", target=f"compressed logs in {', '.join(paths.logs)}",
                       params={"directories": paths.logs, "older_than_days": paths.delete_after_days, "patterns": ["*.gz"]},
                       why=f"seed 004: 30 days compressed (delete_after_days {paths.delete_after_days:g})"),
     ] if paths.logs else []

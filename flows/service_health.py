@@ -56,7 +56,7 @@ from pydantic import SecretStr
 from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
 from core.alerts import Alert, IncidentRef
 from core.catalog import Runbook, ServiceTarget
-from tasks.base import ActionOutcome, ProbeResult, Risk
+from tasks.base import ActionOutcome, ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import http, mongo, postgres, redis
 
@@ -98,7 +98,7 @@ def check_dependencies(alert: Alert) -> list[ProbeResult]:
 
 
 def _plan(action: str, name: str, argv: list[str], why: str) -> list[PlannedAction]:
-    return [PlannedAction(action=action, risk=Risk.RISKY, target=name, params={"service": name, "argv": argv}, why=why)]
+    return [PlannedAction(action=action, target=name, params={"service": name, "argv": argv}, why=why)]
 
 
 @task(name="plan-restart", cache_policy=NO_CACHE)

@@ -86,8 +86,13 @@ def create_app(responder: "Responder") -> FastAPI:
             return _error(413, f"body larger than {limit} bytes")
         try:
             data = json.loads(raw)
+            json.dumps(data, ensure_ascii=False).encode("utf-8")  # "\ud800" parses, but cannot be stored
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return _error(422, [{"field": "(body)", "error": f"not JSON: {exc}"}])
+        except UnicodeEncodeError:
+            return _error(422, [{"field": "(body)", "error": "a string holds a lone surrogate (\\ud800-\\udfff)"}])
+        except RecursionError:  # arrays or objects nested thousands deep: a 4xx, which Alertmanager does not retry
+            return _error(422, [{"field": "(body)", "error": "JSON nested too deeply"}])
         try:
             payload = AlertmanagerPayload.model_validate(data)
         except ValidationError as exc:

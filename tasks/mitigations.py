@@ -10,23 +10,29 @@ commands are argv lists from ``config/targets.yaml``, never from an alert.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import time
 from typing import Any
 
 import psutil
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from tasks.actions import ACTIONS
 from tasks.base import ActionOutcome, ErrorCode, Mitigation, ResponderError, Risk
 
 
 class PlannedAction(BaseModel):
-    """One mitigation a runbook proposes, with the evidence that led to it."""
+    """One mitigation a runbook proposes, with the evidence that led to it.
+
+    Checked when it is made: the action must be registered, its risk is the registry's (the one
+    source: leave ``risk`` out, or it must agree), and ``params`` must fit the action's signature,
+    so a wrong plan fails in the planning step, naming the action and the parameter.
+    """
 
     action: str
-    risk: Risk
+    risk: Risk | None = None
     target: str
     params: dict[str, Any] = Field(default_factory=dict)
     why: str = ""
@@ -40,6 +46,22 @@ class PlannedAction(BaseModel):
     @property
     def guard_key(self) -> str:
         return f"{self.action}:{self.target}"
+
+    @model_validator(mode="after")
+    def _fits_the_registry(self) -> "PlannedAction":
+        mitigation = REGISTRY.get(self.action)
+        if mitigation is None:
+            raise ValueError(f"{self.action!r} is not a registered mitigation (known: {', '.join(sorted(REGISTRY))})")
+        if self.risk is None:
+            self.risk = mitigation.risk
+        elif self.risk is not mitigation.risk:
+            raise ValueError(f"{self.action} is {mitigation.risk.value}, not {self.risk.value}")
+        injected = {("dsn" if self.target_ref[0] == "postgres" else "url"): None} if self.target_ref else {}
+        try:
+            inspect.signature(mitigation.run).bind(**self.params, **injected, dry_run=True)
+        except TypeError as exc:
+            raise ValueError(f"{self.action}: parameters do not fit the action: {exc}") from None
+        return self
 
 
 def terminate_process(pid: int, create_time: float, name: str, dry_run: bool = False, grace_seconds: float = 10) -> ActionOutcome:
@@ -108,7 +130,6 @@ def plan_process_terminations(
         plans.append(
             PlannedAction(
                 action="terminate_process",
-                risk=Risk.RISKY,
                 target=f"pid {proc['pid']} ({proc.get('name', '?')})",
                 params={"pid": proc["pid"], "create_time": proc["create_time"], "name": proc.get("name", "?")},
                 why=f"uses {proc.get('cpu_percent', 0):.0f}% CPU and matches a killable pattern: {cmdline[:120]}",

@@ -311,6 +311,15 @@ class CaptureServer:
         self.server.shutdown()
 
 
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[CaptureServer]:
+    """One capture server per test module for the webhooks of ``config/notify.yaml`` (the same text
+    Slack would get; Slack, PagerDuty and Discord are unreachable here)."""
+    server = CaptureServer()
+    yield server
+    server.close()
+
+
 @pytest.fixture
 def capture() -> Iterator[CaptureServer]:
     server = CaptureServer()

@@ -24,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from core.alerts import Alert, IncidentRef
 from core.catalog import Runbook
 from flows.lifecycle import Assessment, respond, runbook_flow
-from tasks.base import ProbeResult, Risk
+from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 
 STATE = Path({state!r})
@@ -38,8 +38,8 @@ def check_toy_state() -> ProbeResult:
 
 def assess(runbook: Runbook, alert: Alert) -> Assessment:
     state = check_toy_state()
-    plans = [] if state.ok else [PlannedAction(action="drill_step", risk=Risk.RISKY, target="toy",
-                                               params={{"name": "toy"}}, why=state.summary)]
+    plans = [] if state.ok else [PlannedAction(action="drill_step", target="toy", params={{"name": "toy"}},
+                                               why=state.summary)]  # risky: the registry says so
     return Assessment(evidence=[state], plans=plans, verify=check_toy_state)
 
 

@@ -17,14 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from conftest import CaptureServer, load_fixture, make_config, resume, running_responder, runs_for_incident, wait_for, wait_run_final
-
-
-@pytest.fixture(scope="module")
-def webhook():
-    server = CaptureServer()
-    yield server
-    server.close()
+from conftest import load_fixture, make_config, resume, running_responder, runs_for_incident, wait_for, wait_run_final
 
 
 @pytest.fixture(scope="module")

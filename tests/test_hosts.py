@@ -19,7 +19,7 @@ import uuid
 import psutil
 import pytest
 
-from conftest import (CaptureServer, answer, fire, form_description, free_port, make_config, paused_run, report,
+from conftest import (answer, fire, form_description, free_port, make_config, paused_run, report,
                       running_responder, wait_for, wait_run_final)
 from tasks.probes import hosts
 from support.prometheus import AppTarget, PrometheusServer, binary
@@ -169,14 +169,6 @@ def test_node_exporter_figures_match_what_psutil_sees_here(fleet):
 
 
 # -- the runbooks ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def webhook():
-    """Receives what Slack would (the same text goes to every channel); Slack is unreachable here."""
-    server = CaptureServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")

@@ -55,6 +55,20 @@ def test_not_json_is_422(responder):
     assert answer.json()["detail"][0]["field"] == "(body)" and "not JSON" in answer.json()["detail"][0]["error"]
 
 
+@pytest.mark.parametrize("raw, error", [
+    (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),          # 400 KB, under the 1 MiB limit
+    (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, "nested too deeply"),
+    (b'{"version": "4", "groupKey": "\\ud800"}', "lone surrogate"),
+])
+def test_hostile_json_is_422_never_500(responder, raw, error):
+    """Bodies Python's JSON parser chokes on or that no database could store: a 4xx (Alertmanager
+    does not retry those), never a 500 (which it would retry forever)."""
+    answer = responder.post(None, raw=raw)
+    assert answer.status_code == 422, answer.text[:300]
+    assert error in answer.json()["detail"][0]["error"]
+    assert responder.post(load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6])).status_code == 200
+
+
 @pytest.mark.parametrize(
     "mutate, field",
     [

@@ -26,13 +26,6 @@ from core.settings import ResponderSettings
 from flows.drill import responder_drill
 
 
-@pytest.fixture(scope="module")
-def webhook():
-    server = CaptureServer()
-    yield server
-    server.close()
-
-
 def services_for(tmp, webhook: CaptureServer, dry_run: bool = False, approval_timeout: float = 60) -> Services:
     config = make_config(tmp, runbook_overrides={"responder-drill": {"approval_timeout_seconds": approval_timeout}},
                          notify={"webhooks": [f"{webhook.url}/hooks"]})

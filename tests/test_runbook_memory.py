@@ -19,17 +19,10 @@ from datetime import datetime, timezone
 import psutil
 import pytest
 
-from conftest import (answer, CaptureServer, fire, form_description, make_config, paused_run, report,
+from conftest import (answer, fire, form_description, make_config, paused_run, report,
                       running_responder, runs_for_incident, wait_for, wait_run_final)
 
 BURNER_MARK = "responder-test-memory-burner-"
-
-
-@pytest.fixture(scope="module")
-def webhook():
-    server = CaptureServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")
