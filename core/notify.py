@@ -105,9 +105,7 @@ class Notifier:
             return _thread_locks.setdefault(incident_id, threading.Lock())
 
     def _slack_post(self, client: Any, incident: Incident, text: str, blocks: list[dict[str, Any]] | None) -> None:
-        channel = self.catalog.notify.slack.channels.get(incident.severity) or self.catalog.notify.slack.channels.get(
-            "warning", "#alerts"
-        )
+        channel = self._channel(incident.severity)
         thread = self.store.note(incident.id, "slack_ts")
         body: dict[str, Any] = {"channel": self.store.note(incident.id, "slack_channel") or channel, "text": text}
         if blocks:
@@ -118,6 +116,10 @@ class Notifier:
         if not thread and data.get("ts"):
             self.store.set_note(incident.id, "slack_ts", data["ts"])
             self.store.set_note(incident.id, "slack_channel", data.get("channel") or channel)
+
+    def _channel(self, severity: str) -> str:
+        channels = self.catalog.notify.slack.channels
+        return channels.get(severity) or channels.get("warning", "#alerts")
 
     def pagerduty(self, incident: Incident, action: str, summary: str) -> None:
         config = self.catalog.notify.pagerduty
@@ -155,7 +157,6 @@ class Notifier:
         carry an Acknowledge button, an ``approval-asked`` (``details["flow_run_id"]``) Approve and
         Reject buttons.
         """
-        failures: list[str] = []
         blocks = _slack_blocks(incident, kind, text, details or {})
         attempts: list[tuple[str, Any]] = [
             ("slack", lambda: self.slack(incident, text, blocks)),
@@ -166,33 +167,30 @@ class Notifier:
             attempts.append(("discord", lambda: self.discord(text)))
         if pagerduty:
             attempts.append(("pagerduty", lambda: self.pagerduty(incident, pagerduty, text)))
+        return self._deliver(kind, attempts, incident.id)
+
+    def announce(self, kind: str, severity: str, text: str, *, details: dict[str, Any] | None = None) -> list[str]:
+        """A message that belongs to no incident (a scheduled check's findings): the severity's Slack
+        channel and every webhook. Returns the channels that failed; a failure is logged, never raised."""
+        client = self._slack_client()
+        attempts: list[tuple[str, Any]] = [("webhooks", lambda: self.webhooks({"kind": kind, "text": text, **(details or {})}))]
+        if client is not None:
+            channel = self._channel(severity)
+            attempts.insert(0, ("slack", lambda: self._slack_call(client, "chat.postMessage", channel=channel, text=text)))
+        return self._deliver(kind, attempts)
+
+    def _deliver(self, kind: str, attempts: list[tuple[str, Any]], incident_id: str | None = None) -> list[str]:
+        """Try every channel; one that fails is logged (and recorded on the incident), never raised."""
+        failures: list[str] = []
         for name, call in attempts:
             try:
                 call()
             except Exception as exc:  # any channel failure is recorded, never fatal
                 failures.append(name)
                 log.error("Notification %s via %s failed: %s", kind, name, type(exc).__name__)
-                self.store.add_timeline(incident.id, "notify-failed", f"{name} did not take the {kind} message: "
-                                        f"{type(exc).__name__}: {str(exc)[:200]}")
-        return failures
-
-
-    def announce(self, kind: str, severity: str, text: str, *, details: dict[str, Any] | None = None) -> list[str]:
-        """A message that belongs to no incident (a scheduled check's findings): the severity's Slack
-        channel and every webhook. Returns the channels that failed; a failure is logged, never raised."""
-        failures: list[str] = []
-        client = self._slack_client()
-        attempts: list[tuple[str, Any]] = [("webhooks", lambda: self.webhooks({"kind": kind, "text": text, **(details or {})}))]
-        if client is not None:
-            channels = self.catalog.notify.slack.channels
-            channel = channels.get(severity) or channels.get("warning", "#alerts")
-            attempts.insert(0, ("slack", lambda: self._slack_call(client, "chat.postMessage", channel=channel, text=text)))
-        for name, call in attempts:
-            try:
-                call()
-            except Exception as exc:  # any channel failure is reported, never fatal
-                failures.append(name)
-                log.error("Notification %s via %s failed: %s", kind, name, type(exc).__name__)
+                if incident_id is not None:
+                    self.store.add_timeline(incident_id, "notify-failed", f"{name} did not take the {kind} message: "
+                                            f"{type(exc).__name__}: {str(exc)[:200]}")
         return failures
 
 

@@ -37,7 +37,8 @@ PostgreSQL database"):
 1. Test the connection (``pg_isready`` / ``SELECT 1``)                   → ``check-database-readiness``
 2. If it answers: connection limit (``SELECT count(*) FROM pg_stat_activity``)
                                                                          → ``check-active-connections``
-3. Disk full? (``df -h`` on ``paths.disk``)                              → ``check-disk-usage``
+3. Disk full? (``df -h`` of the database's machine, the alert's ``instance``: this one with
+   psutil on ``paths.disk``, another through Prometheus, see ``flows/host.py``) → ``check-disk-usage``
 4. "If hung, force restart: docker-compose restart postgres": the restart argv of the ``postgres``
    entry of ``services`` (seed 000 "Database restart: only if absolutely necessary"), risky
                                                                          → ``mitigate``
@@ -67,12 +68,13 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
 from flows import checks
+from flows.host import locate, prometheus_url
 from flows.lifecycle import Assessment, cannot_measure, proposals, respond, runbook_flow, runtime
 from core.alerts import Alert, IncidentRef
 from core.catalog import Runbook
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
-from tasks.probes import postgres, system
+from tasks.probes import hosts, postgres
 
 CONNECTIONS = "database-connections"
 SLOW_QUERIES = "database-slow-queries"
@@ -130,8 +132,8 @@ def check_database_readiness(dsn: SecretStr) -> ProbeResult:
 
 
 @task(name="check-disk-usage", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def check_disk_usage(paths: list[str], threshold: float) -> ProbeResult:
-    return system.disk_usage(paths, threshold=threshold)
+def check_disk_usage(instance: str, paths: list[str], threshold: float) -> ProbeResult:
+    return hosts.disk_usage(locate(instance), prometheus_url(), paths, threshold)
 
 
 @task(name="verify-connections", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
@@ -283,7 +285,7 @@ def assess_connection_failure(runbook: Runbook, alert: Alert) -> Assessment:
     evidence = [readiness]
     if readiness.ok:
         evidence.append(check_active_connections(dsn, t.get("connections_ratio", 0.8)))
-    disk = check_disk_usage(runtime()[1].targets.paths.disk, t.get("disk_percent", 90), return_state=True)
+    disk = check_disk_usage(alert.instance, runtime()[1].targets.paths.disk, t.get("disk_percent", 90), return_state=True)
     # a cause to look at, not the response itself: a disk figure that cannot be taken must not stop it
     evidence.append(disk.result() if disk.is_completed() else ProbeResult(
         probe="disk_usage", ok=True, summary=f"not measured: {disk.message}"))
