@@ -146,7 +146,7 @@ def test_another_machine_is_measured_through_prometheus(fleet):
 
     top = hosts.top_processes(web3, url, by="cpu")
     assert [g["group"] for g in top.evidence["process_groups"]] == ["ffmpeg", "nginx"]
-    assert 300 <= top.evidence["process_groups"][0]["cpu_percent"] <= 340
+    assert 200 <= top.evidence["process_groups"][0]["cpu_percent"] <= 400  # 320 % (3.2 cores), as a 5 s rate sees it
     largest = hosts.largest_entries(web3, ["/"])
     assert largest.evidence["unmeasured"] and "need the host's own view" in largest.summary
 

@@ -101,7 +101,10 @@ def cpu_percent(url: str, instance: str, threshold: float = 80.0, rate_window: s
         return not_measured("cpu_percent", instance, f"no node_cpu_seconds_total samples in the last {rate_window}",
                             threshold, "%")
     value = round(100 * (1 - (modes.get("idle", 0) + modes.get("iowait", 0)) / total), 1)
-    cores = round(total)
+    # counted, not derived from the rates (their sum is only about the number of cores)
+    idle = _exact(instance, 'mode="idle"')
+    counted = prometheus.vector(url, f"count(node_cpu_seconds_total{{{idle}}})")
+    cores = int(counted[0][1]) if counted else round(total)
     share = {mode: round(100 * v / total, 1) for mode, v in sorted(modes.items(), key=lambda kv: -kv[1])}
     return ProbeResult(
         probe="cpu_percent", ok=value <= threshold, value=value, threshold=threshold, unit="%",
