@@ -22,7 +22,7 @@ import pytest
 from conftest import (answer, fire, form_description, free_port, make_config, paused_run, report,
                       running_responder, wait_for, wait_run_final)
 from tasks.probes import hosts
-from support.prometheus import AppTarget, PrometheusServer, binary
+from support.prometheus import AppTarget, PrometheusServer, binary, stop_process
 
 GiB = 2**30
 WEB3 = "web-3:9100"
@@ -83,8 +83,7 @@ def fleet(tmp_path_factory):
     finally:
         prom.stop()
         web3.close()
-        exporter.terminate()
-        exporter.wait(10)
+        stop_process(exporter)
 
 
 def config(**overrides) -> hosts.HostTargets:

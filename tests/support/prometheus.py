@@ -168,6 +168,16 @@ def binary(*names: str) -> str:
     pytest.fail(f"{names[0]} is not installed (apt-get install {names[0]}; `make test` does it)")
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
 class PrometheusServer:
     """A real Prometheus: 1 s scrape and evaluation, rules and Alertmanager optional."""
 
@@ -207,12 +217,7 @@ class PrometheusServer:
                  30, what=f"{scrapes} scrapes of {job}")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop_process(self.process)
 
 
 class AlertmanagerServer:
@@ -246,12 +251,7 @@ class AlertmanagerServer:
         httpx.post(f"{self.url}/api/v2/alerts", json=[alert], timeout=5).raise_for_status()
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop_process(self.process)
 
 
 class GrafanaStub:
