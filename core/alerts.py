@@ -8,7 +8,7 @@ required and typed, so a malformed body is refused with the field named.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -74,3 +74,10 @@ class IncidentRef(BaseModel):
     runbook: str
     group_key: str
     severity: str = "warning"
+
+
+class Route(NamedTuple):
+    """Where the catalog sends an alert name: the runbook that responds, and its default severity."""
+
+    runbook: str
+    severity: str

@@ -13,11 +13,13 @@ import importlib
 import re
 from pathlib import Path
 import os
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator,
+                      model_validator)
 
+from core.alerts import Route
 from tasks.base import Risk
 from tasks.mitigations import REGISTRY
 from tasks.probes.hosts import HostTargets
@@ -41,6 +43,28 @@ class VerifySpec(_Strict):
     interval_seconds: float = Field(default=15, gt=0)
 
 
+class Thresholds(BaseModel):
+    """A runbook's typed thresholds, declared once in the runbook's module.
+
+    Each field's default is the seed's figure and its description the seed's words (both appear in
+    ``docs/runbooks.md``). ``spellings`` holds the figures a seed gives one alert spelling only (seed 001's
+    ``response_time_p95`` fires at 1 s where seed 000's ``HIGH_RESPONSE_TIME`` fires at 2 s). An installation
+    overrides any of them in its catalog entry (``thresholds: {name: value}`` or ``{name.ALERTNAME: value}``),
+    checked against this model when ``responder up`` starts.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    spellings: ClassVar[dict[str, dict[str, Any]]] = {}
+
+
+def seed(default: Any, words: str, **constraints: Any) -> Any:
+    """A threshold field: the seed's figure as its default, the seed's words as its description."""
+    return Field(default=default, description=words, **constraints)
+
+
+T = TypeVar("T", bound=Thresholds)
+
+
 class Runbook(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     title: str
@@ -48,7 +72,10 @@ class Runbook(_Strict):
     alertnames: list[str] = Field(default_factory=list)
     severity: str = "warning"
     seeds: list[str] = Field(default_factory=list)
-    thresholds: dict[str, float] = Field(default_factory=dict)
+    thresholds: dict[str, Any] = Field(
+        default_factory=dict,
+        description="this installation's overrides of the runbook's typed thresholds: NAME or NAME.ALERTNAME",
+    )
     verify: VerifySpec = Field(default_factory=VerifySpec)
     approval_timeout_seconds: float = Field(default=900, gt=0)
     mitigations: list[MitigationSpec] = Field(default_factory=list)
@@ -69,9 +96,54 @@ class Runbook(_Strict):
             raise ValueError("a runbook needs alertnames (started by alerts) or schedules (cron), or both")
         return self
 
+    _source: Path | None = PrivateAttr(default=None)  # the catalog file it was read from
+    _limits: type[Thresholds] = PrivateAttr(default=Thresholds)  # its flow's model, bound by resolve_flows
+
     @property
     def deployment_name(self) -> str:
         return self.name
+
+    @property
+    def limits_model(self) -> type[Thresholds]:
+        return self._limits
+
+    def limits(self, model: type[T], alertname: str | None = None) -> T:
+        """The thresholds in force for ``alertname``: the seed's defaults, then the seed's figure for that
+        spelling, then this installation's overrides (``NAME``, then ``NAME.ALERTNAME``)."""
+        values: dict[str, Any] = dict(model.spellings.get(alertname, {})) if alertname else {}
+        specific: dict[str, Any] = {}
+        for key, value in self.thresholds.items():
+            name, _, spelling = key.partition(".")
+            if not spelling:
+                values[name] = value
+            elif spelling == alertname:
+                specific[name] = value
+        return model.model_validate(values | specific)
+
+    def bind_limits(self, model: type[Thresholds]) -> None:
+        """Check this entry's overrides against the runbook's model (unknown name, unknown spelling, wrong
+        type) and remember the model; the error names the file, the runbook and the field."""
+        where = f"{self._source or 'catalog'}: runbook {self.name!r}"
+        known = sorted(model.model_fields)
+        for key in self.thresholds:
+            name, _, spelling = key.partition(".")
+            if name not in model.model_fields:
+                raise CatalogError(f"{where}: thresholds.{key}: unknown threshold {name!r} "
+                                   f"(this runbook's thresholds: {', '.join(known) or 'none'})")
+            if spelling and spelling not in self.alertnames:
+                raise CatalogError(f"{where}: thresholds.{key}: {spelling!r} is not one of this runbook's alert names "
+                                   f"({', '.join(self.alertnames) or 'none'})")
+        for alertname in [None, *self.alertnames]:
+            try:
+                self.limits(model, alertname)
+            except ValidationError as exc:
+                lines = []
+                for err in exc.errors():
+                    field = str(err["loc"][0]) if err["loc"] else "(thresholds)"
+                    key = f"{field}.{alertname}" if f"{field}.{alertname}" in self.thresholds else field
+                    lines.append(f"{where}: thresholds.{key}: {err['msg']} (got {err.get('input')!r})")
+                raise CatalogError("\n".join(lines)) from None
+        self._limits = model
 
     def catalog_entry(self) -> dict[str, Any]:
         return {
@@ -81,7 +153,12 @@ class Runbook(_Strict):
             "deployment": f"{self.flow.split(':')[1].replace('_', '-')}/{self.deployment_name}",
             "alertnames": self.alertnames,
             "severity": self.severity,
-            "thresholds": self.thresholds,
+            "thresholds": self.limits(self._limits).model_dump(),
+            "thresholds_by_alertname": {
+                name: self.limits(self._limits, name).model_dump() for name in self.alertnames
+                if self.limits(self._limits, name) != self.limits(self._limits)
+            },
+            "threshold_overrides": self.thresholds,
             "mitigations": [m.model_dump(mode="json") for m in self.mitigations],
             "seeds": self.seeds,
             "schedules": self.schedules,
@@ -296,6 +373,15 @@ class Catalog(BaseModel):
                 return runbook
         return None
 
+    def routes(self, alertnames: list[str]) -> dict[str, Route]:
+        """Each routed alert name → its runbook and default severity (unrouted names are left out)."""
+        found: dict[str, Route] = {}
+        for alertname in alertnames:
+            runbook = self.route(alertname)
+            if runbook is not None:
+                found[alertname] = Route(runbook.name, runbook.severity)
+        return found
+
     def get(self, name: str) -> Runbook:
         for runbook in self.runbooks:
             if runbook.name == name:
@@ -304,7 +390,7 @@ class Catalog(BaseModel):
 
     def resolve_flows(self) -> dict[str, Any]:
         """Import every runbook's flow; check its mitigations exist. Returns {runbook name: Flow}."""
-        from prefect import Flow  # heavy (about 1.4 s): only `responder up` and the checks need it
+        from prefect import Flow  # heavy: Prefect (~1.4 s), not needed by the CLI's light commands
 
         flows: dict[str, Any] = {}
         for runbook in self.runbooks:
@@ -316,6 +402,11 @@ class Catalog(BaseModel):
             obj = getattr(module, attr, None)
             if not isinstance(obj, Flow):
                 raise CatalogError(f"runbook {runbook.name!r}: {runbook.flow!r} is not a Prefect flow")
+            model = getattr(obj, "thresholds_model", None)
+            if not (isinstance(model, type) and issubclass(model, Thresholds)):
+                raise CatalogError(f"{runbook._source or 'catalog'}: runbook {runbook.name!r}: {runbook.flow!r} declares "
+                                   "no runbook spec (build it with flows.lifecycle.runbook_flow(..., thresholds=...))")
+            runbook.bind_limits(model)
             for mitigation in runbook.mitigations:
                 registered = REGISTRY.get(mitigation.name)
                 if registered is None:
@@ -399,6 +490,7 @@ def load_catalog(config_dir: Path) -> Catalog:
             if runbook.name in origin:
                 raise CatalogError(f"{path}: runbook name {runbook.name!r} is also defined in {origin[runbook.name]}")
             origin[runbook.name] = path
+            runbook._source = path
             for alertname in runbook.alertnames:
                 if alertname in alert_owner:
                     raise CatalogError(

@@ -6,6 +6,17 @@ import logging
 from datetime import datetime, timedelta
 from uuid import UUID
 
+from prefect import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.states import Cancelled, Scheduled
+
 from core.catalog import Catalog
 from core.store import Incident
 
@@ -33,9 +44,6 @@ async def schedule_next_page(
     Only the next level is scheduled; each page run schedules the one after it. Times count from
     the incident's opening, so a late page never pushes the later ones back.
     """
-    from prefect import get_client
-    from prefect.states import Scheduled
-
     request = page_request(incident, catalog, time_scale, after_level)
     if request is None:
         return None
@@ -53,17 +61,6 @@ async def schedule_next_page(
 
 async def cancel_pages(incident_id: str, deployment_id: UUID, reason: str) -> int:
     """Cancel the incident's pages that have not run yet."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterId,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-    from prefect.states import Cancelled
-
     cancelled = 0
     async with get_client() as client:
         runs = await client.read_flow_runs(

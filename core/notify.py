@@ -16,6 +16,8 @@ import threading
 from typing import Any
 
 import httpx
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from core.catalog import Catalog
@@ -70,8 +72,6 @@ class Notifier:
 
     # -- channels ------------------------------------------------------------------
     def _slack_client(self):
-        from slack_sdk import WebClient
-
         token = self.settings.slack_token
         if token is None or not token.get_secret_value():
             return None
@@ -80,8 +80,6 @@ class Notifier:
 
     @_retrying
     def _slack_call(self, client: Any, method: str, **body: Any) -> dict[str, Any]:
-        from slack_sdk.errors import SlackApiError
-
         try:
             return client.api_call(method, json=body).data
         except SlackApiError as exc:

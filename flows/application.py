@@ -2,8 +2,10 @@
 
 Catalog: ``config/runbooks/application.yaml``. Each flow is started by the
 ``responder.alert.firing`` event of any of its alert spellings and follows its seeds' steps
-in order (task names are the steps); thresholds are the catalog's, per alert spelling where the
-seeds differ (``p95_seconds.response_time_p95: 1`` next to ``p95_seconds: 2``).
+in order (task names are the steps). Each runbook's thresholds are a typed model declared next to
+its flow (``HighResponseTimeLimits`` ...): the seeds' figures as defaults, per alert spelling where the
+seeds differ (``spellings``: ``response_time_p95`` fires at 1 s where ``HIGH_RESPONSE_TIME`` fires at 2 s);
+the catalog entry may override them (``thresholds: {name: value}`` or ``{name.ALERTNAME: value}``).
 
 * ``high_response_time``: HIGH_RESPONSE_TIME (seed 000), response_time_p95 (001), seed 002
   "Slow requests", seed 003 "Production is Slow", seed 004 "High Response Time".
@@ -18,6 +20,7 @@ seeds differ (``p95_seconds.response_time_p95: 1`` next to ``p95_seconds: 2``).
 from __future__ import annotations
 
 import re
+from typing import Any, ClassVar
 
 import httpx
 
@@ -25,11 +28,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows import checks
-from flows.checks import collect, compact, measured, setting
+from flows.checks import collect, compact, measured
 from flows.host import locate, prometheus_url
 from flows.lifecycle import Assessment, respond, runbook_flow
 from core.alerts import Alert, IncidentRef
-from core.catalog import Runbook
+from core.catalog import Runbook, Thresholds, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import hosts, http, postgres, prometheus
@@ -68,6 +71,27 @@ def check_service_dependencies() -> ProbeResult:
 
 # -- HIGH_RESPONSE_TIME -----------------------------------------------------------------------
 
+
+class HighResponseTimeLimits(Thresholds):
+    p95_seconds: float = seed(2, "seed 000/004: \"P95 response time >2s for 2 minutes\"", ge=0)
+    window_seconds: float = seed(300, "seed 001: \"over 5 minutes\"; rate window of the P95 query", gt=0)
+    slow_query_ms: float = seed(1000, "seed 000 DATABASE_SLOW_QUERIES: \"Queries taking >1s\" (mean_time > 1000)", ge=0)
+    connections_ratio: float = seed(0.8, "seed 001: \"Connection pool usage exceeds 80%\"", ge=0, le=1)
+    external_slow_ms: float = seed(1000, "chosen: an external call slower than 1 s is reported as slow", ge=0)
+    cpu_percent: float = seed(80, "seed 000 HIGH_CPU_USAGE \">80%\": \"If CPU bound: Scale horizontally\"",
+                              ge=0, le=100)
+    memory_percent: float = seed(85, "seed 000 HIGH_MEMORY_USAGE \">85%\": \"Temporary: Restart to clear memory\"",
+                                 ge=0, le=100)
+    heap_ratio: float = seed(0.9, "seed 003: \"nodejs_heap_used_bytes / nodejs_heap_size_limit_bytes > 0.9\"",
+                             ge=0, le=1)
+    log_window_minutes: float = seed(15, "chosen: how far back the logs are read", gt=0)
+
+    spellings: ClassVar[dict[str, dict[str, Any]]] = {
+        "response_time_p95": {"p95_seconds": 1},  # seed 001: "P95 response time exceeds 1 second over 5 minutes"
+        "SlowRequests": {"p95_seconds": 3},       # seed 002: "(>3s threshold)"
+    }
+
+
 check_endpoint_performance = checks.p95_latency.with_options(name="check-endpoint-performance")
 identify_slow_endpoints = checks.p95_latency.with_options(name="identify-slow-endpoints")
 check_slow_request_logs = checks.log_probe.with_options(name="check-request-logs-for-slow-requests")
@@ -96,37 +120,51 @@ def plan_response_time(alert: Alert, p95: ProbeResult, resources: ProbeResult, h
 
 def assess_response_time(runbook: Runbook, alert: Alert) -> Assessment:
     """The high-response-time steps of seeds 000-004, in order (each line names its seed)."""
-    name = alert.alertname
-    threshold = setting(runbook, "p95_seconds", name, 2.0)
-    window = checks.window_of(runbook, name, 300)
+    limits = runbook.limits(HighResponseTimeLimits, alert.alertname)
+    threshold = limits.p95_seconds
+    window = prometheus.window(limits.window_seconds)
     match = checks.job_match(alert)
     p95 = collect(check_endpoint_performance, threshold, window, ("job",), match)                      # 000 step 1
     endpoints = collect(identify_slow_endpoints, threshold, window, ENDPOINTS, match, required=False)  # 001, 002
     slow_logs = collect(check_slow_request_logs, "slow_requests", ("app",), threshold_ms=threshold * 1000,
-                        since_minutes=setting(runbook, "log_window_minutes", name, 15))
+                        since_minutes=limits.log_window_minutes)
     slow_queries_log = collect(check_slow_query_logs, "errors", ("app",), probe="slow_query_log",
-                               pattern="Slow query detected", since_minutes=setting(runbook, "log_window_minutes", name, 15))
-    database = collect(check_database_performance, setting(runbook, "slow_query_ms", name, 1000),
-                       setting(runbook, "connections_ratio", name, 0.8))                                # 000 step 2
-    externals = collect(check_external_api_calls, slow_ms=setting(runbook, "external_slow_ms", name, 1000))  # 000 step 3
-    resources = collect(check_system_resources, alert.instance, setting(runbook, "cpu_percent", name, 80),
-                        setting(runbook, "memory_percent", name, 85))                                  # 001, 002
+                               pattern="Slow query detected", since_minutes=limits.log_window_minutes)
+    database = collect(check_database_performance, limits.slow_query_ms, limits.connections_ratio)     # 000 step 2
+    externals = collect(check_external_api_calls, slow_ms=limits.external_slow_ms)                     # 000 step 3
+    resources = collect(check_system_resources, alert.instance, limits.cpu_percent,
+                        limits.memory_percent)                                                         # 001, 002
     heap = collect(check_heap_usage,
                    f"max by (job, instance) (nodejs_heap_used_bytes{{{prometheus.matchers(match)}}}"
                    f" / nodejs_heap_size_limit_bytes{{{prometheus.matchers(match)}}})",
-                   setting(runbook, "heap_ratio", name, 0.9), probe="nodejs_heap_ratio", required=False)  # 003
+                   limits.heap_ratio, probe="nodejs_heap_ratio", required=False)                          # 003
     return Assessment(evidence=[p95, endpoints, slow_logs, slow_queries_log, database, externals, resources, heap],
                       plans=plan_response_time(alert, p95, resources, heap),
                       verify=lambda: check_endpoint_performance(threshold, window, ("job",), match, no_data_ok=False))
 
 
-@runbook_flow(name="high-response-time", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+@runbook_flow(name="high-response-time", run_name="{alert.labels[alertname]} {alert.fingerprint}",
+              thresholds=HighResponseTimeLimits)
 def high_response_time(alert: Alert, incident: IncidentRef | None = None):
     """P95 response time over the alert's threshold: find where the time goes, relieve, verify."""
     return respond("high-response-time", alert, incident, assess_response_time)
 
 
 # -- HIGH_ERROR_RATE --------------------------------------------------------------------------
+
+
+class HighErrorRateLimits(Thresholds):
+    error_ratio: float = seed(0.05, "every seed: \"more than 5%\" (seed 003 query: rate(5xx)/rate(all))", ge=0, le=1)
+    window_seconds: float = seed(300, "seed 003: \"rate(http_requests_total{status=~\"5..\"}[5m])\"", gt=0)
+    log_window_minutes: float = seed(15, "chosen: how far back the logs are read", gt=0)
+    slow_query_ms: float = seed(1000, "seed 000 DATABASE_SLOW_QUERIES \">1s\"", ge=0)
+    connections_ratio: float = seed(0.8, "seed 001 step 3 \"Check Database Connection Pool\", alerts at 80%",
+                                    ge=0, le=1)
+
+    spellings: ClassVar[dict[str, dict[str, Any]]] = {
+        "HIGH_ERROR_RATE": {"window_seconds": 60},  # seed 000: "for 1 minute" (alert-rules.yml uses [1m])
+    }
+
 
 check_error_rate = checks.error_ratio.with_options(name="check-error-rate")
 identify_failing_endpoints = checks.error_ratio.with_options(name="identify-failing-endpoints")
@@ -160,10 +198,10 @@ def plan_error_rate(alert: Alert, rate: ProbeResult, dependencies: ProbeResult, 
 
 def assess_error_rate(runbook: Runbook, alert: Alert) -> Assessment:
     """The high-error-rate steps of seeds 000-004, in order (each line names its seed)."""
-    name = alert.alertname
-    threshold = setting(runbook, "error_ratio", name, 0.05)
-    window = checks.window_of(runbook, name, 300)
-    since = setting(runbook, "log_window_minutes", name, 15)
+    limits = runbook.limits(HighErrorRateLimits, alert.alertname)
+    threshold = limits.error_ratio
+    window = prometheus.window(limits.window_seconds)
+    since = limits.log_window_minutes
     match = checks.job_match(alert)
     endpoint = checks.endpoint_of(alert)
     rate = collect(check_error_rate, threshold, window, ("job",), match)                                     # 003 1
@@ -178,8 +216,7 @@ def assess_error_rate(runbook: Runbook, alert: Alert) -> Assessment:
     breakers = collect(check_circuit_breakers, "errors", ("app", "error"), probe="circuit_breaker_open",
                        pattern=r"(?i)circuit.*open", since_minutes=since)                                    # 003 3
     dependencies = collect(check_service_dependencies)                                                       # 000 3
-    database = collect(check_database_performance, setting(runbook, "slow_query_ms", name, 1000),
-                       setting(runbook, "connections_ratio", name, 0.8))                                     # 001 3
+    database = collect(check_database_performance, limits.slow_query_ms, limits.connections_ratio)          # 001 3
     externals = collect(verify_external_service_status)                                                      # 001 4
     return Assessment(
         evidence=[rate, endpoints, error_logs, patterns, by_type, by_user, breakers, dependencies, database, externals],
@@ -188,13 +225,21 @@ def assess_error_rate(runbook: Runbook, alert: Alert) -> Assessment:
     )
 
 
-@runbook_flow(name="high-error-rate", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+@runbook_flow(name="high-error-rate", run_name="{alert.labels[alertname]} {alert.fingerprint}",
+              thresholds=HighErrorRateLimits)
 def high_error_rate(alert: Alert, incident: IncidentRef | None = None):
     """More than 5 % of requests fail: read the errors, check dependencies, degrade or roll back, verify."""
     return respond("high-error-rate", alert, incident, assess_error_rate)
 
 
 # -- one endpoint broken (seed 003) -----------------------------------------------------------
+
+
+class EndpointBrokenLimits(Thresholds):
+    error_ratio: float = seed(0.05, "seed 003 HighErrorRate \"> 5%\", for the one endpoint (path/route/handler label)",
+                              ge=0, le=1)
+    window_seconds: float = seed(300, "seed 003 query window [5m]", gt=0)
+    log_window_minutes: float = seed(15, "chosen: how far back the logs are read", gt=0)
 
 
 @task(name="verify-endpoint", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
@@ -219,15 +264,15 @@ check_endpoint_error_logs = checks.log_probe.with_options(name="check-endpoint-e
 
 def assess_endpoint(runbook: Runbook, alert: Alert) -> Assessment:
     """Seed 003 "One Endpoint is Broken", in order."""
-    name = alert.alertname
+    limits = runbook.limits(EndpointBrokenLimits, alert.alertname)
     endpoint = checks.endpoint_of(alert)
-    threshold = setting(runbook, "error_ratio", name, 0.05)
-    window = checks.window_of(runbook, name, 300)
+    threshold = limits.error_ratio
+    window = prometheus.window(limits.window_seconds)
     match = {**(checks.job_match(alert) or {}), **checks.endpoint_match(alert)} or None
     status = collect(verify_endpoint, alert)                                                                 # 1
     rate = collect(check_endpoint_errors, threshold, window, ENDPOINTS, match)
     errors = collect(check_endpoint_error_logs, "group_by", ("app",), field="error_type", where={"level": "ERROR"},
-                     contains=endpoint, since_minutes=setting(runbook, "log_window_minutes", name, 15))     # 2
+                     contains=endpoint, since_minutes=limits.log_window_minutes)                            # 2
     plans = []
     if not rate.ok or not status.ok:  # 3 "Disable endpoint temporarily / Return 503 with maintenance message"
         plans = compact([checks.flag_plan(f"endpoint:{endpoint}", f"{rate.line()}; {status.line()}")]) if endpoint else []
@@ -235,13 +280,22 @@ def assess_endpoint(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_endpoint_errors(threshold, window, ENDPOINTS, match, no_data_ok=False))
 
 
-@runbook_flow(name="endpoint-broken", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+@runbook_flow(name="endpoint-broken", run_name="{alert.labels[alertname]} {alert.fingerprint}",
+              thresholds=EndpointBrokenLimits)
 def endpoint_broken(alert: Alert, incident: IncidentRef | None = None):
     """Seed 003 "One Endpoint is Broken": verify, read its errors, disable it temporarily, verify."""
     return respond("endpoint-broken", alert, incident, assess_endpoint)
 
 
 # -- memory keeps growing (seed 003) ----------------------------------------------------------
+
+
+class MemoryKeepsGrowingLimits(Thresholds):
+    watch_minutes: float = seed(30, "seed 003: \"Watch for 30+ minutes\" (heap now against 30 minutes ago)", gt=0)
+    growth_ratio: float = seed(0.2, "chosen: the seed gives no figure; +20 % heap in 30 minutes counts as growing",
+                               ge=0)
+    heap_ratio: float = seed(0.9, "seed 003 HighMemoryUsage: \"> 90% of heap memory\"", ge=0, le=1)
+
 
 confirm_memory_leak = checks.prometheus_query.with_options(name="confirm-memory-leak")
 check_heap_ratio = checks.prometheus_query.with_options(name="check-heap-usage")
@@ -262,16 +316,16 @@ def _growth_query(match: dict[str, str] | None, minutes: float) -> str:
 
 def assess_memory_growth(runbook: Runbook, alert: Alert) -> Assessment:
     """Seed 003 "Memory Keeps Growing", in order."""
-    name = alert.alertname
-    growth = setting(runbook, "growth_ratio", name, 0.2)
-    minutes = setting(runbook, "watch_minutes", name, 30)
+    limits = runbook.limits(MemoryKeepsGrowingLimits, alert.alertname)
+    growth = limits.growth_ratio
+    minutes = limits.watch_minutes
     match = checks.job_match(alert)
     query = _growth_query(match, minutes)
     # no data from 30 minutes ago: the growth cannot be confirmed, so it is not called healthy either
     leak = collect(confirm_memory_leak, query, growth, probe="heap_growth", no_data_ok=False)                 # 1
     heap = collect(check_heap_ratio, f"max by (job, instance) (nodejs_heap_used_bytes{{{prometheus.matchers(match)}}}"
                    f" / nodejs_heap_size_limit_bytes{{{prometheus.matchers(match)}}})",
-                   setting(runbook, "heap_ratio", name, 0.9), probe="nodejs_heap_ratio", required=False)
+                   limits.heap_ratio, probe="nodejs_heap_ratio", required=False)
     consumers = collect(identify_memory_consumers, alert.instance)                                            # 2
     plans = []
     if not leak.ok and measured(leak):  # 3 "Temporary fix: docker-compose restart backend"
@@ -280,13 +334,24 @@ def assess_memory_growth(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: confirm_memory_leak(query, growth, probe="heap_growth", no_data_ok=False))
 
 
-@runbook_flow(name="memory-keeps-growing", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+@runbook_flow(name="memory-keeps-growing", run_name="{alert.labels[alertname]} {alert.fingerprint}",
+              thresholds=MemoryKeepsGrowingLimits)
 def memory_keeps_growing(alert: Alert, incident: IncidentRef | None = None):
     """Seed 003 "Memory Keeps Growing": confirm over 30 minutes, find the consumer, restart, watch."""
     return respond("memory-keeps-growing", alert, incident, assess_memory_growth)
 
 
 # -- queue_processing_time / Queue Backlog / Download Queue Stalled ------------------------------
+
+
+class QueueBacklogLimits(Thresholds):
+    processing_p95_seconds: float = seed(300, "seed 001: \"P95 queue processing time exceeds 5 minutes\"", ge=0)
+    backlog_jobs: int = seed(100, "seed 004: \"Queue Backlog: >100 pending jobs\"", ge=0)
+    stall_minutes: float = seed(10, "seed 004: \"No progress for 10 minutes\"", gt=0)
+    stuck_minutes: float = seed(10, "chosen (= seed 004's 10 minutes): an active job without a lock that long is stuck",
+                                gt=0)
+    log_window_minutes: float = seed(15, "chosen: how far back the logs are read", gt=0)
+
 
 check_queue_status = checks.queue_statuses.with_options(name="check-queue-status")
 check_worker_logs = checks.log_probe.with_options(name="check-worker-status")
@@ -311,30 +376,40 @@ def plan_queue(alert: Alert, queue: ProbeResult, stuck_minutes: float) -> list[P
 
 def assess_queue(runbook: Runbook, alert: Alert) -> Assessment:
     """Seed 001 "Queue Processing Delays" and seed 004 "Queue Backlog" / "Download Queue Stalled", in order."""
-    name = alert.alertname
-    backlog = int(setting(runbook, "backlog_jobs", name, 100))
-    stall = setting(runbook, "stall_minutes", name, 10)
-    stuck = setting(runbook, "stuck_minutes", name, 10)
+    limits = runbook.limits(QueueBacklogLimits, alert.alertname)
+    backlog = limits.backlog_jobs
+    stall = limits.stall_minutes
+    stuck = limits.stuck_minutes
     only = [alert.labels["queue"]] if alert.labels.get("queue") else None
     queue_match = {"queue": alert.labels["queue"]} if alert.labels.get("queue") else None
     queue = collect(check_queue_status, "default", only, backlog, stall, stuck)                              # 1
-    workers = collect(check_worker_logs, "errors", ("worker",), since_minutes=setting(runbook, "log_window_minutes", name, 15))  # 2
+    workers = collect(check_worker_logs, "errors", ("worker",), since_minutes=limits.log_window_minutes)    # 2
     times = collect(check_processing_times,
                     "histogram_quantile(0.95, sum by (queue, le) (rate(queue_job_duration_seconds_bucket"
                     f"{{{prometheus.matchers(queue_match)}}}[10m])))",
-                    setting(runbook, "processing_p95_seconds", name, 300), probe="queue_processing_p95", unit="s",
+                    limits.processing_p95_seconds, probe="queue_processing_p95", unit="s",
                     required=False)                                                                          # 3
     return Assessment(evidence=[queue, workers, times], plans=plan_queue(alert, queue, stuck),           # resolution
                       verify=lambda: check_queue_status("default", only, backlog, stall, stuck))
 
 
-@runbook_flow(name="queue-backlog", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+@runbook_flow(name="queue-backlog", run_name="{alert.labels[alertname]} {alert.fingerprint}",
+              thresholds=QueueBacklogLimits)
 def queue_backlog(alert: Alert, incident: IncidentRef | None = None):
     """Seed 001 "Queue Processing Delays", seed 004 "Queue Backlog" / "Download Queue Stalled"."""
     return respond("queue-backlog", alert, incident, assess_queue)
 
 
 # -- video upload failures (seed 001) ------------------------------------------------------------
+
+
+class VideoUploadFailuresLimits(Thresholds):
+    disk_percent: float = seed(85, "seed 001 disk_usage: \"Disk usage exceeds 85%\"", ge=0, le=100)
+    stall_minutes: float = seed(10, "seed 004 \"No progress for 10 minutes\" for the transcoding queue", gt=0)
+    stuck_minutes: float = seed(60, "seed 001: stuck uploads \"createdAt < NOW() - INTERVAL '1 hour'\"", gt=0)
+    log_window_minutes: float = seed(15, "chosen: how far back the logs are read", gt=0)
+    verify_window_minutes: float = seed(5, "chosen: no upload error logged for 5 minutes", gt=0)
+
 
 check_storage_status = checks.external_services.with_options(name="check-s3-bucket-status")
 verify_transcoding_service = checks.external_services.with_options(name="verify-transcoding-service-status")
@@ -376,10 +451,10 @@ def check_upload_pipeline(queue_only: list[str] | None, stall: float, stuck: flo
 
 def assess_uploads(runbook: Runbook, alert: Alert) -> Assessment:
     """Seed 001 "Video Upload Failures", in order."""
-    name = alert.alertname
-    since = setting(runbook, "log_window_minutes", name, 15)
-    stall = setting(runbook, "stall_minutes", name, 10)
-    stuck = setting(runbook, "stuck_minutes", name, 10)
+    limits = runbook.limits(VideoUploadFailuresLimits, alert.alertname)
+    since = limits.log_window_minutes
+    stall = limits.stall_minutes
+    stuck = limits.stuck_minutes
     only = [alert.labels["queue"]] if alert.labels.get("queue") else None
     storage = collect(check_storage_status, _names("s3", "r2", "storage"), probe="storage_status")          # 1
     transcoding = collect(verify_transcoding_service, _names("mux", "cloudflare", "transcod"), probe="transcoding_status")  # 2
@@ -387,15 +462,16 @@ def assess_uploads(runbook: Runbook, alert: Alert) -> Assessment:
                           pattern=r"(?i)video|transcode", since_minutes=since)
     uploads = collect(review_upload_logs, "errors", ("error", "app"), probe="upload_errors",
                       pattern=r"(?i)upload|video", since_minutes=since)                                      # 3
-    disk = collect(check_disk_space_on_workers, setting(runbook, "disk_percent", name, 85))                  # 4
+    disk = collect(check_disk_space_on_workers, limits.disk_percent)                                        # 4
     queue = collect(check_worker_queue, "default", only, None, stall, stuck, required=False)                 # 5
     return Assessment(evidence=[storage, transcoding, worker_logs, uploads, disk, queue],
                       plans=plan_uploads(alert, disk, queue, stuck),
                       verify=lambda: check_upload_pipeline(
-                          only, stall, stuck, setting(runbook, "verify_window_minutes", name, 5)))
+                          only, stall, stuck, limits.verify_window_minutes))
 
 
-@runbook_flow(name="video-upload-failures", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+@runbook_flow(name="video-upload-failures", run_name="{alert.labels[alertname]} {alert.fingerprint}",
+              thresholds=VideoUploadFailuresLimits)
 def video_upload_failures(alert: Alert, incident: IncidentRef | None = None):
     """Seed 001 "Video uploads failing or stuck in processing"."""
     return respond("video-upload-failures", alert, incident, assess_uploads)

@@ -20,10 +20,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows import checks
-from flows.checks import collect, compact, measured, setting
+from flows.checks import collect, compact, measured
 from flows.lifecycle import Assessment, current_incident_id, respond, runbook_flow
 from core.alerts import Alert, IncidentRef
-from core.catalog import Runbook
+from core.catalog import Runbook, Thresholds, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import prometheus
@@ -34,6 +34,13 @@ from tasks.probes import prometheus
 check_request_status = checks.prometheus_query.with_options(name="check-request-status")
 check_external_service_health = checks.external_services.with_options(name="check-external-service-health")
 check_media_queue = checks.queue_statuses.with_options(name="check-queue-status")
+
+
+class FailedMediaRequestsLimits(Thresholds):
+    failure_percent: float = seed(10, 'seed 000: ">10% media request failure rate"', ge=0)
+    window_seconds: float = seed(300, "alert-rules.yml FAILED_MEDIA_REQUESTS rate window [5m]", gt=0)
+    stall_minutes: float = seed(10, 'seed 004 "No progress for 10 minutes"', gt=0)
+    stuck_minutes: float = seed(10, "chosen (= seed 004's 10 minutes)", gt=0)
 
 
 def _media_failure_query(match: dict[str, str] | None, window: str) -> str:
@@ -62,13 +69,13 @@ def plan_media(alert: Alert, failures: ProbeResult, externals: ProbeResult, queu
 
 def assess_media(runbook: Runbook, alert: Alert) -> Assessment:
     """Seed 000 FAILED_MEDIA_REQUESTS' steps, in order."""
-    name = alert.alertname
-    threshold = setting(runbook, "failure_percent", name, 10)
-    query = _media_failure_query(checks.job_match(alert), checks.window_of(runbook, name, 300))
-    stuck = setting(runbook, "stuck_minutes", name, 10)
+    limits = runbook.limits(FailedMediaRequestsLimits, alert.alertname)
+    threshold = limits.failure_percent
+    query = _media_failure_query(checks.job_match(alert), prometheus.window(limits.window_seconds))
+    stuck = limits.stuck_minutes
     failures = collect(check_request_status, query, threshold, probe="media_failure_percent", unit="%")     # 1
     externals = collect(check_external_service_health)                                                      # 2
-    queue = collect(check_media_queue, "default", None, None, setting(runbook, "stall_minutes", name, 10), stuck,
+    queue = collect(check_media_queue, "default", None, None, limits.stall_minutes, stuck,
                     required=False)                                                                         # 3
     return Assessment(
         evidence=[failures, externals, queue],
@@ -77,7 +84,8 @@ def assess_media(runbook: Runbook, alert: Alert) -> Assessment:
     )
 
 
-@runbook_flow(name="failed-media-requests", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+@runbook_flow(name="failed-media-requests", run_name="{alert.labels[alertname]} {alert.fingerprint}",
+              thresholds=FailedMediaRequestsLimits)
 def failed_media_requests(alert: Alert, incident: IncidentRef | None = None):
     """Seed 000 FAILED_MEDIA_REQUESTS: request status, external services, queue; recover, verify."""
     return respond("failed-media-requests", alert, incident, assess_media)
@@ -90,6 +98,16 @@ check_oauth_status = checks.external_services.with_options(name="check-plex-oaut
 check_rate_limiting = checks.ratelimits.with_options(name="check-rate-limiting")
 check_blocklist = checks.blocklist.with_options(name="check-blocklist")
 check_failed_logins = checks.prometheus_query.with_options(name="check-failed-login-rate")
+
+
+class UserAuthenticationIssuesLimits(Thresholds):
+    failed_login_percent: float = seed(5, 'seed 000: ">5% failed login attempts"', ge=0)
+    window_seconds: float = seed(300, "alert-rules.yml rate window [5m]", gt=0)
+    window_minutes: float = seed(15, "chosen: how far back auth.log is read for brute force", gt=0)
+    failed_logins_per_address: int = seed(
+        10, "chosen: more failures than this from one address in the window is brute force", ge=0)
+    block_seconds: float = seed(3600, "chosen: a block lasts one hour, then expires by itself", gt=0)
+    max_blocks: int = seed(5, "chosen: at most 5 addresses per run (more is a distributed attack: people)", ge=0)
 
 
 def _failed_login_query(match: dict[str, str] | None, window: str) -> str:
@@ -124,27 +142,27 @@ def plan_security_actions(logins: ProbeResult, blocked: ProbeResult, block_secon
 
 def assess_authentication(runbook: Runbook, alert: Alert) -> Assessment:
     """Seed 000 USER_AUTHENTICATION_ISSUES' steps, in order."""
-    name = alert.alertname
-    threshold = setting(runbook, "failed_login_percent", name, 5)
-    query = _failed_login_query(checks.job_match(alert), checks.window_of(runbook, name, 300))
+    limits = runbook.limits(UserAuthenticationIssuesLimits, alert.alertname)
+    threshold = limits.failed_login_percent
+    query = _failed_login_query(checks.job_match(alert), prometheus.window(limits.window_seconds))
     rate = collect(check_failed_logins, query, threshold, probe="failed_login_percent", unit="%")
     logins = collect(check_auth_patterns, "failed_logins", ("auth",),
-                     since_minutes=setting(runbook, "window_minutes", name, 15),
-                     threshold_per_address=int(setting(runbook, "failed_logins_per_address", name, 10)))  # 1
+                     since_minutes=limits.window_minutes,
+                     threshold_per_address=limits.failed_logins_per_address)                                # 1
     oauth = collect(check_oauth_status, [s.name for s in checks.targets().external if "plex" in s.name.lower()
                                          or "oauth" in s.name.lower()] or None, probe="oauth_status")       # 2
-    limits = collect(check_rate_limiting)                                                                  # 3
+    rate_limits = collect(check_rate_limiting)                                                             # 3
     suspects = [r["address"] for r in logins.evidence.get("over_threshold", [])]
     blocked = collect(check_blocklist, suspects)
     return Assessment(
-        evidence=[rate, logins, oauth, limits, blocked],
-        plans=plan_security_actions(logins, blocked, setting(runbook, "block_seconds", name, 3600),
-                                    int(setting(runbook, "max_blocks", name, 5))),
+        evidence=[rate, logins, oauth, rate_limits, blocked],
+        plans=plan_security_actions(logins, blocked, limits.block_seconds, limits.max_blocks),
         verify=lambda: check_failed_logins(query, threshold, probe="failed_login_percent", unit="%", no_data_ok=False),
     )
 
 
-@runbook_flow(name="user-authentication-issues", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+@runbook_flow(name="user-authentication-issues", run_name="{alert.labels[alertname]} {alert.fingerprint}",
+              thresholds=UserAuthenticationIssuesLimits)
 def user_authentication_issues(alert: Alert, incident: IncidentRef | None = None):
     """Seed 000 USER_AUTHENTICATION_ISSUES: auth patterns, OAuth, rate limits; block attackers; verify."""
     return respond("user-authentication-issues", alert, incident, assess_authentication)
@@ -163,11 +181,16 @@ PER_SERVICE = "sum by (service) (rate(affiliate_api_cost_dollars[1h])) * 3600"  
 BURN_RATE = "sum(rate(affiliate_api_cost_dollars[{window}])) * 86400"
 
 
+class HighApiCostsLimits(Thresholds):
+    daily_cost_dollars: float = seed(100, 'seed 003: "Threshold: $100/day"', ge=0)
+    window_seconds: float = seed(3600, 'seed 003: "rate(affiliate_api_cost_dollars[1h])", the current burn rate', gt=0)
+
+
 def assess_api_costs(runbook: Runbook, alert: Alert) -> Assessment:
     """Seed 003 HighApiCosts' steps, in order."""
-    name = alert.alertname
-    budget = setting(runbook, "daily_cost_dollars", name, 100)
-    burn = BURN_RATE.format(window=checks.window_of(runbook, name, 3600))
+    limits = runbook.limits(HighApiCostsLimits, alert.alertname)
+    budget = limits.daily_cost_dollars
+    burn = BURN_RATE.format(window=prometheus.window(limits.window_seconds))
     daily = collect(view_cost_dashboard, DAILY_COST, budget, probe="daily_api_cost", unit="$")              # 1
     culprit = collect(identify_culprit, PER_SERVICE, None, probe="api_cost_per_service_hourly", unit="$/h")  # 2
     workflows = collect(check_workflow_frequency, "errors", ("app",), probe="workflows_started",
@@ -182,7 +205,8 @@ def assess_api_costs(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_burn_rate(burn, budget, probe="projected_daily_cost", unit="$", no_data_ok=False))
 
 
-@runbook_flow(name="high-api-costs", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+@runbook_flow(name="high-api-costs", run_name="{alert.labels[alertname]} {alert.fingerprint}",
+              thresholds=HighApiCostsLimits)
 def high_api_costs(alert: Alert, incident: IncidentRef | None = None):
     """Seed 003 HighApiCosts: cost dashboard, culprit service, workflow frequency, retries; reduce frequency."""
     return respond("high-api-costs", alert, incident, assess_api_costs)
@@ -196,16 +220,23 @@ check_rate_limited = checks.log_probe.with_options(name="check-rate-limit")
 verify_sync = checks.prometheus_query.with_options(name="verify-products-syncing")
 
 
+class NoProductsSyncedLimits(Thresholds):
+    window_seconds: float = seed(3600, 'seed 003: "in the last hour"', gt=0)
+    verify_window_seconds: float = seed(300, "chosen: products counted again within 5 minutes after the retry", gt=0)
+    rate_limit_wait_minutes: float = seed(
+        120, 'seed 003: "If blocked by rate limit: Wait 1-2 hours before next attempt"', gt=0)
+
+
 def _increase(metric: str, window: str, match: dict[str, str] | None) -> str:
     return f"sum(increase({metric}{{{prometheus.matchers(match)}}}[{window}]))"
 
 
 def assess_products(runbook: Runbook, alert: Alert) -> Assessment:
     """Seed 003 NoProductsSynced's steps, in order."""
-    name = alert.alertname
+    limits = runbook.limits(NoProductsSyncedLimits, alert.alertname)
     match = checks.job_match(alert)
-    window = prometheus.window(setting(runbook, "window_seconds", name, 3600))
-    verify_window = prometheus.window(setting(runbook, "verify_window_seconds", name, 300))
+    window = prometheus.window(limits.window_seconds)
+    verify_window = prometheus.window(limits.verify_window_seconds)
     synced = "affiliate_products_synced_total"
     last_sync = collect(check_last_sync, _increase(synced, window, match), 0, bad_when="at_or_below",
                         probe="products_synced", no_data_ok=False)                                          # 1
@@ -213,7 +244,7 @@ def assess_products(runbook: Runbook, alert: Alert) -> Assessment:
                          pattern=r"(?i)(amazon|affiliate).*(error|fail)|(error|fail).*(amazon|affiliate)",
                          since_minutes=60)                                                                  # rec. 3
     limited = collect(check_rate_limited, "errors", ("app",), probe="rate_limited", pattern=r"\b429\b|(?i:rate.?limit)",
-                      since_minutes=setting(runbook, "rate_limit_wait_minutes", name, 120), threshold=0)     # rec. 4
+                      since_minutes=limits.rate_limit_wait_minutes, threshold=0)                             # rec. 4
     plans = []
     if not last_sync.ok:
         if limited.ok:  # "Retry sync manually"
@@ -224,7 +255,8 @@ def assess_products(runbook: Runbook, alert: Alert) -> Assessment:
         no_data_ok=False))
 
 
-@runbook_flow(name="no-products-synced", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+@runbook_flow(name="no-products-synced", run_name="{alert.labels[alertname]} {alert.fingerprint}",
+              thresholds=NoProductsSyncedLimits)
 def no_products_synced(alert: Alert, incident: IncidentRef | None = None):
     """Seed 003 NoProductsSynced: last sync, API errors, rate limit; retry the sync; verify products flow."""
     return respond("no-products-synced", alert, incident, assess_products)
@@ -240,17 +272,24 @@ check_products = checks.prometheus_query.with_options(name="check-product-sync")
 verify_videos = checks.prometheus_query.with_options(name="verify-videos-generating")
 
 
+class NoVideosGeneratedLimits(Thresholds):
+    window_seconds: float = seed(7200, 'seed 003: "in the last 2 hours"', gt=0)
+    verify_window_seconds: float = seed(300, "chosen: videos counted again within 5 minutes after the trigger", gt=0)
+    daily_cost_dollars: float = seed(
+        100, 'seed 003 HighApiCosts "$100/day": "Budget limit hit" means do not trigger', ge=0)
+
+
 def assess_videos(runbook: Runbook, alert: Alert) -> Assessment:
     """Seed 003 NoVideosGenerated's steps, in order."""
-    name = alert.alertname
+    limits = runbook.limits(NoVideosGeneratedLimits, alert.alertname)
     match = checks.job_match(alert)
-    window = prometheus.window(setting(runbook, "window_seconds", name, 7200))
-    verify_window = prometheus.window(setting(runbook, "verify_window_seconds", name, 300))
+    window = prometheus.window(limits.window_seconds)
+    verify_window = prometheus.window(limits.verify_window_seconds)
     videos = "affiliate_videos_generated_total"
     last_video = collect(check_last_video, _increase(videos, window, match), 0, bad_when="at_or_below",
                          probe="videos_generated", no_data_ok=False)                                         # 1
     queue = collect(check_video_queue, "default", None, None, 10, 10, required=False)                        # 2
-    costs = collect(check_costs, DAILY_COST, setting(runbook, "daily_cost_dollars", name, 100), probe="daily_api_cost",
+    costs = collect(check_costs, DAILY_COST, limits.daily_cost_dollars, probe="daily_api_cost",
                     unit="$", required=False)                                                                # 3
     generator = collect(check_generator_status, [s.name for s in checks.targets().external if "pika" in s.name.lower()]
                         or None, probe="generator_status")                                                   # rec. 1
@@ -265,7 +304,8 @@ def assess_videos(runbook: Runbook, alert: Alert) -> Assessment:
         no_data_ok=False))
 
 
-@runbook_flow(name="no-videos-generated", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+@runbook_flow(name="no-videos-generated", run_name="{alert.labels[alertname]} {alert.fingerprint}",
+              thresholds=NoVideosGeneratedLimits)
 def no_videos_generated(alert: Alert, incident: IncidentRef | None = None):
     """Seed 003 NoVideosGenerated: last video, queue, budget, generator; trigger generation; verify."""
     return respond("no-videos-generated", alert, incident, assess_videos)
@@ -295,7 +335,9 @@ def assess_revenue(runbook: Runbook, alert: Alert) -> Assessment:
                                                      no_data_ok=False))
 
 
-@runbook_flow(name="revenue-declining", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+# No thresholds of its own: seed 003 compares the last 24 h with the previous 24 h and the same day last week.
+@runbook_flow(name="revenue-declining", run_name="{alert.labels[alertname]} {alert.fingerprint}",
+              thresholds=Thresholds)
 def revenue_declining(alert: Alert, incident: IncidentRef | None = None):
     """Seed 003 RevenueDeclining (info, < 4 h): the comparisons for the people who act on them."""
     return respond("revenue-declining", alert, incident, assess_revenue)

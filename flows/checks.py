@@ -33,7 +33,6 @@ from pydantic import SecretStr
 from flows.host import locate, prometheus_url
 from flows.lifecycle import runtime
 from core.alerts import Alert
-from core.catalog import Runbook
 from tasks.base import ProbeResult, ResponderError
 from tasks.mitigations import PlannedAction
 from tasks.probes import backups, external, hosts, logs, prometheus, queues, system
@@ -55,17 +54,6 @@ PROBE = dict(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1, retry_cond
 
 def targets():
     return runtime()[1].targets
-
-
-def setting(runbook: Runbook, key: str, alertname: str | None, default: float) -> float:
-    """A runbook threshold, the alert spelling's own first (``p95_seconds.response_time_p95``)."""
-    if alertname and f"{key}.{alertname}" in runbook.thresholds:
-        return runbook.thresholds[f"{key}.{alertname}"]
-    return runbook.thresholds.get(key, default)
-
-
-def window_of(runbook: Runbook, alertname: str | None, default_seconds: float) -> str:
-    return prometheus.window(setting(runbook, "window_seconds", alertname, default_seconds))
 
 
 def job_match(alert: Alert) -> dict[str, str] | None:

@@ -71,7 +71,7 @@ from flows import checks
 from flows.host import locate, prometheus_url
 from flows.lifecycle import Assessment, cannot_measure, proposals, respond, runbook_flow, runtime
 from core.alerts import Alert, IncidentRef
-from core.catalog import Runbook
+from core.catalog import Runbook, Thresholds, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import hosts, postgres
@@ -80,6 +80,42 @@ CONNECTIONS = "database-connections"
 SLOW_QUERIES = "database-slow-queries"
 CONNECTION_FAILURE = "database-connection-failure"
 DATABASE_SERVICE = "postgres"
+
+
+# -- thresholds -------------------------------------------------------------------------------
+
+
+class ConnectionsLimits(Thresholds):
+    """``database-connections`` (seed 001 "Database Connection Exhaustion")."""
+
+    connections_ratio: float = seed(0.8, "seed 001: \"Connection pool usage exceeds 80%\" (of max_connections)", gt=0)
+    long_query_minutes: float = seed(
+        5, "seed 001: \"(now() - pg_stat_activity.query_start) > interval '5 minutes' AND state = 'active'\"", gt=0)
+    long_transaction_minutes: float = seed(1, "seed 001: \"(now() - xact_start) > interval '1 minute'\"", gt=0)
+    slow_statement_ms: float = seed(
+        1000, "seed 001 \"Check slow queries\" (pg_stat_statements) gives no figure: seed 000's \"mean_time > 1000\"", gt=0)
+    idle_in_transaction_minutes: float = seed(
+        5, "seed 001 connection leaks: \"Transactions not being committed/rolled back\" gives no figure: ours, seed 001's "
+           "\"interval '5 minutes'\"; idle this long inside a transaction while connections are over the ratio is "
+           "proposed for termination", gt=0)
+    max_terminations: int = seed(5, "ours: at most this many backends proposed per run (of each kind), longest first", ge=0)
+
+
+class SlowQueriesLimits(Thresholds):
+    """``database-slow-queries`` (seed 000 DATABASE_SLOW_QUERIES, seed 004)."""
+
+    query_seconds: float = seed(1, "seed 000: \"Queries taking >1s\"; pg_stat_statements \"WHERE mean_time > 1000\"", gt=0)
+    cancel_after_minutes: float = seed(
+        5, "a query active this long is proposed for cancelling (seed 001's \"> interval '5 minutes'\")", gt=0)
+    max_cancellations: int = seed(5, "ours: at most this many queries proposed per run, longest first", ge=0)
+
+
+class ConnectionFailureLimits(Thresholds):
+    """``database-connection-failure`` (seed 003 DatabaseConnectionFailure)."""
+
+    connections_ratio: float = seed(
+        0.8, "seed 003 cause \"Connection limit\" (SELECT count(*) FROM pg_stat_activity); seed 001's 80%", gt=0)
+    disk_percent: float = seed(90, "seed 003 cause \"Disk full: df -h\"; seed 000 DISK_SPACE_CRITICAL \">90%\"", ge=0)
 
 
 # -- probes -----------------------------------------------------------------------------------
@@ -225,19 +261,19 @@ def plan_database_restart(readiness: ProbeResult) -> list[PlannedAction] | Probe
 
 def assess_connections(runbook: Runbook, alert: Alert) -> Assessment:
     """Seed 001 "Database Connection Exhaustion", in order."""
-    t = runbook.thresholds
-    ratio, minutes = t.get("connections_ratio", 0.8), t.get("long_query_minutes", 5)
+    limits = runbook.limits(ConnectionsLimits, alert.alertname)
+    ratio, minutes = limits.connections_ratio, limits.long_query_minutes
     target = select_postgres_target(alert)
     if isinstance(target, ProbeResult):
         return cannot_measure(target)
     name, dsn = target
     connections = check_active_connections(dsn, ratio)
-    holders = identify_connection_holders(dsn, t.get("idle_in_transaction_minutes", 5))
+    holders = identify_connection_holders(dsn, limits.idle_in_transaction_minutes)
     long_queries = identify_long_running_queries(dsn, minutes)
     locks = check_lock_waits(dsn)
-    transactions = check_long_transactions(dsn, t.get("long_transaction_minutes", 1))
-    slow = check_slow_statements(dsn, t.get("slow_statement_ms", 1000))
-    limit = int(t.get("max_terminations", 5))
+    transactions = check_long_transactions(dsn, limits.long_transaction_minutes)
+    slow = check_slow_statements(dsn, limits.slow_statement_ms)
+    limit = limits.max_terminations
     return Assessment(
         evidence=[connections, holders, long_queries, locks, transactions, slow],
         plans=[*plan_query_terminations(name, long_queries, limit),
@@ -246,7 +282,8 @@ def assess_connections(runbook: Runbook, alert: Alert) -> Assessment:
     )
 
 
-@runbook_flow(name="database-connections", run_name="{alert.alertname} {alert.fingerprint}")
+@runbook_flow(name="database-connections", run_name="{alert.alertname} {alert.fingerprint}",
+              thresholds=ConnectionsLimits)
 def database_connections(alert: Alert, incident: IncidentRef | None = None):
     """Respond to connection exhaustion the way seed 001 says to."""
     return respond(CONNECTIONS, alert, incident, assess_connections)
@@ -254,21 +291,22 @@ def database_connections(alert: Alert, incident: IncidentRef | None = None):
 
 def assess_slow_queries(runbook: Runbook, alert: Alert) -> Assessment:
     """Seed 000 "Queries taking >1s", in order."""
-    t = runbook.thresholds
-    seconds = t.get("query_seconds", 1)
+    limits = runbook.limits(SlowQueriesLimits, alert.alertname)
+    seconds = limits.query_seconds
     target = select_postgres_target(alert)
     if isinstance(target, ProbeResult):
         return cannot_measure(target)
     name, dsn = target
     slow = identify_slow_queries(dsn, seconds * 1000)
     running = identify_long_running_queries(dsn, seconds / 60)
-    too_long = identify_long_running_queries(dsn, t.get("cancel_after_minutes", 5))
+    too_long = identify_long_running_queries(dsn, limits.cancel_after_minutes)
     return Assessment(evidence=[slow, running, too_long],
-                      plans=plan_query_cancellations(name, too_long, int(t.get("max_cancellations", 5))),
+                      plans=plan_query_cancellations(name, too_long, limits.max_cancellations),
                       verify=lambda: identify_long_running_queries(dsn, seconds / 60))
 
 
-@runbook_flow(name="database-slow-queries", run_name="{alert.alertname} {alert.fingerprint}")
+@runbook_flow(name="database-slow-queries", run_name="{alert.alertname} {alert.fingerprint}",
+              thresholds=SlowQueriesLimits)
 def database_slow_queries(alert: Alert, incident: IncidentRef | None = None):
     """Respond to slow queries the way seed 000 says to."""
     return respond(SLOW_QUERIES, alert, incident, assess_slow_queries)
@@ -276,7 +314,7 @@ def database_slow_queries(alert: Alert, incident: IncidentRef | None = None):
 
 def assess_connection_failure(runbook: Runbook, alert: Alert) -> Assessment:
     """Seed 003 "Cannot connect to PostgreSQL database", in order."""
-    t = runbook.thresholds
+    limits = runbook.limits(ConnectionFailureLimits, alert.alertname)
     target = select_postgres_target(alert)
     if isinstance(target, ProbeResult):
         return cannot_measure(target)
@@ -284,8 +322,9 @@ def assess_connection_failure(runbook: Runbook, alert: Alert) -> Assessment:
     readiness = check_database_readiness(dsn)
     evidence = [readiness]
     if readiness.ok:
-        evidence.append(check_active_connections(dsn, t.get("connections_ratio", 0.8)))
-    disk = check_disk_usage(alert.instance, runtime()[1].targets.paths.disk, t.get("disk_percent", 90), return_state=True)
+        evidence.append(check_active_connections(dsn, limits.connections_ratio))
+    disk = check_disk_usage(alert.instance, runtime()[1].targets.paths.disk, limits.disk_percent,
+                            return_state=True)
     # a cause to look at, not the response itself: a disk figure that cannot be taken must not stop it
     evidence.append(disk.result() if disk.is_completed() else ProbeResult(
         probe="disk_usage", ok=True, summary=f"not measured: {disk.message}"))
@@ -293,7 +332,8 @@ def assess_connection_failure(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_database_readiness(dsn))
 
 
-@runbook_flow(name="database-connection-failure", run_name="{alert.alertname} {alert.fingerprint}")
+@runbook_flow(name="database-connection-failure", run_name="{alert.alertname} {alert.fingerprint}",
+              thresholds=ConnectionFailureLimits)
 def database_connection_failure(alert: Alert, incident: IncidentRef | None = None):
     """Respond to an unreachable PostgreSQL the way seed 003 says to."""
     return respond(CONNECTION_FAILURE, alert, incident, assess_connection_failure)

@@ -2,7 +2,8 @@
 
 Started by the ``responder.alert.firing`` event for any spelling of the catalog entry
 ``disk-space`` (``config/runbooks/infrastructure.yaml``): ``DISK_SPACE_CRITICAL`` (seeds 000,
-004, threshold ``disk_percent`` 90) and ``disk_usage`` (seed 001, its own threshold 85). The steps:
+004, threshold ``disk_percent`` 90) and ``disk_usage`` (seed 001, ``disk_percent`` 85 for that
+spelling: :class:`Limits` and its ``spellings``). The steps:
 
 0. Which machine alerted (this one: psutil; another: node_exporter in Prometheus; neither:
    report that and escalate)                                             → ``locate-host``
@@ -44,13 +45,15 @@ configured directories only, no symlinks followed, files open for writing skippe
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows.host import locate_host, prometheus_url
 from flows.lifecycle import Assessment, cannot_measure, respond, runbook_flow, runtime
 from core.alerts import Alert, IncidentRef
-from core.catalog import PathTargets, Runbook
+from core.catalog import PathTargets, Runbook, Thresholds, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import hosts
@@ -59,6 +62,14 @@ from tasks.probes.hosts import Host
 RUNBOOK = "disk-space"
 LOG_PATTERNS = ["*.log", "*.log.[0-9]*"]  # the current logs and their rotations (seed 002 "gzip *.log.1 *.log.2")
 COMPRESSED_PATTERNS = ["*.gz"]  # seed 002 "find /var/log/auto-author -name "*.gz" ... -delete"
+
+
+class Limits(Thresholds):
+    # seed 002 quotes a reading ("8% free"), not a threshold: disk_percent applies.
+    disk_percent: float = seed(90, "seed 000 DISK_SPACE_CRITICAL: \"Disk usage >90%\" (seed 004 the same)", ge=0)
+    spellings: ClassVar[dict[str, dict[str, Any]]] = {
+        "disk_usage": {"disk_percent": 85},  # seed 001 "`disk_usage` - Disk usage exceeds 85%"
+    }
 
 
 @task(name="check-disk-usage", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -115,24 +126,24 @@ def plan_cleanup(disk: ProbeResult, paths: PathTargets) -> list[PlannedAction]:
 
 def assess(runbook: Runbook, alert: Alert) -> Assessment:
     """Seed 000's steps, in order, on the machine that alerted; seed 002's clean-up on this machine only."""
-    threshold = runbook.thresholds.get(alert.alertname, runbook.thresholds.get("disk_percent", 90))
+    limits = runbook.limits(Limits, alert.alertname)
     paths = runtime()[1].targets.paths
     host = locate_host(alert)
     if host.how == "unmeasured":
         return cannot_measure(host.result())
-    disk = check_disk_usage(host, paths.disk, threshold)
-    over = [m["path"] for m in disk.evidence.get("mounts", []) if m["percent"] > threshold] or paths.disk
+    disk = check_disk_usage(host, paths.disk, limits.disk_percent)
+    over = [m["path"] for m in disk.evidence.get("mounts", []) if m["percent"] > limits.disk_percent] or paths.disk
     large = find_large_files(host, over)
     logs = check_log_files(host, paths.logs) if paths.logs else _not_configured("log_dir_sizes", "log directories")
     temp = check_temp_files(host, paths.temp) if paths.temp else _not_configured("temp_dir_sizes", "temp directories")
     return Assessment(
         evidence=[host.result(), disk, logs, temp, large],
         plans=plan_cleanup(disk, paths) if host.local else [],  # the configured directories are this machine's
-        verify=lambda: check_disk_usage(host, paths.disk, threshold),
+        verify=lambda: check_disk_usage(host, paths.disk, limits.disk_percent),
     )
 
 
-@runbook_flow(name="disk-space", run_name="{alert.alertname} {alert.fingerprint}")
+@runbook_flow(name="disk-space", run_name="{alert.alertname} {alert.fingerprint}", thresholds=Limits)
 def disk_space(alert: Alert, incident: IncidentRef | None = None):
     """Respond to a full disk the way seeds 000, 001 and 002 say to."""
     return respond(RUNBOOK, alert, incident, assess)

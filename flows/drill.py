@@ -13,10 +13,15 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
 from core.alerts import Alert, IncidentRef
+from core.catalog import Thresholds
 from tasks.base import ActionOutcome, ProbeResult
 from tasks.mitigations import PlannedAction
 
 RUNBOOK = "responder-drill"
+
+
+class Limits(Thresholds):
+    """None: a drill measures nothing, so an entry's ``thresholds:`` override is an error."""
 
 
 @task(name="assess-drill", cache_policy=NO_CACHE)
@@ -40,7 +45,7 @@ def drill_verified(outcomes: list[ActionOutcome]) -> ProbeResult:
                        summary="the drill step was approved and run" if done else "the drill step did not run")
 
 
-@runbook_flow(name="responder-drill", run_name="ResponderDrill {alert.fingerprint}")
+@runbook_flow(name="responder-drill", run_name="ResponderDrill {alert.fingerprint}", thresholds=Limits)
 def responder_drill(alert: Alert, incident: IncidentRef | None = None):
     _, catalog, _ = runtime()
     runbook = catalog.get(RUNBOOK)

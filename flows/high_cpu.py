@@ -23,13 +23,18 @@ from prefect.cache_policies import NO_CACHE
 from flows.host import host_service, locate_host, prometheus_url
 from flows.lifecycle import Assessment, cannot_measure, respond, runbook_flow, runtime
 from core.alerts import Alert, IncidentRef
-from core.catalog import Runbook
+from core.catalog import Runbook, Thresholds, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction, plan_process_terminations
 from tasks.probes import hosts
 from tasks.probes.hosts import Host
 
 RUNBOOK = "high-cpu-usage"
+
+
+class Limits(Thresholds):
+    cpu_percent: float = seed(80, "seed 000 HIGH_CPU_USAGE: \"CPU usage >80% for 5 minutes\"", ge=0)
+    load_per_core: float = seed(1.0, "uptime, /proc/loadavg: more runnable tasks than cores", gt=0)
 
 
 @task(name="check-cpu-usage", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -76,18 +81,18 @@ def plan_immediate_actions(alert: Alert, host: Host, cpu: ProbeResult, top: Prob
 
 def assess(runbook: Runbook, alert: Alert) -> Assessment:
     """Seed 000's steps, in order, on the machine that alerted."""
-    threshold = runbook.thresholds.get("cpu_percent", 80)
+    limits = runbook.limits(Limits, alert.alertname)
     host = locate_host(alert)
     if host.how == "unmeasured":
         return cannot_measure(host.result())
-    cpu = check_cpu_usage(host, threshold)
+    cpu = check_cpu_usage(host, limits.cpu_percent)
     top = identify_top_processes(host)
-    load = check_system_load(host, runbook.thresholds.get("load_per_core", 1.0))
+    load = check_system_load(host, limits.load_per_core)
     return Assessment(evidence=[host.result(), cpu, load, top], plans=plan_immediate_actions(alert, host, cpu, top),
-                      verify=lambda: check_cpu_usage(host, threshold))
+                      verify=lambda: check_cpu_usage(host, limits.cpu_percent))
 
 
-@runbook_flow(name="high-cpu-usage", run_name="HIGH_CPU_USAGE {alert.fingerprint}")
+@runbook_flow(name="high-cpu-usage", run_name="HIGH_CPU_USAGE {alert.fingerprint}", thresholds=Limits)
 def high_cpu_usage(alert: Alert, incident: IncidentRef | None = None):
     """Respond to HIGH_CPU_USAGE the way seed 000 says to."""
     return respond(RUNBOOK, alert, incident, assess)

@@ -32,11 +32,11 @@ from prefect.settings import PREFECT_UI_URL
 from prefect.cache_policies import NO_CACHE
 from prefect.input import RunInput
 from prefect.states import Completed, State
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from core.alerts import Alert, IncidentRef
 from core import metrics
-from core.catalog import Catalog, Runbook
+from core.catalog import Catalog, Runbook, Thresholds
 from core.notify import Notifier
 from core.services import current
 from core.settings import ResponderSettings
@@ -94,15 +94,25 @@ def response_failed(flow: Any, flow_run: Any, state: State) -> None:
     store.close_incident(incident.id, "response-failed")
 
 
-def runbook_flow(name: str, run_name: str) -> Callable[[Callable[..., Any]], Any]:
-    """``@flow`` with the lifecycle's failure hooks; every runbook flow uses it."""
-    return flow(
+def runbook_flow(name: str, run_name: str, thresholds: type[Thresholds] = Thresholds) -> Callable[[Callable[..., Any]], Any]:
+    """``@flow`` with the lifecycle's failure hooks; every runbook flow uses it.
+
+    ``thresholds`` is the runbook's typed model (:class:`core.catalog.Thresholds`); ``responder up``
+    checks the catalog's overrides against it before anything starts."""
+    as_flow = flow(
         name=name,
         flow_run_name=run_name,
         on_failure=[response_failed],
         on_crashed=[response_failed],
         validate_parameters=True,
     )
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        made = as_flow(fn)
+        made.thresholds_model = thresholds
+        return made
+
+    return decorate
 
 
 def publish_timeline(incident_id: str) -> None:
@@ -494,6 +504,10 @@ def cannot_measure(result: ProbeResult) -> Assessment:
     return Assessment(evidence=[result])
 
 
+class RunbookDefect(Exception):
+    """The runbook itself is wrong (not the system it measures): the run fails and escalates, naming it."""
+
+
 def respond(runbook_name: str, alert: Alert, incident: IncidentRef | None,
             assess: Callable[[Runbook, Alert], Assessment]) -> State | str:
     """acknowledge → the runbook's assessment → mitigate (approval, loop guard, dry run) → verify →
@@ -502,7 +516,10 @@ def respond(runbook_name: str, alert: Alert, incident: IncidentRef | None,
     incident = acknowledge(runbook_name, alert, incident)
     if incident is None:
         return "duplicate"
-    found = assess(runbook, alert)
+    try:
+        found = assess(runbook, alert)
+    except ValidationError as exc:  # a plan that does not fit its action, a threshold of the wrong type
+        raise RunbookDefect(f"runbook {runbook.name!r}: {exc}") from None
     if found.verify is None:
         return conclude(runbook, alert, incident, found.evidence, [], "not-verified", found.evidence[-1])
     outcomes = mitigate(runbook, incident, found.plans, found.evidence)

@@ -3,8 +3,8 @@
 Started by the ``responder.alert.firing`` event for any spelling of the catalog entry
 ``high-memory-usage`` (``config/runbooks/infrastructure.yaml``): ``HIGH_MEMORY_USAGE`` (seed 000,
 004), ``memory_usage`` (seed 001), ``HighMemoryUsage`` (seed 003). Each spelling keeps its seed's
-threshold: a threshold named like the spelling (``memory_usage: 90``), else ``memory_percent``
-(85, seed 000). The steps, in seed 000's order, with what the other seeds add:
+threshold: ``memory_percent`` is 85 (seed 000), 90 for ``memory_usage`` and ``HighMemoryUsage``
+(:class:`Limits` and its ``spellings``). The steps, in seed 000's order, with what the other seeds add:
 
 0. Which machine alerted (this one: psutil; another: node_exporter in Prometheus; neither:
    report that and escalate)                                           → ``locate-host``
@@ -32,13 +32,15 @@ Seed 000's "Clear caches: redis-cli FLUSHDB if safe" and "Scale memory" are left
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from flows.host import host_service, locate_host, prometheus_url
 from flows.lifecycle import Assessment, cannot_measure, respond, runbook_flow, runtime
 from core.alerts import Alert, IncidentRef
-from core.catalog import Runbook
+from core.catalog import Runbook, Thresholds, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction, plan_process_terminations
 from tasks.probes import hosts, http
@@ -47,6 +49,16 @@ from tasks.probes.hosts import Host
 RUNBOOK = "high-memory-usage"
 # Spellings whose figure is a process heap measured by Prometheus, not host memory (seed 003).
 HEAP_ALERTNAMES = frozenset({"HighMemoryUsage"})
+
+
+class Limits(Thresholds):
+    # seed 002 quotes a reading ("High memory usage: 92%"), not a threshold: memory_percent applies.
+    memory_percent: float = seed(85, "seed 000 HIGH_MEMORY_USAGE: \"Memory usage >85% for 3 minutes\" (seed 004 the same)",
+                                 ge=0)
+    spellings: ClassVar[dict[str, dict[str, Any]]] = {
+        "memory_usage": {"memory_percent": 90},     # seed 001 "`memory_usage` - Memory usage exceeds 90%"
+        "HighMemoryUsage": {"memory_percent": 90},  # seed 003 "> 90% of heap memory": the heap itself is Prometheus's figure
+    }
 
 
 @task(name="check-memory-usage", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -113,12 +125,12 @@ def plan_resolutions(alert: Alert, host: Host, memory: ProbeResult, top: ProbeRe
 
 def assess(runbook: Runbook, alert: Alert) -> Assessment:
     """Seed 000's steps, in order, on the machine that alerted; seed 002's detailed health; seed 003's heap."""
-    threshold = runbook.thresholds.get(alert.alertname, runbook.thresholds.get("memory_percent", 85))
+    limits = runbook.limits(Limits, alert.alertname)
     heap_alert = alert.alertname in HEAP_ALERTNAMES
     host = locate_host(alert)
     if host.how == "unmeasured" and not heap_alert:
         return cannot_measure(host.result())
-    memory = check_memory_usage(host, threshold)
+    memory = check_memory_usage(host, limits.memory_percent)
     top = identify_memory_processes(host)
     swap = check_swap_usage(host)
     evidence = [host.result(), memory, swap, top]
@@ -131,11 +143,11 @@ def assess(runbook: Runbook, alert: Alert) -> Assessment:
         evidence.append(await_alert_resolution(alert.alertname))
     return Assessment(
         evidence=evidence, plans=plan_resolutions(alert, host, memory, top, heap_alert),
-        verify=(lambda: await_alert_resolution(alert.alertname)) if heap_alert else (lambda: check_memory_usage(host, threshold)),
+        verify=(lambda: await_alert_resolution(alert.alertname)) if heap_alert else (lambda: check_memory_usage(host, limits.memory_percent)),
     )
 
 
-@runbook_flow(name="high-memory-usage", run_name="{alert.alertname} {alert.fingerprint}")
+@runbook_flow(name="high-memory-usage", run_name="{alert.alertname} {alert.fingerprint}", thresholds=Limits)
 def high_memory_usage(alert: Alert, incident: IncidentRef | None = None):
     """Respond to high memory the way seeds 000-004 say to."""
     return respond(RUNBOOK, alert, incident, assess)

@@ -45,13 +45,20 @@ from pydantic import SecretStr
 from flows import checks
 from flows.lifecycle import Assessment, cannot_measure, proposals, respond, runbook_flow, runtime
 from core.alerts import Alert, IncidentRef
-from core.catalog import Runbook
+from core.catalog import Runbook, Thresholds, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import http, mongo
 
 RUNBOOK = "mongodb-connection-lost"
 DATABASE_SERVICE = "mongodb"
+
+
+class Limits(Thresholds):
+    connections_ratio: float = seed(
+        0.8, "seed 002 \"If connection pool exhausted: db.serverStatus().connections\" gives no figure: seed 001's 80%",
+        gt=0)
+    stay_up_seconds: float = seed(30, "seed 002 \"Check if it stays up: sleep 30; sudo systemctl status mongod\"", ge=0)
 
 
 @task(name="select-mongodb-target", cache_policy=NO_CACHE)
@@ -118,7 +125,7 @@ def plan_resolution(
 
 def assess(runbook: Runbook, alert: Alert) -> Assessment:
     """Seed 002's steps, in order, on the MongoDB the alert's labels select."""
-    t = runbook.thresholds
+    limits = runbook.limits(Limits, alert.alertname)
     target = select_mongodb_target(alert)
     if isinstance(target, ProbeResult):
         return cannot_measure(target)
@@ -127,7 +134,7 @@ def assess(runbook: Runbook, alert: Alert) -> Assessment:
     evidence = [ping]
     connections = app_health = None
     if ping.ok:
-        connections = check_mongodb_connections(url, t.get("connections_ratio", 0.8))
+        connections = check_mongodb_connections(url, limits.connections_ratio)
         evidence += [connections, identify_mongodb_connection_holders(url)]
     selected = runtime()[1].targets.select("services", alert.labels)
     if selected is not None and selected[1].health_detailed_url:
@@ -135,12 +142,12 @@ def assess(runbook: Runbook, alert: Alert) -> Assessment:
         app_health = state.result() if state.is_completed() else ProbeResult(
             probe="http_health_detailed", ok=False, summary=f"{selected[0]}: no answer ({state.message})")
         evidence.append(app_health)
-    stay_up = t.get("stay_up_seconds", 30) * runtime()[0].time_scale
+    stay_up = limits.stay_up_seconds * runtime()[0].time_scale
     return Assessment(evidence=evidence, plans=proposals(plan_resolution(alert, ping, connections, app_health), evidence),
                       verify=lambda: verify_mongodb_stays_up(url, stay_up))
 
 
-@runbook_flow(name="mongodb-connection-lost", run_name="{alert.alertname} {alert.fingerprint}")
+@runbook_flow(name="mongodb-connection-lost", run_name="{alert.alertname} {alert.fingerprint}", thresholds=Limits)
 def mongodb_connection_lost(alert: Alert, incident: IncidentRef | None = None):
     """Respond to a lost MongoDB connection the way seed 002 says to."""
     return respond(RUNBOOK, alert, incident, assess)

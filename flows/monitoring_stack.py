@@ -2,7 +2,8 @@
 
 Catalog: ``config/runbooks/monitoring.yaml``. The seeds name no alert for these; the catalog
 routes the spellings listed there (a rule that fires them is the operator's, e.g. on
-``up{job="prometheus"} == 0`` or ``alertmanager_notifications_failed_total``).
+``up{job="prometheus"} == 0`` or ``alertmanager_notifications_failed_total``). Each runbook's
+thresholds are a typed model declared next to its flow; the catalog entry may override them.
 
 * ``external_service_failures``: seed 004 "External Service Failures: API downtime", seed 001
   "Verify External Service Status", seed 003 "External API down ... graceful degradation".
@@ -18,15 +19,21 @@ from urllib.parse import urlsplit
 from prefect import task
 
 from flows import checks
-from flows.checks import collect, compact, measured, setting
+from flows.checks import collect, compact, measured
 from flows.lifecycle import Assessment, respond, runbook_flow
 from core.alerts import Alert, IncidentRef
-from core.catalog import Runbook
+from core.catalog import Runbook, Thresholds, seed
 from tasks.base import ProbeResult
 from tasks.probes import http
 
 
 # -- External Service Failures ---------------------------------------------------------------------
+
+
+class ExternalServiceFailuresLimits(Thresholds):
+    slow_ms: float = seed(2000, "chosen: a status page slower than 2 s is reported as degraded", ge=0)
+    log_window_minutes: float = seed(15, "chosen: how far back the logs are read", gt=0)
+
 
 check_external_services = checks.external_services.with_options(name="check-external-services")
 check_circuit_breakers = checks.log_probe.with_options(name="check-circuit-breakers")
@@ -43,12 +50,12 @@ def _externals_named(alert: Alert) -> list[str] | None:
 
 def assess_external_services(runbook: Runbook, alert: Alert) -> Assessment:
     """Seed 004 "External Service Failures", seeds 001 and 003's checks, in order."""
-    name = alert.alertname
+    limits = runbook.limits(ExternalServiceFailuresLimits, alert.alertname)
     names = _externals_named(alert)
-    slow_ms = setting(runbook, "slow_ms", name, 2000)
+    slow_ms = limits.slow_ms
     services = collect(check_external_services, names, slow_ms, required=True)
     breakers = collect(check_circuit_breakers, "errors", ("app", "error"), probe="circuit_breaker_open",
-                       pattern=r"(?i)circuit.*open", since_minutes=setting(runbook, "log_window_minutes", name, 15))
+                       pattern=r"(?i)circuit.*open", since_minutes=limits.log_window_minutes)
     plans = []
     if measured(services) and not services.ok:  # seed 003 "graceful degradation (if external API down)"
         plans = compact([checks.flag_plan("degraded-mode", f"{services.line()}: disable non-critical features, "
@@ -57,13 +64,19 @@ def assess_external_services(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_external_services(names, slow_ms, required=True))
 
 
-@runbook_flow(name="external-service-failures", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+@runbook_flow(name="external-service-failures", run_name="{alert.labels[alertname]} {alert.fingerprint}",
+              thresholds=ExternalServiceFailuresLimits)
 def external_service_failures(alert: Alert, incident: IncidentRef | None = None):
     """Check every configured status/health URL; degrade gracefully while one is down; verify."""
     return respond("external-service-failures", alert, incident, assess_external_services)
 
 
 # -- Prometheus Not Scraping ---------------------------------------------------------------------
+
+
+class PrometheusNotScrapingLimits(Thresholds):
+    """No thresholds: seed 004's steps read the scrape targets (up or down), the network to them, the configuration."""
+
 
 check_prometheus_targets = checks.prometheus_api.with_options(name="check-prometheus-targets")
 check_configuration = checks.prometheus_api.with_options(name="check-configuration")
@@ -125,13 +138,19 @@ def assess_scraping(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_job_targets(job))
 
 
-@runbook_flow(name="prometheus-not-scraping", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+@runbook_flow(name="prometheus-not-scraping", run_name="{alert.labels[alertname]} {alert.fingerprint}",
+              thresholds=PrometheusNotScrapingLimits)
 def prometheus_not_scraping(alert: Alert, incident: IncidentRef | None = None):
     """Seed 004: check the targets, the network to them, the configuration; verify scraping resumed."""
     return respond("prometheus-not-scraping", alert, incident, assess_scraping)
 
 
 # -- Grafana Dashboard Not Loading -----------------------------------------------------------------
+
+
+class GrafanaNotLoadingLimits(Thresholds):
+    """No thresholds: seed 004's steps read Grafana's health, its data sources, ``up`` and Grafana's logs."""
+
 
 check_grafana_health = checks.grafana_api.with_options(name="check-grafana-health")
 check_data_source_connectivity = checks.grafana_api.with_options(name="check-data-source-connectivity")
@@ -160,13 +179,20 @@ def assess_grafana(runbook: Runbook, alert: Alert) -> Assessment:
     return Assessment(evidence=[health, sources, queries, logs], plans=plans, verify=check_grafana_serving)
 
 
-@runbook_flow(name="grafana-not-loading", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+@runbook_flow(name="grafana-not-loading", run_name="{alert.labels[alertname]} {alert.fingerprint}",
+              thresholds=GrafanaNotLoadingLimits)
 def grafana_not_loading(alert: Alert, incident: IncidentRef | None = None):
     """Seed 004: data sources, Prometheus queries, Grafana logs; restart Grafana if configured; verify."""
     return respond("grafana-not-loading", alert, incident, assess_grafana)
 
 
 # -- AlertManager Not Sending Notifications -----------------------------------------------------------
+
+
+class AlertmanagerNotSendingLimits(Thresholds):
+    """No thresholds: seed 004's steps read Alertmanager's status and its notification counters (against
+    their first reading)."""
+
 
 check_alertmanager_status = checks.alertmanager_api.with_options(name="check-alertmanager-status")
 verify_webhook_configuration = checks.alertmanager_api.with_options(name="verify-webhook-configuration")
@@ -201,7 +227,8 @@ def assess_alertmanager(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_notifications_flowing(baseline, had_failures))
 
 
-@runbook_flow(name="alertmanager-not-sending", run_name="{alert.labels[alertname]} {alert.fingerprint}")
+@runbook_flow(name="alertmanager-not-sending", run_name="{alert.labels[alertname]} {alert.fingerprint}",
+              thresholds=AlertmanagerNotSendingLimits)
 def alertmanager_not_sending(alert: Alert, incident: IncidentRef | None = None):
     """Seed 004: status, webhook configuration and failures, Prometheus' side; restart if configured."""
     return respond("alertmanager-not-sending", alert, incident, assess_alertmanager)

@@ -33,13 +33,20 @@ from pydantic import SecretStr
 from flows import checks
 from flows.lifecycle import Assessment, cannot_measure, proposals, respond, runbook_flow
 from core.alerts import Alert, IncidentRef
-from core.catalog import Runbook
+from core.catalog import Runbook, Thresholds, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import redis
 
 RUNBOOK = "redis-connection-failure"
 DATABASE_SERVICE = "redis"
+
+
+class Limits(Thresholds):
+    memory_ratio: float = seed(
+        0.85, "seed 001 \"Check Redis memory usage\" gives no figure: seed 000's \">85%\" of maxmemory", gt=0)
+    clients_ratio: float = seed(
+        0.8, "connected clients / maxclients; ours (seed 001's 80 % connection warning for PostgreSQL)", gt=0)
 
 
 @task(name="select-redis-target", cache_policy=NO_CACHE)
@@ -70,6 +77,7 @@ def plan_redis_restart(ping: ProbeResult) -> list[PlannedAction] | ProbeResult:
 
 def assess(runbook: Runbook, alert: Alert) -> Assessment:
     """Seed 001's steps, in order, on the Redis the alert's labels select."""
+    limits = runbook.limits(Limits, alert.alertname)
     target = select_redis_target(alert)
     if isinstance(target, ProbeResult):
         return cannot_measure(target)
@@ -77,13 +85,13 @@ def assess(runbook: Runbook, alert: Alert) -> Assessment:
     ping = check_redis_ping(url)
     evidence = [ping]
     if ping.ok:
-        evidence.append(check_redis_memory(url, runbook.thresholds.get("memory_ratio", 0.85)))
-        evidence.append(identify_redis_clients(url, runbook.thresholds.get("clients_ratio", 0.8)))
+        evidence.append(check_redis_memory(url, limits.memory_ratio))
+        evidence.append(identify_redis_clients(url, limits.clients_ratio))
     return Assessment(evidence=evidence, plans=proposals(plan_redis_restart(ping), evidence),
                       verify=lambda: check_redis_ping(url))
 
 
-@runbook_flow(name="redis-connection-failure", run_name="{alert.alertname} {alert.fingerprint}")
+@runbook_flow(name="redis-connection-failure", run_name="{alert.alertname} {alert.fingerprint}", thresholds=Limits)
 def redis_connection_failure(alert: Alert, incident: IncidentRef | None = None):
     """Respond to an unreachable Redis the way seed 001 says to."""
     return respond(RUNBOOK, alert, incident, assess)

@@ -33,7 +33,7 @@ from prefect.states import Completed, State
 from flows import checks
 from flows.checks import collect
 from flows.lifecycle import current_flow_run_id, mitigate, notifier, runtime
-from core.catalog import Runbook
+from core.catalog import Runbook, Thresholds, seed
 from tasks.base import ActionOutcome, ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import http, logs, postgres, prometheus, system
@@ -136,9 +136,20 @@ def scheduled_failed(flow: Any, flow_run: Any, state: State) -> None:
                         details={"check": flow.name, "problems": [problem], "flow_run_id": str(flow_run.id)})
 
 
-def scheduled_flow(name: str):
-    return flow(name=name, flow_run_name=lambda: f"{name} {datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
-                on_failure=[scheduled_failed], on_crashed=[scheduled_failed], validate_parameters=True)
+def scheduled_flow(name: str, thresholds: type[Thresholds] = Thresholds):
+    """``@flow`` with the scheduled checks' failure hooks, carrying the runbook's typed thresholds.
+
+    Not :func:`flows.lifecycle.runbook_flow`: its hook escalates the run's incident, and a scheduled
+    check has none (it would stay silent); ``scheduled_failed`` announces the failure instead."""
+    as_flow = flow(name=name, flow_run_name=lambda: f"{name} {datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
+                   on_failure=[scheduled_failed], on_crashed=[scheduled_failed], validate_parameters=True)
+
+    def decorate(fn: Any) -> Any:
+        made = as_flow(fn)
+        made.thresholds_model = thresholds
+        return made
+
+    return decorate
 
 
 def _runbook(name: str) -> Runbook:
@@ -214,21 +225,29 @@ check_spending = checks.prometheus_query.with_options(name="check-spending-withi
 check_active_alerts = checks.alertmanager_api.with_options(name="check-active-alerts")
 
 
-@scheduled_flow("daily-checks")
+class DailyChecksLimits(Thresholds):
+    p95_seconds: float = seed(2.0, 'seed 000/004 "P95 >2s"', gt=0)
+    error_ratio: float = seed(0.05, 'seeds 000-004 "> 5%"', ge=0, le=1)
+    daily_cost_dollars: float = seed(
+        100, 'seed 003 HighApiCosts "$100/day": "Cost: Verify spending is within budget"', ge=0)
+    window_seconds: float = seed(3600, "chosen: the last hour's latency and errors", gt=0)
+    log_window_minutes: float = seed(24 * 60, 'seed 004 "Log Review": the last day', gt=0)
+
+
+@scheduled_flow("daily-checks", thresholds=DailyChecksLimits)
 def daily_checks() -> State:
     """Seed 003 "Daily Checks (Business Hours)" and seed 004 "Daily Operations"."""
     runbook = _runbook("daily-checks")
-    t = runbook.thresholds
+    limits = runbook.limits(DailyChecksLimits)
+    window = prometheus.window(limits.window_seconds)
     health = collect(check_overall_health)                                                                   # 003 1
-    p95 = collect(check_p95_latencies, t.get("p95_seconds", 2.0), prometheus.window(t.get("window_seconds", 3600)),
-                  required=False)                                                                            # 003 2
-    errors = collect(check_error_rates, t.get("error_ratio", 0.05), prometheus.window(t.get("window_seconds", 3600)),
-                     required=False)                                                                         # 004
-    spending = collect(check_spending, DAILY_COST, t.get("daily_cost_dollars", 100), probe="daily_api_cost", unit="$",
+    p95 = collect(check_p95_latencies, limits.p95_seconds, window, required=False)                           # 003 2
+    errors = collect(check_error_rates, limits.error_ratio, window, required=False)                          # 004
+    spending = collect(check_spending, DAILY_COST, limits.daily_cost_dollars, probe="daily_api_cost", unit="$",
                        required=False)                                                                       # 003 2
     alerts = collect(check_active_alerts, "alerts", required=False)                                          # 003 3, 004
     stack = collect(check_monitoring_stack)
-    log_review = collect(review_logs, t.get("log_window_minutes", 24 * 60))                                  # 004
+    log_review = collect(review_logs, limits.log_window_minutes)                                             # 004
     results = [health, p95, errors, spending, alerts, stack, log_review]
     sections = [table("Active alerts (triage each)", ["alertname", "severity", "instance", "state", "starts_at", "summary"],
                       alerts.evidence.get("alerts", [])),
@@ -289,19 +308,26 @@ def log_retention_applied() -> ProbeResult:
                                  "delete_after_days": paths.delete_after_days})
 
 
-@scheduled_flow("weekly-checks")
+class WeeklyChecksLimits(Thresholds):
+    error_ratio: float = seed(0.05, 'seeds 000-004 "> 5%", per endpoint over the week', ge=0, le=1)
+    prometheus_retention_days: int = seed(
+        15, 'seed 003 "Settings should retain 15 days of data", seed 004 "Metrics: 15 days local"', gt=0)
+    disk_percent: float = seed(80, 'seed 001 "alerts at 80% (warning)": capacity planning', ge=0, le=100)
+
+
+@scheduled_flow("weekly-checks", thresholds=WeeklyChecksLimits)
 def weekly_checks() -> State:
     """Seed 003 "Weekly Checks (Monday AM)" and seed 004 "Weekly Operations"."""
     runbook = _runbook("weekly-checks")
-    t = runbook.thresholds
+    limits = runbook.limits(WeeklyChecksLimits)
     alerts = collect(review_past_week_alerts, "firing_history", required=False, over="7d")                   # 003 1
     incidents = collect(past_week_incidents, 7)
-    endpoints = collect(check_error_rates_by_endpoint, t.get("error_ratio", 0.05), "7d", ENDPOINTS, required=False)  # 003 2
+    endpoints = collect(check_error_rates_by_endpoint, limits.error_ratio, "7d", ENDPOINTS, required=False)  # 003 2
     backups = collect(check_backup_status)                                                                  # 003 4
     retention = collect(verify_prometheus_retention, "retention", required=False,
-                        expected=f"{int(t.get('prometheus_retention_days', 15))}d")                          # 003 5
+                        expected=f"{limits.prometheus_retention_days}d")                                     # 003 5
     log_retention = collect(log_retention_applied)                                                          # 004
-    disk = collect(capacity_disk, t.get("disk_percent", 80))                                                # 004
+    disk = collect(capacity_disk, limits.disk_percent)                                                      # 004
     stack = collect(check_monitoring_stack)
     results = [alerts, incidents, endpoints, backups, retention, log_retention, disk, stack]
     sections = [table("Alerts that fired in the past week (alert tuning)", ["alertname", "severity", "firing_minutes"],
@@ -331,16 +357,21 @@ def database_size() -> ProbeResult:
     return postgres.database_sizes(entry.url)
 
 
-@scheduled_flow("monthly-checks")
+class MonthlyChecksLimits(Thresholds):
+    p95_seconds: float = seed(2.0, 'seed 000/004 "P95 >2s": the 30-day baseline against it', gt=0)
+    error_ratio: float = seed(0.05, 'seeds 000-004 "> 5%"', ge=0, le=1)
+
+
+@scheduled_flow("monthly-checks", thresholds=MonthlyChecksLimits)
 def monthly_checks() -> State:
     """Seed 003 "Monthly Checks (First of Month)" and seed 004 "Monthly Operations"."""
     runbook = _runbook("monthly-checks")
-    t = runbook.thresholds
+    limits = runbook.limits(MonthlyChecksLimits)
     rules = collect(review_monitoring_configuration, "rule_health", required=False)                          # 003 1
     costs = collect(trend_api_costs, "sum(increase(affiliate_api_cost_dollars[30d]))", None,
                     probe="api_costs_30d", unit="$", required=False)                                          # 003 2
-    latency = collect(trend_response_times, t.get("p95_seconds", 2.0), "30d", required=False)                # 003 2, 004
-    errors = collect(trend_error_rates, t.get("error_ratio", 0.05), "30d", required=False)                   # 004 baseline
+    latency = collect(trend_response_times, limits.p95_seconds, "30d", required=False)                       # 003 2, 004
+    errors = collect(trend_error_rates, limits.error_ratio, "30d", required=False)                           # 004 baseline
     database = collect(database_size)                                                                        # 003 2
     videos = collect(trend_videos, "sum(increase(affiliate_videos_generated_total[30d]))", None,
                      probe="videos_generated_30d", required=False)                                            # 003 2
@@ -349,7 +380,8 @@ def monthly_checks() -> State:
     results = [rules, costs, latency, errors, database, videos, cardinality, backups]
     _, catalog, _ = runtime()
     thresholds = [{"runbook": r.name, "alertnames": ", ".join(r.alertnames[:4]), "thresholds":
-                   ", ".join(f"{k}={v:g}" for k, v in r.thresholds.items())} for r in catalog.runbooks if r.alertnames]
+                   ", ".join(f"{k}={v:g}" for k, v in r.limits(r.limits_model).model_dump().items())}
+                  for r in catalog.runbooks if r.alertnames]
     sections = [table("Catalog thresholds to validate against the baseline", ["runbook", "alertnames", "thresholds"], thresholds),
                 table("Largest metrics (cardinality)", ["name", "value"], cardinality.evidence.get("by_metric", []))]
     return finish(runbook, results, sections=sections)
@@ -368,7 +400,11 @@ def log_directories() -> ProbeResult:
     return system.log_dir_sizes(paths.logs)
 
 
-@scheduled_flow("log-retention")
+class LogRetentionLimits(Thresholds):
+    disk_percent: float = seed(90, 'seed 000 DISK_SPACE_CRITICAL ">90%": reported after the clean-up', ge=0, le=100)
+
+
+@scheduled_flow("log-retention", thresholds=LogRetentionLimits)
 def log_retention() -> State:
     """Seed 002 "Clean up logs" + "/etc/cron.daily/auto-author-cleanup"; seed 004 "Logs: 7 days local, 30 days compressed".
 
@@ -376,6 +412,7 @@ def log_retention() -> State:
     ``paths.delete_after_days`` (30), in ``paths.logs`` only.
     """
     runbook = _runbook("log-retention")
+    limits = runbook.limits(LogRetentionLimits)
     paths = runtime()[1].targets.paths
     before = collect(log_directories)
     plans = [
@@ -390,7 +427,7 @@ def log_retention() -> State:
     # the same path as every response: loop guard, dry run, and approval for anything risky
     outcomes = mitigate(runbook, None, plans, [before])
     after = collect(log_directories) if outcomes else before
-    disk = collect(measure_log_directories, runbook.thresholds.get("disk_percent", 90))
+    disk = collect(measure_log_directories, limits.disk_percent)
     results = [before.model_copy(update={"probe": "log_dirs_before"}), after.model_copy(update={"probe": "log_dirs_after"}), disk]
     return finish(runbook, results, outcomes)
 
@@ -400,7 +437,8 @@ def log_retention() -> State:
 check_backup_freshness = checks.backup_freshness.with_options(name="check-backup-freshness")
 
 
-@scheduled_flow("backup-freshness")
+# No thresholds of its own: each backup set's max_age_hours is in config/targets.yaml (backups[], 26 h).
+@scheduled_flow("backup-freshness", thresholds=Thresholds)
 def backup_freshness() -> State:
     """Seed 003 weekly "Check backup status", seed 004 "Backups: Daily snapshots": is each backup recent?"""
     runbook = _runbook("backup-freshness")

@@ -55,12 +55,17 @@ from pydantic import SecretStr
 
 from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
 from core.alerts import Alert, IncidentRef
-from core.catalog import Runbook, ServiceTarget
+from core.catalog import Runbook, ServiceTarget, Thresholds, seed
 from tasks.base import ActionOutcome, ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import http, mongo, postgres, redis
 
 RUNBOOK = "service-health"
+
+
+class Limits(Thresholds):
+    consecutive_failures: int = seed(3, "seed 002: \"health check failing: 3 consecutive failures\"", gt=0)
+    health_timeout_seconds: float = seed(5, "seed 003 \"Connection refused or timeout\" gives no figure: ours", gt=0)
 
 
 @task(name="check-health-endpoint", cache_policy=NO_CACHE)
@@ -123,13 +128,13 @@ def _verify(runbook: Runbook, incident: IncidentRef, url: str, attempts: int, ti
     return verify_until_ok(lambda: check_health_endpoint(url, attempts, timeout_s), incident, runbook)
 
 
-@runbook_flow(name="service-health", run_name="{alert.alertname} {alert.fingerprint}")
+@runbook_flow(name="service-health", run_name="{alert.alertname} {alert.fingerprint}", thresholds=Limits)
 def service_health(alert: Alert, incident: IncidentRef | None = None):
     """Respond to a service failing its health checks the way seeds 000-004 say to."""
     _, catalog, _ = runtime()
     runbook = catalog.get(RUNBOOK)
-    attempts = int(runbook.thresholds.get("consecutive_failures", 3))
-    timeout_s = runbook.thresholds.get("health_timeout_seconds", 5)
+    limits = runbook.limits(Limits, alert.alertname)
+    attempts, timeout_s = limits.consecutive_failures, limits.health_timeout_seconds
 
     incident = acknowledge(RUNBOOK, alert, incident)
     if incident is None:

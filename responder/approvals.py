@@ -3,7 +3,15 @@ all end here, in the same ``resume`` with the same ``Approval`` input."""
 
 from __future__ import annotations
 
+import asyncio
 from uuid import UUID
+
+from prefect import get_client
+from prefect.exceptions import ObjectNotFound
+
+
+# Prefect pauses a run first and writes its input form just after: an answer in between is refused with this.
+SCHEMA_NOT_YET = "Run input schema not found."
 
 
 class ApprovalError(Exception):
@@ -11,9 +19,6 @@ class ApprovalError(Exception):
 
 
 async def answer(flow_run_id: str, approve: bool, reason: str, approver: str) -> None:
-    from prefect import get_client
-    from prefect.exceptions import ObjectNotFound
-
     try:
         run_id = UUID(flow_run_id)
     except ValueError:
@@ -25,9 +30,13 @@ async def answer(flow_run_id: str, approve: bool, reason: str, approver: str) ->
             raise ApprovalError(f"no flow run {flow_run_id}") from None
         if not (run.state and run.state.is_paused()):
             raise ApprovalError(f"run {run.name} is {run.state_name if run.state else 'unknown'}, not waiting for approval")
-        result = await client.resume_flow_run(
-            run_id, run_input={"approve": approve, "reason": reason, "approver": approver}
-        )
+        for _ in range(20):
+            result = await client.resume_flow_run(
+                run_id, run_input={"approve": approve, "reason": reason, "approver": approver}
+            )
+            if getattr(result.details, "reason", "") != SCHEMA_NOT_YET:
+                break
+            await asyncio.sleep(0.25)  # the run paused a moment ago: its form is being written
         if result.status.value != "ACCEPT":
             detail = getattr(result.details, "reason", "") or result.status.value
             raise ApprovalError(f"the server refused the answer: {detail}")

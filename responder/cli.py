@@ -12,14 +12,24 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
+import signal
 import sys
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
+import httpx
+
 from core.catalog import CatalogError, load_catalog
+from core.services import build
 from core.settings import ResponderSettings
+from core.store import SchemaError, StoreUnavailable, open_store
+from responder.docs import runbooks_markdown
+from responder.embedded import EmbeddedPrefectServer, default_prefect_home
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -28,11 +38,12 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def cmd_runbooks(args: argparse.Namespace, settings: ResponderSettings) -> int:
-    catalog = load_catalog(settings.config_dir)
+    try:
+        catalog = load_catalog(settings.config_dir)
+        catalog.resolve_flows()  # the thresholds in force are the runbooks' typed models with this catalog's overrides
+    except CatalogError as exc:
+        return _fail(f"configuration error:\n{exc}")
     if args.markdown:
-        from responder.docs import runbooks_markdown
-
-        catalog.resolve_flows()
         sys.stdout.write(runbooks_markdown(catalog))
         return 0
     entries = [r.catalog_entry() for r in catalog.runbooks]
@@ -45,8 +56,6 @@ def cmd_runbooks(args: argparse.Namespace, settings: ResponderSettings) -> int:
 
 
 def cmd_fire(args: argparse.Namespace, settings: ResponderSettings) -> int:
-    import httpx
-
     path = Path(args.file)
     try:
         body = path.read_bytes()
@@ -65,8 +74,6 @@ def cmd_fire(args: argparse.Namespace, settings: ResponderSettings) -> int:
 
 
 def cmd_incidents(args: argparse.Namespace, settings: ResponderSettings) -> int:
-    import httpx
-
     url = settings.intake_url + "/incidents"
     token = settings.token().get_secret_value()
     try:
@@ -80,8 +87,6 @@ def cmd_incidents(args: argparse.Namespace, settings: ResponderSettings) -> int:
     if args.json:
         print(json.dumps(incidents, indent=2))
         return 0
-    from datetime import datetime, timezone
-
     now = datetime.now(timezone.utc)
     print(f"{'INCIDENT':<36}  {'STATE':<12} {'SEVERITY':<8} {'RUNBOOK':<26} {'AGE':>7}  WAITING ON / TITLE")
     for i in incidents:
@@ -96,8 +101,6 @@ def cmd_incidents(args: argparse.Namespace, settings: ResponderSettings) -> int:
 
 
 def _intake(settings: ResponderSettings, method: str, path: str, **kwargs):
-    import httpx
-
     url = settings.intake_url + path
     token = settings.token().get_secret_value()
     try:
@@ -115,10 +118,9 @@ def cmd_ack(args: argparse.Namespace, settings: ResponderSettings) -> int:
 
 
 def cmd_answer(args: argparse.Namespace, settings: ResponderSettings) -> int:
-    import asyncio
-
     if not os.environ.get("PREFECT_API_URL"):
         os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{os.environ.get('PREFECT_SERVER_API_PORT', '4200')}/api"
+    # heavy: imports Prefect, which must read PREFECT_API_URL set just above
     from responder.approvals import ApprovalError, answer
 
     approve = args.command == "approve"
@@ -133,9 +135,6 @@ def cmd_answer(args: argparse.Namespace, settings: ResponderSettings) -> int:
 
 
 def cmd_drill(args: argparse.Namespace, settings: ResponderSettings) -> int:
-    import uuid
-    from datetime import datetime, timezone
-
     tag = uuid.uuid4().hex[:12]
     alert = {
         "status": "firing",
@@ -157,11 +156,6 @@ def cmd_drill(args: argparse.Namespace, settings: ResponderSettings) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
-    import asyncio
-
-    from core.store import StoreUnavailable, open_store
-    from responder.embedded import EmbeddedPrefectServer, default_prefect_home
-
     try:
         catalog = load_catalog(settings.config_dir)
     except CatalogError as exc:
@@ -169,7 +163,7 @@ def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
     try:
         db_url = settings.database_url.get_secret_value() if settings.database_url else None
         store = open_store(db_url, settings.sqlite_path)
-    except (StoreUnavailable, ValueError) as exc:
+    except (StoreUnavailable, SchemaError, ValueError) as exc:
         return _fail(f"cannot open the alert store: {exc}")
     except Exception as exc:  # psycopg raises its own OperationalError family
         return _fail(f"cannot open the alert store: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
@@ -190,9 +184,8 @@ def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
     else:
         ui = os.environ["PREFECT_API_URL"].rstrip("/").removesuffix("/api")
 
-    # Imported only now: Prefect reads PREFECT_API_URL when it is first imported (the embedded server's, above).
-    from core.services import build
-    from responder.runtime import Responder
+    from responder.intake import create_app  # heavy: imports Prefect, which must read PREFECT_API_URL set just above
+    from responder.runtime import Responder  # heavy: imports Prefect, which must read PREFECT_API_URL set just above
 
     responder = Responder(build(settings, catalog, store))  # the process's one set of services
     try:
@@ -201,8 +194,6 @@ def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
         if embedded:
             embedded.stop()
         return _fail(f"configuration error:\n{exc}")
-
-    from responder.intake import create_app
 
     app = create_app(responder)
     token_hint = "RESPONDER_INTAKE_TOKEN" if settings.intake_token else str(settings.home / "intake-token")
@@ -216,8 +207,6 @@ def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
     )
     def stop_on_sigterm(signum, frame):  # a service manager's stop is Ctrl-C too
         raise KeyboardInterrupt
-
-    import signal
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
@@ -238,6 +227,7 @@ def _drain_prefect_workers(timeout: float = 5) -> None:
     retry for minutes before the process can exit.
     """
     try:
+        # heavy: Prefect, not needed by light commands (only `up` calls this, once Prefect is loaded)
         from prefect.events.worker import EventsWorker
         from prefect.logging.handlers import APILogWorker
     except ImportError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
-from core.catalog import Catalog
+from core.catalog import Catalog, Runbook
 
 
 def _flow_doc(flow_path: str) -> tuple[str, str]:
@@ -20,11 +20,32 @@ def _flow_doc(flow_path: str) -> tuple[str, str]:
     return inspect.getdoc(module) or "", inspect.getdoc(fn) or ""
 
 
+def _value(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _thresholds_table(runbook: Runbook) -> list[str]:
+    """The runbook's typed thresholds: the value in force, per alert spelling where it differs, and the seed's words."""
+    model = runbook.limits_model
+    if not model.model_fields:
+        return []
+    general = runbook.limits(model)
+    lines = ["", "| threshold | value | per alert spelling | from |", "| --- | --- | --- | --- |"]
+    for name, field in model.model_fields.items():
+        value = getattr(general, name)
+        overridden = name in runbook.thresholds
+        spelled = [f"`{a}`: {_value(getattr(runbook.limits(model, a), name))}" for a in runbook.alertnames
+                   if getattr(runbook.limits(model, a), name) != value]
+        source = f"{field.description or ''}" + (f" (catalog overrides the default {_value(field.default)})" if overridden else "")
+        lines.append(f"| `{name}` | {_value(value)} | {', '.join(spelled) or '—'} | {source} |")
+    return lines
+
+
 def runbooks_markdown(catalog: Catalog) -> str:
     lines = [
         "# Runbooks",
         "",
-        "Generated from `config/runbooks/*.yaml` and the flows' docstrings by "
+        "Generated from `config/runbooks/*.yaml`, the runbooks' typed thresholds and the flows' docstrings by "
         "`responder runbooks --markdown`; do not edit by hand.",
         "",
         "Legend: **automated** steps run by themselves; **risky** actions run only after a human approves "
@@ -45,9 +66,7 @@ def runbooks_markdown(catalog: Catalog) -> str:
         if r.schedules:
             lines.append(f"Scheduled: {', '.join(f'`{c}`' for c in r.schedules)}  ")
         lines += ["", "Seed sections:", ""] + [f"- {s}" for s in r.seeds]
-        if r.thresholds:
-            lines += ["", "| threshold | value |", "| --- | --- |"]
-            lines += [f"| `{k}` | {v:g} |" for k, v in r.thresholds.items()]
+        lines += _thresholds_table(r)
         lines += ["", "### Steps", "", module_doc or flow_doc or "(no description)"]
         if r.mitigations:
             lines += ["", "### Actions", "", "| action | risk | runs |", "| --- | --- | --- |"]

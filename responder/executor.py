@@ -29,7 +29,22 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 from uuid import UUID
 
+from prefect import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterNextScheduledStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.responses import SetStateStatus
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.events.clients import get_events_subscriber
+from prefect.events.filters import EventFilter, EventNameFilter
 from prefect.flow_engine import run_flow
+from prefect.states import Pending, Scheduled
 
 from core.services import Services, bound
 
@@ -72,17 +87,6 @@ class Executor:
         await asyncio.gather(self._poll_loop(), self._watch_loop())
 
     async def _recover_orphans(self) -> None:
-        from prefect import get_client
-        from prefect.client.schemas.filters import (
-            DeploymentFilter,
-            DeploymentFilterId,
-            FlowRunFilter,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-        )
-        from prefect.client.schemas.objects import StateType
-        from prefect.states import Scheduled
-
         async with get_client() as client:
             orphans = await client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(
@@ -101,18 +105,6 @@ class Executor:
                 )
 
     async def _poll_loop(self) -> None:
-        from prefect import get_client
-        from prefect.client.schemas.filters import (
-            DeploymentFilter,
-            DeploymentFilterId,
-            FlowRunFilter,
-            FlowRunFilterNextScheduledStartTime,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-        )
-        from prefect.client.schemas.objects import StateType
-        from prefect.client.schemas.sorting import FlowRunSort
-
         assert self._wake is not None
         deployments = DeploymentFilter(id=DeploymentFilterId(any_=list(self.flows_by_deployment)))
         last_marked = float("-inf")
@@ -159,10 +151,6 @@ class Executor:
 
     async def _watch_loop(self) -> None:
         """Start runs the moment the server announces them (the poll loop covers anything missed)."""
-        from prefect import get_client
-        from prefect.events.clients import get_events_subscriber
-        from prefect.events.filters import EventFilter, EventNameFilter
-
         ours = {f"prefect.deployment.{d}" for d in self.flows_by_deployment}
         flt = EventFilter(event=EventNameFilter(name=["prefect.flow-run.Scheduled"]))
         while True:
@@ -197,9 +185,6 @@ class Executor:
             self.wake()
 
     async def _claim_and_start(self, client: Any, run: Any) -> None:
-        from prefect.client.schemas.responses import SetStateStatus
-        from prefect.states import Pending
-
         # Reserve the run before the first await: the event watcher and the poller can both see it,
         # and the server may accept a second Pending proposal, so the guard must be local too.
         with self._inflight_lock:

@@ -25,11 +25,13 @@ import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from slack_sdk.signature import SignatureVerifier
 
 from core import metrics
 from core.alerts import AlertmanagerPayload
@@ -99,7 +101,8 @@ def create_app(responder: "Responder") -> FastAPI:
             return _error(422, _field_errors(exc))
         started = time.perf_counter()
         try:
-            result = await asyncio.to_thread(responder.store.ingest, payload, raw, responder.catalog)
+            routes = responder.catalog.routes([alert.alertname for alert in payload.alerts])
+            result = await asyncio.to_thread(responder.store.ingest, payload, raw, routes)
         except StoreUnavailable as exc:
             logger.error("Alert body not stored: %s", exc)
             return _error(503, "the alert store is unavailable; retry later", {"Retry-After": "5"})
@@ -164,10 +167,6 @@ def create_app(responder: "Responder") -> FastAPI:
     @app.post("/slack/actions")
     async def slack_actions(request: Request):
         """Slack interactivity: approve / reject / acknowledge buttons, signature verified."""
-        from urllib.parse import parse_qs
-
-        from slack_sdk.signature import SignatureVerifier
-
         secret = settings.slack_signing_secret
         raw = await read_limited(request)
         if raw is None:
@@ -185,7 +184,6 @@ def create_app(responder: "Responder") -> FastAPI:
         if kind == "ack":
             return await _acknowledge(value, who)
         if kind in ("approve", "reject"):
-
             try:
                 await answer(value, kind == "approve", f"via Slack by {who}", who)
             except ApprovalError as exc:

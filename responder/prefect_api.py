@@ -16,14 +16,18 @@ from datetime import datetime, timezone
 from typing import Any
 
 import httpx
+from prefect import get_client
+from prefect.events.actions import DoNothing
+from prefect.events.clients import get_events_subscriber
+from prefect.events.filters import EventFilter, EventNameFilter
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+from prefect.settings import PREFECT_API_URL
 
 CANARY_NAME = "responder: readiness canary"
 CANARY_EVENT = "responder.readiness.probe"
 
 
 def api_url() -> str:
-    from prefect.settings import PREFECT_API_URL
-
     url = PREFECT_API_URL.value()
     if not url:
         raise RuntimeError("PREFECT_API_URL is not set")
@@ -45,10 +49,6 @@ async def server_healthy(client: httpx.AsyncClient) -> bool:
 
 async def ensure_canary() -> uuid.UUID:
     """Create (once) the canary automation; returns its id."""
-    from prefect import get_client
-    from prefect.events.actions import DoNothing
-    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
-
     async with get_client() as client:
         existing = await client.read_automations_by_name(CANARY_NAME)
         if existing:
@@ -72,9 +72,6 @@ async def ensure_canary() -> uuid.UUID:
 
 async def probe_triggers(http: httpx.AsyncClient, timeout: float = 20.0) -> bool:
     """Emit a canary event and wait until the canary automation's action fires for it."""
-    from prefect.events.clients import get_events_subscriber
-    from prefect.events.filters import EventFilter, EventNameFilter
-
     probe_id = str(uuid.uuid4())
     wanted = f"prefect.event.{probe_id}"
     flt = EventFilter(event=EventNameFilter(prefix=["prefect.automation.action."]))
@@ -110,15 +107,11 @@ async def probe_triggers(http: httpx.AsyncClient, timeout: float = 20.0) -> bool
 
 async def release_waiting_run(flow_run_id: str, reason: str) -> bool:
     """Answer a paused run's approval form with "no" (its incident is over). False if not paused."""
-    from uuid import UUID
-
-    from prefect import get_client
-
     async with get_client() as client:
-        run = await client.read_flow_run(UUID(flow_run_id))
+        run = await client.read_flow_run(uuid.UUID(flow_run_id))
         if not (run.state and run.state.is_paused()):
             return False
         await client.resume_flow_run(
-            UUID(flow_run_id), run_input={"approve": False, "reason": reason, "approver": "alertmanager"}
+            uuid.UUID(flow_run_id), run_input={"approve": False, "reason": reason, "approver": "alertmanager"}
         )
         return True

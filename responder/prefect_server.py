@@ -31,7 +31,11 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import AsyncGenerator
 
+import uvicorn
 from prefect.server.database.configurations import SQLITE_BEGIN_MODE, AioSqliteConfiguration
+from prefect.server.database.dependencies import set_database_config
+from prefect.server.utilities.database import get_dialect
+from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, get_current_settings
 
 
 logger = logging.getLogger("responder.prefect_server")
@@ -65,10 +69,6 @@ class QueuedWritesSqliteConfiguration(AioSqliteConfiguration):
 
 def configure_database() -> str:
     """Install the queued-writes configuration when the server's database is SQLite; say which."""
-    from prefect.server.database.dependencies import set_database_config
-    from prefect.server.utilities.database import get_dialect
-    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
-
     url = PREFECT_API_DATABASE_CONNECTION_URL.value()
     if get_dialect(url).name != "sqlite":
         return "stock"
@@ -87,6 +87,8 @@ def serve_one_app():
     one built here, which is what that call returns anyway; the shortcut returns it directly.
     Calls with arguments go to Prefect's own function unchanged.
     """
+    # heavy: Prefect's whole server app (about 1.5 s more); only this process's main() needs it, not the importers
+    # of QueuedWritesSqliteConfiguration (tests)
     import prefect.server.api.server as prefect_server_app
 
     build = prefect_server_app.create_app
@@ -104,9 +106,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4200)
     args = parser.parse_args(argv)
-
-    import uvicorn
-    from prefect.settings import get_current_settings
 
     print(f"runbook-responder: embedded Prefect server, database configuration: {configure_database()}", flush=True)
     server = get_current_settings().server  # what `prefect server start` reads for these two

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
+from uuid import UUID
+
+from prefect import get_client
+from prefect.client.schemas.actions import ArtifactCreate
 
 from core.store import Incident
 
@@ -36,11 +41,6 @@ def artifact_key(incident_id: str) -> str:
 
 
 async def publish_incident_artifact(incident: Incident, alerts: list[dict[str, Any]]) -> None:
-    from uuid import UUID
-
-    from prefect import get_client
-    from prefect.client.schemas.actions import ArtifactCreate
-
     async with get_client() as client:
         await client.create_artifact(
             ArtifactCreate(
@@ -61,8 +61,6 @@ def postmortem_markdown(
     incident: Incident, alerts: list[dict[str, Any]], timeline: list[dict[str, Any]], pages: list[dict[str, Any]]
 ) -> str:
     """Seed 000's post-mortem template, filled with what the responder knows; the rest is for people."""
-    from datetime import datetime
-
     opened = datetime.fromisoformat(incident.opened_at)
     closed = datetime.fromisoformat(incident.closed_at) if incident.closed_at else None
     minutes = f"{(closed - opened).total_seconds() / 60:.1f} minutes" if closed else "still open"
@@ -137,11 +135,6 @@ def postmortem_markdown(
 async def publish_postmortem(
     incident: Incident, alerts: list[dict[str, Any]], timeline: list[dict[str, Any]], pages: list[dict[str, Any]]
 ) -> None:
-    from uuid import UUID
-
-    from prefect import get_client
-    from prefect.client.schemas.actions import ArtifactCreate
-
     async with get_client() as client:
         await client.create_artifact(
             ArtifactCreate(

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 from typing import Any
 
 import httpx
+import uvicorn
+from prefect.context import AsyncClientContext
 
 from core import metrics
 from core.escalation import cancel_pages, schedule_next_page
@@ -21,6 +24,7 @@ from core.store import IngestResult, StoreUnavailable
 from deployments import build_deployments
 from flows.escalation import escalation_page
 from responder.executor import Executor
+from responder.events import prefect_event
 from responder.prefect_api import (ensure_canary, post_events, probe_triggers, release_waiting_run,
                                    server_healthy)
 from responder.reports import publish_incident_artifact, publish_postmortem
@@ -136,7 +140,7 @@ class Responder:
                 if events:
                     ids = [e["id"] for e in events]
                     try:
-                        await post_events(http, events)
+                        await post_events(http, [prefect_event(e) for e in events])
                     except (httpx.HTTPError, OSError) as exc:
                         metrics.DELIVERY_FAILURES.inc()
                         logger.warning("Delivering %d events failed (%s); retrying", len(events), exc)
@@ -173,8 +177,6 @@ class Responder:
         closed → cancel pages, release a run waiting for approval, notify, incident and post-mortem
         artifacts. Each step is idempotent (keys, versioned artifacts), notifications never raise.
         """
-        from prefect.context import AsyncClientContext
-
         try:
             events = await asyncio.to_thread(self.store.pending_followups)
         except StoreUnavailable:
@@ -189,24 +191,24 @@ class Responder:
                     try:
                         await self._follow_up_one(event)
                     except Exception as exc:  # the server may be down again: retried on the next pass
-                        logger.warning("Follow-up of %s failed (%s); will retry", event["event"], exc)
+                        logger.warning("Follow-up of %s failed (%s); will retry", event["kind"], exc)
                         return
                     await asyncio.to_thread(self.store.mark_followed_up, event["id"])
         except Exception as exc:  # the client's version check met a server that is down, or the store
             logger.warning("Follow-ups paused (%s: %s); will retry", type(exc).__name__, exc)
 
     async def _follow_up_one(self, event: dict[str, Any]) -> None:
-        name = event["event"]
-        incident_ref = (event.get("payload") or {}).get("incident")
-        if not incident_ref or not name.startswith(("responder.alert.firing", "responder.incident.")):
+        kind = event["kind"]
+        incident_ref = event.get("incident")
+        if not incident_ref or not kind.startswith(("alert.firing", "incident.")):
             return
         incident = await asyncio.to_thread(self.store.incident, incident_ref["id"])
         if incident is None:
             return
-        if name == "responder.alert.firing" and event["resource"].get("responder.opens") == "true":
+        if kind == "alert.firing" and event.get("opens"):
             if incident.status == "open" and not incident.acknowledged_at:
                 await schedule_next_page(incident, self.catalog, self.settings.time_scale, self.page_deployment_id)
-        elif name == "responder.incident.acknowledged":
+        elif kind == "incident.acknowledged":
             await cancel_pages(incident.id, self.page_deployment_id, f"acknowledged by {incident.acknowledged_by}")
             metrics.TIME_TO_ACK.observe(_seconds_between(incident.opened_at, incident.acknowledged_at))
             await asyncio.to_thread(self.store.add_timeline, incident.id, "acknowledged",
@@ -214,7 +216,7 @@ class Responder:
             await asyncio.to_thread(self.notifier.send, incident, "acknowledged",
                                     f":eyes: Acknowledged by {incident.acknowledged_by}; pending pages cancelled.",
                                     pagerduty="acknowledge")
-        elif name == "responder.incident.closed":
+        elif kind == "incident.closed":
             await cancel_pages(incident.id, self.page_deployment_id, f"incident closed ({incident.close_reason})")
             if incident.close_reason == "alerts-resolved" and incident.flow_run_id:
                 # A run waiting for approval must not act on a problem that went away.
@@ -232,8 +234,6 @@ class Responder:
 
     # -- the whole process ---------------------------------------------------------
     async def serve(self, app: Any) -> None:
-        import uvicorn
-
         config = uvicorn.Config(
             app,
             host=self.settings.intake_host,
@@ -260,8 +260,6 @@ class Responder:
 
 
 def _seconds_between(start: str | None, end: str | None) -> float:
-    from datetime import datetime
-
     if not start or not end:
         return 0.0
     return max(0.0, (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds())

@@ -12,11 +12,12 @@ retries handle them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, get_type_hints
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 
 class Risk(str, Enum):
@@ -89,9 +90,35 @@ class ActionOutcome(BaseModel):
 
 @dataclass(frozen=True)
 class Mitigation:
-    """A registered action: what the catalog checks runbooks against at start-up."""
+    """A registered action: what the catalog checks runbooks against at start-up.
+
+    Its parameters are the typed signature of ``run`` (less ``dry_run``), read once into a pydantic
+    model (:attr:`params_model`): a plan's parameters are validated against it when the plan is made.
+    """
 
     name: str
     risk: Risk
     description: str
     run: Callable[..., ActionOutcome]
+    params_model: type[BaseModel] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        hints = get_type_hints(self.run)
+        fields: dict[str, Any] = {}
+        for name, parameter in inspect.signature(self.run).parameters.items():
+            if name == "dry_run":
+                continue
+            default = ... if parameter.default is inspect.Parameter.empty else parameter.default
+            fields[name] = (hints.get(name, Any), default)
+        model = create_model(f"{self.name}_params", __config__=ConfigDict(extra="forbid", strict=False), **fields)
+        object.__setattr__(self, "params_model", model)
+
+    def check_params(self, params: dict[str, Any], supplied_later: set[str] = frozenset()) -> None:
+        """Raise ``ValueError`` naming the action and each wrong, unknown or missing parameter."""
+        try:
+            self.params_model.model_validate({**params, **{k: None for k in supplied_later}})
+        except ValidationError as exc:
+            problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+                        if not (e["loc"] and e["loc"][0] in supplied_later)]
+            if problems:
+                raise ValueError(f"{self.name}: " + "; ".join(problems)) from None

@@ -10,7 +10,6 @@ commands are argv lists from ``config/targets.yaml``, never from an alert.
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import time
@@ -56,11 +55,8 @@ class PlannedAction(BaseModel):
             self.risk = mitigation.risk
         elif self.risk is not mitigation.risk:
             raise ValueError(f"{self.action} is {mitigation.risk.value}, not {self.risk.value}")
-        injected = {("dsn" if self.target_ref[0] == "postgres" else "url"): None} if self.target_ref else {}
-        try:
-            inspect.signature(mitigation.run).bind(**self.params, **injected, dry_run=True)
-        except TypeError as exc:
-            raise ValueError(f"{self.action}: parameters do not fit the action: {exc}") from None
+        injected = {"dsn" if self.target_ref[0] == "postgres" else "url"} if self.target_ref else set()
+        mitigation.check_params(self.params, injected)
         return self
 
 

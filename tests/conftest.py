@@ -484,6 +484,8 @@ def resume(api_url: str, flow_run_id: str, approve: bool, reason: str, approver:
         if response.status_code not in (200, 201):
             return False  # busy: ask again
         result = response.json()
+        if (result.get("details") or {}).get("reason") == "Run input schema not found.":
+            return False  # paused a moment ago: Prefect writes the form just after the state; ask again
         if result.get("status") != "ACCEPT":
             raise AssertionError(f"the server refused the answer for run {flow_run_id}: {result}")
         return True

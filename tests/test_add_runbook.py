@@ -22,7 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from core.alerts import Alert, IncidentRef
-from core.catalog import Runbook
+from core.catalog import Runbook, Thresholds, seed
 from flows.lifecycle import Assessment, respond, runbook_flow
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
@@ -30,20 +30,25 @@ from tasks.mitigations import PlannedAction
 STATE = Path({state!r})
 
 
+class Limits(Thresholds):
+    healthy_word: str = seed("good", "the toy's state file says this word when it is healthy")
+
+
 @task(name="check-toy-state", cache_policy=NO_CACHE)
-def check_toy_state() -> ProbeResult:
+def check_toy_state(healthy_word: str) -> ProbeResult:
     text = STATE.read_text().strip()
-    return ProbeResult(probe="toy_state", ok=text == "good", summary=f"the toy says {{text}}")
+    return ProbeResult(probe="toy_state", ok=text == healthy_word, summary=f"the toy says {{text}}")
 
 
 def assess(runbook: Runbook, alert: Alert) -> Assessment:
-    state = check_toy_state()
+    limits = runbook.limits(Limits, alert.alertname)
+    state = check_toy_state(limits.healthy_word)
     plans = [] if state.ok else [PlannedAction(action="drill_step", target="toy", params={{"name": "toy"}},
                                                why=state.summary)]  # risky: the registry says so
-    return Assessment(evidence=[state], plans=plans, verify=check_toy_state)
+    return Assessment(evidence=[state], plans=plans, verify=lambda: check_toy_state(limits.healthy_word))
 
 
-@runbook_flow(name="toy-runbook", run_name="{{alert.alertname}} {{alert.fingerprint}}")
+@runbook_flow(name="toy-runbook", run_name="{{alert.alertname}} {{alert.fingerprint}}", thresholds=Limits)
 def toy_runbook(alert: Alert, incident: IncidentRef | None = None):
     return respond("toy-runbook", alert, incident, assess)
 '''
@@ -51,7 +56,7 @@ def toy_runbook(alert: Alert, incident: IncidentRef | None = None):
 
 def test_a_toy_runbook_added_as_the_readme_says_answers_a_real_alert(prefect_server, tmp_path):
     state = tmp_path / "toy-state"
-    state.write_text("bad")
+    state.write_text("good")  # the module's default word, but this installation says "fine"
     modules = tmp_path / "modules"
     modules.mkdir()
     (modules / "toy_runbook.py").write_text(textwrap.dedent(TOY_MODULE.format(state=str(state))))
@@ -61,6 +66,7 @@ def test_a_toy_runbook_added_as_the_readme_says_answers_a_real_alert(prefect_ser
         "name": "toy-runbook", "title": "Toy runbook", "flow": "toy_runbook:toy_runbook", "alertnames": ["ToyAlert"],
         "severity": "warning", "verify": {"budget_seconds": 20, "interval_seconds": 1},
         "approval_timeout_seconds": 60, "mitigations": [{"name": "drill_step", "risk": "risky"}],
+        "thresholds": {"healthy_word": "fine"},  # this installation's word, checked against the module's Limits
     }]}))
 
     with running_responder(tmp_path, prefect_server.api_url, config, PYTHONPATH=str(modules)) as responder:
@@ -75,7 +81,7 @@ def test_a_toy_runbook_added_as_the_readme_says_answers_a_real_alert(prefect_ser
         })
         run = paused_run(prefect_server.api_url, incident_id)  # its risky step waits like any runbook's
         assert run["name"] == f"ToyAlert {fingerprint}"
-        state.write_text("good")  # the fix (what the approved step would do)
+        state.write_text("fine")  # the fix (what the approved step would do)
         answer(prefect_server.api_url, run, True, "toy-owner")
         final = wait_run_final(prefect_server.api_url, incident_id)
     assert final["state"]["name"] == "Resolved", final["state"]

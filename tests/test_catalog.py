@@ -7,6 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import BIN, ROOT, make_config
@@ -29,7 +30,10 @@ def test_runbooks_json_lists_every_runbook_with_flow_alertnames_and_severity():
         assert entry["flow"] and entry["severity"] in ("info", "warning", "critical")
         assert entry["alertnames"] or entry["schedules"]
     cpu = next(e for e in entries if e["name"] == "high-cpu-usage")
-    assert "HIGH_CPU_USAGE" in cpu["alertnames"] and cpu["thresholds"]["cpu_percent"] == 80
+    assert "HIGH_CPU_USAGE" in cpu["alertnames"] and cpu["thresholds"]["cpu_percent"] == 80  # the seed's, in force
+    response = next(e for e in entries if e["name"] == "high-response-time")
+    assert response["thresholds"]["p95_seconds"] == 2
+    assert response["thresholds_by_alertname"]["response_time_p95"]["p95_seconds"] == 1  # seed 001's spelling
 
 
 def _broken(tmp_path: Path, mutate) -> subprocess.CompletedProcess:
@@ -55,6 +59,36 @@ def test_a_mitigation_without_a_risk_stops_start_up(tmp_path):
 def test_an_unknown_mitigation_stops_start_up(tmp_path):
     out = _broken(tmp_path, lambda rbs: rbs[0]["mitigations"].append({"name": "reboot_everything", "risk": "safe"}))
     assert out.returncode == 2 and "reboot_everything" in out.stderr and "not a registered mitigation" in out.stderr
+
+
+@pytest.mark.parametrize("thresholds, says", [
+    ({"cpu_percnt": 90}, "thresholds.cpu_percnt: unknown threshold 'cpu_percnt' (this runbook's thresholds: "
+                         "cpu_percent, load_per_core)"),
+    ({"cpu_percent": "lots"}, "thresholds.cpu_percent: Input should be a valid number"),
+    ({"cpu_percent": -5}, "thresholds.cpu_percent: Input should be greater than or equal to 0"),
+    ({"cpu_percent.DiskFull": 90}, "thresholds.cpu_percent.DiskFull: 'DiskFull' is not one of this runbook's alert names"),
+])
+def test_a_wrong_threshold_override_stops_start_up_naming_file_runbook_and_field(tmp_path, thresholds, says):
+    out = _broken(tmp_path, lambda rbs: rbs[0].update(thresholds=thresholds))
+    assert out.returncode == 2, out.stderr
+    assert "infrastructure.yaml: runbook 'high-cpu-usage': " + says in out.stderr
+
+
+def test_a_flow_without_a_runbook_spec_stops_start_up(tmp_path):
+    out = _broken(tmp_path, lambda rbs: rbs[0].update(flow="flows.escalation:escalation_page"))
+    assert out.returncode == 2 and "runbook 'high-cpu-usage'" in out.stderr and "declares no runbook spec" in out.stderr
+
+
+def test_an_installation_override_is_in_force_and_shown(tmp_path):
+    config = make_config(tmp_path, thresholds={"high-response-time": {"p95_seconds": 5, "p95_seconds.SlowRequests": 7}})
+    out = _run("runbooks", "--json", env={"RESPONDER_CONFIG_DIR": str(config)})
+    assert out.returncode == 0, out.stderr
+    entry = next(e for e in json.loads(out.stdout) if e["name"] == "high-response-time")
+    assert entry["thresholds"]["p95_seconds"] == 5
+    by_name = entry["thresholds_by_alertname"]
+    assert "response_time_p95" not in by_name  # listed only where it differs: the installation's 5 beats seed 001's 1
+    assert by_name["SlowRequests"]["p95_seconds"] == 7  # and its own spelling's figure beats its general one
+    assert entry["threshold_overrides"] == {"p95_seconds": 5, "p95_seconds.SlowRequests": 7}
 
 
 def test_an_alert_name_claimed_twice_stops_start_up(tmp_path):

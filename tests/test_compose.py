@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from conftest import free_port, wait_for
+from core.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -485,11 +486,14 @@ def test_rule_thresholds_match_seed_and_catalog(alertname):
     assert rule_threshold(rule) == threshold, f"{alertname}: seed 000 says >{threshold:g}%"
     assert rule["for"] == duration, f"{alertname}: seed 000 says for {duration}"
 
-    runbooks = [r for r in catalog_runbooks() if alertname in r.get("alertnames", [])]
-    for runbook in runbooks:
-        for key, value in (runbook.get("thresholds") or {}).items():
-            if resource in key and key.endswith("percent"):
-                assert float(value) == threshold, (
-                    f"catalog runbook {runbook['name']!r} thresholds.{key} = {value}, "
-                    f"alert rule {alertname} fires at > {threshold:g}"
-                )
+    catalog = load_catalog(CATALOG.parent)
+    catalog.resolve_flows()
+    runbook = catalog.route(alertname)
+    limits = runbook.limits(runbook.limits_model, alertname).model_dump()  # the figures in force for this spelling
+    compared = {key: value for key, value in limits.items() if resource in key and key.endswith("percent")}
+    assert compared, f"runbook {runbook.name!r} has no {resource} percent threshold to compare"
+    for key, value in compared.items():
+        assert float(value) == threshold, (
+            f"runbook {runbook.name!r} threshold {key} = {value} for {alertname}, "
+            f"alert rule {alertname} fires at > {threshold:g}"
+        )

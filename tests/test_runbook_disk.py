@@ -57,7 +57,7 @@ def listing(root: Path) -> dict[str, int]:
 def config_for(tmp: Path, root: Path) -> Path:
     return make_config(
         tmp,
-        thresholds={"disk-space": {"disk_percent": 0, "disk_usage": 0}},
+        thresholds={"disk-space": {"disk_percent": 0}},  # every spelling, disk_usage too
         runbook_overrides={"disk-space": {"verify": {"budget_seconds": 2, "interval_seconds": 1}}},
         targets={"paths": {"disk": [str(root)], "logs": [str(root / "logs")], "temp": [str(root / "tmp")],
                            "retention_days": 7, "delete_after_days": 30}},

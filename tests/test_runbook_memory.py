@@ -37,7 +37,8 @@ def responder(prefect_server, tmp_path_factory, webhook, marker_dir):
                str(marker_dir / "memtest-app.restarted")]
     config = make_config(
         tmp,
-        thresholds={"high-memory-usage": {"memory_percent": 0, "memory_usage": 100, "HighMemoryUsage": 100}},
+        thresholds={"high-memory-usage": {"memory_percent": 0, "memory_percent.memory_usage": 100,
+                                         "memory_percent.HighMemoryUsage": 100}},
         runbook_overrides={"high-memory-usage": {"verify": {"budget_seconds": 4, "interval_seconds": 1},
                                                  "approval_timeout_seconds": 40}},
         targets={"processes": {"killable_cmdline": [BURNER_MARK], "protected_names": ["systemd"]},

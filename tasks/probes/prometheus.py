@@ -466,6 +466,7 @@ def notification_counters(url: str, timeout_s: float = 5.0) -> dict[str, dict[st
     ``sent``/``failed`` count requests to receivers where Alertmanager exports them, else whole
     notifications.
     """
+    # heavy: prometheus_client (~14 ms), not needed by the CLI's light commands (core.catalog -> hosts -> node -> here)
     from prometheus_client.parser import text_string_to_metric_families
 
     with _client(url, timeout_s) as client:

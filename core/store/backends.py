@@ -1,0 +1,150 @@
+"""The two backends, SQLite (one file, the default) and PostgreSQL (shared by several responders)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import psycopg
+
+from core.store.base import StoreUnavailable
+from core.store.episodes import Episodes
+from core.store.schema import migrate
+
+
+class Store(Episodes):
+    """One store per process; thread-safe. Use :func:`open_store`.
+
+    Composed by concern: episodes (ingest) → timeline, pages, notes, loop guard → incidents → outbox."""
+
+    def migrate(self) -> int:
+        """Apply the migrations this store lacks; returns the version it had."""
+        return migrate(self, self.describe())
+
+    def describe(self) -> str:  # pragma: no cover - overridden
+        return "the store"
+
+
+class SQLiteStore(Store):
+    dialect = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    def _q(self, sql: str) -> str:
+        return sql.replace("%s", "?")
+
+    def _tables(self, cur: Any) -> set[str]:
+        return {r[0] for r in cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+
+    def describe(self) -> str:
+        return f"SQLite store {self.path}"
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Cursor]:
+        try:
+            conn = self._conn()
+            with self._lock:
+                conn.execute("BEGIN IMMEDIATE")
+                cur = conn.cursor()
+                try:
+                    yield cur
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                else:
+                    conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
+
+
+class PostgresStore(Store):
+    dialect = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self._url = url
+        self._local = threading.local()
+        # Bumped when any thread's connection fails: the server may have cut all of them (restart,
+        # pg_terminate_backend), so every thread checks its own before the next use.
+        self._failures = 0
+
+    def _conn(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and not (conn.closed or conn.broken):
+            if (time.monotonic() - getattr(self._local, "used", 0) > 5
+                    or getattr(self._local, "failures_seen", 0) != self._failures):
+                # An idle connection may have been cut (server restart, admin): check before trusting it.
+                try:
+                    conn.execute("SELECT 1")
+                except psycopg.Error:
+                    conn = None
+        else:
+            conn = None
+        if conn is None:
+            conn = psycopg.connect(self._url, connect_timeout=5, autocommit=True)
+            self._local.conn = conn
+        self._local.used = time.monotonic()
+        self._local.failures_seen = self._failures
+        return conn
+
+    def _lock_group(self, cur: Any, group_key: str) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (group_key,))
+
+    def _tables(self, cur: Any) -> set[str]:
+        cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+        return {r[0] for r in cur.fetchall()}
+
+    def describe(self) -> str:
+        return "PostgreSQL store (RESPONDER_DATABASE_URL)"
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        try:
+            conn = self._conn()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"PostgreSQL store unreachable: {type(exc).__name__}") from exc
+        try:
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    # Outbox sequence numbers come from MAX(seq)+1: one writer at a time.
+                    cur.execute("SELECT pg_advisory_xact_lock(7301)")
+                    yield cur
+        except psycopg.OperationalError as exc:
+            self._local.conn = None
+            self._failures += 1
+            try:
+                conn.close()
+            except psycopg.Error:
+                pass
+            raise StoreUnavailable(f"PostgreSQL store: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+
+
+def open_store(database_url: str | None, sqlite_path: Path) -> Store:
+    if database_url and database_url.startswith(("postgresql://", "postgres://")):
+        store: Store = PostgresStore(database_url)
+    elif database_url and database_url.startswith("sqlite:///"):
+        store = SQLiteStore(Path(database_url[len("sqlite:///"):]))
+    elif database_url:
+        raise ValueError("RESPONDER_DATABASE_URL must start with postgresql:// or sqlite:///")
+    else:
+        store = SQLiteStore(sqlite_path)
+    store.migrate()
+    return store

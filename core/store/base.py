@@ -1,0 +1,51 @@
+"""What every part of the store shares: the transaction hooks the backends implement."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+
+class StoreUnavailable(Exception):
+    """The store cannot take writes right now (the intake answers 503)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat()
+
+
+class StoreBase:
+    """The backend hooks; :class:`core.store.backends.Store` composes the concerns over them."""
+
+    dialect: str
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:  # pragma: no cover - overridden
+        raise NotImplementedError
+        yield
+
+    def _lock_group(self, cur: Any, group_key: str) -> None:
+        """Serialise writers of one Alertmanager group (PostgreSQL only; SQLite has one writer)."""
+
+    def _q(self, sql: str) -> str:
+        return sql
+
+    def _exec(self, cur: Any, sql: str, params: tuple = ()) -> Any:
+        cur.execute(self._q(sql), params)
+        return cur
+
+    def _tables(self, cur: Any) -> set[str]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def ping(self) -> None:
+        with self._tx() as cur:
+            self._exec(cur, "SELECT 1")

@@ -1,0 +1,140 @@
+"""Alert episodes: each Alertmanager body, and every alert in it keyed on (fingerprint, startsAt)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from core.alerts import Alert, AlertmanagerPayload, Route
+from core.store.base import iso, utcnow
+from core.store.outbox import alert_record
+from core.store.timeline import Timeline
+
+
+@dataclass
+class IngestResult:
+    receipt_id: str
+    new_firing: int = 0
+    duplicates: int = 0
+    resolved: int = 0
+    unrouted: int = 0
+    incidents_opened: list[str] = field(default_factory=list)
+    runbooks_opened: list[str] = field(default_factory=list)
+    incidents_closed: list[str] = field(default_factory=list)
+
+
+class Episodes(Timeline):
+    def ingest(self, payload: AlertmanagerPayload, raw: bytes, routes: Mapping[str, Route]) -> IngestResult:
+        """Store one Alertmanager body and queue its events, all or nothing.
+
+        ``routes``: alert name → the runbook that responds (the catalog's decision, made by the caller);
+        an alert whose name is not in it is stored and announced as unrouted."""
+        now = iso(utcnow())
+        result = IngestResult(receipt_id=str(uuid.uuid4()))
+        with self._tx() as cur:
+            self._lock_group(cur, payload.groupKey)
+            self._exec(
+                cur,
+                "INSERT INTO receipts (id, received_at, group_key, body) VALUES (%s, %s, %s, %s)",
+                (result.receipt_id, now, payload.groupKey, raw.decode("utf-8", "replace")),
+            )
+            for alert in payload.alerts:
+                self._ingest_alert(cur, payload, alert, now, routes.get(alert.alertname), result)
+        return result
+
+    def _ingest_alert(
+        self, cur: Any, payload: AlertmanagerPayload, alert: Alert, now: str, runbook: Route | None, result: IngestResult
+    ) -> None:
+        starts_at = iso(alert.startsAt)
+        row = self._exec(
+            cur,
+            "SELECT status, incident_id FROM alerts WHERE fingerprint = %s AND starts_at = %s",
+            (alert.fingerprint, starts_at),
+        ).fetchone()
+
+        if alert.status == "firing":
+            if row is not None:
+                result.duplicates += 1
+                return
+            incident_id = None
+            opens = False
+            if runbook is not None:
+                open_row = self._exec(
+                    cur,
+                    "SELECT id FROM incidents WHERE group_key = %s AND runbook = %s AND status = 'open'",
+                    (payload.groupKey, runbook.runbook),
+                ).fetchone()
+                if open_row is None:
+                    incident_id = str(uuid.uuid4())
+                    opens = True
+                    severity = alert.labels.get("severity") or runbook.severity
+                    self._exec(
+                        cur,
+                        "INSERT INTO incidents (id, runbook, group_key, severity, title, status, opened_at) "
+                        "VALUES (%s, %s, %s, %s, %s, 'open', %s)",
+                        (incident_id, runbook.runbook, payload.groupKey, severity, alert.summary[:300], now),
+                    )
+                    result.incidents_opened.append(incident_id)
+                    result.runbooks_opened.append(runbook.runbook)
+                else:
+                    incident_id = open_row[0]
+            self._insert_alert(cur, payload, alert, starts_at, incident_id, now, status="firing")
+            if runbook is None:
+                result.unrouted += 1
+                self._enqueue(cur, alert_record("alert.unrouted", alert, payload, None))
+                return
+            result.new_firing += 1
+            incident = self._incident(cur, incident_id)
+            self._enqueue(cur, alert_record("alert.firing", alert, payload, incident, opens=opens))
+            return
+
+        # resolved
+        if row is not None and row[0] == "resolved":
+            result.duplicates += 1
+            return
+        if row is None:
+            # Never saw it fire (sent before we existed, or silenced); keep the record only.
+            self._insert_alert(cur, payload, alert, starts_at, None, now, status="resolved", resolved_at=now)
+            result.resolved += 1
+            return
+        incident_id = row[1]
+        self._exec(
+            cur,
+            "UPDATE alerts SET status = 'resolved', resolved_at = %s WHERE fingerprint = %s AND starts_at = %s",
+            (now, alert.fingerprint, starts_at),
+        )
+        result.resolved += 1
+        if incident_id is None:
+            return
+        incident = self._incident(cur, incident_id)
+        self._enqueue(cur, alert_record("alert.resolved", alert, payload, incident))
+        still_firing = self._exec(
+            cur,
+            "SELECT COUNT(*) FROM alerts WHERE incident_id = %s AND status = 'firing'",
+            (incident_id,),
+        ).fetchone()[0]
+        if still_firing == 0 and incident.status == "open":
+            self._close(cur, incident, "alerts-resolved", now)
+            result.incidents_closed.append(incident_id)
+
+    def _insert_alert(self, cur, payload, alert, starts_at, incident_id, now, status, resolved_at=None) -> None:
+        self._exec(
+            cur,
+            "INSERT INTO alerts (fingerprint, starts_at, alertname, status, labels, annotations, group_key, "
+            "incident_id, received_at, resolved_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                alert.fingerprint,
+                starts_at,
+                alert.alertname,
+                status,
+                json.dumps(alert.labels, sort_keys=True),
+                json.dumps(alert.annotations, sort_keys=True),
+                payload.groupKey,
+                incident_id,
+                now,
+                resolved_at,
+            ),
+        )
+

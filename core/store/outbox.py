@@ -1,0 +1,105 @@
+"""The outbox: incident and alert events, written in the transaction that caused them, delivered later.
+
+A record is the responder's own shape, not Prefect's::
+
+    {"id", "occurred", "kind": "alert.firing" | "alert.resolved" | "alert.unrouted" | "incident.<what>",
+     "incident": {id, runbook, group_key, severity, title, status, close_reason, flow_run_id} | None,
+     "alert": {...}, "opens": bool, "group": {key, labels, external_url, truncated_alerts},   (alert events)
+     "details": {...}}                                                                         (incident events)
+
+``responder/events.py`` turns a record into a Prefect event when it is delivered (the id is kept,
+so a re-delivery is the same event).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from core.alerts import Alert, AlertmanagerPayload
+from core.store.base import StoreBase, iso, utcnow
+
+if TYPE_CHECKING:  # typing only: incidents imports this module
+    from core.store.incidents import Incident
+
+
+def incident_fields(incident: "Incident") -> dict[str, Any]:
+    return {
+        "id": incident.id, "runbook": incident.runbook, "group_key": incident.group_key, "severity": incident.severity,
+        "title": incident.title, "status": incident.status, "close_reason": incident.close_reason,
+        "flow_run_id": incident.flow_run_id,
+    }
+
+
+def incident_record(kind: str, incident: "Incident", details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"id": str(uuid.uuid4()), "occurred": iso(utcnow()), "kind": kind,
+            "incident": incident_fields(incident), "details": details or {}}
+
+
+def alert_record(kind: str, alert: Alert, group: AlertmanagerPayload, incident: "Incident | None",
+                 opens: bool = False) -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "occurred": iso(utcnow()),
+        "kind": kind,
+        "alert": alert.model_dump(mode="json"),
+        "incident": incident_fields(incident) if incident is not None else None,
+        "opens": opens,
+        "group": {"key": group.groupKey, "labels": group.groupLabels, "external_url": group.externalURL,
+                  "truncated_alerts": group.truncatedAlerts},
+    }
+
+
+class Outbox(StoreBase):
+    def _enqueue(self, cur: Any, record: dict[str, Any]) -> None:
+        seq = self._exec(cur, "SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox").fetchone()[0]
+        self._exec(
+            cur,
+            "INSERT INTO outbox (id, seq, created_at, kind, body) VALUES (%s, %s, %s, %s, %s)",
+            (record["id"], seq, record["occurred"], record["kind"], json.dumps(record, default=str)),
+        )
+
+    def pending_events(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self._tx() as cur:
+            rows = self._exec(
+                cur, "SELECT body FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT %s", (limit,)
+            ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def mark_delivered(self, event_ids: list[str]) -> None:
+        now = iso(utcnow())
+        with self._tx() as cur:
+            for event_id in event_ids:
+                self._exec(
+                    cur,
+                    "UPDATE outbox SET delivered_at = %s, attempts = attempts + 1 WHERE id = %s",
+                    (now, event_id),
+                )
+
+    def pending_followups(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Delivered events whose local follow-up (pages, notifications, artifacts) has not completed."""
+        with self._tx() as cur:
+            rows = self._exec(
+                cur,
+                "SELECT body FROM outbox WHERE delivered_at IS NOT NULL AND followed_up_at IS NULL ORDER BY seq LIMIT %s",
+                (limit,),
+            ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def mark_followed_up(self, event_id: str) -> None:
+        with self._tx() as cur:
+            self._exec(cur, "UPDATE outbox SET followed_up_at = %s WHERE id = %s", (iso(utcnow()), event_id))
+
+    def mark_failed(self, event_ids: list[str], error: str) -> None:
+        with self._tx() as cur:
+            for event_id in event_ids:
+                self._exec(
+                    cur,
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = %s WHERE id = %s",
+                    (error[:500], event_id),
+                )
+
+    def outbox_backlog(self) -> int:
+        with self._tx() as cur:
+            return self._exec(cur, "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL").fetchone()[0]

@@ -1,0 +1,91 @@
+"""What happened to an incident, in order: timeline entries, pages sent, notes; and the loop-guard log."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from core.store.base import iso, utcnow
+from core.store.incidents import Incident, Incidents
+
+
+class Timeline(Incidents):
+    # -- loop guard ----------------------------------------------------------------
+    def actions_since(self, guard_key: str, since: datetime) -> int:
+        with self._tx() as cur:
+            return self._exec(
+                cur,
+                "SELECT COUNT(*) FROM actions_log WHERE guard_key = %s AND at >= %s AND status = 'done'",
+                (guard_key, iso(since)),
+            ).fetchone()[0]
+
+    def record_action(self, guard_key: str, incident_id: str | None, status: str) -> None:
+        with self._tx() as cur:
+            self._exec(
+                cur,
+                "INSERT INTO actions_log (id, guard_key, incident_id, status, at) VALUES (%s, %s, %s, %s, %s)",
+                (str(uuid.uuid4()), guard_key, incident_id, status, iso(utcnow())),
+            )
+
+    # -- timeline, pages, notes ------------------------------------------------------
+    def add_timeline(self, incident_id: str, kind: str, text: str, actor: str | None = None) -> None:
+        with self._tx() as cur:
+            self._exec(
+                cur,
+                "INSERT INTO timeline (id, incident_id, at, kind, text, actor) VALUES (%s, %s, %s, %s, %s, %s)",
+                (str(uuid.uuid4()), incident_id, iso(utcnow()), kind, text[:2000], actor),
+            )
+
+    def timeline(self, incident_id: str) -> list[dict[str, Any]]:
+        with self._tx() as cur:
+            rows = self._exec(
+                cur, "SELECT at, kind, text, actor FROM timeline WHERE incident_id = %s ORDER BY at, id", (incident_id,)
+            ).fetchall()
+        return [{"at": r[0], "kind": r[1], "text": r[2], "actor": r[3] or ""} for r in rows]
+
+    def record_page(self, incident_id: str, level: int, who: str) -> bool:
+        """Claim a page (incident, level). False when it was already sent: each page goes out once."""
+        with self._tx() as cur:
+            row = self._exec(
+                cur, "SELECT 1 FROM pages WHERE incident_id = %s AND level = %s", (incident_id, level)
+            ).fetchone()
+            if row is not None:
+                return False
+            self._exec(
+                cur,
+                "INSERT INTO pages (incident_id, level, sent_at, who) VALUES (%s, %s, %s, %s)",
+                (incident_id, level, iso(utcnow()), who),
+            )
+            return True
+
+    def pages(self, incident_id: str) -> list[dict[str, Any]]:
+        with self._tx() as cur:
+            rows = self._exec(
+                cur, "SELECT level, sent_at, who FROM pages WHERE incident_id = %s ORDER BY level", (incident_id,)
+            ).fetchall()
+        return [{"level": r[0], "sent_at": r[1], "who": r[2]} for r in rows]
+
+    def set_note(self, incident_id: str, key: str, value: str) -> None:
+        with self._tx() as cur:
+            self._exec(cur, "DELETE FROM notes WHERE incident_id = %s AND key = %s", (incident_id, key))
+            self._exec(cur, "INSERT INTO notes (incident_id, key, value) VALUES (%s, %s, %s)", (incident_id, key, value))
+
+    def note(self, incident_id: str, key: str) -> str | None:
+        with self._tx() as cur:
+            row = self._exec(cur, "SELECT value FROM notes WHERE incident_id = %s AND key = %s", (incident_id, key)).fetchone()
+        return row[0] if row else None
+
+    def waiting_on(self, incident: Incident) -> str:
+        """Who or what an open incident waits on, for `responder incidents`."""
+        if incident.status != "open":
+            return ""
+        waiting = self.note(incident.id, "waiting_on")
+        if waiting:
+            return waiting
+        if incident.acknowledged_by:
+            return f"{incident.acknowledged_by} (acknowledged)"
+        pages = self.pages(incident.id)
+        if pages:
+            return f"level {pages[-1]['level']}: {pages[-1]['who']} (paged)"
+        return "the runbook"

@@ -1,0 +1,70 @@
+"""The outbox's records as Prefect events: the one place that knows Prefect's event shape.
+
+Deployment triggers match ``responder.alert.firing`` with ``responder.alertname`` in its resource and
+pass ``event.payload.alert`` and ``event.payload.incident`` to the runbook's flow (``deployments/``).
+A record keeps its id, so delivering it twice is the same event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _incident_resource(incident: dict[str, Any]) -> dict[str, str]:
+    return {
+        "prefect.resource.id": f"responder.incident.{incident['id']}",
+        "prefect.resource.name": f"{incident['runbook']}: {incident['title']}"[:200],
+        "responder.runbook": incident["runbook"],
+        "responder.severity": incident["severity"],
+    }
+
+
+def _incident_ref(incident: dict[str, Any]) -> dict[str, str]:
+    """The flow parameter ``incident`` (``core.alerts.IncidentRef``)."""
+    return {key: incident[key] for key in ("id", "runbook", "group_key", "severity")}
+
+
+def prefect_event(record: dict[str, Any]) -> dict[str, Any]:
+    if "prefect_event" in record:  # written before the outbox kept records (store migration 2): as it was
+        return record["prefect_event"]
+    incident = record.get("incident")
+    if "alert" in record:
+        alert = record["alert"]
+        fingerprint, alertname = alert["fingerprint"], alert["labels"].get("alertname", "")
+        resource = _incident_resource(incident) if incident else {
+            "prefect.resource.id": f"responder.alert.{fingerprint}",
+            "prefect.resource.name": alertname,
+        }
+        resource["responder.alertname"] = alertname
+        resource["responder.opens"] = "true" if record.get("opens") else "false"
+        group = record["group"]
+        return {
+            "id": record["id"],
+            "occurred": record["occurred"],
+            "event": f"responder.{record['kind']}",
+            "resource": resource,
+            "related": [{"prefect.resource.id": f"responder.alert.{fingerprint}", "prefect.resource.role": "alert",
+                         "prefect.resource.name": alertname}],
+            "payload": {
+                "alert": alert,
+                "incident": _incident_ref(incident) if incident else None,
+                "group_key": group["key"],
+                "group_labels": group["labels"],
+                "external_url": group["external_url"],
+                "truncated_alerts": group["truncated_alerts"],
+            },
+        }
+    return {
+        "id": record["id"],
+        "occurred": record["occurred"],
+        "event": f"responder.{record['kind']}",
+        "resource": _incident_resource(incident),
+        "related": [],
+        "payload": {
+            "incident": _incident_ref(incident),
+            "status": incident["status"],
+            "close_reason": incident["close_reason"],
+            "flow_run_id": incident["flow_run_id"],
+            **(record.get("details") or {}),
+        },
+    }

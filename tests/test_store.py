@@ -1,0 +1,128 @@
+"""The store's schema versions and its event records: in-process, on real SQLite files and a real PostgreSQL.
+
+A store written by the layout before versioning (tables, no ``schema_version``, Prefect events in the
+outbox) is built here with that layout's own statements and a row as it wrote them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from core.alerts import AlertmanagerPayload, Route
+from core.store import LATEST_VERSION, SchemaError, open_store
+from core.store.schema import LAYOUT_1
+from responder.events import prefect_event
+from tests.support.alerts import alert_body
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# An outbox row as layout 1 wrote it: a Prefect event, opening an incident.
+LAYOUT_1_EVENT = {
+    "id": "5b0f5a52-6a1c-4c43-9d0e-4f1e2bb0a001",
+    "occurred": "2026-12-05T10:00:00+00:00",
+    "event": "responder.alert.firing",
+    "resource": {"prefect.resource.id": "responder.incident.inc-1", "prefect.resource.name": "high-cpu-usage: CPU",
+                 "responder.runbook": "high-cpu-usage", "responder.severity": "warning",
+                 "responder.alertname": "HIGH_CPU_USAGE", "responder.opens": "true"},
+    "related": [{"prefect.resource.id": "responder.alert.abc", "prefect.resource.role": "alert",
+                 "prefect.resource.name": "HIGH_CPU_USAGE"}],
+    "payload": {"alert": {"labels": {"alertname": "HIGH_CPU_USAGE"}, "fingerprint": "abc"},
+                "incident": {"id": "inc-1", "runbook": "high-cpu-usage", "group_key": "g", "severity": "warning"},
+                "group_key": "g", "group_labels": {}, "external_url": "", "truncated_alerts": 0},
+}
+
+
+def _layout_1_sqlite(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    for statement in LAYOUT_1:
+        conn.execute(statement)
+    conn.execute("INSERT INTO incidents (id, runbook, group_key, severity, title, status, opened_at) "
+                 "VALUES ('inc-1', 'high-cpu-usage', 'g', 'warning', 'CPU', 'open', '2026-12-05T10:00:00+00:00')")
+    conn.execute("INSERT INTO outbox (id, seq, created_at, kind, body) VALUES (?, 1, ?, 'alert.firing', ?)",
+                 (LAYOUT_1_EVENT["id"], LAYOUT_1_EVENT["occurred"], json.dumps(LAYOUT_1_EVENT)))
+    conn.commit()
+    conn.close()
+
+
+def test_a_store_of_the_previous_layout_is_migrated_and_its_pending_event_is_sent_unchanged(tmp_path):
+    path = tmp_path / "responder.db"
+    _layout_1_sqlite(path)
+    store = open_store(None, path)
+    assert store.migrate() == LATEST_VERSION  # already migrated by open_store: the second open changes nothing
+    with sqlite3.connect(path) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY version")]
+    assert versions == list(range(1, LATEST_VERSION + 1))
+    assert store.incident("inc-1").title == "CPU"  # rows kept
+    [record] = store.pending_events()
+    assert prefect_event(record) == LAYOUT_1_EVENT  # delivered exactly as the old layout would have
+    store.mark_delivered([record["id"]])
+    [follow_up] = store.pending_followups()
+    assert (follow_up["kind"], follow_up["incident"]["id"], follow_up["opens"]) == ("alert.firing", "inc-1", True)
+
+
+def test_a_newer_store_is_refused_and_left_unchanged(tmp_path):
+    path = tmp_path / "responder.db"
+    open_store(None, path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO schema_version VALUES (?, 'from the future', '2027-01-01')", (LATEST_VERSION + 1,))
+    before = path.read_bytes()
+    with pytest.raises(SchemaError, match=rf"schema version {LATEST_VERSION + 1}, newer than this responder knows "
+                                          rf"\({LATEST_VERSION}\).*Nothing was changed"):
+        open_store(None, path)
+    assert path.read_bytes() == before
+    # `responder up` stops before starting anything, naming the store and the versions.
+    env = {**os.environ, "RESPONDER_HOME": str(tmp_path), "RESPONDER_CONFIG_DIR": str(ROOT / "config")}
+    env.pop("RESPONDER_DATABASE_URL", None)
+    done = subprocess.run([sys.executable, "-m", "responder.cli", "up"], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot open the alert store: SQLite store {path} has schema version {LATEST_VERSION + 1}" in done.stderr
+
+
+def test_postgresql_previous_layout_migrates_once_and_newer_is_refused(fresh_database):
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        for statement in LAYOUT_1:
+            conn.execute(statement)
+        conn.execute("INSERT INTO outbox (id, seq, created_at, kind, body) VALUES (%s, 1, %s, 'alert.firing', %s)",
+                     (LAYOUT_1_EVENT["id"], LAYOUT_1_EVENT["occurred"], json.dumps(LAYOUT_1_EVENT)))
+    first, second = open_store(fresh_database, Path("/nonexistent")), open_store(fresh_database, Path("/nonexistent"))
+    assert second.migrate() == LATEST_VERSION
+    assert [prefect_event(r) for r in first.pending_events()] == [LAYOUT_1_EVENT]
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == LATEST_VERSION
+        conn.execute("INSERT INTO schema_version VALUES (%s, 'from the future', '2027-01-01')", (LATEST_VERSION + 1,))
+    with pytest.raises(SchemaError, match="PostgreSQL store"):
+        open_store(fresh_database, Path("/nonexistent"))
+
+
+def test_routing_is_the_callers_and_the_event_shape_is_prefects(tmp_path):
+    store = open_store(None, tmp_path / "responder.db")
+    body = alert_body("HIGH_CPU_USAGE", "store")
+    body["alerts"][0]["fingerprint"] = "f1"
+    body["alerts"].append(alert_body("NoRunbookForThis", "store")["alerts"][0])
+    body["alerts"][1]["fingerprint"] = "f2"
+    payload = AlertmanagerPayload.model_validate(body)
+    result = store.ingest(payload, json.dumps(body).encode(), {"HIGH_CPU_USAGE": Route("high-cpu-usage", "warning")})
+    assert (result.new_firing, result.unrouted, result.runbooks_opened) == (1, 1, ["high-cpu-usage"])
+    firing, unrouted = [prefect_event(r) for r in store.pending_events()]
+    incident_id = result.incidents_opened[0]
+    assert firing["event"] == "responder.alert.firing"
+    assert firing["resource"]["prefect.resource.id"] == f"responder.incident.{incident_id}"
+    assert firing["resource"]["responder.alertname"] == "HIGH_CPU_USAGE" and firing["resource"]["responder.opens"] == "true"
+    assert firing["payload"]["incident"] == {"id": incident_id, "runbook": "high-cpu-usage", "group_key": body["groupKey"],
+                                             "severity": "warning"}
+    assert firing["payload"]["alert"]["fingerprint"] == "f1"
+    assert unrouted["event"] == "responder.alert.unrouted" and unrouted["payload"]["incident"] is None
+    assert unrouted["resource"]["prefect.resource.id"] == "responder.alert.f2"
+    store.close_incident(incident_id, "test")
+    closed = prefect_event(store.pending_events()[-1])
+    assert closed["event"] == "responder.incident.closed" and closed["payload"]["close_reason"] == "test"
+    assert closed["payload"]["status"] == "closed" and closed["payload"]["incident"]["id"] == incident_id
