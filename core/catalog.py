@@ -405,7 +405,7 @@ class Catalog(BaseModel):
             model = getattr(obj, "thresholds_model", None)
             if not (isinstance(model, type) and issubclass(model, Thresholds)):
                 raise CatalogError(f"{runbook._source or 'catalog'}: runbook {runbook.name!r}: {runbook.flow!r} declares "
-                                   "no runbook spec (build it with flows.lifecycle.runbook_flow(..., thresholds=...))")
+                                   "no runbook spec (build its flow with flows.lifecycle.runbook_flow(name, assess, thresholds))")
             runbook.bind_limits(model)
             for mitigation in runbook.mitigations:
                 registered = REGISTRY.get(mitigation.name)

@@ -30,8 +30,8 @@ from prefect.cache_policies import NO_CACHE
 from flows import checks
 from flows.checks import collect, compact, measured
 from flows.host import locate, prometheus_url
-from flows.lifecycle import Assessment, respond, runbook_flow
-from core.alerts import Alert, IncidentRef
+from flows.lifecycle import Assessment, runbook_flow
+from core.alerts import Alert
 from core.catalog import Runbook, Thresholds, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
@@ -143,11 +143,8 @@ def assess_response_time(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_endpoint_performance(threshold, window, ("job",), match, no_data_ok=False))
 
 
-@runbook_flow(name="high-response-time", run_name="{alert.labels[alertname]} {alert.fingerprint}",
-              thresholds=HighResponseTimeLimits)
-def high_response_time(alert: Alert, incident: IncidentRef | None = None):
-    """P95 response time over the alert's threshold: find where the time goes, relieve, verify."""
-    return respond("high-response-time", alert, incident, assess_response_time)
+high_response_time = runbook_flow("high-response-time", assess_response_time, HighResponseTimeLimits,
+                                  "P95 response time over the alert's threshold: find where the time goes, relieve, verify.")
 
 
 # -- HIGH_ERROR_RATE --------------------------------------------------------------------------
@@ -225,11 +222,8 @@ def assess_error_rate(runbook: Runbook, alert: Alert) -> Assessment:
     )
 
 
-@runbook_flow(name="high-error-rate", run_name="{alert.labels[alertname]} {alert.fingerprint}",
-              thresholds=HighErrorRateLimits)
-def high_error_rate(alert: Alert, incident: IncidentRef | None = None):
-    """More than 5 % of requests fail: read the errors, check dependencies, degrade or roll back, verify."""
-    return respond("high-error-rate", alert, incident, assess_error_rate)
+high_error_rate = runbook_flow("high-error-rate", assess_error_rate, HighErrorRateLimits,
+                               "More than 5 % of requests fail: read the errors, check dependencies, degrade or roll back, verify.")
 
 
 # -- one endpoint broken (seed 003) -----------------------------------------------------------
@@ -280,11 +274,8 @@ def assess_endpoint(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_endpoint_errors(threshold, window, ENDPOINTS, match, no_data_ok=False))
 
 
-@runbook_flow(name="endpoint-broken", run_name="{alert.labels[alertname]} {alert.fingerprint}",
-              thresholds=EndpointBrokenLimits)
-def endpoint_broken(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 003 "One Endpoint is Broken": verify, read its errors, disable it temporarily, verify."""
-    return respond("endpoint-broken", alert, incident, assess_endpoint)
+endpoint_broken = runbook_flow("endpoint-broken", assess_endpoint, EndpointBrokenLimits,
+                               "Seed 003 \"One Endpoint is Broken\": verify, read its errors, disable it temporarily, verify.")
 
 
 # -- memory keeps growing (seed 003) ----------------------------------------------------------
@@ -334,11 +325,8 @@ def assess_memory_growth(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: confirm_memory_leak(query, growth, probe="heap_growth", no_data_ok=False))
 
 
-@runbook_flow(name="memory-keeps-growing", run_name="{alert.labels[alertname]} {alert.fingerprint}",
-              thresholds=MemoryKeepsGrowingLimits)
-def memory_keeps_growing(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 003 "Memory Keeps Growing": confirm over 30 minutes, find the consumer, restart, watch."""
-    return respond("memory-keeps-growing", alert, incident, assess_memory_growth)
+memory_keeps_growing = runbook_flow("memory-keeps-growing", assess_memory_growth, MemoryKeepsGrowingLimits,
+                                    "Seed 003 \"Memory Keeps Growing\": confirm over 30 minutes, find the consumer, restart, watch.")
 
 
 # -- queue_processing_time / Queue Backlog / Download Queue Stalled ------------------------------
@@ -393,11 +381,8 @@ def assess_queue(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_queue_status("default", only, backlog, stall, stuck))
 
 
-@runbook_flow(name="queue-backlog", run_name="{alert.labels[alertname]} {alert.fingerprint}",
-              thresholds=QueueBacklogLimits)
-def queue_backlog(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 001 "Queue Processing Delays", seed 004 "Queue Backlog" / "Download Queue Stalled"."""
-    return respond("queue-backlog", alert, incident, assess_queue)
+queue_backlog = runbook_flow("queue-backlog", assess_queue, QueueBacklogLimits,
+                             "Seed 001 \"Queue Processing Delays\", seed 004 \"Queue Backlog\" / \"Download Queue Stalled\".")
 
 
 # -- video upload failures (seed 001) ------------------------------------------------------------
@@ -470,8 +455,5 @@ def assess_uploads(runbook: Runbook, alert: Alert) -> Assessment:
                           only, stall, stuck, limits.verify_window_minutes))
 
 
-@runbook_flow(name="video-upload-failures", run_name="{alert.labels[alertname]} {alert.fingerprint}",
-              thresholds=VideoUploadFailuresLimits)
-def video_upload_failures(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 001 "Video uploads failing or stuck in processing"."""
-    return respond("video-upload-failures", alert, incident, assess_uploads)
+video_upload_failures = runbook_flow("video-upload-failures", assess_uploads, VideoUploadFailuresLimits,
+                                     "Seed 001 \"Video uploads failing or stuck in processing\".")

@@ -21,8 +21,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import checks
 from flows.checks import collect, compact, measured
-from flows.lifecycle import Assessment, current_incident_id, respond, runbook_flow
-from core.alerts import Alert, IncidentRef
+from flows.lifecycle import Assessment, current_incident_id, runbook_flow
+from core.alerts import Alert
 from core.catalog import Runbook, Thresholds, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
@@ -84,11 +84,8 @@ def assess_media(runbook: Runbook, alert: Alert) -> Assessment:
     )
 
 
-@runbook_flow(name="failed-media-requests", run_name="{alert.labels[alertname]} {alert.fingerprint}",
-              thresholds=FailedMediaRequestsLimits)
-def failed_media_requests(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 000 FAILED_MEDIA_REQUESTS: request status, external services, queue; recover, verify."""
-    return respond("failed-media-requests", alert, incident, assess_media)
+failed_media_requests = runbook_flow("failed-media-requests", assess_media, FailedMediaRequestsLimits,
+                                     "Seed 000 FAILED_MEDIA_REQUESTS: request status, external services, queue; recover, verify.")
 
 
 # -- USER_AUTHENTICATION_ISSUES (seed 000) --------------------------------------------------------
@@ -161,11 +158,8 @@ def assess_authentication(runbook: Runbook, alert: Alert) -> Assessment:
     )
 
 
-@runbook_flow(name="user-authentication-issues", run_name="{alert.labels[alertname]} {alert.fingerprint}",
-              thresholds=UserAuthenticationIssuesLimits)
-def user_authentication_issues(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 000 USER_AUTHENTICATION_ISSUES: auth patterns, OAuth, rate limits; block attackers; verify."""
-    return respond("user-authentication-issues", alert, incident, assess_authentication)
+user_authentication_issues = runbook_flow("user-authentication-issues", assess_authentication, UserAuthenticationIssuesLimits,
+                                          "Seed 000 USER_AUTHENTICATION_ISSUES: auth patterns, OAuth, rate limits; block attackers; verify.")
 
 
 # -- HighApiCosts (seed 003) ----------------------------------------------------------------------
@@ -205,11 +199,8 @@ def assess_api_costs(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_burn_rate(burn, budget, probe="projected_daily_cost", unit="$", no_data_ok=False))
 
 
-@runbook_flow(name="high-api-costs", run_name="{alert.labels[alertname]} {alert.fingerprint}",
-              thresholds=HighApiCostsLimits)
-def high_api_costs(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 003 HighApiCosts: cost dashboard, culprit service, workflow frequency, retries; reduce frequency."""
-    return respond("high-api-costs", alert, incident, assess_api_costs)
+high_api_costs = runbook_flow("high-api-costs", assess_api_costs, HighApiCostsLimits,
+                              "Seed 003 HighApiCosts: cost dashboard, culprit service, workflow frequency, retries; reduce frequency.")
 
 
 # -- NoProductsSynced (seed 003) ------------------------------------------------------------------
@@ -255,11 +246,8 @@ def assess_products(runbook: Runbook, alert: Alert) -> Assessment:
         no_data_ok=False))
 
 
-@runbook_flow(name="no-products-synced", run_name="{alert.labels[alertname]} {alert.fingerprint}",
-              thresholds=NoProductsSyncedLimits)
-def no_products_synced(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 003 NoProductsSynced: last sync, API errors, rate limit; retry the sync; verify products flow."""
-    return respond("no-products-synced", alert, incident, assess_products)
+no_products_synced = runbook_flow("no-products-synced", assess_products, NoProductsSyncedLimits,
+                                  "Seed 003 NoProductsSynced: last sync, API errors, rate limit; retry the sync; verify products flow.")
 
 
 # -- NoVideosGenerated (seed 003) -----------------------------------------------------------------
@@ -304,11 +292,8 @@ def assess_videos(runbook: Runbook, alert: Alert) -> Assessment:
         no_data_ok=False))
 
 
-@runbook_flow(name="no-videos-generated", run_name="{alert.labels[alertname]} {alert.fingerprint}",
-              thresholds=NoVideosGeneratedLimits)
-def no_videos_generated(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 003 NoVideosGenerated: last video, queue, budget, generator; trigger generation; verify."""
-    return respond("no-videos-generated", alert, incident, assess_videos)
+no_videos_generated = runbook_flow("no-videos-generated", assess_videos, NoVideosGeneratedLimits,
+                                   "Seed 003 NoVideosGenerated: last video, queue, budget, generator; trigger generation; verify.")
 
 
 # -- RevenueDeclining (seed 003, INFO) --------------------------------------------------------------
@@ -336,8 +321,5 @@ def assess_revenue(runbook: Runbook, alert: Alert) -> Assessment:
 
 
 # No thresholds of its own: seed 003 compares the last 24 h with the previous 24 h and the same day last week.
-@runbook_flow(name="revenue-declining", run_name="{alert.labels[alertname]} {alert.fingerprint}",
-              thresholds=Thresholds)
-def revenue_declining(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 003 RevenueDeclining (info, < 4 h): the comparisons for the people who act on them."""
-    return respond("revenue-declining", alert, incident, assess_revenue)
+revenue_declining = runbook_flow("revenue-declining", assess_revenue,
+                                 doc="Seed 003 RevenueDeclining (info, < 4 h): the comparisons for the people who act on them.")

@@ -7,10 +7,15 @@ parameter), plus the small helpers the flows plan with. A flow gives each use it
     check_error_logs = checks.log_probe.with_options(name="check-error-logs")
     check_error_logs("errors", sources=("error", "app"), since_minutes=15)
 
+A step that only calls a probe is the probe itself as a task (:func:`flows.lifecycle.step`)::
+
+    check_lock_waits = step("check-lock-waits", postgres.lock_waits, retry_delay_seconds=2)
+
 Failure rule: a probe that cannot reach its target raises and is retried (twice, 1 s apart);
-a ``ResponderError`` (configuration) is not retried. :func:`collect` turns a step that still
-failed into a ``ProbeResult`` with ``ok=False`` and ``evidence["unmeasured"]``, so one broken
-evidence step does not stop the response: the report shows it and verification decides.
+a ``ResponderError`` (configuration) is not retried (:func:`flows.lifecycle.transient`).
+:func:`collect` turns a step that still failed into a ``ProbeResult`` with ``ok=False`` and
+``evidence["unmeasured"]``, so one broken evidence step does not stop the response: the report
+shows it and verification decides.
 
 A target that is not configured gives ``ok=False`` ("cannot measure") when the step is
 ``required`` (the runbook cannot verify without it) and ``ok=True`` ("skipped") otherwise.
@@ -26,27 +31,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from prefect import task
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
 from flows.host import locate, prometheus_url
-from flows.lifecycle import runtime
+from flows.lifecycle import runtime, step, transient
 from core.alerts import Alert
 from tasks.base import ProbeResult, ResponderError
 from tasks.mitigations import PlannedAction
-from tasks.probes import backups, external, hosts, logs, prometheus, queues, system
+from tasks.probes import backups, external, hosts, http, logs, prometheus, queues, system
 
 ENDPOINT_LABELS = ("path", "route", "handler", "endpoint")
-
-
-def transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry condition: everything but a ``ResponderError`` (configuration, refusal) is retried."""
-    try:
-        error = state.result(raise_on_failure=False)
-    except Exception as exc:  # noqa: BLE001 - the failure we are classifying
-        error = exc
-    return not isinstance(error, ResponderError)
 
 
 PROBE = dict(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1, retry_condition_fn=transient)
@@ -291,6 +287,27 @@ def disk_space(threshold: float = 85.0) -> ProbeResult:
 @task(name="check-backups", **PROBE)
 def backup_freshness() -> ProbeResult:
     return backups.freshness([b.model_dump() for b in targets().backups])
+
+
+# -- a service's detailed health ---------------------------------------------------------------
+
+check_application_health = step("check-application-health", http.health_detailed, retries=1)
+
+
+def detailed_health(url: str, service: str, check: Task[..., ProbeResult] = check_application_health) -> ProbeResult:
+    """Seed 002 ``curl /health/detailed`` of a service as evidence: a service that still does not answer
+    after the step's retry is a finding (``ok=False``), not the end of the response."""
+    state = check(url, return_state=True)
+    return state.result() if state.is_completed() else ProbeResult(
+        probe="http_health_detailed", ok=False, summary=f"{service}: no answer ({state.message})")
+
+
+def application_health(alert: Alert) -> ProbeResult | None:
+    """``check-application-health`` of the service the alert's labels select, if it has a ``health_detailed_url``."""
+    selected = targets().select("services", alert.labels)
+    if selected is None or not selected[1].health_detailed_url:
+        return None
+    return detailed_health(selected[1].health_detailed_url, selected[0])
 
 
 # -- data stores (PostgreSQL, Redis, MongoDB) ---------------------------------------------------

@@ -69,16 +69,13 @@ from pydantic import SecretStr
 
 from flows import checks
 from flows.host import locate, prometheus_url
-from flows.lifecycle import Assessment, cannot_measure, proposals, respond, runbook_flow, runtime
-from core.alerts import Alert, IncidentRef
+from flows.lifecycle import Assessment, cannot_measure, proposals, runbook_flow, runtime, step
+from core.alerts import Alert
 from core.catalog import Runbook, Thresholds, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import hosts, postgres
 
-CONNECTIONS = "database-connections"
-SLOW_QUERIES = "database-slow-queries"
-CONNECTION_FAILURE = "database-connection-failure"
 DATABASE_SERVICE = "postgres"
 
 
@@ -127,44 +124,15 @@ def select_postgres_target(alert: Alert) -> tuple[str, SecretStr] | ProbeResult:
     return checks.data_store("postgres", alert)
 
 
-@task(name="check-active-connections", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def check_active_connections(dsn: SecretStr, threshold: float) -> ProbeResult:
-    return postgres.connections(dsn, threshold=threshold)
-
-
-@task(name="identify-connection-holders", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def identify_connection_holders(dsn: SecretStr, idle_in_transaction_minutes: float) -> ProbeResult:
-    return postgres.connection_holders(dsn, idle_in_transaction_minutes=idle_in_transaction_minutes)
-
-
-@task(name="identify-long-running-queries", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def identify_long_running_queries(dsn: SecretStr, min_minutes: float) -> ProbeResult:
-    return postgres.long_running_queries(dsn, min_minutes=min_minutes)
-
-
-@task(name="check-lock-waits", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def check_lock_waits(dsn: SecretStr) -> ProbeResult:
-    return postgres.lock_waits(dsn)
-
-
-@task(name="check-long-transactions", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def check_long_transactions(dsn: SecretStr, min_minutes: float) -> ProbeResult:
-    return postgres.long_transactions(dsn, min_minutes=min_minutes)
-
-
-@task(name="check-slow-statements", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def check_slow_statements(dsn: SecretStr, min_mean_ms: float) -> ProbeResult:
-    return postgres.slow_statements(dsn, min_mean_ms=min_mean_ms)
-
-
-@task(name="identify-slow-queries", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def identify_slow_queries(dsn: SecretStr, min_mean_ms: float) -> ProbeResult:
-    return postgres.slow_statements(dsn, min_mean_ms=min_mean_ms)
-
-
-@task(name="check-database-readiness", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def check_database_readiness(dsn: SecretStr) -> ProbeResult:
-    return postgres.readiness(dsn)
+check_active_connections = step("check-active-connections", postgres.connections, retry_delay_seconds=2)
+identify_connection_holders = step("identify-connection-holders", postgres.connection_holders, retry_delay_seconds=2)
+identify_long_running_queries = step("identify-long-running-queries", postgres.long_running_queries,
+                                     retry_delay_seconds=2)
+check_lock_waits = step("check-lock-waits", postgres.lock_waits, retry_delay_seconds=2)
+check_long_transactions = step("check-long-transactions", postgres.long_transactions, retry_delay_seconds=2)
+check_slow_statements = step("check-slow-statements", postgres.slow_statements, retry_delay_seconds=2)
+identify_slow_queries = step("identify-slow-queries", postgres.slow_statements, retry_delay_seconds=2)
+check_database_readiness = step("check-database-readiness", postgres.readiness, retries=1)
 
 
 @task(name="check-disk-usage", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
@@ -282,11 +250,8 @@ def assess_connections(runbook: Runbook, alert: Alert) -> Assessment:
     )
 
 
-@runbook_flow(name="database-connections", run_name="{alert.alertname} {alert.fingerprint}",
-              thresholds=ConnectionsLimits)
-def database_connections(alert: Alert, incident: IncidentRef | None = None):
-    """Respond to connection exhaustion the way seed 001 says to."""
-    return respond(CONNECTIONS, alert, incident, assess_connections)
+database_connections = runbook_flow("database-connections", assess_connections, ConnectionsLimits,
+                                    "Respond to connection exhaustion the way seed 001 says to.")
 
 
 def assess_slow_queries(runbook: Runbook, alert: Alert) -> Assessment:
@@ -305,11 +270,8 @@ def assess_slow_queries(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: identify_long_running_queries(dsn, seconds / 60))
 
 
-@runbook_flow(name="database-slow-queries", run_name="{alert.alertname} {alert.fingerprint}",
-              thresholds=SlowQueriesLimits)
-def database_slow_queries(alert: Alert, incident: IncidentRef | None = None):
-    """Respond to slow queries the way seed 000 says to."""
-    return respond(SLOW_QUERIES, alert, incident, assess_slow_queries)
+database_slow_queries = runbook_flow("database-slow-queries", assess_slow_queries, SlowQueriesLimits,
+                                     "Respond to slow queries the way seed 000 says to.")
 
 
 def assess_connection_failure(runbook: Runbook, alert: Alert) -> Assessment:
@@ -332,8 +294,5 @@ def assess_connection_failure(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_database_readiness(dsn))
 
 
-@runbook_flow(name="database-connection-failure", run_name="{alert.alertname} {alert.fingerprint}",
-              thresholds=ConnectionFailureLimits)
-def database_connection_failure(alert: Alert, incident: IncidentRef | None = None):
-    """Respond to an unreachable PostgreSQL the way seed 003 says to."""
-    return respond(CONNECTION_FAILURE, alert, incident, assess_connection_failure)
+database_connection_failure = runbook_flow("database-connection-failure", assess_connection_failure, ConnectionFailureLimits,
+                                           "Respond to an unreachable PostgreSQL the way seed 003 says to.")

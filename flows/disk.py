@@ -50,16 +50,14 @@ from typing import Any, ClassVar
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flows.host import locate_host, prometheus_url
-from flows.lifecycle import Assessment, cannot_measure, respond, runbook_flow, runtime
-from core.alerts import Alert, IncidentRef
+from flows.host import host_step, locate_host
+from flows.lifecycle import Assessment, cannot_measure, runbook_flow, runtime, step
+from core.alerts import Alert
 from core.catalog import PathTargets, Runbook, Thresholds, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import hosts
-from tasks.probes.hosts import Host
 
-RUNBOOK = "disk-space"
 LOG_PATTERNS = ["*.log", "*.log.[0-9]*"]  # the current logs and their rotations (seed 002 "gzip *.log.1 *.log.2")
 COMPRESSED_PATTERNS = ["*.gz"]  # seed 002 "find /var/log/auto-author -name "*.gz" ... -delete"
 
@@ -72,24 +70,10 @@ class Limits(Thresholds):
     }
 
 
-@task(name="check-disk-usage", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def check_disk_usage(host: Host, paths: list[str], threshold: float) -> ProbeResult:
-    return hosts.disk_usage(host, prometheus_url(), paths, threshold)
-
-
-@task(name="find-large-files", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def find_large_files(host: Host, paths: list[str]) -> ProbeResult:
-    return hosts.largest_entries(host, paths)
-
-
-@task(name="check-log-files", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def check_log_files(host: Host, paths: list[str]) -> ProbeResult:
-    return hosts.dir_sizes(host, paths, "log_dir_sizes")
-
-
-@task(name="check-temp-files", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def check_temp_files(host: Host, paths: list[str]) -> ProbeResult:
-    return hosts.dir_sizes(host, paths, "temp_dir_sizes")
+check_disk_usage = host_step("check-disk-usage", hosts.disk_usage)
+find_large_files = step("find-large-files", hosts.largest_entries, retries=1)
+check_log_files = step("check-log-files", hosts.dir_sizes, retries=1)
+check_temp_files = step("check-temp-files", hosts.dir_sizes, retries=1)
 
 
 def _not_configured(probe: str, what: str) -> ProbeResult:
@@ -134,8 +118,10 @@ def assess(runbook: Runbook, alert: Alert) -> Assessment:
     disk = check_disk_usage(host, paths.disk, limits.disk_percent)
     over = [m["path"] for m in disk.evidence.get("mounts", []) if m["percent"] > limits.disk_percent] or paths.disk
     large = find_large_files(host, over)
-    logs = check_log_files(host, paths.logs) if paths.logs else _not_configured("log_dir_sizes", "log directories")
-    temp = check_temp_files(host, paths.temp) if paths.temp else _not_configured("temp_dir_sizes", "temp directories")
+    logs = (check_log_files(host, paths.logs, "log_dir_sizes") if paths.logs
+            else _not_configured("log_dir_sizes", "log directories"))
+    temp = (check_temp_files(host, paths.temp, "temp_dir_sizes") if paths.temp
+            else _not_configured("temp_dir_sizes", "temp directories"))
     return Assessment(
         evidence=[host.result(), disk, logs, temp, large],
         plans=plan_cleanup(disk, paths) if host.local else [],  # the configured directories are this machine's
@@ -143,7 +129,5 @@ def assess(runbook: Runbook, alert: Alert) -> Assessment:
     )
 
 
-@runbook_flow(name="disk-space", run_name="{alert.alertname} {alert.fingerprint}", thresholds=Limits)
-def disk_space(alert: Alert, incident: IncidentRef | None = None):
-    """Respond to a full disk the way seeds 000, 001 and 002 say to."""
-    return respond(RUNBOOK, alert, incident, assess)
+disk_space = runbook_flow("disk-space", assess, Limits,
+                          "Respond to a full disk the way seeds 000, 001 and 002 say to.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from flows.lifecycle import acknowledge, conclude, mitigate, runbook_composition, runtime, verify_until_ok
 from core.alerts import Alert, IncidentRef
 from core.catalog import Thresholds
 from tasks.base import ActionOutcome, ProbeResult
@@ -45,7 +45,7 @@ def drill_verified(outcomes: list[ActionOutcome]) -> ProbeResult:
                        summary="the drill step was approved and run" if done else "the drill step did not run")
 
 
-@runbook_flow(name="responder-drill", run_name="ResponderDrill {alert.fingerprint}", thresholds=Limits)
+@runbook_composition("responder-drill", Limits)
 def responder_drill(alert: Alert, incident: IncidentRef | None = None):
     _, catalog, _ = runtime()
     runbook = catalog.get(RUNBOOK)

@@ -20,16 +20,14 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flows.host import host_service, locate_host, prometheus_url
-from flows.lifecycle import Assessment, cannot_measure, respond, runbook_flow, runtime
-from core.alerts import Alert, IncidentRef
+from flows.host import host_service, host_step, locate_host
+from flows.lifecycle import Assessment, cannot_measure, runbook_flow, runtime
+from core.alerts import Alert
 from core.catalog import Runbook, Thresholds, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction, plan_process_terminations
 from tasks.probes import hosts
 from tasks.probes.hosts import Host
-
-RUNBOOK = "high-cpu-usage"
 
 
 class Limits(Thresholds):
@@ -37,19 +35,9 @@ class Limits(Thresholds):
     load_per_core: float = seed(1.0, "uptime, /proc/loadavg: more runnable tasks than cores", gt=0)
 
 
-@task(name="check-cpu-usage", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def check_cpu_usage(host: Host, threshold: float) -> ProbeResult:
-    return hosts.cpu_percent(host, prometheus_url(), threshold)
-
-
-@task(name="identify-top-processes", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def identify_top_processes(host: Host) -> ProbeResult:
-    return hosts.top_processes(host, prometheus_url(), by="cpu")
-
-
-@task(name="check-system-load", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def check_system_load(host: Host, threshold_per_core: float) -> ProbeResult:
-    return hosts.load_average(host, prometheus_url(), threshold_per_core)
+check_cpu_usage = host_step("check-cpu-usage", hosts.cpu_percent)
+identify_top_processes = host_step("identify-top-processes", hosts.top_processes)
+check_system_load = host_step("check-system-load", hosts.load_average)
 
 
 @task(name="plan-immediate-actions", cache_policy=NO_CACHE)
@@ -86,13 +74,11 @@ def assess(runbook: Runbook, alert: Alert) -> Assessment:
     if host.how == "unmeasured":
         return cannot_measure(host.result())
     cpu = check_cpu_usage(host, limits.cpu_percent)
-    top = identify_top_processes(host)
+    top = identify_top_processes(host, by="cpu")
     load = check_system_load(host, limits.load_per_core)
     return Assessment(evidence=[host.result(), cpu, load, top], plans=plan_immediate_actions(alert, host, cpu, top),
                       verify=lambda: check_cpu_usage(host, limits.cpu_percent))
 
 
-@runbook_flow(name="high-cpu-usage", run_name="HIGH_CPU_USAGE {alert.fingerprint}", thresholds=Limits)
-def high_cpu_usage(alert: Alert, incident: IncidentRef | None = None):
-    """Respond to HIGH_CPU_USAGE the way seed 000 says to."""
-    return respond(RUNBOOK, alert, incident, assess)
+high_cpu_usage = runbook_flow("high-cpu-usage", assess, Limits,
+                              "Respond to HIGH_CPU_USAGE the way seed 000 says to.")

@@ -19,13 +19,15 @@ configuration, and nothing from a label becomes a host name in an argv::
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, Callable
 
-from prefect import task
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.lifecycle import runtime
+from flows.lifecycle import runtime, step
 from core.alerts import Alert
+from tasks.base import ProbeResult
 from tasks.probes import hosts, node
 
 
@@ -42,6 +44,24 @@ def locate(instance: str) -> hosts.Host:
 def locate_host(alert: Alert) -> hosts.Host:
     """The machine the alert is about, and how its figures are read."""
     return locate(alert.instance)
+
+
+def host_step(name: str, measure: Callable[..., ProbeResult], retries: int = 2) -> Task[..., ProbeResult]:
+    """A host runbook's step: a :mod:`tasks.probes.hosts` measure ``(host, prometheus_url, ...)`` as a
+    task with the measure's own parameters but the Prometheus URL, which comes from the configuration::
+
+        check_cpu_usage = host_step("check-cpu-usage", hosts.cpu_percent)
+        check_cpu_usage(host, 80)
+    """
+    def measured(host: hosts.Host, *args: Any, **kwargs: Any) -> ProbeResult:
+        return measure(host, prometheus_url(), *args, **kwargs)
+
+    signature = inspect.signature(measure)
+    measured.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in signature.parameters.values() if p.name != "prometheus_url"])
+    measured.__name__ = measured.__qualname__ = measure.__name__
+    measured.__doc__ = measure.__doc__
+    return step(name, measured, retries=retries)
 
 
 def host_service(alert: Alert, host: hosts.Host) -> tuple[str, Any] | None:

@@ -18,13 +18,15 @@ import json
 import logging
 import threading
 import uuid
+import sys
 import time
+import types
 from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 from uuid import UUID
 
-from prefect import flow, get_run_logger, task
+from prefect import Task, flow, get_run_logger, task
 import prefect.runtime as prefect_runtime
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.flow_runs import pause_flow_run, resume_flow_run
@@ -94,18 +96,38 @@ def response_failed(flow: Any, flow_run: Any, state: State) -> None:
     store.close_incident(incident.id, "response-failed")
 
 
-def runbook_flow(name: str, run_name: str, thresholds: type[Thresholds] = Thresholds) -> Callable[[Callable[..., Any]], Any]:
-    """``@flow`` with the lifecycle's failure hooks; every runbook flow uses it.
+RUN_NAME = "{alert.labels[alertname]} {alert.fingerprint}"
+
+
+def runbook_flow(name: str, assess: Callable[[Runbook, Alert], "Assessment"], thresholds: type[Thresholds] = Thresholds,
+                 doc: str = "") -> Any:
+    """A runbook's Prefect flow, built from its spec: the shared response (:func:`respond`) with the
+    runbook's own ``assess``, named after the runbook (flow, deployment, task graph).
 
     ``thresholds`` is the runbook's typed model (:class:`core.catalog.Thresholds`); ``responder up``
-    checks the catalog's overrides against it before anything starts."""
-    as_flow = flow(
-        name=name,
-        flow_run_name=run_name,
-        on_failure=[response_failed],
-        on_crashed=[response_failed],
-        validate_parameters=True,
-    )
+    checks the catalog's overrides against it before anything starts. The flow belongs to the
+    runbook's module (its deployment's entrypoint is ``flows/<module>.py:<name_with_underscores>``)::
+
+        disk_space = runbook_flow("disk-space", assess, Limits, "Respond to a full disk the way seeds 000-002 say to.")
+    """
+    def respond_to(alert: Alert, incident: IncidentRef | None = None):
+        return run(name, alert, incident, assess)
+
+    run = respond
+    module = sys.modules[assess.__module__]
+    # The same code, with the runbook module as its home: Prefect takes the entrypoint from there.
+    fn = types.FunctionType(respond_to.__code__, vars(module), name.replace("-", "_"), respond_to.__defaults__,
+                            respond_to.__closure__)
+    fn.__qualname__, fn.__module__, fn.__doc__ = fn.__name__, module.__name__, doc
+    fn.__annotations__ = {"alert": Alert, "incident": Optional[IncidentRef]}
+    return runbook_composition(name, thresholds)(fn)
+
+
+def runbook_composition(name: str, thresholds: type[Thresholds] = Thresholds) -> Callable[[Callable[..., Any]], Any]:
+    """``@flow`` for a runbook that composes the lifecycle's steps itself instead of :func:`respond`
+    (the drill verifies on its own outcomes; service health measures before it acknowledges)."""
+    as_flow = flow(name=name, flow_run_name=RUN_NAME, on_failure=[response_failed], on_crashed=[response_failed],
+                   validate_parameters=True)
 
     def decorate(fn: Callable[..., Any]) -> Any:
         made = as_flow(fn)
@@ -120,6 +142,30 @@ def publish_timeline(incident_id: str) -> None:
     _, _, store = runtime()
     create_table_artifact(store.timeline(incident_id), key=f"timeline-{incident_id.lower()}",
                           description="Incident timeline (updated as the response goes)")
+
+
+# -- a seed's step ----------------------------------------------------------------
+
+
+def transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry condition: everything but a ``ResponderError`` (configuration, refusal) is retried."""
+    try:
+        error = state.result(raise_on_failure=False)
+    except Exception as exc:  # noqa: BLE001 - the failure we are classifying
+        error = exc
+    return not isinstance(error, ResponderError)
+
+
+def step(name: str, probe: Callable[..., ProbeResult], retries: int = 2,
+         retry_delay_seconds: float = 1) -> Task[..., ProbeResult]:
+    """A seed's step as a Prefect task named as the seed names it: the probe itself, with the probe's
+    own parameters, retried unless it failed with a ``ResponderError``::
+
+        check_lock_waits = step("check-lock-waits", postgres.lock_waits, retry_delay_seconds=2)
+        check_lock_waits(dsn)
+    """
+    return task(probe, name=name, cache_policy=NO_CACHE, retries=retries, retry_delay_seconds=retry_delay_seconds,
+                retry_condition_fn=transient)
 
 
 # -- acknowledge ------------------------------------------------------------------

@@ -37,16 +37,16 @@ from typing import Any, ClassVar
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flows.host import host_service, locate_host, prometheus_url
-from flows.lifecycle import Assessment, cannot_measure, respond, runbook_flow, runtime
-from core.alerts import Alert, IncidentRef
+from flows import checks
+from flows.host import host_service, host_step, locate_host
+from flows.lifecycle import Assessment, cannot_measure, runbook_flow, runtime
+from core.alerts import Alert
 from core.catalog import Runbook, Thresholds, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction, plan_process_terminations
-from tasks.probes import hosts, http
+from tasks.probes import hosts
 from tasks.probes.hosts import Host
 
-RUNBOOK = "high-memory-usage"
 # Spellings whose figure is a process heap measured by Prometheus, not host memory (seed 003).
 HEAP_ALERTNAMES = frozenset({"HighMemoryUsage"})
 
@@ -61,25 +61,10 @@ class Limits(Thresholds):
     }
 
 
-@task(name="check-memory-usage", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def check_memory_usage(host: Host, threshold: float) -> ProbeResult:
-    return hosts.memory(host, prometheus_url(), threshold)
-
-
-@task(name="identify-memory-processes", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def identify_memory_processes(host: Host) -> ProbeResult:
-    return hosts.top_processes(host, prometheus_url(), by="memory")
-
-
-@task(name="check-swap-usage", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def check_swap_usage(host: Host) -> ProbeResult:
-    """``swapon -s``: evidence only (seed 000's table: "Memory pressure: high swap usage")."""
-    return hosts.swap(host, prometheus_url())
-
-
-@task(name="check-application-health", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def check_application_health(url: str) -> ProbeResult:
-    return http.health_detailed(url)
+check_memory_usage = host_step("check-memory-usage", hosts.memory)
+identify_memory_processes = host_step("identify-memory-processes", hosts.top_processes)
+# ``swapon -s``: evidence only (seed 000's table: "Memory pressure: high swap usage")
+check_swap_usage = host_step("check-swap-usage", hosts.swap)
 
 
 @task(name="await-alert-resolution", cache_policy=NO_CACHE)
@@ -131,14 +116,12 @@ def assess(runbook: Runbook, alert: Alert) -> Assessment:
     if host.how == "unmeasured" and not heap_alert:
         return cannot_measure(host.result())
     memory = check_memory_usage(host, limits.memory_percent)
-    top = identify_memory_processes(host)
+    top = identify_memory_processes(host, by="memory")
     swap = check_swap_usage(host)
     evidence = [host.result(), memory, swap, top]
-    selected = runtime()[1].targets.select("services", alert.labels)
-    if selected is not None and selected[1].health_detailed_url:
-        state = check_application_health(selected[1].health_detailed_url, return_state=True)
-        evidence.append(state.result() if state.is_completed() else ProbeResult(
-            probe="http_health_detailed", ok=False, summary=f"{selected[0]}: no answer ({state.message})"))
+    app_health = checks.application_health(alert)  # seed 002 "/health/detailed ... memory_percent"
+    if app_health is not None:
+        evidence.append(app_health)
     if heap_alert:
         evidence.append(await_alert_resolution(alert.alertname))
     return Assessment(
@@ -147,7 +130,5 @@ def assess(runbook: Runbook, alert: Alert) -> Assessment:
     )
 
 
-@runbook_flow(name="high-memory-usage", run_name="{alert.alertname} {alert.fingerprint}", thresholds=Limits)
-def high_memory_usage(alert: Alert, incident: IncidentRef | None = None):
-    """Respond to high memory the way seeds 000-004 say to."""
-    return respond(RUNBOOK, alert, incident, assess)
+high_memory_usage = runbook_flow("high-memory-usage", assess, Limits,
+                                 "Respond to high memory the way seeds 000-004 say to.")

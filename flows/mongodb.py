@@ -43,14 +43,13 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
 from flows import checks
-from flows.lifecycle import Assessment, cannot_measure, proposals, respond, runbook_flow, runtime
-from core.alerts import Alert, IncidentRef
+from flows.lifecycle import Assessment, cannot_measure, proposals, runbook_flow, runtime, step
+from core.alerts import Alert
 from core.catalog import Runbook, Thresholds, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
-from tasks.probes import http, mongo
+from tasks.probes import mongo
 
-RUNBOOK = "mongodb-connection-lost"
 DATABASE_SERVICE = "mongodb"
 
 
@@ -74,19 +73,9 @@ def check_mongodb_ping(url: SecretStr) -> ProbeResult:
     return result
 
 
-@task(name="check-mongodb-connections", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def check_mongodb_connections(url: SecretStr, threshold: float) -> ProbeResult:
-    return mongo.connections(url, threshold=threshold)
-
-
-@task(name="identify-mongodb-connection-holders", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def identify_mongodb_connection_holders(url: SecretStr) -> ProbeResult:
-    return mongo.connection_holders(url)
-
-
-@task(name="check-application-health", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def check_application_health(url: str) -> ProbeResult:
-    return http.health_detailed(url)
+check_mongodb_connections = step("check-mongodb-connections", mongo.connections, retry_delay_seconds=2)
+identify_mongodb_connection_holders = step("identify-mongodb-connection-holders", mongo.connection_holders,
+                                           retry_delay_seconds=2)
 
 
 @task(name="verify-mongodb-stays-up", cache_policy=NO_CACHE)
@@ -132,22 +121,17 @@ def assess(runbook: Runbook, alert: Alert) -> Assessment:
     _, url = target
     ping = check_mongodb_ping(url)
     evidence = [ping]
-    connections = app_health = None
+    connections = None
     if ping.ok:
         connections = check_mongodb_connections(url, limits.connections_ratio)
         evidence += [connections, identify_mongodb_connection_holders(url)]
-    selected = runtime()[1].targets.select("services", alert.labels)
-    if selected is not None and selected[1].health_detailed_url:
-        state = check_application_health(selected[1].health_detailed_url, return_state=True)
-        app_health = state.result() if state.is_completed() else ProbeResult(
-            probe="http_health_detailed", ok=False, summary=f"{selected[0]}: no answer ({state.message})")
+    app_health = checks.application_health(alert)
+    if app_health is not None:
         evidence.append(app_health)
     stay_up = limits.stay_up_seconds * runtime()[0].time_scale
     return Assessment(evidence=evidence, plans=proposals(plan_resolution(alert, ping, connections, app_health), evidence),
                       verify=lambda: verify_mongodb_stays_up(url, stay_up))
 
 
-@runbook_flow(name="mongodb-connection-lost", run_name="{alert.alertname} {alert.fingerprint}", thresholds=Limits)
-def mongodb_connection_lost(alert: Alert, incident: IncidentRef | None = None):
-    """Respond to a lost MongoDB connection the way seed 002 says to."""
-    return respond(RUNBOOK, alert, incident, assess)
+mongodb_connection_lost = runbook_flow("mongodb-connection-lost", assess, Limits,
+                                       "Respond to a lost MongoDB connection the way seed 002 says to.")

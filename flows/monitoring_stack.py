@@ -20,8 +20,8 @@ from prefect import task
 
 from flows import checks
 from flows.checks import collect, compact, measured
-from flows.lifecycle import Assessment, respond, runbook_flow
-from core.alerts import Alert, IncidentRef
+from flows.lifecycle import Assessment, runbook_flow
+from core.alerts import Alert
 from core.catalog import Runbook, Thresholds, seed
 from tasks.base import ProbeResult
 from tasks.probes import http
@@ -64,11 +64,8 @@ def assess_external_services(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_external_services(names, slow_ms, required=True))
 
 
-@runbook_flow(name="external-service-failures", run_name="{alert.labels[alertname]} {alert.fingerprint}",
-              thresholds=ExternalServiceFailuresLimits)
-def external_service_failures(alert: Alert, incident: IncidentRef | None = None):
-    """Check every configured status/health URL; degrade gracefully while one is down; verify."""
-    return respond("external-service-failures", alert, incident, assess_external_services)
+external_service_failures = runbook_flow("external-service-failures", assess_external_services, ExternalServiceFailuresLimits,
+                                         "Check every configured status/health URL; degrade gracefully while one is down; verify.")
 
 
 # -- Prometheus Not Scraping ---------------------------------------------------------------------
@@ -138,11 +135,8 @@ def assess_scraping(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_job_targets(job))
 
 
-@runbook_flow(name="prometheus-not-scraping", run_name="{alert.labels[alertname]} {alert.fingerprint}",
-              thresholds=PrometheusNotScrapingLimits)
-def prometheus_not_scraping(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 004: check the targets, the network to them, the configuration; verify scraping resumed."""
-    return respond("prometheus-not-scraping", alert, incident, assess_scraping)
+prometheus_not_scraping = runbook_flow("prometheus-not-scraping", assess_scraping, PrometheusNotScrapingLimits,
+                                       "Seed 004: check the targets, the network to them, the configuration; verify scraping resumed.")
 
 
 # -- Grafana Dashboard Not Loading -----------------------------------------------------------------
@@ -179,11 +173,8 @@ def assess_grafana(runbook: Runbook, alert: Alert) -> Assessment:
     return Assessment(evidence=[health, sources, queries, logs], plans=plans, verify=check_grafana_serving)
 
 
-@runbook_flow(name="grafana-not-loading", run_name="{alert.labels[alertname]} {alert.fingerprint}",
-              thresholds=GrafanaNotLoadingLimits)
-def grafana_not_loading(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 004: data sources, Prometheus queries, Grafana logs; restart Grafana if configured; verify."""
-    return respond("grafana-not-loading", alert, incident, assess_grafana)
+grafana_not_loading = runbook_flow("grafana-not-loading", assess_grafana, GrafanaNotLoadingLimits,
+                                   "Seed 004: data sources, Prometheus queries, Grafana logs; restart Grafana if configured; verify.")
 
 
 # -- AlertManager Not Sending Notifications -----------------------------------------------------------
@@ -227,8 +218,5 @@ def assess_alertmanager(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_notifications_flowing(baseline, had_failures))
 
 
-@runbook_flow(name="alertmanager-not-sending", run_name="{alert.labels[alertname]} {alert.fingerprint}",
-              thresholds=AlertmanagerNotSendingLimits)
-def alertmanager_not_sending(alert: Alert, incident: IncidentRef | None = None):
-    """Seed 004: status, webhook configuration and failures, Prometheus' side; restart if configured."""
-    return respond("alertmanager-not-sending", alert, incident, assess_alertmanager)
+alertmanager_not_sending = runbook_flow("alertmanager-not-sending", assess_alertmanager, AlertmanagerNotSendingLimits,
+                                        "Seed 004: status, webhook configuration and failures, Prometheus' side; restart if configured.")

@@ -31,14 +31,13 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
 from flows import checks
-from flows.lifecycle import Assessment, cannot_measure, proposals, respond, runbook_flow
-from core.alerts import Alert, IncidentRef
+from flows.lifecycle import Assessment, cannot_measure, proposals, runbook_flow, step
+from core.alerts import Alert
 from core.catalog import Runbook, Thresholds, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import redis
 
-RUNBOOK = "redis-connection-failure"
 DATABASE_SERVICE = "redis"
 
 
@@ -54,19 +53,9 @@ def select_redis_target(alert: Alert) -> tuple[str, SecretStr] | ProbeResult:
     return checks.data_store("redis", alert)
 
 
-@task(name="check-redis-ping", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def check_redis_ping(url: SecretStr) -> ProbeResult:
-    return redis.ping(url)
-
-
-@task(name="identify-redis-clients", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def identify_redis_clients(url: SecretStr, threshold: float) -> ProbeResult:
-    return redis.connection_holders(url, threshold=threshold)
-
-
-@task(name="check-redis-memory", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def check_redis_memory(url: SecretStr, threshold: float) -> ProbeResult:
-    return redis.memory(url, threshold=threshold)
+check_redis_ping = step("check-redis-ping", redis.ping, retries=1)
+identify_redis_clients = step("identify-redis-clients", redis.connection_holders)
+check_redis_memory = step("check-redis-memory", redis.memory)
 
 
 @task(name="plan-redis-restart", cache_policy=NO_CACHE)
@@ -91,7 +80,5 @@ def assess(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_redis_ping(url))
 
 
-@runbook_flow(name="redis-connection-failure", run_name="{alert.alertname} {alert.fingerprint}", thresholds=Limits)
-def redis_connection_failure(alert: Alert, incident: IncidentRef | None = None):
-    """Respond to an unreachable Redis the way seed 001 says to."""
-    return respond(RUNBOOK, alert, incident, assess)
+redis_connection_failure = runbook_flow("redis-connection-failure", assess, Limits,
+                                        "Respond to an unreachable Redis the way seed 001 says to.")

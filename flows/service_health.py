@@ -53,7 +53,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
-from flows.lifecycle import acknowledge, conclude, mitigate, runbook_flow, runtime, verify_until_ok
+from flows import checks
+from flows.lifecycle import acknowledge, conclude, mitigate, runbook_composition, runtime, step, verify_until_ok
 from core.alerts import Alert, IncidentRef
 from core.catalog import Runbook, ServiceTarget, Thresholds, seed
 from tasks.base import ActionOutcome, ProbeResult
@@ -81,9 +82,7 @@ def check_port(url: str) -> ProbeResult:
     return http.port_listening(parsed.host, port)
 
 
-@task(name="check-detailed-health", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def check_detailed_health(url: str) -> ProbeResult:
-    return http.health_detailed(url)
+check_detailed_health = step("check-detailed-health", http.health_detailed, retries=1)
 
 
 @task(name="check-dependencies", cache_policy=NO_CACHE)
@@ -128,7 +127,7 @@ def _verify(runbook: Runbook, incident: IncidentRef, url: str, attempts: int, ti
     return verify_until_ok(lambda: check_health_endpoint(url, attempts, timeout_s), incident, runbook)
 
 
-@runbook_flow(name="service-health", run_name="{alert.alertname} {alert.fingerprint}", thresholds=Limits)
+@runbook_composition("service-health", Limits)
 def service_health(alert: Alert, incident: IncidentRef | None = None):
     """Respond to a service failing its health checks the way seeds 000-004 say to."""
     _, catalog, _ = runtime()
@@ -153,9 +152,7 @@ def service_health(alert: Alert, incident: IncidentRef | None = None):
     port = check_port(service.health_url)
     evidence = [health, port]
     if service.health_detailed_url and port.ok:
-        state = check_detailed_health(service.health_detailed_url, return_state=True)
-        evidence.append(state.result() if state.is_completed() else ProbeResult(
-            probe="http_health_detailed", ok=False, summary=f"{name}: no answer ({state.message})"))
+        evidence.append(checks.detailed_health(service.health_detailed_url, name, check_detailed_health))
     dependencies = check_dependencies(alert)
     evidence += dependencies
 

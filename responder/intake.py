@@ -12,9 +12,13 @@ Alertmanager configuration (``alertmanager.yml``)::
                 credentials: <RESPONDER_INTAKE_TOKEN>
 
 Answers: 200 once the body is stored durably (its events reach Prefect after);
-401 without the right bearer token; 413 over the size limit; 422 for a body that
-can never be accepted (not JSON, or not an Alertmanager v4 body: the field is
-named); 503 when it cannot be stored right now, so Alertmanager retries.
+401 without the right bearer token; 405 for another method; 413 over the size limit;
+415 for a Content-Type other than JSON or any Content-Encoding (Alertmanager sends
+neither); 422 for a body that can never be accepted (not UTF-8 JSON; NaN, Infinity or
+a number too large for a double; a key given twice in one object; nesting thousands
+deep; a lone surrogate; not an Alertmanager v4 body: the field is named); 503 with
+Retry-After when it cannot be stored right now, so Alertmanager retries. Never a 500:
+an unexpected error is logged and answered 503, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -56,8 +60,66 @@ def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
     ]
 
 
+class BodyError(ValueError):
+    """A body that can never be accepted; the message says why (answered 422)."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise BodyError(f"the key {key!r} appears twice in one object")
+        found[key] = value
+    return found
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise BodyError(f"the number {text[:40]} is too large for a double")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise BodyError(f"{name} is not JSON")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON: what Python's parser lets through but the store or the schema cannot keep is refused."""
+    try:
+        data = json.loads(raw, object_pairs_hook=_no_duplicate_keys, parse_float=_finite, parse_constant=_no_constant)
+        json.dumps(data, ensure_ascii=False).encode("utf-8")  # "\ud800" parses, but cannot be stored
+    except BodyError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BodyError(f"not JSON: {exc}") from None
+    except UnicodeEncodeError:
+        raise BodyError("a string holds a lone surrogate (\\ud800-\\udfff)") from None
+    except RecursionError:  # arrays or objects nested thousands deep: a 4xx, which Alertmanager does not retry
+        raise BodyError("JSON nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise BodyError(f"not JSON this responder can keep: {exc}") from None
+    return data
+
+
+def _unsupported_encoding(request: Request) -> JSONResponse | None:
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        return _error(415, f"Content-Encoding {encoding!r} is not supported: send the body uncompressed")
+    kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if kind not in ("application/json", "") and not kind.endswith("+json"):
+        return _error(415, f"Content-Type {kind!r} is not supported: send application/json")
+    return None
+
+
 def create_app(responder: "Responder") -> FastAPI:
     app = FastAPI(title="runbook-responder intake", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("Unexpected error answering %s %s", request.method, request.url.path)
+        return _error(503, "the responder met an unexpected error; retry later (it is logged)", {"Retry-After": "5"})
+
     settings = responder.settings
     token = settings.token().get_secret_value().encode()
     limit = settings.intake_max_body_bytes
@@ -83,18 +145,16 @@ def create_app(responder: "Responder") -> FastAPI:
     async def post_alerts(request: Request):
         if not authorized(request):
             return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        refused = _unsupported_encoding(request)
+        if refused is not None:
+            return refused
         raw = await read_limited(request)
         if raw is None:
             return _error(413, f"body larger than {limit} bytes")
         try:
-            data = json.loads(raw)
-            json.dumps(data, ensure_ascii=False).encode("utf-8")  # "\ud800" parses, but cannot be stored
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return _error(422, [{"field": "(body)", "error": f"not JSON: {exc}"}])
-        except UnicodeEncodeError:
-            return _error(422, [{"field": "(body)", "error": "a string holds a lone surrogate (\\ud800-\\udfff)"}])
-        except RecursionError:  # arrays or objects nested thousands deep: a 4xx, which Alertmanager does not retry
-            return _error(422, [{"field": "(body)", "error": "JSON nested too deeply"}])
+            data = parse_json(raw)
+        except BodyError as exc:
+            return _error(422, [{"field": "(body)", "error": str(exc)}])
         try:
             payload = AlertmanagerPayload.model_validate(data)
         except ValidationError as exc:
@@ -144,11 +204,19 @@ def create_app(responder: "Responder") -> FastAPI:
     async def ack_incident(incident_id: str, request: Request):
         if not authorized(request):
             return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        refused = _unsupported_encoding(request)
+        if refused is not None:
+            return refused
+        raw = await read_limited(request)
+        if raw is None:
+            return _error(413, f"body larger than {limit} bytes")
         try:
-            body = await request.json() if (await request.body()) else {}
-        except json.JSONDecodeError:
-            return _error(422, [{"field": "(body)", "error": "not JSON"}])
-        who = str((body or {}).get("by") or "someone")[:200]
+            body = parse_json(raw) if raw.strip() else {}
+        except BodyError as exc:
+            return _error(422, [{"field": "(body)", "error": str(exc)}])
+        if not isinstance(body, dict) or not isinstance(body.get("by", ""), (str, type(None))):
+            return _error(422, [{"field": "by", "error": 'expected {"by": "who acknowledges"}'}])
+        who = str(body.get("by") or "someone")[:200]
         return await _acknowledge(incident_id, who)
 
     async def _acknowledge(incident_id: str, who: str):

@@ -14,10 +14,11 @@ import uuid
 import pytest
 import redis
 
-from conftest import CaptureServer, free_port
 from tasks.base import ErrorCode, ResponderError, Risk
 from tasks.mitigations import REGISTRY
 from tasks.actions import jobs, queues as actions
+from support.capture import CaptureServer
+from support.common import free_port
 from support.queues import bullmq_queue
 
 

@@ -13,7 +13,8 @@ import uuid
 
 import yaml
 
-from conftest import answer, fire, make_config, paused_run, report, running_responder, wait_run_final
+from support.prefect import answer, paused_run, report, wait_run_final
+from support.responder import fire, make_config, running_responder
 
 TOY_MODULE = '''
 from pathlib import Path
@@ -21,9 +22,9 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from core.alerts import Alert, IncidentRef
+from core.alerts import Alert
 from core.catalog import Runbook, Thresholds, seed
-from flows.lifecycle import Assessment, respond, runbook_flow
+from flows.lifecycle import Assessment, runbook_flow
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 
@@ -48,9 +49,7 @@ def assess(runbook: Runbook, alert: Alert) -> Assessment:
     return Assessment(evidence=[state], plans=plans, verify=lambda: check_toy_state(limits.healthy_word))
 
 
-@runbook_flow(name="toy-runbook", run_name="{{alert.alertname}} {{alert.fingerprint}}", thresholds=Limits)
-def toy_runbook(alert: Alert, incident: IncidentRef | None = None):
-    return respond("toy-runbook", alert, incident, assess)
+toy_runbook = runbook_flow("toy-runbook", assess, Limits, "The toy's runbook: check its state file, ask, verify.")
 '''
 
 

@@ -17,7 +17,9 @@ import httpx
 import pytest
 import yaml
 
-from conftest import free_port, make_config, running_responder, runs_for_incident, wait_for, wait_run_final
+from support.common import free_port, wait_for
+from support.prefect import runs_for_incident, wait_run_final
+from support.responder import make_config, running_responder
 
 
 @pytest.fixture(scope="module")

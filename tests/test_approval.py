@@ -17,7 +17,10 @@ import httpx
 import psutil
 import pytest
 
-from conftest import load_fixture, make_config, resume, running_responder, runs_for_incident, wait_for, wait_run_final
+from support.alerts import load_fixture
+from support.common import wait_for
+from support.prefect import resume, runs_for_incident, wait_run_final
+from support.responder import make_config, running_responder
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, make_config
+from support.common import BIN, ROOT
+from support.responder import make_config
 
 
 def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

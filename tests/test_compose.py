@@ -30,8 +30,8 @@ import httpx
 import pytest
 import yaml
 
-from conftest import free_port, wait_for
 from core.catalog import load_catalog
+from support.common import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -12,7 +12,9 @@ import uuid
 
 import httpx
 
-from conftest import load_fixture, make_config, running_responder, wait_run_final
+from support.alerts import load_fixture
+from support.prefect import wait_run_final
+from support.responder import make_config, running_responder
 
 
 def test_dry_run_reports_and_touches_nothing(prefect_server, tmp_path):

@@ -15,8 +15,10 @@ import uuid
 import httpx
 import pytest
 
-from conftest import (events, load_fixture, make_config, prefect_post, running_responder, runs_for_incident,
-                      sqlite_prefect_server, wait_for, wait_run_final)
+from support.alerts import load_fixture
+from support.common import wait_for
+from support.prefect import events, prefect_post, runs_for_incident, sqlite_prefect_server, wait_run_final
+from support.responder import make_config, running_responder
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,11 @@ import uuid
 import psutil
 import pytest
 
-from conftest import (answer, fire, form_description, free_port, make_config, paused_run, report,
-                      running_responder, wait_for, wait_run_final)
 from tasks.probes import hosts
+from support.common import free_port, wait_for
+from support.prefect import answer, form_description, paused_run, report, wait_run_final
 from support.prometheus import AppTarget, PrometheusServer, binary, stop_process
+from support.responder import fire, make_config, running_responder
 
 GiB = 2**30
 WEB3 = "web-3:9100"

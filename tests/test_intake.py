@@ -11,7 +11,9 @@ import httpx
 import psycopg
 import pytest
 
-from conftest import load_fixture, make_config, report, running_responder, wait_run_final
+from support.alerts import load_fixture
+from support.prefect import report, wait_run_final
+from support.responder import make_config, running_responder
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +61,12 @@ def test_not_json_is_422(responder):
     (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),          # 400 KB, under the 1 MiB limit
     (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, "nested too deeply"),
     (b'{"version": "4", "groupKey": "\\ud800"}', "lone surrogate"),
+    (b'{"version": "4", "truncatedAlerts": NaN}', "NaN is not JSON"),
+    (b'{"version": "4", "truncatedAlerts": -Infinity}', "-Infinity is not JSON"),
+    (b'{"version": "4", "truncatedAlerts": 1e999}', "too large for a double"),
+    (b'{"version": "4", "truncatedAlerts": ' + b"9" * 5000 + b"}", "not JSON this responder can keep"),
+    (b'{"version": "4", "version": "3"}', "the key 'version' appears twice"),
+    (b"\xff\xfe{}", "not JSON"),
 ])
 def test_hostile_json_is_422_never_500(responder, raw, error):
     """Bodies Python's JSON parser chokes on or that no database could store: a 4xx (Alertmanager
@@ -67,6 +75,46 @@ def test_hostile_json_is_422_never_500(responder, raw, error):
     assert answer.status_code == 422, answer.text[:300]
     assert error in answer.json()["detail"][0]["error"]
     assert responder.post(load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6])).status_code == 200
+
+
+@pytest.mark.parametrize("headers, status, says", [
+    ({"content-encoding": "gzip"}, 415, "Content-Encoding 'gzip' is not supported"),
+    ({"content-type": "text/html"}, 415, "Content-Type 'text/html' is not supported"),
+    ({"content-type": "application/json; charset=utf-8"}, 200, None),
+])
+def test_encodings_the_intake_does_not_read_are_415(responder, headers, status, says):
+    body = json.dumps(load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6])).encode()
+    answer = httpx.post(f"{responder.url}/alerts", content=body, timeout=30,
+                        headers={"Authorization": f"Bearer {responder.token}", **headers})
+    assert answer.status_code == status, answer.text
+    if says:
+        assert says in answer.json()["detail"]
+
+
+def test_other_methods_are_405_and_a_bad_acknowledgement_is_422(responder):
+    auth = {"Authorization": f"Bearer {responder.token}"}
+    assert httpx.get(f"{responder.url}/alerts", headers=auth).status_code == 405
+    assert httpx.put(f"{responder.url}/alerts", headers=auth, content=b"{}").status_code == 405
+    for raw in (b"[1, 2]", b'{"by": ["a"]}', b'{"by": "a", "by": "b"}', b"\xff"):
+        answer = httpx.post(f"{responder.url}/incidents/no-such-incident/ack", content=raw, headers=auth, timeout=10)
+        assert answer.status_code == 422, (raw, answer.text)
+    too_big = httpx.post(f"{responder.url}/incidents/x/ack", content=b" " * (1024 * 1024 + 10), headers=auth, timeout=10)
+    assert too_big.status_code == 413
+    assert httpx.post(f"{responder.url}/incidents/no-such-incident/ack", json={"by": "me"}, headers=auth).status_code == 404
+
+
+def test_a_cut_group_is_stored_and_its_incident_says_so(responder, store_db):
+    body = load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6])
+    body["truncatedAlerts"] = 12
+    answer = responder.post(body)
+    assert answer.status_code == 200, answer.text
+    incident_id = answer.json()["incidents_opened"][0]
+    for _ in range(2):  # the same cut group re-sent: said once
+        assert responder.post(body).status_code == 200
+    with psycopg.connect(store_db[1]) as conn:
+        said = conn.execute("SELECT text FROM timeline WHERE incident_id = %s AND kind = 'truncated'",
+                            (incident_id,)).fetchall()
+    assert [row[0][:57] for row in said] == ["Alertmanager cut this group: 12 more alert(s) were not se"]
 
 
 @pytest.mark.parametrize(
@@ -173,8 +221,8 @@ def test_connections_cut_by_the_server_are_replaced_in_every_thread(postgres_url
     import queue
     import threading
 
-    from conftest import temporary_database
     from core.store import PostgresStore, StoreUnavailable
+    from support.databases import temporary_database
 
     class Worker:  # a long-lived thread, like the intake's worker threads, that keeps its connection
         def __init__(self) -> None:

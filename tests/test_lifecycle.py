@@ -19,7 +19,10 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from conftest import BIN, ROOT, CaptureServer, ResponderProcess, make_config, resume, runs_for_incident, wait_for, wait_run_final
+from support.capture import CaptureServer
+from support.common import BIN, ROOT, wait_for
+from support.prefect import resume, runs_for_incident, wait_run_final
+from support.responder import ResponderProcess, make_config
 
 SIGNING_SECRET = "test-signing-secret"
 

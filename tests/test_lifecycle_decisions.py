@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from conftest import CaptureServer, make_config, prefect_post, resume, wait_for
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from core.alerts import Alert
@@ -24,6 +23,10 @@ from core.catalog import load_catalog
 from core.services import Services, bound, build
 from core.settings import ResponderSettings
 from flows.drill import responder_drill
+from support.capture import CaptureServer
+from support.common import wait_for
+from support.prefect import prefect_post, resume
+from support.responder import make_config
 
 
 def services_for(tmp, webhook: CaptureServer, dry_run: bool = False, approval_timeout: float = 60) -> Services:

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from conftest import CaptureServer, make_config
 from core.catalog import load_catalog
 from core.notify import Notifier
 from core.settings import ResponderSettings
 from core.store import open_store
+from support.capture import CaptureServer
+from support.responder import make_config
 
 
 def _setup(tmp_path: Path, slack_url: str, notify: dict):

@@ -10,7 +10,10 @@ import uuid
 
 import httpx
 
-from conftest import PrefectServer, load_fixture, make_config, running_responder, wait_for, wait_run_final
+from support.alerts import load_fixture
+from support.common import wait_for
+from support.prefect import PrefectServer, wait_run_final
+from support.responder import make_config, running_responder
 
 
 def test_alert_posted_while_prefect_is_down_runs_after_it_returns(tmp_path):

@@ -8,7 +8,9 @@ import uuid
 
 import psycopg
 
-from conftest import PrefectServer, load_fixture, make_config, running_responder, wait_run_final
+from support.alerts import load_fixture
+from support.prefect import PrefectServer, wait_run_final
+from support.responder import make_config, running_responder
 
 
 def test_alert_to_run_with_prefect_and_the_store_on_postgresql(tmp_path, postgres_url):

@@ -20,7 +20,7 @@ import json
 import httpx
 import pytest
 
-from conftest import free_port, wait_for
+from support.common import free_port, wait_for
 from support.prometheus import AlertmanagerServer, AppTarget, GrafanaStub, PrometheusServer
 from tasks.base import ErrorCode, ResponderError
 from tasks.probes import prometheus

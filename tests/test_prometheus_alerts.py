@@ -29,9 +29,11 @@ import httpx
 import pytest
 import redis
 
-from conftest import (CaptureServer, report, ResponderProcess, make_config, resume, runs_for_incident, wait_for,
-                      wait_run_final)
+from support.capture import CaptureServer
+from support.common import wait_for
+from support.prefect import report, resume, runs_for_incident, wait_run_final
 from support.prometheus import AlertmanagerServer, AppTarget, PrometheusServer, seed_rules
+from support.responder import ResponderProcess, make_config
 
 ATTACKER, USERS = "203.0.113.7", "198.51.100.20"
 

@@ -27,10 +27,12 @@ import httpx
 import pytest
 import redis
 
-from conftest import make_config, report, prefect_post, resume, running_responder, runs_for_incident, wait_for, wait_run_final
 from support.alerts import alert_body
+from support.common import wait_for
+from support.prefect import prefect_post, report, resume, runs_for_incident, wait_run_final
 from support.prometheus import AppTarget, PrometheusServer
 from support.queues import bullmq_queue
+from support.responder import make_config, running_responder
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,10 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from conftest import (answer, fire, form_description, free_port, load_fixture, make_config, paused_run,
-                      report, running_responder, wait_for, wait_run_final)
+from support.alerts import load_fixture
+from support.common import free_port, wait_for
+from support.prefect import answer, form_description, paused_run, report, wait_run_final
+from support.responder import fire, make_config, running_responder
 
 LONG_QUERY_MINUTES = 0.03
 

@@ -28,8 +28,10 @@ from contextlib import contextmanager
 import psycopg
 import pytest
 
-from conftest import (answer, fire, form_description, load_fixture, make_config, paused_run, report,
-                      running_responder, temporary_database, wait_run_final)
+from support.alerts import load_fixture
+from support.databases import temporary_database
+from support.prefect import answer, form_description, paused_run, report, wait_run_final
+from support.responder import fire, make_config, running_responder
 
 IDLE_MINUTES = 0.03
 

@@ -18,7 +18,9 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from conftest import make_config, prefect_post, running_responder, wait_for, wait_run_final
+from support.common import wait_for
+from support.prefect import prefect_post, wait_run_final
+from support.responder import make_config, running_responder
 
 DAY = 86400
 # name -> age in days; retention is 7 days compressed-after, 30 days deleted-after (config/targets.yaml)

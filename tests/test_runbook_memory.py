@@ -19,8 +19,9 @@ from datetime import datetime, timezone
 import psutil
 import pytest
 
-from conftest import (answer, fire, form_description, make_config, paused_run, report,
-                      running_responder, runs_for_incident, wait_for, wait_run_final)
+from support.common import wait_for
+from support.prefect import answer, form_description, paused_run, report, runs_for_incident, wait_run_final
+from support.responder import fire, make_config, running_responder
 
 BURNER_MARK = "responder-test-memory-burner-"
 

@@ -21,8 +21,9 @@ from datetime import datetime, timezone
 import httpx
 import pytest
 
-from conftest import (fire, free_port, make_config, report, running_responder, runs_for_incident, wait_for,
-                      wait_run_final)
+from support.common import free_port, wait_for
+from support.prefect import report, runs_for_incident, wait_run_final
+from support.responder import fire, make_config, running_responder
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,12 @@ import httpx
 import pytest
 import redis
 
-from conftest import CaptureServer, free_port, report, make_config, prefect_post, resume, running_responder, runs_for_incident, wait_for, wait_run_final
 from support.alerts import alert_body
+from support.capture import CaptureServer
+from support.common import free_port, wait_for
+from support.prefect import prefect_post, report, resume, runs_for_incident, wait_run_final
 from support.prometheus import AlertmanagerServer, AppTarget, GrafanaStub, PrometheusServer
+from support.responder import make_config, running_responder
 
 
 @pytest.fixture(scope="module")

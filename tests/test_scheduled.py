@@ -20,8 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import CaptureServer, make_config, prefect_post, running_responder, wait_for
+from support.capture import CaptureServer
+from support.common import wait_for
+from support.prefect import prefect_post
 from support.prometheus import AlertmanagerServer, AppTarget, PrometheusServer
+from support.responder import make_config, running_responder
 
 SCHEDULED = {"daily-checks": "0 8 * * *", "weekly-checks": "0 8 * * 1", "monthly-checks": "0 8 1 * *",
              "log-retention": "30 3 * * *", "backup-freshness": "0 7 * * *"}

@@ -20,7 +20,7 @@ from core.alerts import AlertmanagerPayload, Route
 from core.store import LATEST_VERSION, SchemaError, open_store
 from core.store.schema import LAYOUT_1
 from responder.events import prefect_event
-from tests.support.alerts import alert_body
+from support.alerts import alert_body
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,9 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, ROOT, make_config, running_responder, runs_for_incident, wait_for, wait_run_final
+from support.common import BIN, ROOT, wait_for
+from support.prefect import runs_for_incident, wait_run_final
+from support.responder import make_config, running_responder
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]

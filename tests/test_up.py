@@ -12,7 +12,10 @@ import uuid
 
 import httpx
 
-from conftest import BIN, ROOT, free_port, load_fixture, make_config, wait_for, wait_run_final
+from support.alerts import load_fixture
+from support.common import BIN, ROOT, free_port, wait_for
+from support.prefect import wait_run_final
+from support.responder import make_config
 
 
 def _listening(port: int) -> bool:

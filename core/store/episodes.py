@@ -42,7 +42,27 @@ class Episodes(Timeline):
             )
             for alert in payload.alerts:
                 self._ingest_alert(cur, payload, alert, now, routes.get(alert.alertname), result)
+            if payload.truncatedAlerts:
+                self._note_truncation(cur, payload, now)
         return result
+
+    def _note_truncation(self, cur: Any, payload: AlertmanagerPayload, now: str) -> None:
+        """Alertmanager cut the group (its ``max_alerts``): each open incident of the group says so, once per count."""
+        said = f"{payload.truncatedAlerts}"
+        rows = self._exec(cur, "SELECT id FROM incidents WHERE group_key = %s AND status = 'open'",
+                          (payload.groupKey,)).fetchall()
+        for (incident_id,) in rows:
+            before = self._exec(cur, "SELECT value FROM notes WHERE incident_id = %s AND key = 'truncated_alerts'",
+                                (incident_id,)).fetchone()
+            if before is not None and before[0] == said:
+                continue
+            self._exec(cur, "DELETE FROM notes WHERE incident_id = %s AND key = 'truncated_alerts'", (incident_id,))
+            self._exec(cur, "INSERT INTO notes (incident_id, key, value) VALUES (%s, 'truncated_alerts', %s)",
+                       (incident_id, said))
+            self._exec(cur, "INSERT INTO timeline (id, incident_id, at, kind, text, actor) VALUES (%s, %s, %s, %s, %s, %s)",
+                       (str(uuid.uuid4()), incident_id, now, "truncated",
+                        f"Alertmanager cut this group: {said} more alert(s) were not sent (its max_alerts); "
+                        "see Alertmanager for the whole group", "alertmanager"))
 
     def _ingest_alert(
         self, cur: Any, payload: AlertmanagerPayload, alert: Alert, now: str, runbook: Route | None, result: IngestResult

@@ -68,14 +68,12 @@ class Outbox(StoreBase):
         return [json.loads(r[0]) for r in rows]
 
     def mark_delivered(self, event_ids: list[str]) -> None:
-        now = iso(utcnow())
+        """One statement for the whole batch (its ids bound as parameters: only their count shapes the SQL)."""
+        if not event_ids:
+            return
         with self._tx() as cur:
-            for event_id in event_ids:
-                self._exec(
-                    cur,
-                    "UPDATE outbox SET delivered_at = %s, attempts = attempts + 1 WHERE id = %s",
-                    (now, event_id),
-                )
+            self._exec(cur, "UPDATE outbox SET delivered_at = %s, attempts = attempts + 1 WHERE id IN ("
+                       + ", ".join(["%s"] * len(event_ids)) + ")", (iso(utcnow()), *event_ids))
 
     def pending_followups(self, limit: int = 100) -> list[dict[str, Any]]:
         """Delivered events whose local follow-up (pages, notifications, artifacts) has not completed."""
@@ -92,13 +90,11 @@ class Outbox(StoreBase):
             self._exec(cur, "UPDATE outbox SET followed_up_at = %s WHERE id = %s", (iso(utcnow()), event_id))
 
     def mark_failed(self, event_ids: list[str], error: str) -> None:
+        if not event_ids:
+            return
         with self._tx() as cur:
-            for event_id in event_ids:
-                self._exec(
-                    cur,
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = %s WHERE id = %s",
-                    (error[:500], event_id),
-                )
+            self._exec(cur, "UPDATE outbox SET attempts = attempts + 1, last_error = %s WHERE id IN ("
+                       + ", ".join(["%s"] * len(event_ids)) + ")", (error[:500], *event_ids))
 
     def outbox_backlog(self) -> int:
         with self._tx() as cur:

@@ -1,9 +1,16 @@
-"""Alertmanager v4 webhook bodies for tests."""
+"""Alertmanager v4 webhook bodies for tests: made up here, or the project's shared samples."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime, timezone
+from typing import Any
+
+from .common import ROOT
+
+# Alertmanager v4 bodies, copied from the project's shared samples (see their README.md).
+FIXTURES = ROOT / "tests" / "fixtures" / "alertmanager"
 
 
 def alert_body(alertname: str, test_id: str, **labels: str) -> dict:
@@ -19,3 +26,17 @@ def alert_body(alertname: str, test_id: str, **labels: str) -> dict:
                     "startsAt": datetime.now(timezone.utc).isoformat(), "endsAt": "0001-01-01T00:00:00Z",
                     "generatorURL": "", "fingerprint": fingerprint}],
     }
+
+
+def load_fixture(name: str, **changes: Any) -> dict[str, Any]:
+    body = json.loads((FIXTURES / name).read_text())
+    group_key = changes.pop("groupKey", None)
+    if group_key:
+        body["groupKey"] = group_key
+    suffix = changes.pop("unique", None)
+    if suffix:
+        body["groupKey"] = f"{body['groupKey']}-{suffix}"
+        for alert in body["alerts"]:
+            alert["fingerprint"] = f"{alert['fingerprint']}{suffix}"
+    body.update(changes)
+    return body

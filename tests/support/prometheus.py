@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import ROOT, free_port, wait_for
+from .common import ROOT, free_port, wait_for
 
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, math.inf)
 Labels = tuple[tuple[str, str], ...]

@@ -1,0 +1,169 @@
+"""Benchmark: the intake's throughput and latency, and the event delivery behind it.
+
+Starts `responder up` as `make run` does (embedded Prefect server on SQLite, temporary homes, free
+ports), then posts from 16 client threads on the same machine:
+
+1. single-alert bodies, in the mix Alertmanager really sends: mostly re-sends of alerts already
+   stored (each group is re-sent every `group_interval`), some resolved, some unrouted, a few new
+   firing ones that start a response (`ResponderDrill`, which touches nothing);
+2. 50-alert group bodies of the same mix.
+
+For each it prints alerts/s, posts/s and the p50/p99/max latency of a post, then how long the
+event delivery to the Prefect server took to drain the outbox (events/s). With `--postgres URL`
+the store is PostgreSQL (`RESPONDER_DATABASE_URL`) instead of the SQLite default.
+
+Prints the figures; asserts nothing. Run: `make bench` or `.venv/bin/python bench/intake.py`.
+Options: --posts N (single-alert posts, default 3000), --groups N (50-alert posts, default 300),
+--clients N (default 16), --postgres URL, --env KEY=VALUE (repeatable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import statistics
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from alert_to_first_task import Bench, pct  # noqa: E402  (the same way of starting `responder up`)
+
+STARTS = datetime(2026, 12, 6, 8, 0, tzinfo=timezone.utc)
+
+
+def alert(name: str, fingerprint: str, status: str = "firing") -> dict:
+    return {
+        "status": status,
+        "labels": {"alertname": name, "severity": "warning", "instance": "127.0.0.1:9100", "fp": fingerprint},
+        "annotations": {"summary": f"bench {name}"},
+        "startsAt": (STARTS + timedelta(seconds=int(fingerprint[:6], 16) % 3600)).isoformat(),
+        "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else STARTS.isoformat(),
+        "generatorURL": "",
+        "fingerprint": fingerprint,
+    }
+
+
+def body(alerts: list[dict], group: str) -> dict:
+    status = "firing" if any(a["status"] == "firing" for a in alerts) else "resolved"
+    return {"version": "4", "groupKey": f'{{}}:{{bench="{group}"}}', "truncatedAlerts": 0, "status": status,
+            "receiver": "responder", "groupLabels": {"bench": group}, "commonLabels": {}, "commonAnnotations": {},
+            "externalURL": "http://alertmanager.example:9093", "alerts": alerts}
+
+
+class Mix:
+    """70 % re-sends of stored alerts, 12 % resolved, 15 % new unrouted, 3 % new firing (a drill)."""
+
+    def __init__(self, known: list[str]) -> None:
+        self.known = known
+        self.rng = random.Random(7)
+        self.lock = threading.Lock()
+
+    def one(self) -> dict:
+        with self.lock:
+            roll = self.rng.random()
+            fingerprint = self.rng.choice(self.known)
+        if roll < 0.70:
+            return alert("BenchUnrouted", fingerprint)
+        if roll < 0.82:
+            return alert("BenchUnrouted", fingerprint, status="resolved")
+        if roll < 0.97:
+            return alert("BenchUnrouted", uuid.uuid4().hex)
+        return alert("ResponderDrill", uuid.uuid4().hex)
+
+
+def load(bench: Bench, bodies: list[dict], clients: int) -> tuple[float, list[float], int]:
+    """Post every body from `clients` threads; returns (elapsed s, latencies s, non-2xx count)."""
+    latencies: list[float] = []
+    failures = [0]
+    queue = list(reversed(bodies))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {bench.token}"}) as http:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    item = queue.pop()
+                started = time.perf_counter()
+                response = http.post(f"{bench.intake}/alerts", json=item)
+                took = time.perf_counter() - started
+                with lock:
+                    latencies.append(took)
+                    if not response.is_success:
+                        failures[0] += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, latencies, failures[0]
+
+
+def backlog(bench: Bench) -> int:
+    text = httpx.get(f"{bench.intake}/metrics", timeout=10).text
+    match = re.search(r"^responder_outbox_backlog (\S+)$", text, re.M)
+    return int(float(match.group(1))) if match else -1
+
+
+def drain(bench: Bench, timeout: float = 600) -> tuple[int, float]:
+    """Wait until the outbox is empty; returns (events waiting at the start, seconds to drain)."""
+    first = backlog(bench)
+    started = time.monotonic()
+    while backlog(bench) > 0 and time.monotonic() - started < timeout:
+        time.sleep(0.2)
+    return first, time.monotonic() - started
+
+
+def report(label: str, alerts: int, posts: int, elapsed: float, latencies: list[float], failures: int) -> None:
+    print(f"{label}: {alerts / elapsed:,.0f} alerts/s, {posts / elapsed:,.0f} posts/s over {elapsed:.1f} s; "
+          f"latency p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {pct(latencies, 0.99) * 1000:.1f} ms, "
+          f"max {max(latencies) * 1000:.1f} ms; non-2xx {failures}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--posts", type=int, default=3000)
+    parser.add_argument("--groups", type=int, default=300)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--postgres", help="postgresql://… for the responder's store")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for `responder up`")
+    args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
+    if args.postgres:
+        env["RESPONDER_DATABASE_URL"] = args.postgres
+    bench = Bench(None, extra_env=env)
+    try:
+        print(f"responder ready in {bench.startup:.1f} s; store: {'PostgreSQL' if args.postgres else 'SQLite'}; "
+              f"{args.clients} clients")
+        known = [uuid.uuid4().hex for _ in range(200)]
+        warm = [body([alert("BenchUnrouted", fp)], f"known-{fp}") for fp in known]
+        load(bench, warm, args.clients)  # the alerts the mix re-sends are stored before the clock starts
+        drain(bench)
+        mix = Mix(known)
+        singles = [body([mix.one()], f"single-{i % 400}") for i in range(args.posts)]
+        elapsed, latencies, failures = load(bench, singles, args.clients)
+        report("single-alert posts", args.posts, args.posts, elapsed, latencies, failures)
+        events, took = drain(bench)
+        print(f"  delivery: {events} events waiting when the posts ended, drained in {took:.1f} s")
+        groups = [body([mix.one() for _ in range(50)], f"group-{i % 100}") for i in range(args.groups)]
+        elapsed, latencies, failures = load(bench, groups, args.clients)
+        report("50-alert group posts", args.groups * 50, args.groups, elapsed, latencies, failures)
+        events, took = drain(bench)
+        print(f"  delivery: {events} events waiting when the posts ended, drained in {took:.1f} s"
+              + (f" ({events / took:,.0f} events/s)" if took > 0.5 else ""))
+    finally:
+        bench.close()
+
+
+if __name__ == "__main__":
+    main()

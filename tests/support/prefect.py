@@ -1,0 +1,185 @@
+"""A real Prefect server process, and reading and answering Prefect over its REST API: runs of an
+incident, a run's final state, events, the approval form, the response artifact."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+
+from responder.embedded import server_command
+
+from .common import free_port, wait_for
+
+
+class PrefectServer:
+    """A real Prefect server process: on PostgreSQL, ``prefect server start`` as in docker-compose.yml;
+    on SQLite, the server ``responder up`` embeds (``python -m responder.prefect_server``)."""
+
+    def __init__(self, home: Path, port: int | None = None, database_url: str | None = None):
+        self.home = home
+        self.port = port or free_port()
+        self.database_url = database_url
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def start(self) -> "PrefectServer":
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "PREFECT_UI_API_URL": self.api_url}
+        env.pop("PREFECT_API_URL", None)
+        if self.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
+        self.process = subprocess.Popen(
+            [*server_command("stock" if self.database_url else "tuned"), "--host", "127.0.0.1", "--port", str(self.port)],
+            env=env,
+            stdout=open(self.home / "server.log", "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(lambda: httpx.get(f"{self.api_url}/health", timeout=1).status_code == 200, 90, what="Prefect server")
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+
+@contextmanager
+def sqlite_prefect_server(home: Path) -> Iterator[PrefectServer]:
+    """A Prefect server of its own on SQLite (the embedded default's database), as PREFECT_API_URL."""
+    with serving(PrefectServer(home)) as server:
+        yield server
+
+
+@contextmanager
+def serving(server: PrefectServer) -> Iterator[PrefectServer]:
+    """Start the server and make it PREFECT_API_URL; stop it and put the old value back afterwards."""
+    server.start()
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        yield server
+    finally:
+        server.stop()
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+
+
+def prefect_post(api_url: str, path: str, body: dict | None = None) -> Any:
+    response = httpx.post(f"{api_url}{path}", json=body or {}, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def runs_for_incident(api_url: str, incident_id: str) -> list[dict[str, Any]]:
+    runs = prefect_post(api_url, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 200})
+    return [r for r in runs if (r.get("parameters") or {}).get("incident", {}) and r["parameters"]["incident"].get("id") == incident_id]
+
+
+def wait_run_final(api_url: str, incident_id: str, timeout: float = 60) -> dict[str, Any]:
+    seen: list[dict[str, Any]] = []
+
+    def final():
+        runs = runs_for_incident(api_url, incident_id)
+        seen[:] = runs
+        return runs[0] if runs and runs[0]["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+    try:
+        return wait_for(final, timeout, what=f"a finished run for incident {incident_id}")
+    except AssertionError as exc:  # say where the run stood, and what it last logged
+        raise AssertionError(f"{exc}\n{describe_runs(api_url, seen)}") from None
+
+
+def describe_runs(api_url: str, runs: list[dict[str, Any]]) -> str:
+    lines = []
+    for run in runs[:3]:
+        lines.append(f"run {run['id']} {run['name']}: {run['state']['type']} {run['state'].get('name')!r} "
+                     f"{(run['state'].get('message') or '')[:300]}")
+        try:
+            logs = prefect_post(api_url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}},
+                                                           "sort": "TIMESTAMP_ASC", "limit": 200})
+            lines += [f"  {entry['timestamp'][11:23]} {entry['message'][:300]}" for entry in logs[-40:]]
+        except Exception as exc:
+            lines.append(f"  (logs unreadable: {exc})")
+    return "\n".join(lines) or "no run was created for it"
+
+
+def events(api_url: str, prefix: str) -> list[dict[str, Any]]:
+    return prefect_post(api_url, "/events/filter", {"filter": {"event": {"prefix": [prefix]}}})["events"]
+
+
+def resume(api_url: str, flow_run_id: str, approve: bool, reason: str, approver: str) -> None:
+    """Answer a paused run's approval form through the API (what the UI's Resume button does).
+
+    The SQLite-backed server answers 503 when its database is busy; like Prefect's own client,
+    retry those. The server answers 200 even when it refuses (run not paused, input invalid):
+    that fails here, with its reason."""
+    body = {"run_input": {"approve": approve, "reason": reason, "approver": approver}}
+
+    def accepted() -> bool:
+        response = httpx.post(f"{api_url}/flow_runs/{flow_run_id}/resume", json=body, timeout=10)
+        if response.status_code not in (200, 201):
+            return False  # busy: ask again
+        result = response.json()
+        if (result.get("details") or {}).get("reason") == "Run input schema not found.":
+            return False  # paused a moment ago: Prefect writes the form just after the state; ask again
+        if result.get("status") != "ACCEPT":
+            raise AssertionError(f"the server refused the answer for run {flow_run_id}: {result}")
+        return True
+    deadline = time.monotonic() + 20
+    while not _attempt(accepted):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after 20 s waiting for the server to take the answer for run {flow_run_id}")
+        time.sleep(0.3)
+
+
+def _attempt(call) -> bool:
+    try:
+        return call()
+    except httpx.HTTPError:
+        return False
+
+
+def paused_run(api: str, incident_id: str, not_state: str | None = None) -> dict:
+    """The incident's run once it waits for approval (``not_state``: a pause already answered)."""
+    def paused():
+        runs = runs_for_incident(api, incident_id)
+        if runs and runs[0]["state"]["type"] == "PAUSED" and runs[0]["state"]["id"] != not_state:
+            return runs[0]
+        return None
+    return wait_for(paused, 60, what="the run to pause for approval")
+
+
+def form_description(api: str, run: dict) -> str:
+    """The approval form's description, as the UI shows it above the Resume form."""
+    key = run["state"]["state_details"]["run_input_keyset"]["description"]
+    return wait_for(lambda: (r := httpx.get(f"{api}/flow_runs/{run['id']}/input/{key}")).is_success and r.json(),
+                    10, what="the approval form")
+
+
+def answer(api: str, run: dict, approve: bool, who: str) -> None:
+    """Resume the paused run with the approval form filled in."""
+    resume(api, run["id"], approve, "test", who)
+
+
+def report(api: str, incident_id: str) -> str:
+    """The response artifact (verdict, evidence, actions) of the incident's run."""
+    body = {"artifacts": {"key": {"any_": [f"response-{incident_id}"]}}}
+    return wait_for(lambda: prefect_post(api, "/artifacts/filter", body)[0]["data"], 30, interval=0.5,
+                    what="the response artifact")
