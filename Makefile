@@ -19,12 +19,16 @@ run: $(STAMP)
 
 # Installs what the tests need (Alertmanager, Prometheus, node_exporter, docker-compose v1) when missing, starts
 # PostgreSQL and Redis when they are installed but stopped, then runs the whole suite.
+# Test modules run on TEST_WORKERS processes (pytest-xdist), a module's tests on one of them: most of the
+# suite waits on real processes (responder up, Prefect, Alertmanager), so 3 workers fit 2 cores.
+TEST_WORKERS ?= 3
 test: $(STAMP)
 	./scripts/test-services
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python bench/alert_to_first_task.py
+	$(BIN)/python bench/intake.py
 
 clean:
 	rm -rf $(VENV) .prefect .responder

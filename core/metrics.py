@@ -25,6 +25,17 @@ DELIVERY_FAILURES = Counter(
 OUTBOX_BACKLOG = Gauge(
     "responder_outbox_backlog", "Stored events not yet delivered to Prefect.", registry=REGISTRY
 )
+OUTBOX_OLDEST_AGE = Gauge(
+    "responder_outbox_oldest_undelivered_seconds",
+    "Age of the oldest stored event not yet delivered to Prefect (0 when none waits).", registry=REGISTRY
+)
+INTAKE_WAITING = Gauge(
+    "responder_intake_waiting_posts", "Alert posts waiting for the store's next group commit.", registry=REGISTRY
+)
+INGEST_BATCH = Histogram(
+    "responder_intake_commit_bodies", "Alertmanager bodies stored per group commit.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=REGISTRY,
+)
 RUNS_STARTED = Counter(
     "responder_runs_started_total", "Runbook runs started by this responder, by runbook.", ["runbook"], registry=REGISTRY
 )

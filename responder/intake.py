@@ -40,6 +40,7 @@ from slack_sdk.signature import SignatureVerifier
 from core import metrics
 from core.alerts import AlertmanagerPayload
 from core.store import StoreUnavailable
+from responder.ingest import Overloaded
 from responder.approvals import ApprovalError, answer
 
 if TYPE_CHECKING:
@@ -162,10 +163,13 @@ def create_app(responder: "Responder") -> FastAPI:
         started = time.perf_counter()
         try:
             routes = responder.catalog.routes([alert.alertname for alert in payload.alerts])
-            result = await asyncio.to_thread(responder.store.ingest, payload, raw, routes)
+            result = await responder.group_commit.ingest(payload, raw, routes)
         except StoreUnavailable as exc:
             logger.error("Alert body not stored: %s", exc)
             return _error(503, "the alert store is unavailable; retry later", {"Retry-After": "5"})
+        except Overloaded as exc:
+            logger.warning("Alert body refused for now: %s", exc)
+            return _error(503, f"the responder is behind ({exc}); retry later", {"Retry-After": "2"})
         metrics.INGEST_SECONDS.observe(time.perf_counter() - started)
         responder.after_ingest(result)
         metrics.INTAKE_REQUESTS.labels("200").inc()
@@ -189,10 +193,13 @@ def create_app(responder: "Responder") -> FastAPI:
     @app.get("/metrics")
     async def get_metrics():
         try:
-            metrics.OUTBOX_BACKLOG.set(await asyncio.to_thread(responder.store.outbox_backlog))
+            backlog, oldest = await asyncio.to_thread(responder.store.outbox_backlog)
+            metrics.OUTBOX_BACKLOG.set(backlog)
+            metrics.OUTBOX_OLDEST_AGE.set(oldest)
         except StoreUnavailable:
             pass
         metrics.RUNS_INFLIGHT.set(responder.executor.inflight if responder.executor else 0)
+        metrics.INTAKE_WAITING.set(responder.group_commit.waiting)
         try:
             for (state, severity), count in (await asyncio.to_thread(responder.store.counts)).items():
                 metrics.INCIDENTS.labels(state, severity).set(count)

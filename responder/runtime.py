@@ -24,6 +24,7 @@ from core.store import IngestResult, StoreUnavailable
 from deployments import build_deployments
 from flows.escalation import escalation_page
 from responder.executor import Executor
+from responder.ingest import GroupCommit
 from responder.events import prefect_event
 from responder.prefect_api import (ensure_canary, post_events, probe_triggers, release_waiting_run,
                                    server_healthy)
@@ -42,6 +43,7 @@ class Responder:
         self.catalog = services.catalog
         self.store = services.store
         self.notifier = services.notifier
+        self.group_commit = GroupCommit(self.store)
         self.executor: Any = None
         self.prefect_ready = False
         self.triggers_ready = False

@@ -6,6 +6,8 @@ and restart it on the same port and data without disturbing the other tests.
 
 from __future__ import annotations
 
+import re
+import time
 import uuid
 
 import httpx
@@ -31,6 +33,10 @@ def test_alert_posted_while_prefect_is_down_runs_after_it_returns(tmp_path):
             [incident_id] = answer.json()["incidents_opened"]
             metrics = httpx.get(f"{responder.url}/metrics").text
             assert "responder_outbox_backlog 1.0" in metrics or "responder_outbox_backlog 2.0" in metrics
+            time.sleep(1.1)
+            oldest = float(re.search(r"^responder_outbox_oldest_undelivered_seconds (\S+)$",
+                                     httpx.get(f"{responder.url}/metrics").text, re.M).group(1))
+            assert oldest >= 1.0  # what an alert on a stuck delivery reads
 
             server.start()
             run = wait_run_final(server.api_url, incident_id, timeout=120)

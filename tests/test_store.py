@@ -126,3 +126,21 @@ def test_routing_is_the_callers_and_the_event_shape_is_prefects(tmp_path):
     closed = prefect_event(store.pending_events()[-1])
     assert closed["event"] == "responder.incident.closed" and closed["payload"]["close_reason"] == "test"
     assert closed["payload"]["status"] == "closed" and closed["payload"]["incident"]["id"] == incident_id
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_group_commit_stores_each_body_or_none_of_it(tmp_path, backend, request):
+    """The intake's group commit: bodies share one transaction, each all-or-nothing on its own."""
+    url = request.getfixturevalue("fresh_database") if backend == "postgresql" else None
+    store = open_store(url, tmp_path / "responder.db")
+    good = [alert_body("HIGH_CPU_USAGE", f"batch-{i}") for i in range(2)]
+    bad = alert_body("BrokenRoute", "batch-bad")  # routed to a runbook with no name: its incident cannot be stored
+    bodies = [good[0], bad, good[1]]
+    routes = {"HIGH_CPU_USAGE": Route("high-cpu-usage", "warning"), "BrokenRoute": Route(None, "warning")}
+    results = store.ingest_many([(AlertmanagerPayload.model_validate(b), json.dumps(b).encode(), routes)
+                                 for b in bodies])
+    assert [type(r).__name__ for r in results] == ["IngestResult", "IntegrityError" if backend == "sqlite"
+                                                   else "NotNullViolation", "IngestResult"]
+    assert {i.group_key for i in store.incidents()} == {good[0]["groupKey"], good[1]["groupKey"]}
+    kinds = [record["kind"] for record in store.pending_events()]
+    assert kinds == ["alert.firing", "alert.firing"]  # nothing of the failed body reached the outbox

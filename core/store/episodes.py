@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from core.alerts import Alert, AlertmanagerPayload, Route
 from core.store.base import iso, utcnow
@@ -31,19 +31,45 @@ class Episodes(Timeline):
 
         ``routes``: alert name → the runbook that responds (the catalog's decision, made by the caller);
         an alert whose name is not in it is stored and announced as unrouted."""
+        [result] = self.ingest_many([(payload, raw, routes)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def ingest_many(self, bodies: Sequence[tuple[AlertmanagerPayload, bytes, Mapping[str, Route]]]
+                    ) -> list[IngestResult | Exception]:
+        """Several bodies in one transaction (the intake's group commit), each all or nothing on its own.
+
+        Each body is stored under a savepoint: one that fails (its error is its result) is rolled back
+        alone, the others commit together. The groups' locks are taken first, in order, so two responders
+        sharing a PostgreSQL store never wait on each other in a cycle. A failure of the transaction
+        itself (the store unreachable) raises for all of them."""
+        results: list[IngestResult | Exception] = []
+        with self._tx() as cur:
+            for group_key in sorted({payload.groupKey for payload, _, _ in bodies}):
+                self._lock_group(cur, group_key)
+            for payload, raw, routes in bodies:
+                self._exec(cur, "SAVEPOINT one_body")
+                try:
+                    results.append(self._ingest_body(cur, payload, raw, routes))
+                except Exception as exc:  # this body's own failure; the savepoint undoes it alone
+                    self._exec(cur, "ROLLBACK TO SAVEPOINT one_body")
+                    results.append(exc)
+                self._exec(cur, "RELEASE SAVEPOINT one_body")
+        return results
+
+    def _ingest_body(self, cur: Any, payload: AlertmanagerPayload, raw: bytes, routes: Mapping[str, Route]) -> IngestResult:
         now = iso(utcnow())
         result = IngestResult(receipt_id=str(uuid.uuid4()))
-        with self._tx() as cur:
-            self._lock_group(cur, payload.groupKey)
-            self._exec(
-                cur,
-                "INSERT INTO receipts (id, received_at, group_key, body) VALUES (%s, %s, %s, %s)",
-                (result.receipt_id, now, payload.groupKey, raw.decode("utf-8", "replace")),
-            )
-            for alert in payload.alerts:
-                self._ingest_alert(cur, payload, alert, now, routes.get(alert.alertname), result)
-            if payload.truncatedAlerts:
-                self._note_truncation(cur, payload, now)
+        self._exec(
+            cur,
+            "INSERT INTO receipts (id, received_at, group_key, body) VALUES (%s, %s, %s, %s)",
+            (result.receipt_id, now, payload.groupKey, raw.decode("utf-8", "replace")),
+        )
+        for alert in payload.alerts:
+            self._ingest_alert(cur, payload, alert, now, routes.get(alert.alertname), result)
+        if payload.truncatedAlerts:
+            self._note_truncation(cur, payload, now)
         return result
 
     def _note_truncation(self, cur: Any, payload: AlertmanagerPayload, now: str) -> None:

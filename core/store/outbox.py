@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from core.alerts import Alert, AlertmanagerPayload
@@ -96,6 +97,11 @@ class Outbox(StoreBase):
             self._exec(cur, "UPDATE outbox SET attempts = attempts + 1, last_error = %s WHERE id IN ("
                        + ", ".join(["%s"] * len(event_ids)) + ")", (error[:500], *event_ids))
 
-    def outbox_backlog(self) -> int:
+    def outbox_backlog(self) -> tuple[int, float]:
+        """Events not yet delivered: how many, and the oldest one's age in seconds (0 when none)."""
         with self._tx() as cur:
-            return self._exec(cur, "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL").fetchone()[0]
+            count, oldest = self._exec(
+                cur, "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE delivered_at IS NULL").fetchone()
+        if not oldest:
+            return count, 0.0
+        return count, max(0.0, (utcnow() - datetime.fromisoformat(oldest)).total_seconds())

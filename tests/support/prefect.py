@@ -163,7 +163,7 @@ def paused_run(api: str, incident_id: str, not_state: str | None = None) -> dict
         if runs and runs[0]["state"]["type"] == "PAUSED" and runs[0]["state"]["id"] != not_state:
             return runs[0]
         return None
-    return wait_for(paused, 60, what="the run to pause for approval")
+    return wait_for(paused, 120, what="the run to pause for approval")  # generous: test workers share 2 cores
 
 
 def form_description(api: str, run: dict) -> str:
