@@ -16,7 +16,7 @@ Answers: 200 once the body is stored durably (its events reach Prefect after);
 415 for a Content-Type other than JSON or any Content-Encoding (Alertmanager sends
 neither); 422 for a body that can never be accepted (not UTF-8 JSON; NaN, Infinity or
 a number too large for a double; a key given twice in one object; nesting thousands
-deep; a lone surrogate; not an Alertmanager v4 body: the field is named); 503 with
+deep; a lone surrogate or a NUL character; not an Alertmanager v4 body: the field is named); 503 with
 Retry-After when it cannot be stored right now, so Alertmanager retries. Never a 500:
 an unexpected error is logged and answered 503, so nothing is lost.
 """
@@ -100,7 +100,19 @@ def parse_json(raw: bytes) -> Any:
         raise BodyError("JSON nested too deeply") from None
     except ValueError as exc:  # an integer of more than 4,300 digits
         raise BodyError(f"not JSON this responder can keep: {exc}") from None
+    if _holds_nul(data):  # PostgreSQL's text cannot keep it: refused for both stores alike
+        raise BodyError("a string holds a NUL character (\\u0000)")
     return data
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in key or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def _unsupported_encoding(request: Request) -> JSONResponse | None:

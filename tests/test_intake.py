@@ -5,7 +5,9 @@ accepting connections)."""
 from __future__ import annotations
 
 import json
+import random
 import uuid
+from datetime import datetime, timezone
 
 import httpx
 import psycopg
@@ -66,6 +68,7 @@ def test_not_json_is_422(responder):
     (b'{"version": "4", "truncatedAlerts": 1e999}', "too large for a double"),
     (b'{"version": "4", "truncatedAlerts": ' + b"9" * 5000 + b"}", "not JSON this responder can keep"),
     (b'{"version": "4", "version": "3"}', "the key 'version' appears twice"),
+    (b'{"version": "4", "groupKey": "a\\u0000b"}', "NUL character"),  # PostgreSQL's text cannot keep it
     (b"\xff\xfe{}", "not JSON"),
 ])
 def test_hostile_json_is_422_never_500(responder, raw, error):
@@ -254,3 +257,70 @@ def test_connections_cut_by_the_server_are_replaced_in_every_thread(postgres_url
         assert isinstance(first.call(store.pending_followups), StoreUnavailable)  # the one 503
         assert second.call(store.pending_followups) == []  # checked its connection and reconnected
         assert first.call(store.pending_followups) == []
+
+
+# -- a corpus of mutated bodies --------------------------------------------------------------------
+
+
+def _mutations(rng: random.Random, base: dict) -> bytes:
+    """One mutated body: structure changes (keys dropped, values of other types, deep nesting, odd
+    numbers) and byte-level damage (flips, cuts, insertions) of a valid Alertmanager body."""
+    body = json.loads(json.dumps(base))
+    alert = body["alerts"][0]
+    oddities: list = [None, True, -1, 0, 2**63, 1.5, "", "x" * 5000, [], {}, [[[[]]]], "\ud7ff", "ÿ\u0000", "1e309"]
+    kind = rng.randrange(9)
+    if kind == 0:
+        body.pop(rng.choice(list(body)))
+    elif kind == 1:
+        alert.pop(rng.choice(list(alert)))
+    elif kind == 2:
+        body[rng.choice(list(body))] = rng.choice(oddities)
+    elif kind == 3:
+        alert[rng.choice(list(alert))] = rng.choice(oddities)
+    elif kind == 4:
+        alert["labels"][rng.choice(["alertname", "severity", "instance", "x" * 300])] = rng.choice(oddities)
+    elif kind == 5:
+        body["alerts"] = [alert] * rng.randrange(0, 120)
+    raw = json.dumps(body, ensure_ascii=rng.random() < 0.5).encode()
+    if kind == 6:
+        for _ in range(rng.randrange(1, 8)):
+            at = rng.randrange(len(raw))
+            raw = raw[:at] + bytes([rng.randrange(256)]) + raw[at + 1:]
+    elif kind == 7:
+        raw = raw[: rng.randrange(len(raw))]
+    elif kind == 8:
+        at = rng.randrange(len(raw))
+        raw = raw[:at] + rng.choice([b"NaN", b"1e999", b"[" * 3000, b'"\\ud800"', b"\xef\xbb\xbf", b"\x00", b",,"]) + raw[at:]
+    return raw
+
+
+def test_a_corpus_of_mutated_bodies_gets_no_5xx_and_stores_exactly_what_it_accepted(responder, store_db, prefect_server):
+    """2,000 bodies generated from valid ones by a seeded mutator, posted to the real intake: each gets a
+    2xx or a 4xx (never a 5xx; a 503 would be allowed but the store is up), the store holds exactly the
+    alert episodes of the accepted ones, and a valid alert afterwards still starts its run."""
+    rng = random.Random(20261206)
+    tag = uuid.uuid4().hex[:8]
+    started = datetime.now(timezone.utc).isoformat()
+    accepted: set[tuple[str, str]] = set()
+    statuses: dict[int, int] = {}
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {responder.token}",
+                                           "content-type": "application/json"}) as http:
+        for number in range(2000):
+            base = load_fixture("high_error_rate_group.json" if number % 2 else "high_cpu_firing.json",
+                                unique=f"{tag}{number}")
+            base["alerts"] = base["alerts"][:1]
+            base["alerts"][0]["labels"]["alertname"] = f"Corpus{tag}"  # stored, routed nowhere: no runs
+            raw = _mutations(rng, base)
+            answer = http.post(f"{responder.url}/alerts", content=raw)
+            statuses[answer.status_code] = statuses.get(answer.status_code, 0) + 1
+            assert answer.status_code < 500, (answer.status_code, answer.text[:300], raw[:300])
+            if answer.status_code == 200:
+                for alert in json.loads(raw)["alerts"]:
+                    accepted.add((alert["fingerprint"], alert["startsAt"]))
+    assert statuses.get(200, 0) > 200 and sum(v for k, v in statuses.items() if 400 <= k < 500) > 500, statuses
+    with psycopg.connect(store_db[1]) as conn:
+        rows = conn.execute("SELECT fingerprint FROM alerts WHERE received_at >= %s", (started,)).fetchall()
+    assert sorted(f for (f,) in rows) == sorted(f for f, _ in accepted)  # one episode per accepted alert, no other
+    valid = responder.post(load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6]))
+    assert valid.status_code == 200
+    assert wait_run_final(prefect_server.api_url, valid.json()["incidents_opened"][0])["state"]["type"] == "COMPLETED"

@@ -1,4 +1,5 @@
-"""Alerts accepted while the Prefect server is down start their runs when it is back.
+"""Alerts accepted while the Prefect server is down start their runs when it is back, even when the
+responder was killed with SIGKILL right after accepting them.
 
 This module has its own Prefect server (SQLite in a temporary PREFECT_HOME) so that it can stop
 and restart it on the same port and data without disturbing the other tests.
@@ -6,7 +7,9 @@ and restart it on the same port and data without disturbing the other tests.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 import uuid
 
@@ -15,7 +18,7 @@ import httpx
 from support.alerts import load_fixture
 from support.common import wait_for
 from support.prefect import PrefectServer, wait_run_final
-from support.responder import make_config, running_responder
+from support.responder import ResponderProcess, make_config, running_responder
 
 
 def test_alert_posted_while_prefect_is_down_runs_after_it_returns(tmp_path):
@@ -44,4 +47,31 @@ def test_alert_posted_while_prefect_is_down_runs_after_it_returns(tmp_path):
             assert run["created_by"]["type"] == "AUTOMATION"
             wait_for(lambda: httpx.get(f"{responder.url}/healthz").status_code == 200, 30, what="ready again")
     finally:
+        server.stop()
+
+
+def test_an_accepted_alert_survives_kill_9_of_the_responder(tmp_path):
+    """A 2xx means the body is in the store: the responder killed with SIGKILL right after answering,
+    then started again on the same store, runs the alert. The Prefect server is stopped meanwhile, so
+    the alert can reach it only through what the second process reads from the store."""
+    server = PrefectServer(tmp_path / "prefect").start()
+    config = make_config(tmp_path, thresholds={"high-cpu-usage": {"cpu_percent": 100}},
+                         runbook_overrides={"high-cpu-usage": {"verify": {"budget_seconds": 5, "interval_seconds": 1}}})
+    first = ResponderProcess(tmp_path / "home", config, server.api_url).start()
+    second = ResponderProcess(tmp_path / "home", config, server.api_url)
+    try:
+        server.stop()
+        answer = first.post(load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6]))
+        os.killpg(first.process.pid, signal.SIGKILL)
+        assert answer.status_code == 200, answer.text
+        [incident_id] = answer.json()["incidents_opened"]
+        first.process.wait(10)
+
+        server.start()
+        second.start()
+        run = wait_run_final(server.api_url, incident_id, timeout=120)
+        assert run["state"]["name"] == "Resolved" and run["created_by"]["type"] == "AUTOMATION"
+    finally:
+        second.stop()
+        first.stop()
         server.stop()
