@@ -432,6 +432,32 @@ def log_retention() -> State:
     return finish(runbook, results, outcomes)
 
 
+# -- the responder's own store ----------------------------------------------------------------------
+
+
+class StoreRetentionLimits(Thresholds):
+    keep_days: float = seed(
+        30, "chosen: raw Alertmanager bodies and delivered events are kept 30 days (seed 004 keeps logs 30 days "
+            "compressed); incidents, their alerts and timelines are kept", gt=0)
+
+
+@task(name="prune-responder-store", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def prune_responder_store(keep_days: float) -> ProbeResult:
+    """Delete history older than ``keep_days``: raw bodies and events delivered and followed up."""
+    deleted = runtime()[2].prune(datetime.now(timezone.utc) - timedelta(days=keep_days))
+    return ProbeResult(probe="store_retention", ok=True, value=float(sum(deleted.values())),
+                       summary=f"deleted {deleted['receipts']} raw bodies and {deleted['events']} delivered events "
+                               f"older than {keep_days:g} days", evidence=deleted)
+
+
+@scheduled_flow("store-retention", thresholds=StoreRetentionLimits)
+def store_retention() -> State:
+    """The responder's own store stays bounded: what is only history (raw bodies, delivered events) is deleted
+    after ``keep_days``; incidents, alerts and timelines are kept, and nothing still waiting is touched."""
+    runbook = _runbook("store-retention")
+    return finish(runbook, [collect(prune_responder_store, runbook.limits(StoreRetentionLimits).keep_days)])
+
+
 # -- backup freshness -----------------------------------------------------------------------------
 
 check_backup_freshness = checks.backup_freshness.with_options(name="check-backup-freshness")

@@ -27,7 +27,7 @@ from support.prometheus import AlertmanagerServer, AppTarget, PrometheusServer
 from support.responder import make_config, running_responder
 
 SCHEDULED = {"daily-checks": "0 8 * * *", "weekly-checks": "0 8 * * 1", "monthly-checks": "0 8 1 * *",
-             "log-retention": "30 3 * * *", "backup-freshness": "0 7 * * *"}
+             "log-retention": "30 3 * * *", "backup-freshness": "0 7 * * *", "store-retention": "45 3 * * *"}
 DAY = 86400
 
 
@@ -111,7 +111,7 @@ def runs(env):
     def finished():
         states = {n: httpx.get(f"{api}/flow_runs/{rid}").json() for n, rid in created.items()}
         return states if all(s["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED") for s in states.values()) else None
-    return wait_for(finished, 90, interval=0.5, what="the five scheduled runs to finish")
+    return wait_for(finished, 90, interval=0.5, what="the scheduled runs to finish")
 
 
 def _artifact(api: str, key: str, run_id: str) -> str:
@@ -179,6 +179,13 @@ def test_log_retention_compresses_and_deletes_and_stays_quiet(env, runs):
     report = _artifact(env["api"], "log-retention", run["id"])
     assert "| compress_old_logs |" in report and "| delete_old_files |" in report
     assert _notified(env, "log-retention") == []
+
+
+def test_store_retention_runs_and_reports_what_it_deleted(env, runs):
+    run = runs["store-retention"]
+    assert run["state"]["name"] == "AllClear", run["state"]
+    report = _artifact(env["api"], "store-retention", run["id"])
+    assert "raw bodies" in report and "older than 30 days" in report
 
 
 def test_backup_freshness_names_the_stale_backup(env, runs):

@@ -144,3 +144,21 @@ def test_a_group_commit_stores_each_body_or_none_of_it(tmp_path, backend, reques
     assert {i.group_key for i in store.incidents()} == {good[0]["groupKey"], good[1]["groupKey"]}
     kinds = [record["kind"] for record in store.pending_events()]
     assert kinds == ["alert.firing", "alert.firing"]  # nothing of the failed body reached the outbox
+
+
+def test_retention_deletes_only_history(tmp_path):
+    """Raw bodies and delivered, followed-up events older than the cut go; a waiting event stays, however old."""
+    from datetime import datetime, timedelta, timezone
+
+    store = open_store(None, tmp_path / "responder.db")
+    body = alert_body("HIGH_CPU_USAGE", "retention")
+    result = store.ingest(AlertmanagerPayload.model_validate(body), json.dumps(body).encode(),
+                          {"HIGH_CPU_USAGE": Route("high-cpu-usage", "warning")})
+    store.close_incident(result.incidents_opened[0], "test")
+    firing, closed = store.pending_events()
+    store.mark_delivered([firing["id"], closed["id"]])
+    store.mark_followed_up(firing["id"])  # the close event is delivered but not yet followed up
+    assert store.prune(datetime.now(timezone.utc) - timedelta(days=1)) == {"receipts": 0, "events": 0}
+    assert store.prune(datetime.now(timezone.utc) + timedelta(seconds=1)) == {"receipts": 1, "events": 1}
+    assert [r["id"] for r in store.pending_followups()] == [closed["id"]]
+    assert store.incident(result.incidents_opened[0]).status == "closed"  # incidents are kept

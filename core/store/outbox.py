@@ -97,6 +97,17 @@ class Outbox(StoreBase):
             self._exec(cur, "UPDATE outbox SET attempts = attempts + 1, last_error = %s WHERE id IN ("
                        + ", ".join(["%s"] * len(event_ids)) + ")", (error[:500], *event_ids))
 
+    def prune(self, before: datetime) -> dict[str, int]:
+        """Delete what is only history older than ``before``: raw Alertmanager bodies (their alerts,
+        incidents and timelines stay) and events delivered and followed up. Events still waiting
+        for delivery or follow-up are never deleted, however old. Returns the counts deleted."""
+        cutoff = iso(before)
+        with self._tx() as cur:
+            receipts = self._exec(cur, "DELETE FROM receipts WHERE received_at < %s", (cutoff,)).rowcount
+            events = self._exec(cur, "DELETE FROM outbox WHERE followed_up_at IS NOT NULL AND created_at < %s",
+                                (cutoff,)).rowcount
+        return {"receipts": receipts, "events": events}
+
     def outbox_backlog(self) -> tuple[int, float]:
         """Events not yet delivered: how many, and the oldest one's age in seconds (0 when none)."""
         with self._tx() as cur:
