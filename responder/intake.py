@@ -154,20 +154,29 @@ def create_app(responder: "Responder") -> FastAPI:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    @app.post("/alerts")
-    async def post_alerts(request: Request):
+    async def authorized_json(request: Request, empty: Any = None) -> tuple[bytes, Any]:
+        """The bearer token, the encoding, the size and strict JSON, in that order: (raw body, its data), or
+        (b"", the 401/413/415/422 answer). ``empty``: what an empty body means, when it is allowed."""
         if not authorized(request):
-            return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+            return b"", _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
         refused = _unsupported_encoding(request)
         if refused is not None:
-            return refused
+            return b"", refused
         raw = await read_limited(request)
         if raw is None:
-            return _error(413, f"body larger than {limit} bytes")
+            return b"", _error(413, f"body larger than {limit} bytes")
+        if empty is not None and not raw.strip():
+            return raw, empty
         try:
-            data = parse_json(raw)
+            return raw, parse_json(raw)
         except BodyError as exc:
-            return _error(422, [{"field": "(body)", "error": str(exc)}])
+            return b"", _error(422, [{"field": "(body)", "error": str(exc)}])
+
+    @app.post("/alerts")
+    async def post_alerts(request: Request):
+        raw, data = await authorized_json(request)
+        if isinstance(data, JSONResponse):
+            return data
         try:
             payload = AlertmanagerPayload.model_validate(data)
         except ValidationError as exc:
@@ -221,18 +230,9 @@ def create_app(responder: "Responder") -> FastAPI:
 
     @app.post("/incidents/{incident_id}/ack")
     async def ack_incident(incident_id: str, request: Request):
-        if not authorized(request):
-            return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
-        refused = _unsupported_encoding(request)
-        if refused is not None:
-            return refused
-        raw = await read_limited(request)
-        if raw is None:
-            return _error(413, f"body larger than {limit} bytes")
-        try:
-            body = parse_json(raw) if raw.strip() else {}
-        except BodyError as exc:
-            return _error(422, [{"field": "(body)", "error": str(exc)}])
+        _, body = await authorized_json(request, empty={})
+        if isinstance(body, JSONResponse):
+            return body
         if not isinstance(body, dict) or not isinstance(body.get("by", ""), (str, type(None))):
             return _error(422, [{"field": "by", "error": 'expected {"by": "who acknowledges"}'}])
         who = str(body.get("by") or "someone")[:200]
