@@ -44,7 +44,8 @@ def private_redis(tmp_path_factory):
     """A throwaway redis-server: (port, password, maxmemory bytes)."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("no redis-server binary to start a private server")
+        pytest.fail("no redis-server binary to start a private server: apt-get install redis-server "
+                    "(a skip here would hide the maxmemory and auth tests)")
     port, password, maxmemory = _free_port(), "s3cret-private", 64 * 2**20
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
