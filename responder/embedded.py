@@ -6,6 +6,8 @@ This module does not import Prefect: Prefect reads PREFECT_API_URL when it is fi
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import signal
 import socket
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from core.settings import PROJECT_ROOT
 
@@ -27,12 +30,27 @@ def server_command(kind: str = "tuned") -> list[str]:
     return [sys.executable, "-m", "responder.prefect_server"]
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """In the server's child process, before exec: SIGTERM it when the responder dies, also by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class EmbeddedPrefectServer:
     """The Prefect server on SQLite under a project-local PREFECT_HOME.
 
     ``tuned`` (the default) runs ``python -m responder.prefect_server``: Prefect's own server app
     with SQLite writes queued instead of refused (see that module); ``stock`` runs
     ``prefect server start``.
+
+    Crash and restart: the server is told to stop when the responder dies (Linux's parent-death
+    signal), and ``server.pid`` under PREFECT_HOME names the server of the last start. A start that
+    finds that server still running (it outlived a ``kill -9``, or it is still shutting down) stops
+    it and starts a fresh one on the same database, so a service manager restarting the responder
+    needs no person. A port held by anything else is still refused.
     """
 
     def __init__(self, home: Path, port: int, host: str = "127.0.0.1", kind: str = "tuned") -> None:
@@ -47,7 +65,58 @@ class EmbeddedPrefectServer:
     def ui_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "server.pid"
+
+    def _recorded(self) -> tuple[psutil.Process | None, psutil.Process | None]:
+        """The server and the responder of the last start of this PREFECT_HOME, each if it still runs.
+
+        A process counts only when its start time is the one recorded (a reused pid has another).
+        """
+        try:
+            recorded = json.loads(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None, None
+
+        def alive(pid_key: str, started_key: str) -> psutil.Process | None:
+            try:
+                process = psutil.Process(int(recorded[pid_key]))
+                same = abs(process.create_time() - float(recorded[started_key])) < 1.0
+                return process if same and process.status() != psutil.STATUS_ZOMBIE else None
+            except (KeyError, TypeError, ValueError, psutil.Error):
+                return None
+
+        return alive("pid", "started"), alive("responder", "responder_started")
+
+    def stop_leftover(self, timeout: float = 20) -> int | None:
+        """Stop the server an earlier, dead responder left running (its whole process group).
+
+        Returns the pid stopped, or None. Raises when the responder of that start still runs: two
+        responders must not share one embedded server's SQLite database.
+        """
+        process, responder = self._recorded()
+        if process is None:
+            return None
+        if responder is not None and responder.pid != os.getpid():
+            raise RuntimeError(
+                f"another responder (pid {responder.pid}) runs the embedded Prefect server under {self.home}: "
+                "stop it first, or give this one its own PREFECT_HOME and PREFECT_SERVER_API_PORT"
+            )
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout)
+        except psutil.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+        self.pid_file.unlink(missing_ok=True)
+        return process.pid
+
     def start(self, timeout: float = 90) -> None:
+        if (pid := self.stop_leftover()) is not None:
+            print(f"Stopped the embedded Prefect server an earlier start left running (pid {pid})", flush=True)
         with socket.socket() as probe:
             if probe.connect_ex((self.host, self.port)) == 0:
                 raise RuntimeError(
@@ -65,7 +134,12 @@ class EmbeddedPrefectServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
+        self.pid_file.write_text(json.dumps({
+            "pid": self.process.pid, "started": psutil.Process(self.process.pid).create_time(),
+            "responder": os.getpid(), "responder_started": psutil.Process().create_time(),
+        }))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -88,6 +162,9 @@ class EmbeddedPrefectServer:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        if self.process:
+            self.pid_file.unlink(missing_ok=True)
 
 
 def default_prefect_home() -> Path:

@@ -4,16 +4,21 @@ a real SQLite file through Prefect's own database configuration classes, and the
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
+
 import pytest
 import sqlalchemy as sa
 from prefect.server.database.configurations import AioSqliteConfiguration
 
+from responder.embedded import EmbeddedPrefectServer
 from responder.prefect_server import QueuedWritesSqliteConfiguration
+from support.common import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,3 +127,34 @@ def test_a_long_or_nested_write_transaction_is_said_in_the_server_log(tmp_path, 
     said = [r.getMessage() for r in caplog.records if r.name == "responder.prefect_server"]
     assert any("opens while this task holds another" in m for m in said), said
     assert any(m.startswith("a write transaction took ") for m in said), said
+
+
+def test_a_server_a_dead_responder_left_running_is_replaced_and_a_live_ones_is_refused(tmp_path):
+    """What ``make run`` does after a crash: the server recorded in PREFECT_HOME/server.pid still runs.
+    When the responder recorded beside it is dead, the new start stops that server and starts its own on
+    the same database; when that responder still runs, the start is refused and its server left alone."""
+    home, port = tmp_path / "prefect-home", free_port()
+    leftover = EmbeddedPrefectServer(home, port)
+    leftover.start()
+    record = json.loads(leftover.pid_file.read_text())
+    other_responder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        live = psutil.Process(other_responder.pid)
+        leftover.pid_file.write_text(json.dumps({**record, "responder": live.pid, "responder_started": live.create_time()}))
+        with pytest.raises(RuntimeError, match=rf"another responder \(pid {live.pid}\) runs the embedded Prefect server"):
+            EmbeddedPrefectServer(home, port).start()
+        assert leftover.process.poll() is None
+
+        other_responder.kill()
+        other_responder.wait()
+        replacement = EmbeddedPrefectServer(home, port)
+        replacement.start()
+        try:
+            assert leftover.process.wait(5) is not None  # stopped by the new start
+            assert json.loads(home.joinpath("server.pid").read_text())["pid"] == replacement.process.pid
+        finally:
+            replacement.stop()
+        assert not replacement.pid_file.exists()
+    finally:
+        other_responder.kill()
+        leftover.stop()
