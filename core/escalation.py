@@ -1,77 +1,82 @@
-"""Scheduling and cancelling escalation pages on the Prefect server (see ``flows/escalation.py``)."""
+"""Escalation pages: when each level of an incident's policy is due, and sending each one once.
+
+The policy (``config/escalation.yaml``) pages a level ``after_minutes × RESPONDER_TIME_SCALE``
+after the incident opened, unless the incident was acknowledged or closed by then. What was
+paged is the store's ``pages`` table (one row per incident and level, claimed before sending),
+so the clock is the store's: a restarted responder, or another responder on the same store,
+sends what is due and nothing twice. Sending needs nothing from the Prefect server, so a page
+is not late while the server is busy with a storm, nor lost while it is down. The responder's
+pager (``responder/pager.py``) calls :func:`due_pages` and :func:`send_page` about every second.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from uuid import UUID
 
-from prefect import get_client
-from prefect.client.schemas.filters import (
-    DeploymentFilter,
-    DeploymentFilterId,
-    FlowRunFilter,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-)
-from prefect.client.schemas.objects import StateType
-from prefect.states import Cancelled, Scheduled
-
+from core import metrics
 from core.catalog import Catalog
-from core.store import Incident
+from core.notify import Notifier
+from core.store import Incident, Store
 
 log = logging.getLogger("responder.escalation")
 
-PAGE_DEPLOYMENT = "escalation-page/escalation-page"
+
+@dataclass(frozen=True)
+class Page:
+    """One level of an incident's escalation policy: who, and when it is due."""
+
+    level: int
+    who: str
+    title: str
+    due: datetime
+    first: bool  # the policy's first level: it also triggers PagerDuty
 
 
-def page_request(incident: Incident, catalog: Catalog, time_scale: float, after_level: int | None = None) -> dict | None:
-    """The next page of an incident's policy (after ``after_level``, or the first): level and when."""
+def policy_pages(incident: Incident, catalog: Catalog, time_scale: float) -> list[Page]:
+    """Every page of the incident's policy, in order, with its due time."""
     steps = catalog.escalation.steps_for(incident.severity)
-    following = [s for s in steps if after_level is None or s.level > after_level]
-    if not following:
+    opened = datetime.fromisoformat(incident.opened_at)
+    first = min((step.level for step in steps), default=None)
+    pages = []
+    for step in steps:
+        target = catalog.escalation.levels[step.level]
+        pages.append(Page(level=step.level, who=target.who, title=target.title, first=step.level == first,
+                          due=opened + timedelta(minutes=step.after_minutes * time_scale)))
+    return pages
+
+
+def due_pages(incident: Incident, paged: set[int], catalog: Catalog, time_scale: float, now: datetime) -> list[Page]:
+    """The pages due by ``now`` that have not gone out, in policy order (none once acknowledged or closed)."""
+    if incident.status != "open" or incident.acknowledged_at:
+        return []
+    return [page for page in policy_pages(incident, catalog, time_scale) if page.level not in paged and page.due <= now]
+
+
+def next_page(incident: Incident, paged: set[int], catalog: Catalog, time_scale: float) -> Page | None:
+    """The incident's next page that has not gone out (due or not), for people reading the incident."""
+    if incident.status != "open" or incident.acknowledged_at:
         return None
-    step = following[0]
-    when = datetime.fromisoformat(incident.opened_at) + timedelta(minutes=step.after_minutes * time_scale)
-    return {"level": step.level, "when": when}
+    return next((p for p in policy_pages(incident, catalog, time_scale) if p.level not in paged), None)
 
 
-async def schedule_next_page(
-    incident: Incident, catalog: Catalog, time_scale: float, deployment_id: UUID, after_level: int | None = None
-) -> UUID | None:
-    """Schedule the incident's next page as a run of the page deployment (idempotent per level).
+def send_page(incident: Incident, page: Page, store: Store, notifier: Notifier, now: datetime) -> bool:
+    """Page one level once: claim it in the store, then notify. False when it was already claimed.
 
-    Only the next level is scheduled; each page run schedules the one after it. Times count from
-    the incident's opening, so a late page never pushes the later ones back.
+    The claim comes first, so two responders (or a pass racing a restart) never both send it.
     """
-    request = page_request(incident, catalog, time_scale, after_level)
-    if request is None:
-        return None
-    level = request["level"]
-    async with get_client() as client:
-        run = await client.create_flow_run_from_deployment(
-            deployment_id,
-            parameters={"incident_id": incident.id, "level": level},
-            state=Scheduled(scheduled_time=request["when"], message=f"page level {level} unless resolved or acknowledged"),
-            idempotency_key=f"page-{incident.id}-{level}",
-            tags=["escalation", f"level:{level}"],
-        )
-    return run.id
-
-
-async def cancel_pages(incident_id: str, deployment_id: UUID, reason: str) -> int:
-    """Cancel the incident's pages that have not run yet."""
-    cancelled = 0
-    async with get_client() as client:
-        runs = await client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
-            ),
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-            limit=200,
-        )
-        for run in runs:
-            if (run.parameters or {}).get("incident_id") == incident_id:
-                await client.set_flow_run_state(run.id, Cancelled(message=reason), force=True)
-                cancelled += 1
-    return cancelled
+    if not store.record_page(incident.id, page.level, page.who):
+        return False
+    late = max(0.0, (now - page.due).total_seconds())
+    text = (f":rotating_light: *Level {page.level} page* for {page.who} ({page.title or 'on call'}): "
+            f"{incident.title} — `{incident.runbook}`, {incident.severity}, open since {incident.opened_at}")
+    notifier.send(incident, "page", text, details={"level": page.level, "who": page.who},
+                  discord=True, pagerduty="trigger" if page.first else None)
+    store.add_timeline(incident.id, "page", f"paged level {page.level}: {page.who}")
+    store.record_event(incident.id, "paged", {"level": page.level, "who": page.who, "due": page.due.isoformat(),
+                                              "late_seconds": round(late, 3)})
+    metrics.PAGES.labels(str(page.level)).inc()
+    metrics.PAGE_LATENESS.observe(late)
+    log.warning("Paged level %s (%s) for incident %s, %.1f s after it was due", page.level, page.who, incident.id, late)
+    return True

@@ -48,6 +48,13 @@ INGEST_SECONDS = Histogram(
     registry=REGISTRY,
 )
 PAGES = Counter("responder_pages_total", "Escalation pages sent, by level.", ["level"], registry=REGISTRY)
+PAGE_LATENESS = Histogram(
+    "responder_page_lateness_seconds", "How long after it was due each escalation page was sent.",
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 300), registry=REGISTRY,
+)
+PAGES_DUE = Gauge(
+    "responder_pages_due", "Escalation pages due and not yet sent, at the pager's last pass.", registry=REGISTRY,
+)
 ACTIONS = Counter(
     "responder_actions_total", "Mitigations by outcome (done, would_do, rejected, …).", ["status"], registry=REGISTRY
 )

@@ -179,7 +179,7 @@ class Executor:
                 due is None or due <= datetime.now(timezone.utc) + timedelta(seconds=1)
             ):
                 await self._claim_and_start(client, run)
-            # A run scheduled for later (cron, escalation pages) is found by the poll when due.
+            # A run scheduled for later (cron) is found by the poll when due.
         except Exception as exc:  # the poll covers it
             logger.debug("Claiming announced run %s failed (%s); the poll will retry", flow_run_id, exc)
             self.wake()

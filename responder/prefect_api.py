@@ -17,11 +17,16 @@ from typing import Any
 
 import httpx
 from prefect import get_client
+from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState,
+                                           FlowRunFilterStateType)
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import ObjectNotFound
 from prefect.events.actions import DoNothing
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventFilter, EventNameFilter
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.settings import PREFECT_API_URL
+from prefect.states import Cancelled
 
 CANARY_NAME = "responder: readiness canary"
 CANARY_EVENT = "responder.readiness.probe"
@@ -115,3 +120,30 @@ async def release_waiting_run(flow_run_id: str, reason: str) -> bool:
             uuid.UUID(flow_run_id), run_input={"approve": False, "reason": reason, "approver": "alertmanager"}
         )
         return True
+
+
+OLD_PAGE_DEPLOYMENT = "escalation-page/escalation-page"
+
+
+async def retire_page_deployment() -> int:
+    """Remove the ``escalation-page`` deployment of earlier releases, which scheduled one flow run per page.
+
+    Pages are now sent by the responder's pager from the store; runs that deployment still has
+    scheduled would stay Scheduled (then Late) forever, so they are cancelled, saying why, and the
+    deployment is deleted. Returns how many runs were cancelled; nothing to do on a new server.
+    """
+    async with get_client() as client:
+        try:
+            deployment = await client.read_deployment_by_name(OLD_PAGE_DEPLOYMENT)
+        except ObjectNotFound:
+            return 0
+        runs = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+        )
+        for run in runs:
+            await client.set_flow_run_state(
+                run.id, Cancelled(message="pages are sent by the responder's pager now (see the incident's timeline)"),
+                force=True)
+        await client.delete_deployment(deployment.id)
+        return len(runs)

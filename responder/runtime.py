@@ -18,16 +18,15 @@ import uvicorn
 from prefect.context import AsyncClientContext
 
 from core import metrics
-from core.escalation import cancel_pages, schedule_next_page
 from core.services import Services
 from core.store import IngestResult, StoreUnavailable
 from deployments import build_deployments
-from flows.escalation import escalation_page
 from responder.executor import Executor
 from responder.ingest import GroupCommit
+from responder.pager import Pager
 from responder.events import prefect_event
 from responder.prefect_api import (ensure_canary, post_events, probe_triggers, release_waiting_run,
-                                   server_healthy)
+                                   retire_page_deployment, server_healthy)
 from responder.reports import publish_incident_artifact, publish_postmortem
 
 logger = logging.getLogger("responder")
@@ -44,13 +43,13 @@ class Responder:
         self.store = services.store
         self.notifier = services.notifier
         self.group_commit = GroupCommit(self.store)
+        self.pager = Pager(services)
         self.executor: Any = None
         self.prefect_ready = False
         self.triggers_ready = False
         self._deliver_wake: asyncio.Event | None = None
         self._follow_up_wake: asyncio.Event | None = None
         self.deployment_ids: dict[str, Any] = {}
-        self.page_deployment_id: Any = None
 
     # -- called by the intake ----------------------------------------------------
     def after_ingest(self, result: IngestResult) -> None:
@@ -95,11 +94,7 @@ class Responder:
             try:
                 for runbook, deployment in zip(self.catalog.runbooks, await build_deployments(self.catalog, flows)):
                     self.deployment_ids[runbook.name] = await deployment.aapply()
-                page = await escalation_page.ato_deployment(
-                    name="escalation-page", tags=["escalation"],
-                    description="Pages one escalation level (config/escalation.yaml); runs are scheduled per incident.",
-                )
-                self.page_deployment_id = await page.aapply()
+                await retire_page_deployment()
                 await ensure_canary()
                 break
             except (httpx.HTTPError, OSError, RuntimeError) as exc:
@@ -108,10 +103,7 @@ class Responder:
                 delay = min(delay * 2, 10)
         self.prefect_ready = True
         self.executor = Executor(
-            {
-                **{self.deployment_ids[name]: (name, flows[name]) for name in self.deployment_ids},
-                self.page_deployment_id: ("escalation-page", escalation_page),
-            },
+            {self.deployment_ids[name]: (name, flows[name]) for name in self.deployment_ids},
             services=self.services,
             poll_seconds=self.settings.poll_seconds,
             max_concurrent_runs=self.settings.max_concurrent_runs,
@@ -175,9 +167,8 @@ class Responder:
     async def _follow_up(self) -> None:
         """Local consequences of delivered events, each retried until it completes.
 
-        Opening firing event → schedule the escalation pages; acknowledged → cancel pages and say so;
-        closed → cancel pages, release a run waiting for approval, notify, incident and post-mortem
-        artifacts. Each step is idempotent (keys, versioned artifacts), notifications never raise.
+        Acknowledged → say so (the pager sends no further pages); closed → release a run waiting for
+        approval, notify, incident and post-mortem artifacts. Each step is idempotent (keys, versioned artifacts), notifications never raise.
         """
         try:
             events = await asyncio.to_thread(self.store.pending_followups)
@@ -207,19 +198,14 @@ class Responder:
         incident = await asyncio.to_thread(self.store.incident, incident_ref["id"])
         if incident is None:
             return
-        if kind == "alert.firing" and event.get("opens"):
-            if incident.status == "open" and not incident.acknowledged_at:
-                await schedule_next_page(incident, self.catalog, self.settings.time_scale, self.page_deployment_id)
-        elif kind == "incident.acknowledged":
-            await cancel_pages(incident.id, self.page_deployment_id, f"acknowledged by {incident.acknowledged_by}")
+        if kind == "incident.acknowledged":
             metrics.TIME_TO_ACK.observe(_seconds_between(incident.opened_at, incident.acknowledged_at))
             await asyncio.to_thread(self.store.add_timeline, incident.id, "acknowledged",
-                                    "pending pages cancelled", incident.acknowledged_by)
+                                    "no further pages", incident.acknowledged_by)
             await asyncio.to_thread(self.notifier.send, incident, "acknowledged",
-                                    f":eyes: Acknowledged by {incident.acknowledged_by}; pending pages cancelled.",
+                                    f":eyes: Acknowledged by {incident.acknowledged_by}; no further pages.",
                                     pagerduty="acknowledge")
         elif kind == "incident.closed":
-            await cancel_pages(incident.id, self.page_deployment_id, f"incident closed ({incident.close_reason})")
             if incident.close_reason == "alerts-resolved" and incident.flow_run_id:
                 # A run waiting for approval must not act on a problem that went away.
                 await release_waiting_run(incident.flow_run_id, "the alert resolved in Alertmanager")
@@ -252,9 +238,14 @@ class Responder:
             await asyncio.gather(self.deliver_forever(), self.follow_up_forever(), self.executor.run())
 
         intake = asyncio.create_task(server.serve(), name="intake")
+        # Pages need only the store: they go out while the Prefect side starts, or is down.
+        pager = asyncio.create_task(self.pager.run(), name="pager")
         prefect = asyncio.create_task(prefect_side(), name="prefect")
-        done, _ = await asyncio.wait({intake, prefect}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (intake, prefect):
+        try:
+            done, _ = await asyncio.wait({intake, pager, prefect}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.pager.close()
+        for task in (intake, pager, prefect):
             if task not in done:
                 task.cancel()
         for task in done:

@@ -37,14 +37,14 @@ def test_runbooks_json_lists_every_runbook_with_flow_alertnames_and_severity():
     assert response["thresholds_by_alertname"]["response_time_p95"]["p95_seconds"] == 1  # seed 001's spelling
 
 
-def _broken(tmp_path: Path, mutate) -> subprocess.CompletedProcess:
+def _broken(tmp_path: Path, mutate, **env: str) -> subprocess.CompletedProcess:
     config = make_config(tmp_path)
     path = config / "runbooks" / "infrastructure.yaml"
     data = yaml.safe_load(path.read_text())
     mutate(data["runbooks"])
     path.write_text(yaml.safe_dump(data))
     return _run("up", env={"RESPONDER_CONFIG_DIR": str(config), "RESPONDER_HOME": str(tmp_path / "home"),
-                           "PREFECT_API_URL": "http://127.0.0.1:9/api"})
+                           "PREFECT_API_URL": "http://127.0.0.1:9/api", **env})
 
 
 def test_a_runbook_naming_a_missing_flow_stops_start_up(tmp_path):
@@ -76,7 +76,9 @@ def test_a_wrong_threshold_override_stops_start_up_naming_file_runbook_and_field
 
 
 def test_a_flow_without_a_runbook_spec_stops_start_up(tmp_path):
-    out = _broken(tmp_path, lambda rbs: rbs[0].update(flow="flows.escalation:escalation_page"))
+    (tmp_path / "plain_flows.py").write_text(
+        "from prefect import flow\n\n\n@flow\ndef plain(alert: dict, incident: dict | None = None):\n    return 'done'\n")
+    out = _broken(tmp_path, lambda rbs: rbs[0].update(flow="plain_flows:plain"), PYTHONPATH=str(tmp_path))
     assert out.returncode == 2 and "runbook 'high-cpu-usage'" in out.stderr and "declares no runbook spec" in out.stderr
 
 

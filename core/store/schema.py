@@ -144,6 +144,8 @@ MIGRATIONS = [
     # Each event takes MAX(seq) + 1: without this index that read scans the outbox (17 ms at 200,000 rows,
     # growing with it), so the intake slowed down as the store aged.
     Migration(3, "index the outbox's sequence", ["CREATE INDEX IF NOT EXISTS outbox_by_seq ON outbox (seq)"]),
+    # The pager reads the open, unacknowledged incidents every second; closed ones pile up for months.
+    Migration(4, "index open incidents", ["CREATE INDEX IF NOT EXISTS incidents_open ON incidents (status, acknowledged_at)"]),
 ]
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from core.store.base import iso, utcnow
-from core.store.incidents import Incident, Incidents
+from core.store.incidents import INCIDENT_COLUMNS, Incident, Incidents
 
 
 class Timeline(Incidents):
@@ -45,19 +45,32 @@ class Timeline(Incidents):
         return [{"at": r[0], "kind": r[1], "text": r[2], "actor": r[3] or ""} for r in rows]
 
     def record_page(self, incident_id: str, level: int, who: str) -> bool:
-        """Claim a page (incident, level). False when it was already sent: each page goes out once."""
+        """Claim a page (incident, level). False when it was already claimed: each page goes out once,
+        also when several responders share the store (the primary key decides, in one statement)."""
         with self._tx() as cur:
-            row = self._exec(
-                cur, "SELECT 1 FROM pages WHERE incident_id = %s AND level = %s", (incident_id, level)
-            ).fetchone()
-            if row is not None:
-                return False
-            self._exec(
+            claimed = self._exec(
                 cur,
-                "INSERT INTO pages (incident_id, level, sent_at, who) VALUES (%s, %s, %s, %s)",
+                "INSERT INTO pages (incident_id, level, sent_at, who) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (incident_id, level) DO NOTHING",
                 (incident_id, level, iso(utcnow()), who),
             )
-            return True
+            return claimed.rowcount == 1
+
+    def paging_candidates(self) -> list[tuple[Incident, set[int]]]:
+        """Open, unacknowledged incidents with the levels already paged: what the pager looks at."""
+        with self._tx() as cur:
+            rows = self._exec(
+                cur, f"SELECT {INCIDENT_COLUMNS} FROM incidents WHERE status = 'open' AND acknowledged_at IS NULL"
+            ).fetchall()
+            paged = self._exec(
+                cur,
+                "SELECT incident_id, level FROM pages WHERE incident_id IN "
+                "(SELECT id FROM incidents WHERE status = 'open' AND acknowledged_at IS NULL)",
+            ).fetchall()
+        levels: dict[str, set[int]] = {}
+        for incident_id, level in paged:
+            levels.setdefault(incident_id, set()).add(level)
+        return [(incident, levels.get(incident.id, set())) for incident in (Incident(*row) for row in rows)]
 
     def pages(self, incident_id: str) -> list[dict[str, Any]]:
         with self._tx() as cur:

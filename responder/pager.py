@@ -1,0 +1,71 @@
+"""The pager: sends escalation pages when they are due, in a lane of its own.
+
+About once a second it reads the open, unacknowledged incidents and the levels already paged
+(one indexed read of the store), and sends every page that is due (``core/escalation.py``). It
+runs beside the intake, not behind the Prefect side: a page waits for no response run, no
+executor slot and no Prefect server request, so a storm that keeps the server busy, or a server
+that is down, does not make it late. Pages go out on a small thread pool of their own (a slow
+Slack call delays no other incident's page); one incident's levels go out in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+from core import metrics
+from core.escalation import Page, due_pages, send_page
+from core.services import Services
+from core.store import Incident, StoreUnavailable
+
+logger = logging.getLogger("responder.pager")
+
+
+class Pager:
+    def __init__(self, services: Services, interval_seconds: float = 1.0, senders: int = 4) -> None:
+        self.services = services
+        self.interval_seconds = interval_seconds
+        self._pool = ThreadPoolExecutor(max_workers=senders, thread_name_prefix="pager")
+        self._sending: set[str] = set()  # incidents whose pages are being sent right now
+        self.last_pass: datetime | None = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self.page_due(loop)
+            except StoreUnavailable as exc:
+                logger.error("The pager cannot read the store: %s", exc)
+            except Exception:  # a pager that stops is a silent responder: log and go on
+                logger.exception("The pager's pass failed; trying again")
+            await asyncio.sleep(self.interval_seconds)
+
+    async def page_due(self, loop: asyncio.AbstractEventLoop) -> int:
+        """One pass: start sending every due page; returns how many were due."""
+        settings, catalog, store = self.services.settings, self.services.catalog, self.services.store
+        candidates = await loop.run_in_executor(self._pool, store.paging_candidates)
+        now = datetime.now(timezone.utc)
+        due = 0
+        for incident, paged in candidates:
+            pages = due_pages(incident, paged, catalog, settings.time_scale, now)
+            due += len(pages)
+            if pages and incident.id not in self._sending:
+                self._sending.add(incident.id)
+                loop.run_in_executor(self._pool, self._send, incident, pages).add_done_callback(
+                    lambda _, incident_id=incident.id: self._sending.discard(incident_id))
+        metrics.PAGES_DUE.set(due)
+        self.last_pass = now
+        return due
+
+    def _send(self, incident: Incident, pages: list[Page]) -> None:
+        for page in pages:
+            try:
+                send_page(incident, page, self.services.store, self.services.notifier, datetime.now(timezone.utc))
+            except Exception:  # the next pass sees it again unless its claim was recorded
+                logger.exception("Paging level %s for incident %s failed", page.level, incident.id)
+                return
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
