@@ -362,6 +362,18 @@ class Watch:
             self._thread.join(15)
 
 
+def started_bench_tmp(me: psutil.Process) -> Path | None:
+    """The temporary directory of a `responder up` this process started but whose start did not finish."""
+    for child in me.children():
+        try:
+            home = child.environ().get("RESPONDER_HOME")
+        except psutil.Error:
+            continue
+        if home and Path(home).parent.name.startswith("responder-bench-"):
+            return Path(home).parent
+    return None
+
+
 def stop_leftovers(procs: list[psutil.Process]) -> None:
     """Stop the processes of this bench still running (psutil checks each is the same process)."""
     alive = []
@@ -600,6 +612,7 @@ def main() -> None:
     def interrupted(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started where SIGINT was ignored
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGHUP, interrupted)
 
@@ -674,6 +687,7 @@ def main() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the clean-up runs to its end (its waits are bounded)
         known = list(watch.seen.values()) if watch else []
         known += me.children(recursive=True)
+        bench_tmp = bench.tmp if bench is not None else started_bench_tmp(me)
         if watch:
             watch.stop()
         if bench is not None:
@@ -685,6 +699,8 @@ def main() -> None:
         if external is not None:
             external.stop()
         stop_leftovers(known + me.children(recursive=True))
+        if bench is None and bench_tmp is not None and not args.keep:  # its start was interrupted
+            shutil.rmtree(bench_tmp, ignore_errors=True)
         if external is not None:
             external.drop()
         capture.close()

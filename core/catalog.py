@@ -390,7 +390,9 @@ class Catalog(BaseModel):
 
     def resolve_flows(self) -> dict[str, Any]:
         """Import every runbook's flow; check its mitigations exist. Returns {runbook name: Flow}."""
-        from prefect import Flow  # heavy: Prefect (~1.4 s), not needed by the CLI's light commands
+        from prefect import Flow, Task  # heavy: Prefect (~1.4 s), not needed by the CLI's light commands
+
+        from core.results import Resumable  # heavy: imports Prefect too
 
         flows: dict[str, Any] = {}
         for runbook in self.runbooks:
@@ -407,6 +409,12 @@ class Catalog(BaseModel):
                 raise CatalogError(f"{runbook._source or 'catalog'}: runbook {runbook.name!r}: {runbook.flow!r} declares "
                                    "no runbook spec (build its flow with flows.lifecycle.runbook_flow(name, assess, thresholds))")
             runbook.bind_limits(model)
+            for name, step in sorted(vars(module).items()):
+                if isinstance(step, Task) and not isinstance(step.cache_policy, Resumable):
+                    raise CatalogError(
+                        f"{runbook._source or 'catalog'}: runbook {runbook.name!r}: step {step.name!r} ({module_name}.{name}) "
+                        "is not resumable: a response that waited for approval would run it again. Make it with "
+                        "flows.lifecycle.step(name, probe) or give it cache_policy=core.results.RESUMABLE")
             for mitigation in runbook.mitigations:
                 registered = REGISTRY.get(mitigation.name)
                 if registered is None:

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import httpx
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
+from core.results import RESUMABLE
 
 from flows import checks
 from flows.checks import collect, compact, measured
@@ -101,7 +101,7 @@ check_system_resources = checks.system_resources.with_options(name="check-system
 check_heap_usage = checks.prometheus_query.with_options(name="check-memory-pressure")
 
 
-@task(name="plan-resolution", cache_policy=NO_CACHE)
+@task(name="plan-resolution", cache_policy=RESUMABLE)
 def plan_response_time(alert: Alert, p95: ProbeResult, resources: ProbeResult, heap: ProbeResult) -> list[PlannedAction]:
     """Seed 002 "Temporary: Restart to clear memory", seeds 001/003 "If CPU bound: Scale horizontally"."""
     if p95.ok:
@@ -173,7 +173,7 @@ check_circuit_breakers = checks.log_probe.with_options(name="check-circuit-break
 verify_external_service_status = checks.external_services.with_options(name="verify-external-service-status")
 
 
-@task(name="plan-resolution", cache_policy=NO_CACHE)
+@task(name="plan-resolution", cache_policy=RESUMABLE)
 def plan_error_rate(alert: Alert, rate: ProbeResult, dependencies: ProbeResult, externals: ProbeResult,
                     database: ProbeResult) -> list[PlannedAction]:
     """Seed 003 "graceful degradation (if external API down)"; seed 001 "If code issue: Rollback"."""
@@ -236,7 +236,7 @@ class EndpointBrokenLimits(Thresholds):
     log_window_minutes: float = seed(15, "chosen: how far back the logs are read", gt=0)
 
 
-@task(name="verify-endpoint", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+@task(name="verify-endpoint", cache_policy=RESUMABLE, retries=1, retry_delay_seconds=1)
 def verify_endpoint(alert: Alert) -> ProbeResult:
     """Seed 003 ``curl -i http://localhost:3000/api/broken-endpoint``: GET it on the configured service.
 
@@ -346,7 +346,7 @@ check_worker_logs = checks.log_probe.with_options(name="check-worker-status")
 check_processing_times = checks.prometheus_query.with_options(name="check-processing-times")
 
 
-@task(name="plan-resolution", cache_policy=NO_CACHE)
+@task(name="plan-resolution", cache_policy=RESUMABLE)
 def plan_queue(alert: Alert, queue: ProbeResult, stuck_minutes: float) -> list[PlannedAction]:
     """Seed 001: "If stuck jobs: Clear stuck jobs, restart workers"; "If workers overloaded: Scale up workers"."""
     if queue.ok or not measured(queue):
@@ -408,7 +408,7 @@ def _names(*words: str) -> list[str]:
     return [s.name for s in checks.targets().external if any(w in s.name.lower() for w in words)]
 
 
-@task(name="plan-resolution", cache_policy=NO_CACHE)
+@task(name="plan-resolution", cache_policy=RESUMABLE)
 def plan_uploads(alert: Alert, disk: ProbeResult, queue: ProbeResult, stuck_minutes: float) -> list[PlannedAction]:
     """Seed 001: "If disk space full: clean up temp files"; "If worker stuck: restart workers, clear stuck jobs"."""
     plans: list[PlannedAction | None] = []

@@ -17,7 +17,7 @@ Catalog: ``config/runbooks/business.yaml``.
 from __future__ import annotations
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
+from core.results import RESUMABLE
 
 from flows import checks
 from flows.checks import collect, compact, measured
@@ -51,7 +51,7 @@ def _media_failure_query(match: dict[str, str] | None, window: str) -> str:
             f" / sum by (job) (rate(media_requests_total{{{m}}}[{window}]))")
 
 
-@task(name="plan-resolution", cache_policy=NO_CACHE)
+@task(name="plan-resolution", cache_policy=RESUMABLE)
 def plan_media(alert: Alert, failures: ProbeResult, externals: ProbeResult, queue: ProbeResult,
                stuck_minutes: float) -> list[PlannedAction]:
     """Seed 000 resolutions: "Service recovery", "Queue clearing", "Fallback activation"."""
@@ -115,7 +115,7 @@ def _failed_login_query(match: dict[str, str] | None, window: str) -> str:
             f" / sum by (job) (rate(auth_login_attempts_total{{{m}}}[{window}]))")
 
 
-@task(name="plan-security-actions", cache_policy=NO_CACHE)
+@task(name="plan-security-actions", cache_policy=RESUMABLE)
 def plan_security_actions(logins: ProbeResult, blocked: ProbeResult, block_seconds: float, limit: int) -> list[PlannedAction]:
     """Seed 000 "Block IPs: Add malicious IPs to blocklist", for addresses over the threshold not yet blocked."""
     entry = checks.targets().redis.get("default")

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from prefect import Task, task
-from prefect.cache_policies import NO_CACHE
+from core.results import RESUMABLE
 from pydantic import SecretStr
 
 from flows.host import locate, prometheus_url
@@ -45,7 +45,7 @@ from tasks.probes import backups, external, hosts, http, logs, prometheus, queue
 ENDPOINT_LABELS = ("path", "route", "handler", "endpoint")
 
 
-PROBE = dict(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1, retry_condition_fn=transient)
+PROBE = dict(cache_policy=RESUMABLE, retries=2, retry_delay_seconds=1, retry_condition_fn=transient)
 
 
 def targets():

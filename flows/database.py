@@ -64,7 +64,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
+from core.results import RESUMABLE
 from pydantic import SecretStr
 
 from flows import checks
@@ -118,7 +118,7 @@ class ConnectionFailureLimits(Thresholds):
 # -- probes -----------------------------------------------------------------------------------
 
 
-@task(name="select-postgres-target", cache_policy=NO_CACHE)
+@task(name="select-postgres-target", cache_policy=RESUMABLE)
 def select_postgres_target(alert: Alert) -> tuple[str, SecretStr] | ProbeResult:
     """The configured PostgreSQL the alert's labels point at, or a result saying there is none."""
     return checks.data_store("postgres", alert)
@@ -135,12 +135,12 @@ identify_slow_queries = step("identify-slow-queries", postgres.slow_statements, 
 check_database_readiness = step("check-database-readiness", postgres.readiness, retries=1)
 
 
-@task(name="check-disk-usage", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+@task(name="check-disk-usage", cache_policy=RESUMABLE, retries=1, retry_delay_seconds=1)
 def check_disk_usage(instance: str, paths: list[str], threshold: float) -> ProbeResult:
     return hosts.disk_usage(locate(instance), prometheus_url(), paths, threshold)
 
 
-@task(name="verify-connections", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(name="verify-connections", cache_policy=RESUMABLE, retries=2, retry_delay_seconds=2)
 def verify_connections(dsn: SecretStr, ratio: float, long_query_minutes: float) -> ProbeResult:
     """Seed 001's two figures at once: connections below the ratio and no query over the limit."""
     connections = postgres.connections(dsn, threshold=ratio)
@@ -178,7 +178,7 @@ def _backend_plans(action: str, target_name: str, queries: ProbeResult, limit: i
     return plans
 
 
-@task(name="plan-query-terminations", cache_policy=NO_CACHE)
+@task(name="plan-query-terminations", cache_policy=RESUMABLE)
 def plan_query_terminations(target_name: str, long_queries: ProbeResult, limit: int) -> list[PlannedAction]:
     """Seed 001 "Kill Long-Running Queries if Safe": one risky terminate per long query, longest first."""
     if long_queries.ok:
@@ -186,7 +186,7 @@ def plan_query_terminations(target_name: str, long_queries: ProbeResult, limit: 
     return _backend_plans("terminate_backend", target_name, long_queries, limit, "long-running query")
 
 
-@task(name="plan-idle-transaction-terminations", cache_policy=NO_CACHE)
+@task(name="plan-idle-transaction-terminations", cache_policy=RESUMABLE)
 def plan_idle_transaction_terminations(
     target_name: str, connections: ProbeResult, holders: ProbeResult, limit: int
 ) -> list[PlannedAction]:
@@ -210,7 +210,7 @@ def plan_idle_transaction_terminations(
     ) for s in idle[: max(0, limit)]]
 
 
-@task(name="plan-query-cancellations", cache_policy=NO_CACHE)
+@task(name="plan-query-cancellations", cache_policy=RESUMABLE)
 def plan_query_cancellations(target_name: str, long_queries: ProbeResult, limit: int) -> list[PlannedAction]:
     """Cancel (not terminate) queries active longer than ``cancel_after_minutes``."""
     if long_queries.ok:
@@ -218,7 +218,7 @@ def plan_query_cancellations(target_name: str, long_queries: ProbeResult, limit:
     return _backend_plans("cancel_backend", target_name, long_queries, limit, "query running too long")
 
 
-@task(name="plan-database-restart", cache_policy=NO_CACHE)
+@task(name="plan-database-restart", cache_policy=RESUMABLE)
 def plan_database_restart(readiness: ProbeResult) -> list[PlannedAction] | ProbeResult:
     """Seed 003 "If hung, force restart": the configured ``postgres`` service, only while unreachable."""
     return checks.data_store_restart("postgres", DATABASE_SERVICE, readiness)

@@ -23,7 +23,7 @@ import inspect
 from typing import Any, Callable
 
 from prefect import Task, task
-from prefect.cache_policies import NO_CACHE
+from core.results import RESUMABLE
 
 from flows.lifecycle import runtime, step
 from core.alerts import Alert
@@ -40,7 +40,7 @@ def locate(instance: str) -> hosts.Host:
     return hosts.locate(instance, runtime()[1].targets.hosts, prometheus_url())
 
 
-@task(name="locate-host", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+@task(name="locate-host", cache_policy=RESUMABLE, retries=1, retry_delay_seconds=1)
 def locate_host(alert: Alert) -> hosts.Host:
     """The machine the alert is about, and how its figures are read."""
     return locate(alert.instance)

@@ -4,35 +4,32 @@ A runbook flow supplies what is specific (its probes, its plan, its verification
 and calls these steps; approval pauses, the loop guard, dry runs, incident state,
 escalation and the run's report artifact live here once.
 
-Approval: a risky action pauses the run with an :class:`Approval` form (Prefect UI
-"Resume", or ``POST /api/flow_runs/{id}/resume`` with ``{"run_input": {...}}``).
-The run notices within a second. At the approval deadline the responder answers
-the form itself with ``approve: false`` (Prefect's own pause timeout would leave the
-run Failed), so the action does not run and the incident escalates.
+Approval: a risky action suspends the run with an :class:`Approval` form (Prefect UI
+"Resume", or ``POST /api/flow_runs/{id}/resume`` with ``{"run_input": {...}}``). While it
+waits it holds no thread, slot or server request; the answer schedules the run again and it
+carries on from its kept step results (``core/results.py``). At the approval deadline (kept
+in the store) the responder answers the form itself with ``approve: false`` (Prefect's own
+timeout would leave the run Failed), so the action does not run and the incident escalates.
 """
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
-import threading
-import uuid
 import sys
 import time
 import types
 from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
-from uuid import UUID
 
 from prefect import Task, flow, get_run_logger, task
 import prefect.runtime as prefect_runtime
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.flow_runs import pause_flow_run, resume_flow_run
-from prefect.settings import PREFECT_UI_URL
-from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.flow_runs import suspend_flow_run
 from prefect.input import RunInput
+from prefect.settings import PREFECT_UI_URL
 from prefect.states import Completed, State
 from pydantic import Field, ValidationError
 
@@ -40,6 +37,7 @@ from core.alerts import Alert, IncidentRef
 from core import metrics
 from core.catalog import Catalog, Runbook, Thresholds
 from core.notify import Notifier
+from core.results import RESULTS_BLOCK, RESUMABLE
 from core.services import current
 from core.settings import ResponderSettings
 from core.store import Store
@@ -127,7 +125,7 @@ def runbook_composition(name: str, thresholds: type[Thresholds] = Thresholds) ->
     """``@flow`` for a runbook that composes the lifecycle's steps itself instead of :func:`respond`
     (the drill verifies on its own outcomes; service health measures before it acknowledges)."""
     as_flow = flow(name=name, flow_run_name=RUN_NAME, on_failure=[response_failed], on_crashed=[response_failed],
-                   validate_parameters=True)
+                   validate_parameters=True, persist_result=True, result_storage=RESULTS_BLOCK)
 
     def decorate(fn: Callable[..., Any]) -> Any:
         made = as_flow(fn)
@@ -164,14 +162,14 @@ def step(name: str, probe: Callable[..., ProbeResult], retries: int = 2,
         check_lock_waits = step("check-lock-waits", postgres.lock_waits, retry_delay_seconds=2)
         check_lock_waits(dsn)
     """
-    return task(probe, name=name, cache_policy=NO_CACHE, retries=retries, retry_delay_seconds=retry_delay_seconds,
+    return task(probe, name=name, cache_policy=RESUMABLE, retries=retries, retry_delay_seconds=retry_delay_seconds,
                 retry_condition_fn=transient)
 
 
 # -- acknowledge ------------------------------------------------------------------
 
 
-@task(name="acknowledge", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=1)
+@task(name="acknowledge", cache_policy=RESUMABLE, retries=3, retry_delay_seconds=1)
 def acknowledge(runbook_name: str, alert: Alert, incident: IncidentRef | None) -> IncidentRef | None:
     """Claim the incident for this run. Returns None when another run already responds to it."""
     _, catalog, store = runtime()
@@ -222,66 +220,120 @@ def current_incident_id() -> str | None:
     return incident.id if incident is not None else None
 
 
-def ask_approval(plan: PlannedAction, runbook: Runbook, evidence: list[ProbeResult], deadline_seconds: float) -> Approval:
-    """Pause the run until a human answers; answer 'no' ourselves at the deadline."""
-    flow_run_id = UUID(current_flow_run_id())
-    deadline = max(1.0, deadline_seconds)
-    timer_answered = threading.Event()
+def next_question(plan: PlannedAction) -> str:
+    """The key of the run's next question: its position among the questions of this execution, so it
+    is the same each time the run reaches it (the run starts again from the top after the answer, and
+    finds the answer under this key). Prefect allows [a-z0-9-] only."""
+    counters = FlowRunContext.get().task_run_dynamic_keys  # per execution; our entries are prefixed
+    position = int(counters.get("responder:questions", -1)) + 1
+    counters["responder:questions"] = position
+    return f"approve-{position}-{plan.action.replace('_', '-')}"
 
-    def answer_no_at_deadline() -> None:
-        try:
-            resume_flow_run(
-                flow_run_id,
-                run_input={"approve": False, "reason": f"no answer within {deadline:.0f} s", "approver": "responder (deadline)"},
-            )
-            timer_answered.set()
-        except Exception as exc:  # a human answered first: the run is no longer paused
-            log.debug("Deadline answer not needed: %s", exc)
 
+@task(name="ask-approval", cache_policy=RESUMABLE, retries=2, retry_delay_seconds=1)
+def announce_approval(plan: PlannedAction, key: str, deadline_seconds: float) -> str:
+    """Say who must answer what by when (timeline, Slack, webhooks), and keep the deadline in the store,
+    where the responder's clock answers "no" when it passes. Returns the deadline (ISO 8601)."""
+    flow_run_id = current_flow_run_id()
     _, _, store = runtime()
+    deadline = datetime.now(timezone.utc) + timedelta(seconds=max(1.0, deadline_seconds))
     incident_id = current_incident_id()
+    store.approval_asked(flow_run_id, key, incident_id, deadline)
     if incident_id:
         record = store.incident(incident_id)
-        text = (f":raised_hand: *Approval needed* within {deadline:.0f} s: `{plan.action}` on {plan.target}. "
-                f"Why: {plan.why}. Approve in Slack, in the Prefect UI ({run_url(str(flow_run_id))}) or with "
+        text = (f":raised_hand: *Approval needed* by {deadline:%H:%M:%S} UTC: `{plan.action}` on {plan.target}. "
+                f"Why: {plan.why}. Approve in Slack, in the Prefect UI ({run_url(flow_run_id)}) or with "
                 f"`responder approve {flow_run_id}`.")
         store.add_timeline(incident_id, "approval-asked", f"{plan.action} on {plan.target}: {plan.why}")
         store.set_note(incident_id, "waiting_on", f"approval of {plan.action} on {plan.target} (run {flow_run_id})")
         if record is not None:
             notifier().send(record, "approval-asked", text,
-                            details={"flow_run_id": str(flow_run_id), "plan": plan.model_dump(mode="json")})
-    # The timer answers with the run's own Prefect settings and client context.
-    timer = threading.Timer(deadline, contextvars.copy_context().run, args=(answer_no_at_deadline,))
-    timer.daemon = True
-    timer.start()
-    try:
-        answer = pause_flow_run(
-            wait_for_input=Approval.with_initial_data(description=_approval_description(plan, runbook, evidence)),
-            timeout=int(deadline + 120),
-            poll_interval=1,
-            # A fresh key per question: the server refuses a pause key a run has used before, and a
-            # response that starts over (after a restart) must ask again. Keys: [a-z0-9-] only.
-            key=f"approve-{plan.action.replace('_', '-')}-{uuid.uuid4().hex[:12]}",
+                            details={"flow_run_id": flow_run_id, "plan": plan.model_dump(mode="json"),
+                                     "deadline": deadline.isoformat()})
+    return deadline.isoformat()
+
+
+def ask_approval(plan: PlannedAction, runbook: Runbook, evidence: list[ProbeResult], deadline_seconds: float,
+                 key: str) -> Approval:
+    """Suspend the run until a human answers the :class:`Approval` form; the answer comes back here.
+
+    While it waits the run holds nothing: no thread, no executor slot, no request to the server
+    (``suspend_flow_run``). The answer makes Prefect schedule the run again; it runs from the top,
+    its earlier steps return their kept results (``core/results.py``), and this call returns the
+    answer. At the deadline the responder answers "no" itself (``responder/clock.py``).
+    """
+    announce_approval(plan, key, deadline_seconds)
+    return suspend_flow_run(
+        wait_for_input=Approval.with_initial_data(description=_approval_description(plan, runbook, evidence)),
+        key=key, timeout=None,
+    )
+
+
+@task(name="check-loop-guard", cache_policy=RESUMABLE)
+def check_guards(plan: PlannedAction, incident: IncidentRef | None, dry_run: bool) -> ActionOutcome | None:
+    """Before acting or asking: is the incident already over, or was this done too often on this target?
+    None means go on. Kept as a step, so a run carried on after an answer decides as it did."""
+    _, _, store = runtime()
+    base = dict(action=plan.action, target=plan.target, risk=plan.risk, dry_run=dry_run)
+    if incident is not None and store.incident_status(incident.id) == "closed":
+        return ActionOutcome(**base, status="not_needed", detail="the incident closed (alert resolved)")
+    since = datetime.now(timezone.utc) - LOOP_GUARD_WINDOW
+    if not dry_run and store.actions_since(plan.guard_key, since) >= LOOP_GUARD_LIMIT:
+        outcome = ActionOutcome(
+            **base, status="loop_guarded",
+            detail=f"already done {LOOP_GUARD_LIMIT} times in the last hour on this target: a loop is suspected",
         )
-    finally:
-        timer.cancel()
-        if incident_id:
-            store.set_note(incident_id, "waiting_on", "")
-    return answer
+        _record_outcome(incident, outcome)
+        return outcome
+    return None
 
 
-@task(name="run-mitigation", cache_policy=NO_CACHE)
-def run_mitigation(plan: PlannedAction, dry_run: bool) -> ActionOutcome:
-    """Run one planned action (no retries: actions re-check and report, a rollback must not run twice)."""
+@task(name="run-mitigation", cache_policy=RESUMABLE)
+def run_mitigation(plan: PlannedAction, dry_run: bool, incident: IncidentRef | None = None,
+                   answer: Approval | None = None, question: str | None = None) -> ActionOutcome:
+    """Record the human's answer (if one was asked), then run the planned action once.
+
+    No retries: actions re-check and report, and a rollback must not run twice. Kept as a step, so a
+    run carried on after a later answer does not run it again.
+    """
+    settings, catalog, store = runtime()
+    logger = get_run_logger()
+    base = dict(action=plan.action, target=plan.target, risk=plan.risk, dry_run=dry_run)
+    who = ""
+    if answer is not None:
+        who = answer.approver or "someone"
+        if question:
+            store.approval_settled(current_flow_run_id(), question, "approved" if answer.approve else "rejected")
+        if incident is not None:
+            store.set_note(incident.id, "waiting_on", "")
+            store.add_timeline(incident.id, "approved" if answer.approve else "rejected",
+                               f"{plan.action} on {plan.target}: {answer.reason or '(no reason given)'}", actor=who)
+            if store.incident_status(incident.id) == "closed":
+                return ActionOutcome(**base, status="not_needed", detail=f"the incident closed: {answer.reason}")
+        if not answer.approve:
+            outcome = ActionOutcome(**base, status="rejected", detail=f"rejected by {who}: {answer.reason}")
+            store.record_action(plan.guard_key, incident.id if incident else None, "rejected")
+            _record_outcome(incident, outcome)
+            return outcome
+        logger.info("Approved by %s: %s", who, answer.reason or "(no reason given)")
     kwargs = dict(plan.params)
-    if plan.target_ref is not None:
-        kind, name = plan.target_ref
-        _, catalog, _ = runtime()
-        entry = getattr(catalog.targets, kind).get(name)
-        if entry is None or entry.url is None:
-            raise ResponderError(ErrorCode.CONFIG, f"{kind} target {name!r} has no URL configured")
-        kwargs["dsn" if kind == "postgres" else "url"] = entry.url
-    return REGISTRY[plan.action].run(**kwargs, dry_run=dry_run)
+    try:
+        if plan.target_ref is not None:
+            kind, name = plan.target_ref
+            entry = getattr(catalog.targets, kind).get(name)
+            if entry is None or entry.url is None:
+                raise ResponderError(ErrorCode.CONFIG, f"{kind} target {name!r} has no URL configured")
+            kwargs["dsn" if kind == "postgres" else "url"] = entry.url
+        outcome = REGISTRY[plan.action].run(**kwargs, dry_run=dry_run)
+    except Exception as error:  # reported, never retried: a half-done action must not run twice
+        detail = error.message if isinstance(error, ResponderError) else f"{type(error).__name__}: {error}"
+        logger.error("%s on %s failed: %s", plan.action, plan.target, detail)
+        outcome = ActionOutcome(**base, status="failed", detail=detail[:500])
+    if who:
+        outcome.detail = f"{outcome.detail} (approved by {who})"
+    store.record_action(plan.guard_key, incident.id if incident else None, outcome.status)
+    _record_outcome(incident, outcome)
+    return outcome
 
 
 def mitigate(
@@ -292,57 +344,20 @@ def mitigate(
     ``incident`` is None for a scheduled runbook: the same rules apply, and what happened is in the
     run's report instead of an incident's timeline.
     """
-    settings, _, store = runtime()
-    logger = get_run_logger()
+    settings, _, _ = runtime()
     dry_run = settings.dry_run or runbook.dry_run
     outcomes: list[ActionOutcome] = []
-
-    def closed() -> bool:
-        return incident is not None and store.incident_status(incident.id) == "closed"
-
     for plan in plans:
-        base = dict(action=plan.action, target=plan.target, risk=plan.risk, dry_run=dry_run)
-        if closed():
-            outcomes.append(ActionOutcome(**base, status="not_needed", detail="the incident closed (alert resolved)"))
+        held = check_guards(plan, incident, dry_run)
+        if held is not None:
+            outcomes.append(held)
             continue
-        since = datetime.now(timezone.utc) - LOOP_GUARD_WINDOW
-        if not dry_run and store.actions_since(plan.guard_key, since) >= LOOP_GUARD_LIMIT:
-            outcome = ActionOutcome(
-                **base,
-                status="loop_guarded",
-                detail=f"already done {LOOP_GUARD_LIMIT} times in the last hour on this target: a loop is suspected",
-            )
-            _record_outcome(incident, outcome)
-            outcomes.append(outcome)
-            continue
+        answer = question = None
         if plan.risk is Risk.RISKY and not dry_run:
-            answer = ask_approval(plan, runbook, evidence, runbook.approval_timeout_seconds * settings.time_scale)
-            who = answer.approver or "someone"
-            if incident is not None:
-                store.add_timeline(incident.id, "approved" if answer.approve else "rejected",
-                                   f"{plan.action} on {plan.target}: {answer.reason or '(no reason given)'}", actor=who)
-            if closed():
-                outcomes.append(ActionOutcome(**base, status="not_needed", detail=f"the incident closed: {answer.reason}"))
-                continue
-            if not answer.approve:
-                outcome = ActionOutcome(**base, status="rejected", detail=f"rejected by {who}: {answer.reason}")
-                store.record_action(plan.guard_key, incident.id if incident else None, "rejected")
-                _record_outcome(incident, outcome)
-                outcomes.append(outcome)
-                continue
-            logger.info("Approved by %s: %s", who, answer.reason or "(no reason given)")
-        state = run_mitigation(plan, dry_run, return_state=True)
-        if state.is_completed():
-            outcome = state.result()
-        else:  # reported, never retried: a half-done action must not run twice
-            error = state.result(raise_on_failure=False)
-            detail = error.message if isinstance(error, ResponderError) else f"{type(error).__name__}: {error}"
-            outcome = ActionOutcome(**base, status="failed", detail=detail[:500])
-        if plan.risk is Risk.RISKY and not dry_run:
-            outcome.detail = f"{outcome.detail} (approved by {who})"
-        store.record_action(plan.guard_key, incident.id if incident else None, outcome.status)
-        _record_outcome(incident, outcome)
-        outcomes.append(outcome)
+            question = next_question(plan)
+            answer = ask_approval(plan, runbook, evidence, runbook.approval_timeout_seconds * settings.time_scale,
+                                  question)
+        outcomes.append(run_mitigation(plan, dry_run, incident, answer, question))
     if plans and incident is not None:
         publish_timeline(incident.id)
     return outcomes
@@ -471,7 +486,7 @@ def _report(
     return "\n".join(lines)
 
 
-@task(name="escalate", cache_policy=NO_CACHE)
+@task(name="escalate", cache_policy=RESUMABLE)
 def escalate(runbook: Runbook, alert: Alert, incident: IncidentRef, reason: str, outcomes: list[ActionOutcome]) -> list[str]:
     """Tell people the responder could not fix it. A notifier outage is recorded, never fatal."""
     _, _, store = runtime()

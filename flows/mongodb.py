@@ -39,7 +39,7 @@ from __future__ import annotations
 import time
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
+from core.results import RESUMABLE
 from pydantic import SecretStr
 
 from flows import checks
@@ -60,12 +60,12 @@ class Limits(Thresholds):
     stay_up_seconds: float = seed(30, "seed 002 \"Check if it stays up: sleep 30; sudo systemctl status mongod\"", ge=0)
 
 
-@task(name="select-mongodb-target", cache_policy=NO_CACHE)
+@task(name="select-mongodb-target", cache_policy=RESUMABLE)
 def select_mongodb_target(alert: Alert) -> tuple[str, SecretStr] | ProbeResult:
     return checks.data_store("mongodb", alert)
 
 
-@task(name="check-mongodb-ping", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+@task(name="check-mongodb-ping", cache_policy=RESUMABLE, retries=1, retry_delay_seconds=1)
 def check_mongodb_ping(url: SecretStr) -> ProbeResult:
     result = mongo.ping(url)
     if not result.ok:
@@ -78,7 +78,7 @@ identify_mongodb_connection_holders = step("identify-mongodb-connection-holders"
                                            retry_delay_seconds=2)
 
 
-@task(name="verify-mongodb-stays-up", cache_policy=NO_CACHE)
+@task(name="verify-mongodb-stays-up", cache_policy=RESUMABLE)
 def verify_mongodb_stays_up(url: SecretStr, stay_up_seconds: float) -> ProbeResult:
     """Seed 002 "Check if it stays up: sleep 30": ping, wait, ping again."""
     first = mongo.ping(url)
@@ -92,7 +92,7 @@ def verify_mongodb_stays_up(url: SecretStr, stay_up_seconds: float) -> ProbeResu
     })
 
 
-@task(name="plan-resolution", cache_policy=NO_CACHE)
+@task(name="plan-resolution", cache_policy=RESUMABLE)
 def plan_resolution(
     alert: Alert, ping: ProbeResult, connections: ProbeResult | None, app_health: ProbeResult | None
 ) -> list[PlannedAction] | ProbeResult:

@@ -27,7 +27,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
+from core.results import RESULTS_BLOCK, RESUMABLE
 from prefect.states import Completed, State
 
 from flows import checks
@@ -98,7 +98,7 @@ def table(title: str, columns: list[str], rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-@task(name="notify", cache_policy=NO_CACHE)
+@task(name="notify", cache_policy=RESUMABLE)
 def notify(runbook: Runbook, problems: list[str], artifact_key: str) -> list[str]:
     """Tell people what is wrong (the same notifier as every response); an outage is logged, never fatal."""
     text = f":clipboard: *{runbook.title}* needs attention:\n" + "\n".join(f"• {p}" for p in problems)
@@ -142,7 +142,8 @@ def scheduled_flow(name: str, thresholds: type[Thresholds] = Thresholds):
     Not :func:`flows.lifecycle.runbook_flow`: its hook escalates the run's incident, and a scheduled
     check has none (it would stay silent); ``scheduled_failed`` announces the failure instead."""
     as_flow = flow(name=name, flow_run_name=lambda: f"{name} {datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
-                   on_failure=[scheduled_failed], on_crashed=[scheduled_failed], validate_parameters=True)
+                   on_failure=[scheduled_failed], on_crashed=[scheduled_failed], validate_parameters=True,
+                   persist_result=True, result_storage=RESULTS_BLOCK)  # resumable after an approval
 
     def decorate(fn: Any) -> Any:
         made = as_flow(fn)
@@ -267,7 +268,7 @@ verify_prometheus_retention = checks.prometheus_api.with_options(name="verify-pr
 capacity_disk = checks.disk_space.with_options(name="capacity-planning-disk")
 
 
-@task(name="review-past-week-incidents", cache_policy=NO_CACHE)
+@task(name="review-past-week-incidents", cache_policy=RESUMABLE)
 def past_week_incidents(days: float = 7) -> ProbeResult:
     """The responder's own record: incidents opened in the window, by runbook and how they closed."""
     _, _, store = runtime()
@@ -283,7 +284,7 @@ def past_week_incidents(days: float = 7) -> ProbeResult:
                        or "no incidents", evidence={"incidents": items[-100:], "by_runbook": by_runbook})
 
 
-@task(name="check-log-retention-applied", cache_policy=NO_CACHE)
+@task(name="check-log-retention-applied", cache_policy=RESUMABLE)
 def log_retention_applied() -> ProbeResult:
     """Seed 004 "Logs: 7 days local, 30 days compressed": no uncompressed log older than the local days."""
     paths = checks.targets().paths
@@ -441,13 +442,14 @@ class StoreRetentionLimits(Thresholds):
             "compressed); incidents, their alerts and timelines are kept", gt=0)
 
 
-@task(name="prune-responder-store", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(name="prune-responder-store", cache_policy=RESUMABLE, retries=2, retry_delay_seconds=5)
 def prune_responder_store(keep_days: float) -> ProbeResult:
     """Delete history older than ``keep_days``: raw bodies and events delivered and followed up."""
     deleted = runtime()[2].prune(datetime.now(timezone.utc) - timedelta(days=keep_days))
     return ProbeResult(probe="store_retention", ok=True, value=float(sum(deleted.values())),
-                       summary=f"deleted {deleted['receipts']} raw bodies and {deleted['events']} delivered events "
-                               f"older than {keep_days:g} days", evidence=deleted)
+                       summary=f"deleted {deleted['receipts']} raw bodies, {deleted['events']} delivered events and "
+                               f"{deleted['step_results']} kept step results older than {keep_days:g} days",
+                       evidence=deleted)
 
 
 @scheduled_flow("store-retention", thresholds=StoreRetentionLimits)

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import httpx
 from prefect import task
-from prefect.cache_policies import NO_CACHE
+from core.results import RESUMABLE
 from pydantic import SecretStr
 
 from flows import checks
@@ -69,13 +69,13 @@ class Limits(Thresholds):
     health_timeout_seconds: float = seed(5, "seed 003 \"Connection refused or timeout\" gives no figure: ours", gt=0)
 
 
-@task(name="check-health-endpoint", cache_policy=NO_CACHE)
+@task(name="check-health-endpoint", cache_policy=RESUMABLE)
 def check_health_endpoint(url: str, attempts: int, timeout_s: float) -> ProbeResult:
     """Seed 002 "3 consecutive failures": not healthy only when every try fails (the tries are the retries)."""
     return http.health_check(url, timeout_s=timeout_s, attempts=attempts, delay_s=1.0)
 
 
-@task(name="check-port", cache_policy=NO_CACHE)
+@task(name="check-port", cache_policy=RESUMABLE)
 def check_port(url: str) -> ProbeResult:
     parsed = httpx.URL(url)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -85,7 +85,7 @@ def check_port(url: str) -> ProbeResult:
 check_detailed_health = step("check-detailed-health", http.health_detailed, retries=1)
 
 
-@task(name="check-dependencies", cache_policy=NO_CACHE)
+@task(name="check-dependencies", cache_policy=RESUMABLE)
 def check_dependencies(alert: Alert) -> list[ProbeResult]:
     """Seed 001 "Check Service Status: Database connection, Redis connection"; seed 002 "Check MongoDB status"."""
     _, catalog, _ = runtime()
@@ -105,7 +105,7 @@ def _plan(action: str, name: str, argv: list[str], why: str) -> list[PlannedActi
     return [PlannedAction(action=action, target=name, params={"service": name, "argv": argv}, why=why)]
 
 
-@task(name="plan-restart", cache_policy=NO_CACHE)
+@task(name="plan-restart", cache_policy=RESUMABLE)
 def plan_restart(name: str, service: ServiceTarget, health: ProbeResult, dependencies: list[ProbeResult]) -> list[PlannedAction]:
     """Seed 000 "Graceful restart" of the alert's service, while its health check fails."""
     if health.ok or not service.restart:
@@ -115,7 +115,7 @@ def plan_restart(name: str, service: ServiceTarget, health: ProbeResult, depende
     return _plan("restart_service", name, service.restart, why)
 
 
-@task(name="plan-rollback", cache_policy=NO_CACHE)
+@task(name="plan-rollback", cache_policy=RESUMABLE)
 def plan_rollback(name: str, service: ServiceTarget, last: ProbeResult) -> list[PlannedAction]:
     """Seed 000 "Application rollback", the last resort: the service's configured rollback argv."""
     if not service.rollback:

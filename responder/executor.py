@@ -14,14 +14,16 @@ under a second, so this executor:
   (``prefect.flow_engine.run_flow``), so the run is a normal deployment run in
   the UI: logs, task graph, artifacts, pause/resume.
 
-Runs left Running, Pending or Paused by a responder that died are scheduled again
-at start-up: a runbook starts over from its first step (every step re-checks
-before acting, so that is safe).
+Runs left Running or Pending by a responder that died are scheduled again at
+start-up: a runbook starts over from its first step, and the steps it had done
+return their kept results (``core/results.py``). A run suspended for approval
+holds nothing and is left alone: its answer schedules it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -43,6 +45,7 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventFilter, EventNameFilter
+from prefect.exceptions import Pause
 from prefect.flow_engine import run_flow
 from prefect.states import Pending, Scheduled
 
@@ -97,6 +100,8 @@ class Executor:
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(self.flows_by_deployment))),
             )
             for run in orphans:
+                if run.state.is_paused() and run.state.state_details.pause_reschedule:
+                    continue  # suspended for approval: it holds nothing, and its answer schedules it again
                 logger.warning("Run %s (%s) was left %s by a stopped responder: starting it again", run.name, run.id, run.state_name)
                 await client.set_flow_run_state(
                     run.id,
@@ -207,8 +212,10 @@ class Executor:
         # (its TLS context loads the CA bundle), and in a burst that CPU delays the next run.
         run.state = result.state
         runbook, flow = self.flows_by_deployment[run.deployment_id]
+        # The run's thread starts in this context (the Prefect settings the executor runs with).
         thread = threading.Thread(
-            target=self._execute, args=(flow, run, runbook), name=f"run-{run.name}", daemon=True
+            target=contextvars.copy_context().run, args=(self._execute, flow, run, runbook), name=f"run-{run.name}",
+            daemon=True,
         )
         thread.start()
 
@@ -224,6 +231,8 @@ class Executor:
                 self.on_run_started(runbook)
             with bound(self.services):  # the run's steps use the process's store and notifier
                 run_flow(flow, flow_run=flow_run, return_type="state")
+        except Pause:  # suspended for approval: the answer schedules it again; until then it holds nothing
+            logger.info("Run %s of %s waits for approval (suspended)", flow_run.id, runbook)
         except BaseException:
             logger.exception("Run %s of %s ended with an engine error", flow_run.id, runbook)
         finally:

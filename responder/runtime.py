@@ -18,11 +18,13 @@ import uvicorn
 from prefect.context import AsyncClientContext
 
 from core import metrics
+from core.results import register_result_storage
 from core.services import Services
 from core.store import IngestResult, StoreUnavailable
 from deployments import build_deployments
 from responder.executor import Executor
 from responder.ingest import GroupCommit
+from responder.deadlines import ApprovalDeadlines
 from responder.pager import Pager
 from responder.events import prefect_event
 from responder.prefect_api import (ensure_canary, post_events, probe_triggers, release_waiting_run,
@@ -44,6 +46,7 @@ class Responder:
         self.notifier = services.notifier
         self.group_commit = GroupCommit(self.store)
         self.pager = Pager(services)
+        self.deadlines = ApprovalDeadlines(services)
         self.executor: Any = None
         self.prefect_ready = False
         self.triggers_ready = False
@@ -94,6 +97,7 @@ class Responder:
             try:
                 for runbook, deployment in zip(self.catalog.runbooks, await build_deployments(self.catalog, flows)):
                     self.deployment_ids[runbook.name] = await deployment.aapply()
+                await register_result_storage()
                 await retire_page_deployment()
                 await ensure_canary()
                 break
@@ -235,7 +239,8 @@ class Responder:
 
         async def prefect_side() -> None:
             await self.apply_deployments()
-            await asyncio.gather(self.deliver_forever(), self.follow_up_forever(), self.executor.run())
+            await asyncio.gather(self.deliver_forever(), self.follow_up_forever(), self.executor.run(),
+                                 self.deadlines.run())
 
         intake = asyncio.create_task(server.serve(), name="intake")
         # Pages need only the store: they go out while the Prefect side starts, or is down.

@@ -19,12 +19,9 @@ from support.responder import fire, make_config, running_responder
 TOY_MODULE = '''
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from core.alerts import Alert
 from core.catalog import Runbook, Thresholds, seed
-from flows.lifecycle import Assessment, runbook_flow
+from flows.lifecycle import Assessment, runbook_flow, step
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 
@@ -35,10 +32,12 @@ class Limits(Thresholds):
     healthy_word: str = seed("good", "the toy's state file says this word when it is healthy")
 
 
-@task(name="check-toy-state", cache_policy=NO_CACHE)
-def check_toy_state(healthy_word: str) -> ProbeResult:
+def toy_state(healthy_word: str) -> ProbeResult:
     text = STATE.read_text().strip()
     return ProbeResult(probe="toy_state", ok=text == healthy_word, summary=f"the toy says {{text}}")
+
+
+check_toy_state = step("check-toy-state", toy_state)
 
 
 def assess(runbook: Runbook, alert: Alert) -> Assessment:

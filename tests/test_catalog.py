@@ -82,6 +82,19 @@ def test_a_flow_without_a_runbook_spec_stops_start_up(tmp_path):
     assert out.returncode == 2 and "runbook 'high-cpu-usage'" in out.stderr and "declares no runbook spec" in out.stderr
 
 
+def test_a_runbook_step_that_would_run_again_after_an_approval_stops_start_up(tmp_path):
+    (tmp_path / "forgetful.py").write_text(
+        "from prefect import task\nfrom prefect.cache_policies import NO_CACHE\n"
+        "from flows.lifecycle import Assessment, runbook_flow\n\n\n"
+        "@task(name='check-thing', cache_policy=NO_CACHE)\ndef check_thing():\n    return None\n\n\n"
+        "def assess(runbook, alert):\n    return Assessment(evidence=[check_thing()])\n\n\n"
+        "forgetful = runbook_flow('forgetful', assess)\n")
+    out = _broken(tmp_path, lambda rbs: rbs[0].update(flow="forgetful:forgetful"), PYTHONPATH=str(tmp_path))
+    assert out.returncode == 2, out.stderr
+    assert ("infrastructure.yaml: runbook 'high-cpu-usage': step 'check-thing' (forgetful.check_thing) is not "
+            "resumable") in out.stderr
+
+
 def test_an_installation_override_is_in_force_and_shown(tmp_path):
     config = make_config(tmp_path, thresholds={"high-response-time": {"p95_seconds": 5, "p95_seconds.SlowRequests": 7}})
     out = _run("runbooks", "--json", env={"RESPONDER_CONFIG_DIR": str(config)})

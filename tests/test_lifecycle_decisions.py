@@ -1,30 +1,31 @@
 """The lifecycle's decisions, in-process: no `responder up`, the real thing otherwise.
 
-The real drill runbook (a risky no-op step that waits for approval) runs as a real Prefect flow in
-this test process against the suite's real Prefect server, on a real store (a SQLite file) and a
-real notifier posting to a local capture server (Slack and other receivers are unreachable here).
-The test builds the services itself and binds them around each run, as the executor does; answers
-go through the server's resume API, as the UI's Resume button does.
+The real drill runbook (a risky no-op step that waits for approval) runs as a real deployment run
+on the suite's real Prefect server, executed in this test process by the responder's own executor
+and approval-deadline clock (``support/executor.py``), on a real store (a SQLite file) and a real
+notifier posting to a local capture server (Slack and other receivers are unreachable here).
+Answers go through the server's resume API, as the UI's Resume button does.
 """
 
 from __future__ import annotations
 
-import threading
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 
-from prefect.settings import PREFECT_API_URL, temporary_settings
-
 from core.alerts import Alert
 from core.catalog import load_catalog
-from core.services import Services, bound, build
+from core.services import Services, build
 from core.settings import ResponderSettings
 from flows.drill import responder_drill
 from support.capture import CaptureServer
 from support.common import wait_for
+from support.executor import InProcessResponder
 from support.prefect import prefect_post, resume
 from support.responder import make_config
 
@@ -42,94 +43,131 @@ def services(tmp_path_factory, prefect_server, webhook) -> Services:
     return services_for(tmp_path_factory.mktemp("decisions"), webhook)
 
 
+@pytest.fixture(scope="module")
+def responder(services, prefect_server) -> Iterator[InProcessResponder]:
+    serving = InProcessResponder(services, prefect_server.api_url, responder_drill, "responder-drill")
+    yield serving
+    serving.stop()
+
+
+@contextmanager
+def own_responder(services: Services, api_url: str) -> Iterator[InProcessResponder]:
+    serving = InProcessResponder(services, api_url, responder_drill, "responder-drill")
+    try:
+        yield serving
+    finally:
+        serving.stop()
+
+
 def drill_alert(**labels: str) -> Alert:
     return Alert(status="firing", labels={"alertname": "ResponderDrill", **labels}, startsAt=datetime.now(timezone.utc),
                  annotations={"summary": "decision test"}, fingerprint=uuid.uuid4().hex[:16])
 
 
-class Run:
-    """The drill flow running in a thread of this process, with ``services`` bound, as the executor runs it."""
-
-    def __init__(self, services: Services, alert: Alert, api_url: str) -> None:
-        self.alert, self.state = alert, None
-        self.thread = threading.Thread(target=self._run, args=(services, api_url), daemon=True)
-        self.thread.start()
-
-    def _run(self, services: Services, api_url: str) -> None:
-        # Prefect read its settings when this process imported it, before the suite's server existed.
-        with temporary_settings({PREFECT_API_URL: api_url}), bound(services):
-            self.state = responder_drill(alert=self.alert, return_state=True)
-
-    def paused(self, api: str) -> dict[str, Any]:
-        body = {"flow_runs": {"name": {"any_": [f"ResponderDrill {self.alert.fingerprint}"]}}}
-        return wait_for(lambda: next((r for r in prefect_post(api, "/flow_runs/filter", body)
-                                      if r["state"]["type"] == "PAUSED"), None), 60, what="the run to pause")
-
-    def final(self, timeout: float = 60):
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the run did not finish"
-        return self.state
-
-    def timeline(self, services: Services) -> list[dict[str, Any]]:
-        incident = services.store.incident_by_run(str(self.state.state_details.flow_run_id))
-        return services.store.timeline(incident.id)
+def suspended(api: str, run_id: str, not_state: str | None = None) -> dict[str, Any]:
+    """The run once it waits for approval: suspended, so it holds no thread of the executor."""
+    def waiting():
+        [run] = prefect_post(api, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
+        state = run["state"]
+        ok = state["type"] == "PAUSED" and state["state_details"]["pause_reschedule"] and state["id"] != not_state
+        return run if ok else None
+    return wait_for(waiting, 60, what="the run to be suspended for approval")
 
 
-def test_approved_step_runs_and_the_incident_is_resolved(services, prefect_server, webhook):
-    run = Run(services, drill_alert(), prefect_server.api_url)
-    paused = run.paused(prefect_server.api_url)
-    resume(prefect_server.api_url, paused["id"], True, "looks safe", "alice")
-    state = run.final()
-    assert state.name == "Resolved", state
-    texts = [row["text"] for row in run.timeline(services)]
-    assert any("drill_step" in t and "done" in t and "approved by alice" in t for t in texts), texts
+def timeline(services: Services, run_id: str) -> list[dict[str, Any]]:
+    return services.store.timeline(services.store.incident_by_run(run_id).id)
+
+
+def task_runs(api: str, run_id: str) -> list[dict[str, Any]]:
+    return prefect_post(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}, "sort": "EXPECTED_START_TIME_ASC"})
+
+
+def test_approved_step_runs_once_and_the_run_carries_on_from_its_kept_steps(responder, services, prefect_server, webhook):
+    api = prefect_server.api_url
+    run_id = responder.start(drill_alert())
+    waiting = suspended(api, run_id)
+    assert waiting["state"]["name"] == "Suspended"
+    before = {t["name"].rsplit("-", 1)[0] for t in task_runs(api, run_id)}
+    assert {"acknowledge", "assess-drill", "plan-drill-step", "check-loop-guard", "ask-approval"} <= before, before
+    resume(api, run_id, True, "looks safe", "alice")
+    final = responder.final(run_id)
+    assert final["state"]["name"] == "Resolved", final["state"]
+    texts = [row["text"] for row in timeline(services, run_id)]
+    assert sum("drill_step" in t and "done" in t and "approved by alice" in t for t in texts) == 1, texts
+    assert sum(t.startswith("runbook responder-drill started") for t in texts) == 1, texts  # acknowledged once
     asked = [r for r in webhook.requests if r["body"].get("kind") == "approval-asked"
-             and r["body"].get("flow_run_id") == paused["id"]]
+             and r["body"].get("flow_run_id") == run_id]
     assert len(asked) == 1  # people were told, once, with the run to answer
+    # The second execution restored the steps done before the question (Prefect shows them Cached).
+    states = {}
+    for t in task_runs(api, run_id):
+        states.setdefault(t["name"].rsplit("-", 1)[0], []).append(t["state"]["name"])
+    assert states["acknowledge"] == ["Completed", "Cached"] and states["ask-approval"] == ["Completed", "Cached"], states
+    assert states["run-mitigation"] == ["Completed"], states
 
 
-def test_rejected_step_does_not_run_and_the_incident_escalates(services, prefect_server):
-    run = Run(services, drill_alert(), prefect_server.api_url)
-    paused = run.paused(prefect_server.api_url)
-    resume(prefect_server.api_url, paused["id"], False, "not now", "bob")
-    state = run.final()
-    assert state.name == "Escalated" and "rejected by bob: not now" in state.message, state
-    assert not any("drill step done" in row["text"] for row in run.timeline(services))
+def test_rejected_step_does_not_run_and_the_incident_escalates(responder, services, prefect_server):
+    run_id = responder.start(drill_alert())
+    suspended(prefect_server.api_url, run_id)
+    resume(prefect_server.api_url, run_id, False, "not now", "bob")
+    state = responder.final(run_id)["state"]
+    assert state["name"] == "Escalated" and "rejected by bob: not now" in state["message"], state
+    assert not any("drill step done" in row["text"] for row in timeline(services, run_id))
 
 
 def test_no_answer_before_the_deadline_counts_as_no(tmp_path, prefect_server, webhook):
     quick = services_for(tmp_path, webhook, approval_timeout=2)
-    run = Run(quick, drill_alert(), prefect_server.api_url)
-    state = run.final(timeout=90)
-    assert state.name == "Escalated" and "no answer within 2 s" in state.message, state
-    assert any(row["actor"] == "responder (deadline)" for row in run.timeline(quick))
+    with own_responder(quick, prefect_server.api_url) as serving:
+        run_id = serving.start(drill_alert())
+        state = serving.final(run_id)["state"]
+    assert state["name"] == "Escalated" and "no answer by the deadline" in state["message"], state
+    assert any(row["actor"] == "responder (deadline)" for row in timeline(quick, run_id))
+
+
+def test_the_deadline_is_kept_in_the_store_and_answered_by_a_later_responder(tmp_path, prefect_server, webhook):
+    """The responder that asked stops while the run waits; the deadline passes with no responder running;
+    the next one (on the same store) answers "no" at once and the response escalates."""
+    quick = services_for(tmp_path, webhook, approval_timeout=3)
+    with own_responder(quick, prefect_server.api_url) as first:
+        run_id = first.start(drill_alert())
+        suspended(prefect_server.api_url, run_id)
+        deployment = first.deployment_id
+    time.sleep(4)  # past the deadline, nobody running
+    assert suspended(prefect_server.api_url, run_id)  # still waiting: a suspended run holds nothing and ends nothing
+    later = InProcessResponder.for_deployment(quick, prefect_server.api_url, responder_drill, "responder-drill", deployment)
+    try:
+        state = later.final(run_id)["state"]
+    finally:
+        later.stop()
+    assert state["name"] == "Escalated" and "no answer by the deadline" in state["message"], state
 
 
 def test_dry_run_asks_nobody_and_only_reports(tmp_path, prefect_server, webhook):
     dry = services_for(tmp_path, webhook, dry_run=True)
-    run = Run(dry, drill_alert(), prefect_server.api_url)
-    state = run.final()
-    assert state.name == "Resolved", state  # the drill counts "would do" as its verification
-    rows = run.timeline(dry)
+    with own_responder(dry, prefect_server.api_url) as serving:
+        run_id = serving.start(drill_alert())
+        state = serving.final(run_id)["state"]
+    assert state["name"] == "Resolved", state  # the drill counts "would do" as its verification
+    rows = timeline(dry, run_id)
     assert any("would_do (dry run)" in row["text"] for row in rows), rows
     assert not any(row["kind"] == "approval-asked" for row in rows), rows
 
 
-def test_loop_guard_holds_the_fourth_run_on_one_target_without_asking(services, prefect_server):
+def test_loop_guard_holds_the_fourth_run_on_one_target_without_asking(responder, services, prefect_server):
     target = f"svc-{uuid.uuid4().hex[:6]}"
     for _ in range(3):  # the same action on the same target three times within the hour
         services.store.record_action(f"drill_step:{target}", "earlier-incident", "done")
-    run = Run(services, drill_alert(target=target), prefect_server.api_url)
-    state = run.final()
-    assert state.name == "Escalated" and "a loop is suspected" in state.message, state
+    run_id = responder.start(drill_alert(target=target))
+    state = responder.final(run_id)["state"]
+    assert state["name"] == "Escalated" and "a loop is suspected" in state["message"], state
 
 
-def test_incident_closed_while_waiting_runs_nothing(services, prefect_server):
-    run = Run(services, drill_alert(), prefect_server.api_url)
-    paused = run.paused(prefect_server.api_url)
-    incident = services.store.incident_by_run(paused["id"])
+def test_incident_closed_while_waiting_runs_nothing(responder, services, prefect_server):
+    run_id = responder.start(drill_alert())
+    suspended(prefect_server.api_url, run_id)
+    incident = services.store.incident_by_run(run_id)
     services.store.close_incident(incident.id, "alert resolved")  # what the intake does on a resolved alert
-    resume(prefect_server.api_url, paused["id"], True, "too late", "carol")
-    state = run.final()
-    assert state.name == "ResolvedByAlert", state
-    assert not any("drill step done" in row["text"] for row in run.timeline(services))
+    resume(prefect_server.api_url, run_id, True, "too late", "carol")
+    state = responder.final(run_id)["state"]
+    assert state["name"] == "ResolvedByAlert", state
+    assert not any("drill step done" in row["text"] for row in timeline(services, run_id))

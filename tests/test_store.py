@@ -158,7 +158,11 @@ def test_retention_deletes_only_history(tmp_path):
     firing, closed = store.pending_events()
     store.mark_delivered([firing["id"], closed["id"]])
     store.mark_followed_up(firing["id"])  # the close event is delivered but not yet followed up
-    assert store.prune(datetime.now(timezone.utc) - timedelta(days=1)) == {"receipts": 0, "events": 0}
-    assert store.prune(datetime.now(timezone.utc) + timedelta(seconds=1)) == {"receipts": 1, "events": 1}
+    store.put_result("step-1", b"a step's result record")
+    assert store.prune(datetime.now(timezone.utc) - timedelta(days=1)) == {"receipts": 0, "events": 0, "step_results": 0}
+    assert store.get_result("step-1") == b"a step's result record"
+    assert store.prune(datetime.now(timezone.utc) + timedelta(seconds=1)) == {"receipts": 1, "events": 1,
+                                                                              "step_results": 1}
+    assert store.get_result("step-1") is None
     assert [r["id"] for r in store.pending_followups()] == [closed["id"]]
     assert store.incident(result.incidents_opened[0]).status == "closed"  # incidents are kept

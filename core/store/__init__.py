@@ -17,6 +17,7 @@ By concern:
 - ``incidents``: incidents, their acknowledgement and close.
 - ``outbox``: the event records, their delivery and follow-up.
 - ``timeline``: timeline entries, pages, notes and the mitigations' loop-guard log.
+- ``runs``: the step results of suspended runs and their approval deadlines.
 - ``backends``: SQLite (default, one file) and PostgreSQL (``RESPONDER_DATABASE_URL=postgresql://…``,
   needed when responders run on several machines), and :func:`open_store`.
 

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 from core.alerts import Alert, AlertmanagerPayload, Route
 from core.store.base import iso, utcnow
 from core.store.outbox import alert_record
-from core.store.timeline import Timeline
+from core.store.runs import Runs
 
 
 @dataclass
@@ -25,7 +25,7 @@ class IngestResult:
     incidents_closed: list[str] = field(default_factory=list)
 
 
-class Episodes(Timeline):
+class Episodes(Runs):
     def ingest(self, payload: AlertmanagerPayload, raw: bytes, routes: Mapping[str, Route]) -> IngestResult:
         """Store one Alertmanager body and queue its events, all or nothing.
 

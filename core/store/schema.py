@@ -146,6 +146,25 @@ MIGRATIONS = [
     Migration(3, "index the outbox's sequence", ["CREATE INDEX IF NOT EXISTS outbox_by_seq ON outbox (seq)"]),
     # The pager reads the open, unacknowledged incidents every second; closed ones pile up for months.
     Migration(4, "index open incidents", ["CREATE INDEX IF NOT EXISTS incidents_open ON incidents (status, acknowledged_at)"]),
+    Migration(5, "step results of suspended runs, approval deadlines", [
+        """CREATE TABLE IF NOT EXISTS step_results (
+            key TEXT PRIMARY KEY,
+            content TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS step_results_by_age ON step_results (created_at)",
+        """CREATE TABLE IF NOT EXISTS approvals (
+            flow_run_id TEXT NOT NULL,
+            pause_key TEXT NOT NULL,
+            incident_id TEXT,
+            asked_at TEXT NOT NULL,
+            deadline_at TEXT NOT NULL,
+            settled_at TEXT,
+            settled TEXT,
+            PRIMARY KEY (flow_run_id, pause_key)
+        )""",
+        "CREATE INDEX IF NOT EXISTS approvals_open ON approvals (settled_at, deadline_at)",
+    ]),
 ]
 LATEST_VERSION = MIGRATIONS[-1].version
 

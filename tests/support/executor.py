@@ -1,0 +1,97 @@
+"""`responder up`'s own executor and approval-deadline clock, in a thread of the test process.
+
+The in-process test layer: a real runbook flow, run as a real deployment run on the suite's real
+Prefect server by the real :class:`~responder.executor.Executor` (suspended for approval, scheduled
+again by the answer, carried on from its kept step results), with the test's own services bound,
+without a `responder up` subprocess. Each instance serves a deployment of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from typing import Any
+
+from prefect import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from core.alerts import Alert
+from core.results import register_result_storage
+from core.services import Services
+from responder.deadlines import ApprovalDeadlines
+from responder.executor import Executor
+
+from .prefect import prefect_post
+
+
+class InProcessResponder:
+    def __init__(self, services: Services, api_url: str, flow: Any, runbook: str, deployment_id: Any = None) -> None:
+        self.services, self.api_url, self.flow, self.runbook = services, api_url, flow, runbook
+        self.deployment_id: Any = deployment_id
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._main: asyncio.Future | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="in-process-responder")
+        self._thread.start()
+        if not self._ready.wait(60):
+            raise AssertionError(f"the in-process executor did not start: {self._error!r}")
+        if self._error:
+            raise self._error
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        with temporary_settings({PREFECT_API_URL: self.api_url}):
+            try:
+                self._loop.run_until_complete(self._run())
+            except asyncio.CancelledError:
+                pass
+            except BaseException as exc:  # reported by the constructor or stop()
+                self._error = exc
+                self._ready.set()
+
+    async def _run(self) -> None:
+        await register_result_storage()
+        if self.deployment_id is None:
+            deployment = await self.flow.ato_deployment(name=f"in-process-{uuid.uuid4().hex[:8]}")
+            self.deployment_id = await deployment.aapply()
+        executor = Executor({self.deployment_id: (self.runbook, self.flow)}, self.services, poll_seconds=0.5)
+        self._main = asyncio.gather(executor.run(), ApprovalDeadlines(self.services, interval_seconds=0.5).run())
+        self._ready.set()
+        await self._main
+
+    @classmethod
+    def for_deployment(cls, services: Services, api_url: str, flow: Any, runbook: str,
+                       deployment_id: Any) -> "InProcessResponder":
+        """Another responder for the same deployment (a restart, or a second responder)."""
+        return cls(services, api_url, flow, runbook, deployment_id)
+
+    def start(self, alert: Alert) -> str:
+        """A run of the deployment for ``alert``, as a deployment trigger creates it; returns its id."""
+        async def create() -> str:
+            async with get_client() as client:
+                run = await client.create_flow_run_from_deployment(
+                    self.deployment_id, parameters={"alert": alert.model_dump(mode="json"), "incident": None})
+            return str(run.id)
+        with temporary_settings({PREFECT_API_URL: self.api_url}):
+            return asyncio.run(create())
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        return prefect_post(self.api_url, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})[0]
+
+    def final(self, run_id: str, timeout: float = 90) -> dict[str, Any]:
+        """The run once it reached a final state (its state: name, message, type)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.run(run_id)
+            if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                return run
+            time.sleep(0.3)
+        raise AssertionError(f"run {run_id} did not finish within {timeout:.0f} s: {self.run(run_id)['state']}")
+
+    def stop(self) -> None:
+        if self._main is not None:
+            self._loop.call_soon_threadsafe(self._main.cancel)
+        self._thread.join(15)
