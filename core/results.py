@@ -19,13 +19,14 @@ from its first step; every step done before returns its kept result instead of r
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
 from prefect.cache_policies import CachePolicy
 from prefect.context import FlowRunContext
 from prefect.filesystems import WritableFileSystem
-from prefect.utilities.hashing import hash_objects
+from pydantic import BaseModel
 
 from core.services import current
 
@@ -50,8 +51,26 @@ class Resumable(CachePolicy):
             counter = f"responder:position:{task_ctx.task.task_key}"
             position = int(positions.get(counter, -1)) + 1
             positions[counter] = positions[retry_of] = position
-        digest = hash_objects(inputs, raise_on_failure=False) or "unhashable-inputs"
+        digest = hashlib.sha256(json.dumps(_stable(inputs), sort_keys=True, default=repr).encode()).hexdigest()
         return hashlib.sha256(f"{run.flow_run_id}/{task_ctx.task.task_key}/{position}/{digest}".encode()).hexdigest()
+
+
+def _stable(value: Any) -> Any:
+    """Inputs as plain JSON data, the same in every process (Prefect's own input hash falls back to
+    pickling, whose bytes differ between processes: a run carried on by another process, or after a
+    restart, would not find its results). What has no plain form is keyed by its repr."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")  # a SecretStr dumps as asterisks
+    if is_dataclass(value) and not isinstance(value, type):
+        return _stable(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _stable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_stable(v) for v in value]
+        return sorted(items, key=repr) if isinstance(value, (set, frozenset)) else items
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
 
 
 RESUMABLE = Resumable()

@@ -44,6 +44,11 @@ class ResponderSettings(BaseSettings):
         description="Fallback poll for scheduled runs; new runs are normally seen at once through the event stream.",
     )
     max_concurrent_runs: int = Field(default=64, ge=1)
+    lease_seconds: float = Field(
+        default=30.0, ge=3,
+        description="How long a responder's hold on a run lasts without renewal (it renews every third of it): "
+                    "the runs of a responder that stopped are taken over by another this long after.",
+    )
     delivery_retry_seconds: float = Field(default=1.0, gt=0)
     dry_run: bool = Field(default=False, description="Every mitigation only reports what it would do.")
     slack_token: SecretStr | None = Field(default=None, description="Bot token (xoxb-…); Slack is off without it.")

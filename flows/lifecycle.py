@@ -294,7 +294,8 @@ def run_mitigation(plan: PlannedAction, dry_run: bool, incident: IncidentRef | N
     """Record the human's answer (if one was asked), then run the planned action once.
 
     No retries: actions re-check and report, and a rollback must not run twice. Kept as a step, so a
-    run carried on after a later answer does not run it again.
+    run carried on after a later answer does not run it again; claimed in the store per incident,
+    action and target, so a run taken over after its responder died half-way does not either.
     """
     settings, catalog, store = runtime()
     logger = get_run_logger()
@@ -316,6 +317,18 @@ def run_mitigation(plan: PlannedAction, dry_run: bool, incident: IncidentRef | N
             _record_outcome(incident, outcome)
             return outcome
         logger.info("Approved by %s: %s", who, answer.reason or "(no reason given)")
+    claim = f"{incident.id if incident else current_flow_run_id()}:{plan.guard_key}"
+    if not dry_run and (earlier := store.claim_action(claim, current_flow_run_id())) is not None:
+        # Once per incident, action and target, also when the responder that ran it died half-way.
+        if earlier["status"] is None:
+            outcome = ActionOutcome(**base, status="failed", detail=(
+                f"a responder stopped while running it (run {earlier['flow_run_id']}, {earlier['claimed_at']}): "
+                "not run again; check the target by hand"))
+        else:
+            outcome = ActionOutcome(**base, status="not_needed", detail=(
+                f"already {earlier['status']} for this incident (run {earlier['flow_run_id']}): not run twice"))
+        _record_outcome(incident, outcome)
+        return outcome
     kwargs = dict(plan.params)
     try:
         if plan.target_ref is not None:
@@ -331,6 +344,8 @@ def run_mitigation(plan: PlannedAction, dry_run: bool, incident: IncidentRef | N
         outcome = ActionOutcome(**base, status="failed", detail=detail[:500])
     if who:
         outcome.detail = f"{outcome.detail} (approved by {who})"
+    if not dry_run:
+        store.finish_action(claim, outcome.status)
     store.record_action(plan.guard_key, incident.id if incident else None, outcome.status)
     _record_outcome(incident, outcome)
     return outcome

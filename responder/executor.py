@@ -14,10 +14,14 @@ under a second, so this executor:
   (``prefect.flow_engine.run_flow``), so the run is a normal deployment run in
   the UI: logs, task graph, artifacts, pause/resume.
 
-Runs left Running or Pending by a responder that died are scheduled again at
-start-up: a runbook starts over from its first step, and the steps it had done
-return their kept results (``core/results.py``). A run suspended for approval
-holds nothing and is left alone: its answer schedules it again.
+Several responders may share one Prefect server and one store: each run an
+executor claims is leased to it in the store (``responder/leases.py``) and the
+lease renewed every few seconds. Runs left Running or Pending by a responder that
+stopped (lease expired, or its process gone on this host) are taken over by a
+live one, at start-up and every few seconds: a runbook starts over from its first
+step, and the steps it had done return their kept results (``core/results.py``).
+A run suspended for approval holds nothing and is left alone: its answer
+schedules it again.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from prefect.flow_engine import run_flow
 from prefect.states import Pending, Scheduled
 
 from core.services import Services, bound
+from responder.leases import LEASE_SECONDS, known_dead, new_holder
 
 logger = logging.getLogger("responder.executor")
 
@@ -64,8 +69,12 @@ class Executor:
         poll_seconds: float = 2.0,
         max_concurrent_runs: int = 64,
         on_run_started: Callable[[str], None] | None = None,
+        holder: str | None = None,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self.flows_by_deployment = flows_by_deployment
+        self.holder = holder or new_holder()  # this responder, in the store's leases
+        self.lease_seconds = lease_seconds
         self.services = services
         self.poll_seconds = poll_seconds
         self._slots = threading.BoundedSemaphore(max_concurrent_runs)
@@ -86,12 +95,32 @@ class Executor:
 
     async def run(self) -> None:
         self._wake = asyncio.Event()
-        await self._recover_orphans()
-        await asyncio.gather(self._poll_loop(), self._watch_loop())
+        await self.take_over()
+        await asyncio.gather(self._poll_loop(), self._watch_loop(), self._heartbeat_loop())
 
-    async def _recover_orphans(self) -> None:
+    async def _heartbeat_loop(self) -> None:
+        """Renew this responder's leases, and take over the runs of responders that stopped."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                await asyncio.to_thread(self.services.store.renew_leases, self.holder, self.lease_seconds)
+                await self.take_over()
+            except Exception as exc:  # the store or the server may be down: the next beat tries again
+                logger.warning("Lease heartbeat failed (%s: %s)", type(exc).__name__, exc)
+
+    async def take_over(self) -> int:
+        """Schedule again the runs a stopped responder left Running or Pending; returns how many.
+
+        A run counts as left when its lease expired (its holder stopped renewing it) or its holder is
+        known dead (same host, process gone), or it has no lease at all (left by a release without
+        leases). A run suspended for approval holds nothing and is left alone: its answer schedules it.
+        Taking the lease first means only one live responder takes each run over; it starts again
+        from its first step, and the steps it had done return their kept results.
+        """
+        store = self.services.store
+        taken = 0
         async with get_client() as client:
-            orphans = await client.read_flow_runs(
+            runs = await client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(
                     state=FlowRunFilterState(
                         type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING, StateType.PAUSED])
@@ -99,15 +128,29 @@ class Executor:
                 ),
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(self.flows_by_deployment))),
             )
-            for run in orphans:
+            for run in runs:
                 if run.state.is_paused() and run.state.state_details.pause_reschedule:
-                    continue  # suspended for approval: it holds nothing, and its answer schedules it again
-                logger.warning("Run %s (%s) was left %s by a stopped responder: starting it again", run.name, run.id, run.state_name)
+                    continue  # suspended for approval
+                if run.id in self._inflight:
+                    continue
+                lease = await asyncio.to_thread(store.lease, f"run:{run.id}")
+                holder = lease[0] if lease else None
+                if lease and lease[1] > datetime.now(timezone.utc) and not known_dead(lease[0]):
+                    continue  # a live responder runs it
+                if not await asyncio.to_thread(store.take_lease, f"run:{run.id}", self.holder, self.lease_seconds, holder):
+                    continue  # another live responder took it over first
+                logger.warning("Run %s (%s) was left %s by %s: taking it over", run.name, run.id, run.state_name,
+                               holder or "a stopped responder")
                 await client.set_flow_run_state(
                     run.id,
-                    Scheduled(message="The responder restarted; this response starts again from its first step."),
+                    Scheduled(message=f"Taken over from {holder or 'a stopped responder'}: this response starts "
+                                      "again from its first step; the steps it had done keep their results."),
                     force=True,
                 )
+                taken += 1
+        if taken:
+            self.wake()
+        return taken
 
     async def _poll_loop(self) -> None:
         assert self._wake is not None
@@ -197,9 +240,15 @@ class Executor:
                 return
             self._inflight.add(run.id)
         if not self._slots.acquire(blocking=False):
-            self._release(run.id, slot=False)
+            self._release(run.id, slot=False, lease=False)
             return  # at the limit: the run stays Scheduled and is picked up later
         try:
+            # The lease first: with several responders, only its holder proposes Pending, and a run
+            # this responder holds is never taken over while it renews the lease.
+            if not await asyncio.to_thread(self.services.store.take_lease, f"run:{run.id}", self.holder,
+                                           self.lease_seconds):
+                self._release(run.id, lease=False)
+                return
             result = await client.set_flow_run_state(run.id, Pending(), force=False)
         except Exception:
             self._release(run.id)
@@ -219,7 +268,12 @@ class Executor:
         )
         thread.start()
 
-    def _release(self, flow_run_id: UUID, slot: bool = True) -> None:
+    def _release(self, flow_run_id: UUID, slot: bool = True, lease: bool = True) -> None:
+        if lease:
+            try:
+                self.services.store.release_lease(f"run:{flow_run_id}", self.holder)
+            except Exception as exc:  # it expires by itself
+                logger.debug("Releasing the lease of run %s failed: %s", flow_run_id, exc)
         with self._inflight_lock:
             self._inflight.discard(flow_run_id)
         if slot:

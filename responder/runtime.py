@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +25,7 @@ from core.store import IngestResult, StoreUnavailable
 from deployments import build_deployments
 from responder.executor import Executor
 from responder.ingest import GroupCommit
+from responder.leases import known_dead, new_holder
 from responder.deadlines import ApprovalDeadlines
 from responder.pager import Pager
 from responder.events import prefect_event
@@ -32,6 +34,8 @@ from responder.prefect_api import (ensure_canary, post_events, probe_triggers, r
 from responder.reports import publish_incident_artifact, publish_postmortem
 
 logger = logging.getLogger("responder")
+
+DUTY_LEASE_SECONDS = 10.0  # delivery and follow-ups move to a stand-by responder this long after their holder stops
 
 
 class Responder:
@@ -53,6 +57,8 @@ class Responder:
         self._deliver_wake: asyncio.Event | None = None
         self._follow_up_wake: asyncio.Event | None = None
         self.deployment_ids: dict[str, Any] = {}
+        self.holder = new_holder()  # this responder in the store's leases (several may share a store)
+        self._led: dict[str, float] = {}
 
     # -- called by the intake ----------------------------------------------------
     def after_ingest(self, result: IngestResult) -> None:
@@ -109,10 +115,29 @@ class Responder:
         self.executor = Executor(
             {self.deployment_ids[name]: (name, flows[name]) for name in self.deployment_ids},
             services=self.services,
+            holder=self.holder,
+            lease_seconds=self.settings.lease_seconds,
             poll_seconds=self.settings.poll_seconds,
             max_concurrent_runs=self.settings.max_concurrent_runs,
             on_run_started=lambda runbook: metrics.RUNS_STARTED.labels(runbook).inc(),
         )
+
+    async def _leads(self, duty: str) -> bool:
+        """Whether this responder does ``duty`` (delivery, follow-ups) now: one responder of those sharing
+        a store does each, holding its lease; a stand-by takes over when the holder stops renewing."""
+        if time.monotonic() - self._led.get(duty, float("-inf")) < DUTY_LEASE_SECONDS / 3:
+            return True
+        try:
+            held = await asyncio.to_thread(self.store.take_lease, duty, self.holder, DUTY_LEASE_SECONDS)
+            if not held and (lease := await asyncio.to_thread(self.store.lease, duty)) and known_dead(lease[0]):
+                held = await asyncio.to_thread(self.store.take_lease, duty, self.holder, DUTY_LEASE_SECONDS, lease[0])
+        except StoreUnavailable:
+            return False
+        if held:
+            self._led[duty] = time.monotonic()
+        else:
+            self._led.pop(duty, None)
+        return held
 
     # -- event delivery ----------------------------------------------------------
     async def deliver_forever(self) -> None:
@@ -130,6 +155,9 @@ class Responder:
                         await asyncio.sleep(retry)
                         continue
                 try:
+                    if not await self._leads("delivery"):
+                        await asyncio.sleep(1.0)  # another responder delivers; this one stands by
+                        continue
                     events = await asyncio.to_thread(self.store.pending_events)
                 except StoreUnavailable as exc:
                     logger.error("Cannot read the outbox: %s", exc)
@@ -160,7 +188,7 @@ class Responder:
         """Runs beside delivery, so a slow follow-up never delays the next alert's event."""
         self._follow_up_wake = asyncio.Event()
         while True:
-            if self.triggers_ready:
+            if self.triggers_ready and await self._leads("follow-ups"):
                 await self._follow_up()
             try:
                 await asyncio.wait_for(self._follow_up_wake.wait(), 1.0)

@@ -166,3 +166,48 @@ def test_retention_deletes_only_history(tmp_path):
     assert store.get_result("step-1") is None
     assert [r["id"] for r in store.pending_followups()] == [closed["id"]]
     assert store.incident(result.incidents_opened[0]).status == "closed"  # incidents are kept
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_lease_has_one_holder_until_it_expires_or_its_holder_is_known_dead(tmp_path, backend, request):
+    """Several responders share a store: of eight taking the same lease at once exactly one wins; the
+    holder renews it; once it expires (or is stolen from a holder known dead) another takes it."""
+    import threading
+    import time
+
+    url = request.getfixturevalue("fresh_database") if backend == "postgresql" else None
+    store = open_store(url, tmp_path / "responder.db")
+    start, won = threading.Barrier(8), []
+
+    def take(i: int) -> None:
+        start.wait()
+        if store.take_lease("run:1", f"host/{i}/x", 60):
+            won.append(i)
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(won) == 1
+    holder = f"host/{won[0]}/x"
+    assert store.lease("run:1")[0] == holder
+    assert not store.take_lease("run:1", "other/1/y", 60)
+    assert store.take_lease("run:1", "other/1/y", 60, steal_from=holder)  # its holder is known dead
+    assert store.renew_leases("other/1/y", 0.5) == 1
+    time.sleep(0.6)
+    assert store.take_lease("run:1", "third/1/z", 60)  # expired: free for a live responder
+    store.release_lease("run:1", "third/1/z")
+    assert store.lease("run:1") is None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_action_is_claimed_once_per_incident_and_target(tmp_path, backend, request):
+    url = request.getfixturevalue("fresh_database") if backend == "postgresql" else None
+    store = open_store(url, tmp_path / "responder.db")
+    assert store.claim_action("inc-1:restart_service:app", "run-1") is None
+    earlier = store.claim_action("inc-1:restart_service:app", "run-2")  # the run carried on elsewhere
+    assert earlier["flow_run_id"] == "run-1" and earlier["status"] is None  # it never finished: not again
+    store.finish_action("inc-1:restart_service:app", "done")
+    assert store.claim_action("inc-1:restart_service:app", "run-2")["status"] == "done"
+    assert store.claim_action("inc-2:restart_service:app", "run-3") is None  # another incident

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import uuid
 
@@ -108,6 +109,10 @@ def test_after_kill_9_make_run_comes_back_by_itself_and_the_response_carries_on(
         resume(api, still["id"], True, "after the crash", "tester")
         run = wait_run_final(api, incident, timeout=120)
         assert run["state"]["name"] == "Resolved", run["state"]
+        # Carried on by another process from the kept results: acknowledged and asked once, the step done once.
+        with sqlite3.connect(tmp_path / "home" / "responder.db") as db:
+            kinds = [k for (k,) in db.execute("SELECT kind FROM timeline WHERE incident_id = ?", (incident,))]
+        assert (kinds.count("response"), kinds.count("approval-asked"), kinds.count("action")) == (1, 1, 1), kinds
 
         def pages() -> list[int]:
             return [r["body"]["level"] for r in webhook.requests

@@ -165,6 +165,21 @@ MIGRATIONS = [
         )""",
         "CREATE INDEX IF NOT EXISTS approvals_open ON approvals (settled_at, deadline_at)",
     ]),
+    Migration(6, "leases of runs and delivery, action claims (several responders on one store)", [
+        """CREATE TABLE IF NOT EXISTS leases (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS leases_by_holder ON leases (holder)",
+        """CREATE TABLE IF NOT EXISTS action_claims (
+            key TEXT PRIMARY KEY,
+            flow_run_id TEXT NOT NULL,
+            claimed_at TEXT NOT NULL,
+            finished_at TEXT,
+            status TEXT
+        )""",
+    ]),
 ]
 LATEST_VERSION = MIGRATIONS[-1].version
 

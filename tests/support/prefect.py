@@ -22,10 +22,12 @@ class PrefectServer:
     """A real Prefect server process: on PostgreSQL, ``prefect server start`` as in docker-compose.yml;
     on SQLite, the server ``responder up`` embeds (``python -m responder.prefect_server``)."""
 
-    def __init__(self, home: Path, port: int | None = None, database_url: str | None = None):
+    def __init__(self, home: Path, port: int | None = None, database_url: str | None = None,
+                 extra_env: dict[str, str] | None = None):
         self.home = home
         self.port = port or free_port()
         self.database_url = database_url
+        self.extra_env = extra_env or {}
         self.process: subprocess.Popen | None = None
 
     @property
@@ -39,6 +41,7 @@ class PrefectServer:
         env.pop("PREFECT_API_URL", None)
         if self.database_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
+        env.update(self.extra_env)
         self.process = subprocess.Popen(
             [*server_command("stock" if self.database_url else "tuned"), "--host", "127.0.0.1", "--port", str(self.port)],
             env=env,
