@@ -81,7 +81,7 @@ def serve_one_app():
 
     The automations' actions reach the API through an in-process client, and each one it builds
     calls ``create_app()`` with no arguments to find "the currently running server instance".
-    In prefect 3.8.8 that call re-runs ``setup_logging()`` and serializes every setting to compute
+    In prefect 3.8.8 and 3.9.1 that call re-runs ``setup_logging()`` and serializes every setting to compute
     its cache key before it returns the cached app: about 0.1 s of CPU per triggered run, measured
     at 15 % of the server's CPU during a 30-alert burst. This process serves exactly one app, the
     one built here, which is what that call returns anyway; the shortcut returns it directly.
