@@ -46,7 +46,13 @@ def test_a_person_approves_from_the_prefect_ui(prefect_server, tmp_path):
                 boxes = dialog.locator("textarea")
                 boxes.nth(0).fill("rehearsal, approved in the UI")
                 boxes.nth(1).fill("ivy")
-                dialog.get_by_role("button", name="Submit").click()
+                # Closing the browser the moment Submit is clicked can drop the UI's resume request
+                # (seen on a loaded machine: the run stayed Paused); wait for the server's answer.
+                with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith(f"/flow_runs/{run['id']}/resume"),
+                                          timeout=30000) as resumed:
+                    dialog.get_by_role("button", name="Submit").click()
+                assert resumed.value.ok, (resumed.value.status, resumed.value.text())
+                assert resumed.value.json()["status"] == "ACCEPT", resumed.value.text()
             finally:
                 browser.close()
         final = wait_run_final(prefect_server.api_url, incident)
