@@ -18,6 +18,7 @@ from its first step; every step done before returns its kept result instead of r
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from dataclasses import asdict, dataclass, is_dataclass
@@ -25,6 +26,7 @@ from typing import Any
 
 from prefect.cache_policies import CachePolicy
 from prefect.context import FlowRunContext
+from prefect.exceptions import ObjectAlreadyExists
 from prefect.filesystems import WritableFileSystem
 from pydantic import BaseModel
 
@@ -100,7 +102,17 @@ class StoreResults(WritableFileSystem):
         return self.write_path(path, content)
 
 
-async def register_result_storage() -> None:
-    """Register the block type and save the block runbook flows name (idempotent; at start-up)."""
-    await StoreResults.aregister_type_and_schema()
-    await StoreResults().asave(RESULTS_BLOCK.split("/", 1)[1], overwrite=True)
+async def register_result_storage(attempts: int = 5) -> None:
+    """Register the block type and save the block runbook flows name (idempotent; at start-up).
+
+    Several responders starting at once race to create the same type, schema and block: the loser's
+    create is refused as already existing, and its next attempt finds what the winner made."""
+    for attempt in range(attempts):
+        try:
+            await StoreResults.aregister_type_and_schema()
+            await StoreResults().asave(RESULTS_BLOCK.split("/", 1)[1], overwrite=True)
+            return
+        except ObjectAlreadyExists:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))

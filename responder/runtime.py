@@ -36,6 +36,7 @@ from responder.reports import publish_incident_artifact, publish_postmortem
 logger = logging.getLogger("responder")
 
 DUTY_LEASE_SECONDS = 10.0  # delivery and follow-ups move to a stand-by responder this long after their holder stops
+DEPLOY_LEASE_SECONDS = 120.0  # applying 30 deployments takes seconds; a start that died holding it frees it after this
 
 
 class Responder:
@@ -101,14 +102,21 @@ class Responder:
         delay = 1.0
         while True:
             try:
-                for runbook, deployment in zip(self.catalog.runbooks, await build_deployments(self.catalog, flows)):
-                    self.deployment_ids[runbook.name] = await deployment.aapply()
-                await register_result_storage()
-                await retire_page_deployment()
-                await ensure_canary()
+                # One responder at a time: applying a deployment replaces its trigger's automation
+                # (delete, then create), and two responders doing it at once left two automations,
+                # so every alert started two runs.
+                await self._wait_for_lease("deployments", DEPLOY_LEASE_SECONDS)
+                try:
+                    for runbook, deployment in zip(self.catalog.runbooks, await build_deployments(self.catalog, flows)):
+                        self.deployment_ids[runbook.name] = await deployment.aapply()
+                    await register_result_storage()
+                    await retire_page_deployment()
+                    await ensure_canary()
+                finally:
+                    await asyncio.to_thread(self.store.release_lease, "deployments", self.holder)
                 break
-            except (httpx.HTTPError, OSError, RuntimeError) as exc:
-                logger.warning("Prefect server not reachable (%s); retrying in %.0f s", exc, delay)
+            except (httpx.HTTPError, OSError, RuntimeError, StoreUnavailable) as exc:
+                logger.warning("Prefect server or store not reachable (%s); retrying in %.0f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
         self.prefect_ready = True
@@ -121,6 +129,15 @@ class Responder:
             max_concurrent_runs=self.settings.max_concurrent_runs,
             on_run_started=lambda runbook: metrics.RUNS_STARTED.labels(runbook).inc(),
         )
+
+    async def _wait_for_lease(self, name: str, ttl_seconds: float) -> None:
+        """Hold ``name`` once the responder holding it releases it (or stops: known dead, or expired)."""
+        while not await asyncio.to_thread(self.store.take_lease, name, self.holder, ttl_seconds):
+            lease = await asyncio.to_thread(self.store.lease, name)
+            if lease and known_dead(lease[0]):
+                await asyncio.to_thread(self.store.take_lease, name, self.holder, ttl_seconds, lease[0])
+                continue
+            await asyncio.sleep(0.5)
 
     async def _leads(self, duty: str) -> bool:
         """Whether this responder does ``duty`` (delivery, follow-ups) now: one responder of those sharing

@@ -8,6 +8,7 @@ Receivers are local capture servers (no real pager is reachable from here).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import uuid
@@ -17,6 +18,9 @@ import httpx
 import psycopg
 import pytest
 
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from core.results import register_result_storage
 from support.alerts import alert_body, load_fixture
 from support.capture import CaptureServer
 from support.common import wait_for
@@ -60,6 +64,11 @@ def test_two_responders_share_one_prefect_server_and_one_takes_over_when_the_oth
         notify={"webhooks": [f"{webhook.url}/hook"]})
     env = {"RESPONDER_DATABASE_URL": store_db, "RESPONDER_LEASE_SECONDS": "9", "RESPONDER_TIME_SCALE": "0.01"}
     responders = {name: ResponderProcess(tmp_path / name, config, api, env) for name in ("a", "b", "c")}
+
+    async def register_at_once() -> None:  # what responders starting together do on a new server
+        await asyncio.gather(*(register_result_storage() for _ in range(6)))
+    with temporary_settings({PREFECT_API_URL: api}):
+        asyncio.run(register_at_once())  # the losers of the race find what the winner made
     try:
         responders["a"].start(wait_ready=False)
         responders["b"].start()
