@@ -29,6 +29,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/alert_to_first_task.py
 	$(BIN)/python bench/intake.py
+	$(BIN)/python bench/storm.py
 
 clean:
 	rm -rf $(VENV) .prefect .responder

@@ -66,16 +66,16 @@ def send_page(incident: Incident, page: Page, store: Store, notifier: Notifier, 
 
     The claim comes first, so two responders (or a pass racing a restart) never both send it.
     """
-    if not store.record_page(incident.id, page.level, page.who):
-        return False
     late = max(0.0, (now - page.due).total_seconds())
+    # One transaction: the claim, its timeline line and its event (in a storm, pages compete with
+    # every response for the store's writes).
+    if not store.page_claimed(incident.id, page.level, page.who, {
+            "level": page.level, "who": page.who, "due": page.due.isoformat(), "late_seconds": round(late, 3)}):
+        return False
     text = (f":rotating_light: *Level {page.level} page* for {page.who} ({page.title or 'on call'}): "
             f"{incident.title} — `{incident.runbook}`, {incident.severity}, open since {incident.opened_at}")
     notifier.send(incident, "page", text, details={"level": page.level, "who": page.who},
                   discord=True, pagerduty="trigger" if page.first else None)
-    store.add_timeline(incident.id, "page", f"paged level {page.level}: {page.who}")
-    store.record_event(incident.id, "paged", {"level": page.level, "who": page.who, "due": page.due.isoformat(),
-                                              "late_seconds": round(late, 3)})
     metrics.PAGES.labels(str(page.level)).inc()
     metrics.PAGE_LATENESS.observe(late)
     log.warning("Paged level %s (%s) for incident %s, %.1f s after it was due", page.level, page.who, incident.id, late)

@@ -183,6 +183,9 @@ class Executor:
                     )
                     self.polling_ok = True
                     self.last_poll = time.monotonic()
+                    # When more runs wait than slots are free, critical incidents go first (oldest first
+                    # within each severity): each claim takes its slot before its first await, in order.
+                    runs = sorted(runs, key=lambda r: _severity_rank(r.parameters))
                     results = await asyncio.gather(*(self._claim_and_start(client, run) for run in runs),
                                                    return_exceptions=True)
                     if failed := next((r for r in results if isinstance(r, Exception)), None):
@@ -291,3 +294,9 @@ class Executor:
             logger.exception("Run %s of %s ended with an engine error", flow_run.id, runbook)
         finally:
             self._release(flow_run.id)
+
+
+def _severity_rank(parameters: dict[str, Any] | None) -> int:
+    """0 for a critical incident's run, 1 otherwise (scheduled checks, warnings)."""
+    incident = (parameters or {}).get("incident") or {}
+    return 0 if isinstance(incident, dict) and incident.get("severity") == "critical" else 1

@@ -1,11 +1,12 @@
 """The pager: sends escalation pages when they are due, in a lane of its own.
 
-About once a second it reads the open, unacknowledged incidents and the levels already paged
+Twice a second it reads the open, unacknowledged incidents and the levels already paged
 (one indexed read of the store), and sends every page that is due (``core/escalation.py``). It
 runs beside the intake, not behind the Prefect side: a page waits for no response run, no
 executor slot and no Prefect server request, so a storm that keeps the server busy, or a server
-that is down, does not make it late. Pages go out on a small thread pool of their own (a slow
-Slack call delays no other incident's page); one incident's levels go out in order.
+that is down, does not make it late. Pages go out on a thread pool of their own, 16 wide (a slow
+Slack call delays no other incident's page, and in a storm the senders hold their share of the
+process against the response runs' threads); one incident's levels go out in order.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ logger = logging.getLogger("responder.pager")
 
 
 class Pager:
-    def __init__(self, services: Services, interval_seconds: float = 1.0, senders: int = 4) -> None:
+    def __init__(self, services: Services, interval_seconds: float = 0.5, senders: int = 16) -> None:
         self.services = services
         self.interval_seconds = interval_seconds
         self._pool = ThreadPoolExecutor(max_workers=senders, thread_name_prefix="pager")

@@ -8,6 +8,7 @@ from typing import Any
 
 from core.store.base import iso, utcnow
 from core.store.incidents import INCIDENT_COLUMNS, Incident, Incidents
+from core.store.outbox import incident_record
 
 
 class Timeline(Incidents):
@@ -44,17 +45,21 @@ class Timeline(Incidents):
             ).fetchall()
         return [{"at": r[0], "kind": r[1], "text": r[2], "actor": r[3] or ""} for r in rows]
 
-    def record_page(self, incident_id: str, level: int, who: str) -> bool:
-        """Claim a page (incident, level). False when it was already claimed: each page goes out once,
-        also when several responders share the store (the primary key decides, in one statement)."""
+    def page_claimed(self, incident_id: str, level: int, who: str, details: dict[str, Any]) -> bool:
+        """Claim a page and record it (timeline line, ``incident.paged`` event) in one transaction, the
+        pager's one write per page. False when it was already claimed (nothing is written then)."""
         with self._tx() as cur:
             claimed = self._exec(
                 cur,
                 "INSERT INTO pages (incident_id, level, sent_at, who) VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT (incident_id, level) DO NOTHING",
                 (incident_id, level, iso(utcnow()), who),
-            )
-            return claimed.rowcount == 1
+            ).rowcount == 1
+            if claimed:
+                self._exec(cur, "INSERT INTO timeline (id, incident_id, at, kind, text, actor) VALUES (%s, %s, %s, %s, %s, %s)",
+                           (str(uuid.uuid4()), incident_id, iso(utcnow()), "page", f"paged level {level}: {who}", None))
+                self._enqueue(cur, incident_record("incident.paged", self._incident(cur, incident_id), details))
+            return claimed
 
     def paging_candidates(self) -> list[tuple[Incident, set[int]]]:
         """Open, unacknowledged incidents with the levels already paged: what the pager looks at."""
