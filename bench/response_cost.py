@@ -44,7 +44,8 @@ How:
    a flow run), artifact versions, CPU seconds of the Prefect server and of the responder, and the
    rows added to each table of the Prefect server's SQLite database (read-only counts at the start
    and the end of that window), each also divided by N. The idle rate × the bench's duration is shown
-   beside the events, to tell background from the responses' own.
+   beside the events, to tell background from the responses' own; the window's events tied to no
+   response (e.g. block loads, automation firings, artifact events naming no flow run) are listed.
 
 What is not counted:
 * HTTP requests to the server (it keeps no count; their work shows in its CPU seconds), reads the
@@ -69,6 +70,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import signal
 import sqlite3
@@ -226,7 +228,7 @@ def count_response(http: httpx.Client, api: str, rec: dict, window: dict) -> dic
                                                     {"artifacts": {"key": {"like_": rec["incident"].lower()}}})})
     found = events(http, api, {**window, "any_resource": {"id": [f"prefect.flow-run.{r}" for r in runs]
                                                          + [f"responder.incident.{rec['incident']}"]}})
-    versions_by_kind = Counter((a.get("key") or "(no key)").split("-")[0] for a in artifacts.values())
+    versions_by_kind = Counter(f"{(a.get('key') or '(no key)').split('-')[0]} ({a.get('type')})" for a in artifacts.values())
     times = {
         "alert → question (PAUSED) s": rec["paused_at"] - rec["posted"] if rec.get("paused_at") else None,
         "answer → final state s": rec["final_at"] - rec["answers"][-1]["at"] if rec.get("final_at") and rec["answers"] else None,
@@ -246,8 +248,7 @@ def count_response(http: httpx.Client, api: str, rec: dict, window: dict) -> dic
         },
         "flow_states": flow_states,
         "task_runs_by_state": dict(Counter(t.get("state_name") or "?" for t in tasks)),
-        "task_runs_by_name": dict(Counter(t["name"].rsplit("-", 1)[0] if t["name"].rsplit("-", 1)[-1].isdigit() else t["name"]
-                                          for t in tasks)),
+        "task_runs_by_name": dict(Counter(re.sub(r"-[0-9a-f]{3}$", "", t["name"]) for t in tasks)),  # name-<3 hex>
         "task_state_changes_by_name": dict(task_states),
         "logs_by_logger": dict(Counter(f"{l.get('name')} {logging_level(l.get('level'))}" for l in logs)),
         "logs_in_task_runs": sum(1 for l in logs if l.get("task_run_id")),
@@ -395,9 +396,11 @@ def report(f: dict[str, Any]) -> None:
     print("  task-run states by name:  " + ", ".join(f"{k} {num(v)}" for k, v in f["task_state_changes_by_name"].items()))
     print(f"  log lines in task runs:   {num(f['logs_in_task_runs'])}; by logger and level: "
           + ", ".join(f"{k} {num(v)}" for k, v in f["logs_by_logger"].items()))
-    print("  artifact versions by key: " + ", ".join(f"{k}-* {num(v)}" for k, v in f["artifact_versions_by_key_kind"].items()))
+    print("  artifact versions by key: " + ", ".join(f"{k} {num(v)}" for k, v in f["artifact_versions_by_key_kind"].items()))
     print("  events by name:           " + ", ".join(f"{k} {num(v)}" for k, v in f["events_by_name"].items()))
     print(f"  flow-run states of the first response: {' → '.join(per[0]['flow_states'])}")
+    print("events in the window tied to no response (not related to its flow run or incident), by name: "
+          + (", ".join(f"{k} {v}" for k, v in f["events_not_tied"].items()) or "none"))
     if f["table_rows_added"]:
         print(f"\nrows added to the Prefect server's SQLite tables in the window (÷ N = {n}; background included):")
         rows = sorted(f["table_rows_added"].items(), key=lambda kv: -kv[1])
@@ -490,6 +493,9 @@ def main() -> None:
             "events_by_group": {g: spread([p["events_by_group"].get(g, 0) for p in per])
                                 for g in sorted({g for p in per for g in p["events_by_group"]})},
             "whole_events_by_group": dict(whole_groups),
+            "events_not_tied": {k: v for k, v in sorted(
+                (Counter(w["events by name"]) - sum((Counter(p["events_by_name"]) for p in per), Counter())).items(),
+                key=lambda kv: -kv[1])},
             "idle_events_by_name": idle_events,
             "idle_events_in_window": sum(idle_events.values()) * scale,
             "idle_events_by_group_in_window": {g: c * scale for g, c in idle_groups.items()},
