@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import json
 from dataclasses import asdict, dataclass, is_dataclass
+from collections.abc import Iterable
 from typing import Any
 
 from prefect.cache_policies import CachePolicy
@@ -102,16 +103,22 @@ class StoreResults(WritableFileSystem):
         return self.write_path(path, content)
 
 
-async def register_result_storage(attempts: int = 5) -> None:
-    """Register the block type and save the block runbook flows name (idempotent; at start-up).
+async def register_result_storage(flows: Iterable[Any] = (), attempts: int = 5) -> StoreResults:
+    """Register the block type, save the block runbook flows name (idempotent; at start-up), and give
+    ``flows`` the saved block itself.
 
+    By name, each execution of a flow would load the block from the server (a request and a
+    ``prefect.block.….loaded`` event, twice per response: measured with bench/response_cost.py).
     Several responders starting at once race to create the same type, schema and block: the loser's
     create is refused as already existing, and its next attempt finds what the winner made."""
     for attempt in range(attempts):
         try:
             await StoreResults.aregister_type_and_schema()
-            await StoreResults().asave(RESULTS_BLOCK.split("/", 1)[1], overwrite=True)
-            return
+            block = StoreResults()
+            await block.asave(RESULTS_BLOCK.split("/", 1)[1], overwrite=True)
+            for flow in flows:
+                flow.result_storage = block
+            return block
         except ObjectAlreadyExists:
             if attempt == attempts - 1:
                 raise

@@ -136,7 +136,10 @@ def runbook_composition(name: str, thresholds: type[Thresholds] = Thresholds) ->
 
 
 def publish_timeline(incident_id: str) -> None:
-    """The incident's timeline as a table artifact (a new version each time: the UI shows the latest)."""
+    """The incident's timeline as a table artifact (a new version each time: the UI shows the latest).
+
+    Written at the phase boundaries only (acknowledged, waiting on people, concluded): each version
+    is a full copy and several events on the server; the store has every entry as it happens."""
     _, _, store = runtime()
     create_table_artifact(store.timeline(incident_id), key=f"timeline-{incident_id.lower()}",
                           description="Incident timeline (updated as the response goes)")
@@ -250,6 +253,7 @@ def announce_approval(plan: PlannedAction, key: str, deadline_seconds: float) ->
             notifier().send(record, "approval-asked", text,
                             details={"flow_run_id": flow_run_id, "plan": plan.model_dump(mode="json"),
                                      "deadline": deadline.isoformat()})
+        publish_timeline(incident_id)  # a phase boundary: the response now waits on people
     return deadline.isoformat()
 
 
@@ -373,8 +377,6 @@ def mitigate(
             answer = ask_approval(plan, runbook, evidence, runbook.approval_timeout_seconds * settings.time_scale,
                                   question)
         outcomes.append(run_mitigation(plan, dry_run, incident, answer, question))
-    if plans and incident is not None:
-        publish_timeline(incident.id)
     return outcomes
 
 
@@ -549,7 +551,8 @@ def conclude(
         reason = "; ".join(reasons) or (last.line() if last else "verification did not pass")
         escalate(runbook, alert, incident, reason, outcomes)
         name, message = "Escalated", f"Not resolved by the runbook; escalated: {reason}"
-    publish_timeline(incident.id)
+        publish_timeline(incident.id)  # the incident stays open: the timeline as it is now
+    # (a closed incident's final timeline is published once, at its close, with its post-mortem)
     create_markdown_artifact(
         _report(runbook, alert, incident, verdict, evidence, outcomes),
         key=f"response-{incident.id}",

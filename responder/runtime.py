@@ -109,7 +109,7 @@ class Responder:
                 try:
                     for runbook, deployment in zip(self.catalog.runbooks, await build_deployments(self.catalog, flows)):
                         self.deployment_ids[runbook.name] = await deployment.aapply()
-                    await register_result_storage()
+                    await register_result_storage(flows.values())
                     await retire_page_deployment()
                     await ensure_canary()
                 finally:

@@ -53,7 +53,7 @@ class InProcessResponder:
                 self._ready.set()
 
     async def _run(self) -> None:
-        await register_result_storage()
+        await register_result_storage([self.flow])
         if self.deployment_id is None:
             deployment = await self.flow.ato_deployment(name=f"in-process-{uuid.uuid4().hex[:8]}")
             self.deployment_id = await deployment.aapply()
