@@ -26,17 +26,6 @@ from support.prefect import PrefectServer, serving, sqlite_prefect_server
 from support.responder import LIVE_RESPONDERS
 
 
-# The modules that take longest (each starts real processes and waits on real budgets), first: the
-# test workers take modules in collection order, so a long module collected last is the suite's tail.
-SLOW_FIRST = ("test_lifecycle.py", "test_scale_out.py", "test_up.py", "test_outage.py", "test_lifecycle_decisions.py",
-              "test_ui_approval.py", "test_approval.py", "test_alertmanager.py", "test_intake.py", "test_e2e.py")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: the rest keep their order
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
