@@ -91,7 +91,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from alert_to_first_task import Bench  # noqa: E402  (the same `responder up` as the other benchmarks)
 from storm import (  # noqa: E402
     DRILL_DEPLOYMENT, CaptureServer, api_pages, config_copy, deployment_id, group_alerts,
-    started_bench_tmp, stop_leftovers, ts, webhook_body,
+    started_bench_tmp, stop_leftovers, stop_on_signals, ts, webhook_body,
 )
 
 TIME_SCALE = 0.01
@@ -420,12 +420,7 @@ def main() -> None:
     if args.alerts < 1:
         parser.error("--alerts must be at least 1")
 
-    def interrupted(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started where SIGINT was ignored
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGHUP, interrupted)
+    stop_on_signals()
 
     tmp = Path(tempfile.mkdtemp(prefix="responder-cost-"))
     capture = CaptureServer()

@@ -589,6 +589,16 @@ def collect(args, api: str, sender: Sender, capture: CaptureServer, watch: Watch
     return figures
 
 
+def stop_on_signals() -> None:
+    """Ctrl-C, SIGTERM and SIGHUP stop a benchmark by KeyboardInterrupt, so its clean-up runs."""
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started where SIGINT was ignored
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGHUP, interrupted)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", type=int, default=200)
@@ -609,12 +619,7 @@ def main() -> None:
     args = parser.parse_args()
     args.storm_tag = uuid.uuid4().hex[:8]
 
-    def interrupted(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started where SIGINT was ignored
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGHUP, interrupted)
+    stop_on_signals()
 
     tmp = Path(tempfile.mkdtemp(prefix="responder-storm-"))
     capture = CaptureServer()
