@@ -14,14 +14,13 @@ import glob
 import os
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from support.capture import CaptureServer
 from support.common import free_port, wait_for
-from support.databases import _pg_ok, temporary_database
+from support.databases import _pg_ok, private_postgres, temporary_database
 from support.prefect import PrefectServer, serving, sqlite_prefect_server
 from support.responder import LIVE_RESPONDERS
 
@@ -64,7 +63,7 @@ def prefect_server(tmp_path_factory, postgres_url) -> Iterator[PrefectServer]:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory) -> Iterator[str]:
+def postgres_url() -> Iterator[str]:
     env = os.environ.get("RESPONDER_TEST_POSTGRES_URL")
     if env:
         assert _pg_ok(env), f"RESPONDER_TEST_POSTGRES_URL={env} does not accept connections"
@@ -75,23 +74,11 @@ def postgres_url(tmp_path_factory) -> Iterator[str]:
         if _pg_ok(candidate):
             yield candidate
             return
-    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not initdb:
+    if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
         pytest.fail("No PostgreSQL: set RESPONDER_TEST_POSTGRES_URL, run one on 127.0.0.1:5432, "
                     "or install PostgreSQL binaries (apt-get install postgresql)")
-    bindir = Path(initdb[-1]).parent
-    data = tmp_path_factory.mktemp("pgdata")
-    port = free_port()
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_user:
-        shutil.chown(data, "postgres")
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
-                   capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", f"-p {port} -k /tmp -h 127.0.0.1",
-                    "-l", str(data / "log"), "-w", "start"], check=True, capture_output=True)
-    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    yield url
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+    with private_postgres() as url:
+        yield url
 
 
 @pytest.fixture

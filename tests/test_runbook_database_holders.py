@@ -4,17 +4,17 @@ after approval, through the real ``responder up``, the real Prefect server and r
 * The holders are real sessions of two applications (psycopg connections with
   ``application_name=``), in a database of this module: some ran ``BEGIN; SELECT 1`` and left the
   transaction open (``idle in transaction``), the others are plain idle connections.
-* The connection count is the server's, not this database's, and ``max_connections`` is whatever
-  the server says, so the test does not change it: it counts the client sessions that are not
-  its own right before starting the responder and sets ``connections_ratio`` halfway between
-  "with the idle transactions" and "without them". Holding them puts the runbook over the
-  ratio; terminating them brings it back under, which is what verification must see.
+* The connection count is the server's, not this database's, so this module runs a PostgreSQL
+  server of its own (``private_postgres``, from the local binaries): on the shared server the
+  rest of the suite runs at the same time and its sessions move the count (pools of Prefect
+  servers on PostgreSQL in other modules), and in CI this test once ended *Escalated* instead
+  of *Resolved* with the right sessions terminated. On its own server the only client sessions are this test's and the probe's. The test
+  counts them right before starting the responder and sets ``connections_ratio`` halfway
+  between "with the idle transactions" and "without them". Holding them puts the runbook over
+  the ratio; terminating them brings it back under, which is what verification must see.
   ``idle_in_transaction_minutes`` is 0.03 (1.8 s) instead of the catalog's 5.
-* This module starts its own responder (a module of its own, so never next to another test
-  module's responder on the shared Prefect server): the ratio must be known when it starts.
-  The responder's store is SQLite (as ``make_config`` leaves it), so it holds no PostgreSQL
-  connection of its own; a suite running at the same time against the same server moves the
-  count, which the half-way margin (2.5 sessions each side) and the verify budget absorb.
+* This module starts its own responder. Its store is SQLite (as ``make_config`` leaves it), so
+  it holds no PostgreSQL connection of its own.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import psycopg
 import pytest
 
 from support.alerts import load_fixture
-from support.databases import temporary_database
+from support.databases import private_postgres, temporary_database
 from support.prefect import answer, form_description, paused_run, report, wait_run_final
 from support.responder import fire, make_config, running_responder
 
@@ -37,9 +37,10 @@ IDLE_MINUTES = 0.03
 
 
 @pytest.fixture(scope="module")
-def database(postgres_url) -> Iterator[str]:
-    with temporary_database(postgres_url, "responder_holders") as url:
-        yield url
+def database() -> Iterator[str]:
+    with private_postgres() as server:
+        with temporary_database(server, "responder_holders") as url:
+            yield url
 
 
 @contextmanager

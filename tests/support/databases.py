@@ -1,10 +1,18 @@
-"""PostgreSQL helpers for tests: is a server there, and a throwaway database on it."""
+"""PostgreSQL helpers for tests: is a server there, a throwaway database on it, a server of one's own."""
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
+
+from support.common import free_port
 
 
 def _pg_ok(url: str) -> bool:
@@ -32,3 +40,31 @@ def temporary_database(postgres_url: str, prefix: str) -> Iterator[str]:
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def private_postgres() -> Iterator[str]:
+    """A PostgreSQL server of its own, started from the local binaries on a free port in a new
+    directory (stopped and removed afterwards); the URL of its ``postgres`` database. For tests
+    whose figures are the whole server's (``pg_stat_activity``): nobody else's sessions move them.
+
+    The directory is made with ``tempfile``, not under pytest's ``tmp_path``: run as root, the
+    server runs as ``postgres``, which cannot enter pytest's root-only directories."""
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not initdb:
+        raise RuntimeError("No PostgreSQL binaries under /usr/lib/postgresql: apt-get install postgresql")
+    bindir = Path(initdb[-1]).parent
+    port = free_port()
+    data = Path(tempfile.mkdtemp(prefix="responder-pg-"))
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(data, "postgres")
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
+                   capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", f"-p {port} -k /tmp -h 127.0.0.1",
+                    "-l", str(data / "log"), "-w", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
