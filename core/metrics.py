@@ -69,3 +69,39 @@ TIME_TO_RESOLVE = Histogram(
 INCIDENTS = Gauge(
     "responder_incidents", "Incidents by state and severity.", ["state", "severity"], registry=REGISTRY
 )
+
+# -- what silence looks like (deploy/prometheus/responder-rules.yml alerts on these, routed around the responder)
+RESPONSES_WAITING = Gauge(
+    "responder_responses_waiting_to_start", "Response runs due and not yet started, at the executor's last poll.",
+    registry=REGISTRY,
+)
+RESPONSES_OLDEST_WAITING = Gauge(
+    "responder_responses_oldest_waiting_seconds",
+    "How long the oldest due response run has waited to start, at the executor's last poll (0 when none).",
+    registry=REGISTRY,
+)
+PAGES_OLDEST_DUE = Gauge(
+    "responder_pages_oldest_due_seconds",
+    "How overdue the most overdue escalation page not yet sent is, at the pager's last pass (0 when none).",
+    registry=REGISTRY,
+)
+PAGER_LAST_PASS = Gauge(
+    "responder_pager_last_pass_timestamp_seconds",
+    "Unix time of the pager's last pass over the open incidents (it passes twice a second).", registry=REGISTRY,
+)
+NOTIFICATIONS_FAILED = Counter(
+    "responder_notifications_failed_total",
+    "Messages and pages a channel did not take after all retries, by channel.", ["channel"], registry=REGISTRY,
+)
+PREFECT_LAST_CONTACT = Gauge(
+    "responder_prefect_last_contact_timestamp_seconds",
+    "Unix time of the executor's last successful read from the Prefect server (0: none since start).",
+    registry=REGISTRY,
+)
+WATCHDOG_LAST_SEEN = Gauge(
+    "responder_alertmanager_watchdog_last_seen_timestamp_seconds",
+    "Unix time Alertmanager's Watchdog alert last arrived (0: never, the dead man's switch is not armed).",
+    registry=REGISTRY,
+)
+for _channel in ("slack", "discord", "pagerduty", "webhooks"):  # each series exists at 0 before its first failure
+    NOTIFICATIONS_FAILED.labels(_channel)

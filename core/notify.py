@@ -20,6 +20,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_exponential
 
+from core import metrics
 from core.catalog import Catalog
 from core.settings import ResponderSettings
 from core.store import Incident, Store
@@ -185,6 +186,7 @@ class Notifier:
                 call()
             except Exception as exc:  # any channel failure is recorded, never fatal
                 failures.append(name)
+                metrics.NOTIFICATIONS_FAILED.labels(name).inc()
                 log.error("Notification %s via %s failed: %s", kind, name, type(exc).__name__)
                 if incident_id is not None:
                     self.store.add_timeline(incident_id, "notify-failed", f"{name} did not take the {kind} message: "

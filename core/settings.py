@@ -63,6 +63,15 @@ class ResponderSettings(BaseSettings):
             "writes queued; see responder/prefect_server.py) or `stock` (`prefect server start`)."
         ),
     )
+    watchdog_alertname: str = Field(
+        default="Watchdog",
+        description="Alertmanager's always-firing alert (the dead man's switch); its arrivals arm the switch.",
+    )
+    watchdog_interval_seconds: float = Field(
+        default=60.0, gt=0,
+        description="How often Alertmanager re-sends the Watchdog (the shipped route: every 60 s). Silent for "
+                    "twice this, the responder starts the AlertmanagerNotSending runbook by itself and pages.",
+    )
     time_scale: float = Field(
         default=1.0,
         gt=0,

@@ -53,6 +53,7 @@ from prefect.exceptions import Pause
 from prefect.flow_engine import run_flow
 from prefect.states import Pending, Scheduled
 
+from core import metrics
 from core.services import Services, bound
 from responder.leases import LEASE_SECONDS, known_dead, new_holder
 
@@ -183,6 +184,12 @@ class Executor:
                     )
                     self.polling_ok = True
                     self.last_poll = time.monotonic()
+                    metrics.PREFECT_LAST_CONTACT.set(time.time())
+                    now = datetime.now(timezone.utc)
+                    metrics.RESPONSES_WAITING.set(len(runs))
+                    metrics.RESPONSES_OLDEST_WAITING.set(max(
+                        ((now - due).total_seconds() for run in runs
+                         if (due := run.next_scheduled_start_time or run.expected_start_time)), default=0.0))
                     # When more runs wait than slots are free, critical incidents go first (oldest first
                     # within each severity): each claim takes its slot before its first await, in order.
                     runs = sorted(runs, key=lambda r: _severity_rank(r.parameters))

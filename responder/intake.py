@@ -28,6 +28,7 @@ import hmac
 import json
 import logging
 import time
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -184,7 +185,9 @@ def create_app(responder: "Responder") -> FastAPI:
         started = time.perf_counter()
         try:
             routes = responder.catalog.routes([alert.alertname for alert in payload.alerts])
-            result = await responder.group_commit.ingest(payload, raw, routes)
+            result = await responder.ingest(payload, raw, routes)
+            if responder.watchdog.is_watchdog(payload):
+                await responder.watchdog.arrived(datetime.now(timezone.utc))
         except StoreUnavailable as exc:
             logger.error("Alert body not stored: %s", exc)
             return _error(503, "the alert store is unavailable; retry later", {"Retry-After": "5"})
@@ -192,7 +195,6 @@ def create_app(responder: "Responder") -> FastAPI:
             logger.warning("Alert body refused for now: %s", exc)
             return _error(503, f"the responder is behind ({exc}); retry later", {"Retry-After": "2"})
         metrics.INGEST_SECONDS.observe(time.perf_counter() - started)
-        responder.after_ingest(result)
         metrics.INTAKE_REQUESTS.labels("200").inc()
         return {
             "receipt": result.receipt_id,

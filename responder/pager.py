@@ -48,15 +48,18 @@ class Pager:
         settings, catalog, store = self.services.settings, self.services.catalog, self.services.store
         candidates = await loop.run_in_executor(self._pool, store.paging_candidates)
         now = datetime.now(timezone.utc)
-        due = 0
+        due, oldest = 0, 0.0
         for incident, paged in candidates:
             pages = due_pages(incident, paged, catalog, settings.time_scale, now)
             due += len(pages)
+            oldest = max([oldest, *((now - page.due).total_seconds() for page in pages)])
             if pages and incident.id not in self._sending:
                 self._sending.add(incident.id)
                 loop.run_in_executor(self._pool, self._send, incident, pages).add_done_callback(
                     lambda _, incident_id=incident.id: self._sending.discard(incident_id))
         metrics.PAGES_DUE.set(due)
+        metrics.PAGES_OLDEST_DUE.set(oldest)
+        metrics.PAGER_LAST_PASS.set(now.timestamp())
         self.last_pass = now
         return due
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, Mapping
 
 import httpx
 import uvicorn
@@ -21,6 +21,7 @@ from prefect.context import AsyncClientContext
 from core import metrics
 from core.results import register_result_storage
 from core.services import Services
+from core.alerts import AlertmanagerPayload, Route
 from core.store import IngestResult, StoreUnavailable
 from deployments import build_deployments
 from responder.executor import Executor
@@ -28,6 +29,7 @@ from responder.ingest import GroupCommit
 from responder.leases import known_dead, new_holder
 from responder.deadlines import ApprovalDeadlines
 from responder.pager import Pager
+from responder.watchdog import AlertmanagerWatchdog
 from responder.events import prefect_event
 from responder.prefect_api import (ensure_canary, post_events, probe_triggers, release_waiting_run,
                                    retire_page_deployment, server_healthy)
@@ -52,6 +54,7 @@ class Responder:
         self.group_commit = GroupCommit(self.store)
         self.pager = Pager(services)
         self.deadlines = ApprovalDeadlines(services)
+        self.watchdog = AlertmanagerWatchdog(services, self.ingest)
         self.executor: Any = None
         self.prefect_ready = False
         self.triggers_ready = False
@@ -62,6 +65,12 @@ class Responder:
         self._led: dict[str, float] = {}
 
     # -- called by the intake ----------------------------------------------------
+    async def ingest(self, payload: AlertmanagerPayload, raw: bytes, routes: Mapping[str, Route]) -> IngestResult:
+        """Store one body durably (the next group commit) and count it; the intake's path and the watchdog's."""
+        result = await self.group_commit.ingest(payload, raw, routes)
+        self.after_ingest(result)
+        return result
+
     def after_ingest(self, result: IngestResult) -> None:
         metrics.ALERTS.labels("firing").inc(result.new_firing)
         metrics.ALERTS.labels("resolved").inc(result.resolved)
@@ -269,6 +278,21 @@ class Responder:
             await publish_incident_artifact(incident, alerts)
             await publish_postmortem(incident, alerts, timeline, pages)
 
+    # -- the dead man's switch ----------------------------------------------------------
+    async def watch_alertmanager_forever(self) -> None:
+        """Raise AlertmanagerNotSending when the Watchdog stops arriving (``responder/watchdog.py``); one
+        responder of those sharing a store does it. Needs only the store: it raises the alert while the
+        Prefect side is down too (its event is delivered when the server is back)."""
+        while True:
+            try:
+                if await self._leads("watchdog"):
+                    await self.watchdog.check()
+            except StoreUnavailable as exc:
+                logger.error("The Alertmanager watchdog cannot read the store: %s", exc)
+            except Exception:  # a watchdog that stops is a silent responder: log and go on
+                logger.exception("The Alertmanager watchdog's check failed; trying again")
+            await asyncio.sleep(self.watchdog.interval_seconds)
+
     # -- the whole process ---------------------------------------------------------
     async def serve(self, app: Any) -> None:
         config = uvicorn.Config(
@@ -290,12 +314,13 @@ class Responder:
         intake = asyncio.create_task(server.serve(), name="intake")
         # Pages need only the store: they go out while the Prefect side starts, or is down.
         pager = asyncio.create_task(self.pager.run(), name="pager")
+        watchdog = asyncio.create_task(self.watch_alertmanager_forever(), name="watchdog")
         prefect = asyncio.create_task(prefect_side(), name="prefect")
         try:
-            done, _ = await asyncio.wait({intake, pager, prefect}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({intake, pager, watchdog, prefect}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.pager.close()
-        for task in (intake, pager, prefect):
+        for task in (intake, pager, watchdog, prefect):
             if task not in done:
                 task.cancel()
         for task in done:

@@ -5,9 +5,12 @@ No Docker engine runs here, so the stack is checked with the tools that do run:
 * ``docker-compose config`` validates and interpolates docker-compose.yml; the parsed result is
   checked for the wiring between services (URLs, ports, databases, the intake token).
 * ``promtool check config|rules`` and ``promtool test rules`` check Prometheus' files, the last
-  one with unit tests of the alert rules (deploy/prometheus/alert-rules.test.yml).
+  one with unit tests of the alert rules (deploy/prometheus/alert-rules.test.yml) and of the rules
+  about the responder itself (responder-rules.test.yml).
 * ``amtool check-config`` and ``amtool config routes test`` check Alertmanager's file, and a real
-  ``prometheus-alertmanager`` started with it delivers an alert, bearer token included.
+  ``prometheus-alertmanager`` started with it delivers an alert, bearer token included. Alerts
+  about the responder (watch="responder") route to PagerDuty only, never to the responder
+  (end to end: tests/test_watched_from_outside.py).
 * Every alert rule is either routed by the catalog (config/runbooks/*.yaml) or listed in
   NOT_YET_ROUTED below, and the seed thresholds in the rules agree with the catalog's.
 
@@ -40,6 +43,9 @@ PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 ALERT_RULES = PROMETHEUS_DIR / "alert-rules.yml"
 ALERT_RULES_TESTS = PROMETHEUS_DIR / "alert-rules.test.yml"
+WATCH_RULES = PROMETHEUS_DIR / "responder-rules.yml"
+WATCH_RULES_TESTS = PROMETHEUS_DIR / "responder-rules.test.yml"
+PAGERDUTY_KEY_FILE = "/etc/alertmanager/secrets/pagerduty-routing-key"
 ALERTMANAGER_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 POSTGRES_INIT = ROOT / "deploy" / "postgres-init"
 CATALOG = ROOT / "config" / "runbooks"
@@ -163,6 +169,11 @@ def flag(command: str, name: str) -> str:
 
 def load_rules() -> list[dict[str, Any]]:
     groups = yaml.safe_load(ALERT_RULES.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def load_watch_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(WATCH_RULES.read_text())["groups"]
     return [rule for group in groups for rule in group["rules"] if "alert" in rule]
 
 
@@ -295,6 +306,25 @@ def test_alertmanager_posts_to_the_responder_with_the_token_file(stack):
     assert env_of(alertmanager)["RESPONDER_INTAKE_TOKEN"] == responder_env["RESPONDER_INTAKE_TOKEN"] == TEST_TOKEN
 
 
+def test_alertmanager_gets_the_pagerduty_key_file_like_the_token(stack):
+    """The routing key of responder-watch: from the environment into the same tmpfs, before exec."""
+    alertmanager = stack["services"]["alertmanager"]
+    command = command_of(alertmanager)
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    key_files = [pd["routing_key_file"] for receiver in config["receivers"] for pd in receiver.get("pagerduty_configs", [])]
+    assert key_files == [PAGERDUTY_KEY_FILE]
+    tmpfs = [entry.split(":")[0] for entry in alertmanager.get("tmpfs") or []]
+    assert str(Path(PAGERDUTY_KEY_FILE).parent) in tmpfs
+    written = re.search(rf'"\$\$?RESPONDER_PAGERDUTY_ROUTING_KEY" > {re.escape(PAGERDUTY_KEY_FILE)}', command)
+    assert written, f"the alertmanager command does not write {PAGERDUTY_KEY_FILE}: {command!r}"
+    assert command.index("umask 077") < written.start() < command.index("exec /bin/alertmanager")
+    # Optional, so the stack starts without it (empty here: compose_env() clears RESPONDER_*); the
+    # raw file takes it from the environment only.
+    assert env_of(alertmanager)["RESPONDER_PAGERDUTY_ROUTING_KEY"] == ""
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["alertmanager"]["environment"]
+    assert raw["RESPONDER_PAGERDUTY_ROUTING_KEY"].startswith("${RESPONDER_PAGERDUTY_ROUTING_KEY")
+
+
 def test_prometheus_scrapes_the_stack_and_alerts_through_alertmanager(stack):
     services = stack["services"]
     prometheus = services["prometheus"]
@@ -303,7 +333,7 @@ def test_prometheus_scrapes_the_stack_and_alerts_through_alertmanager(stack):
     assert flag(command_of(prometheus), "config.file") == "/etc/prometheus/prometheus.yml"
 
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-    assert config["rule_files"] == ["alert-rules.yml"]
+    assert config["rule_files"] == ["alert-rules.yml", "responder-rules.yml"]
     (am,) = config["alerting"]["alertmanagers"]
     assert am["static_configs"][0]["targets"] == ["alertmanager:9093"]
 
@@ -383,6 +413,39 @@ def test_every_rule_is_labelled_and_annotated():
         assert re.fullmatch(r"\d+[smh]", str(rule.get("for", ""))), f"{rule['alert']}: no `for:` duration"
 
 
+def test_promtool_check_watch_rules():
+    result = run([binary("promtool"), "check", "rules", str(WATCH_RULES)])
+    assert_ok(result)
+    assert f"SUCCESS: {len(load_watch_rules())} rules found" in result.stdout
+
+
+def test_promtool_unit_tests_of_the_watch_rules():
+    """Every rule about the responder has unit tests, and they pass."""
+    tested = set(re.findall(r"alertname: (\S+)", WATCH_RULES_TESTS.read_text()))
+    untested = {rule["alert"] for rule in load_watch_rules()} - tested
+    assert not untested, f"rules in {WATCH_RULES.name} without a test in {WATCH_RULES_TESTS.name}: {sorted(untested)}"
+    assert_ok(run([binary("promtool"), "test", "rules", str(WATCH_RULES_TESTS)]))
+
+
+def test_watch_rules_are_labelled_for_the_route_around_the_responder():
+    """watch: responder on every rule but the Watchdog, which is the one meant for the responder."""
+    rules = {rule["alert"]: rule for rule in load_watch_rules()}
+    assert {"ResponderDown", "ResponderMissing", "ResponderPrefectServerUnreachable", "ResponderEventsStuck",
+            "ResponderResponsesNotStarting", "ResponderPagesLate", "ResponderNotificationsFailing", "Watchdog"} <= set(rules)
+    watchdog = rules.pop("Watchdog")
+    assert watchdog["expr"] == "vector(1)" and "for" not in watchdog
+    assert watchdog["labels"] == {"severity": "none"}, "the Watchdog must not be routed around the responder"
+    for name, rule in rules.items():
+        assert rule["labels"].get("watch") == "responder", name
+        assert rule["labels"].get("severity") in ("warning", "critical"), name
+    for name, rule in {**rules, "Watchdog": watchdog}.items():
+        assert {"summary", "description"} <= set(rule["annotations"]), name
+    # These never reach the responder: a runbook for one would never start, and the same name in
+    # alert-rules.yml would be routed two ways.
+    assert not set(rules) & catalog_alertnames(), "the catalog routes an alert that never reaches the responder"
+    assert not set(rules) & {rule["alert"] for rule in load_rules()}
+
+
 def test_rules_cover_every_seed_alert():
     names = {rule["alert"] for rule in load_rules()}
     for seed, alerts in SEED_ALERTS.items():
@@ -449,6 +512,41 @@ def test_alertmanager_delivers_with_the_bearer_token(tmp_path, capture):
     assert body["receiver"] == "responder" and body["version"] == "4"
     assert body["groupLabels"] == {"alertname": "ServiceDown"}
     assert [a["labels"]["alertname"] for a in body["alerts"]] == ["ServiceDown"]
+
+
+@pytest.mark.parametrize("alertname", sorted(rule["alert"] for rule in load_watch_rules() if rule["alert"] != "Watchdog"))
+def test_alerts_about_the_responder_route_to_pagerduty_only(alertname):
+    """With the rule's own labels, the only receiver is responder-watch (not also the responder)."""
+    rule = {rule["alert"]: rule for rule in load_watch_rules()}[alertname]
+    labels = [f"{key}={value}" for key, value in {"alertname": alertname, **rule["labels"]}.items()]
+    result = run([binary("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}",
+                  "--verify.receivers=responder-watch", *labels])
+    assert_ok(result)
+    assert result.stdout.split() == ["responder-watch"]
+
+
+def test_watchdog_routes_to_the_responder_every_minute():
+    result = run([binary("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}",
+                  "--verify.receivers=responder", "alertname=Watchdog", "severity=none"])
+    assert_ok(result)
+    routes = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())["route"]["routes"]
+    (watchdog,) = [route for route in routes if route.get("matchers") == ['alertname="Watchdog"']]
+    # Re-sent at every group interval (the responder expects it every 60 s): repeat_interval under it.
+    assert watchdog["group_interval"] == "1m" and watchdog["repeat_interval"] == "50s", watchdog
+
+
+def test_the_route_around_the_responder_comes_first_and_stops():
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    first = config["route"]["routes"][0]
+    assert first["matchers"] == ['watch="responder"'] and first["receiver"] == "responder-watch"
+    assert first.get("continue", False) is False and first["group_wait"] == "0s"
+    (receiver,) = [r for r in config["receivers"] if r["name"] == "responder-watch"]
+    assert set(receiver) == {"name", "pagerduty_configs"}, "responder-watch must not deliver through the responder"
+    (pagerduty,) = receiver["pagerduty_configs"]
+    assert pagerduty["routing_key_file"] == PAGERDUTY_KEY_FILE
+    assert not {"routing_key", "service_key", "service_key_file"} & set(pagerduty), "Events API v2, key from a file"
+    assert pagerduty["send_resolved"] is True
+    assert urlsplit(pagerduty["url"]).path == "/v2/enqueue"
 
 
 # -- (4) every rule routed or deliberately not -------------------------------------------------

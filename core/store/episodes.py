@@ -1,10 +1,12 @@
-"""Alert episodes: each Alertmanager body, and every alert in it keyed on (fingerprint, startsAt)."""
+"""Alert episodes: each Alertmanager body, and every alert in it keyed on (fingerprint, startsAt);
+heartbeats: when an always-firing alert (Alertmanager's Watchdog) last arrived."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Mapping, Sequence
 
 from core.alerts import Alert, AlertmanagerPayload, Route
@@ -184,3 +186,32 @@ class Episodes(Runs):
             ),
         )
 
+
+
+class Heartbeats(Episodes):
+    """When an always-firing alert last arrived, and whether its silence was reported (one row per name)."""
+
+    def heartbeat_seen(self, name: str, at: datetime) -> None:
+        """Record an arrival (a later one wins; an earlier one, from a slow responder, changes nothing)."""
+        with self._tx() as cur:
+            self._exec(
+                cur,
+                "INSERT INTO heartbeats (name, last_seen) VALUES (%s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET last_seen = EXCLUDED.last_seen "
+                "WHERE heartbeats.last_seen < EXCLUDED.last_seen",
+                (name, iso(at)),
+            )
+
+    def heartbeat(self, name: str) -> tuple[datetime, datetime | None] | None:
+        """(last arrival, start of the silence reported and not yet over) or None when it never arrived."""
+        with self._tx() as cur:
+            row = self._exec(cur, "SELECT last_seen, reported_since FROM heartbeats WHERE name = %s", (name,)).fetchone()
+        if row is None:
+            return None
+        return datetime.fromisoformat(row[0]), datetime.fromisoformat(row[1]) if row[1] else None
+
+    def heartbeat_reported(self, name: str, since: datetime | None) -> None:
+        """Record that the silence starting at ``since`` was raised as an alert (None: it was resolved)."""
+        with self._tx() as cur:
+            self._exec(cur, "UPDATE heartbeats SET reported_since = %s WHERE name = %s",
+                       (iso(since) if since else None, name))

@@ -180,6 +180,15 @@ MIGRATIONS = [
             status TEXT
         )""",
     ]),
+    # The dead man's switch: when Alertmanager's Watchdog alert last arrived, and the start of the
+    # "not sending" alert the responder raised for its silence (NULL when none is open).
+    Migration(7, "heartbeats (Alertmanager's Watchdog)", [
+        """CREATE TABLE IF NOT EXISTS heartbeats (
+            name TEXT PRIMARY KEY,
+            last_seen TEXT NOT NULL,
+            reported_since TEXT
+        )""",
+    ]),
 ]
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -4,7 +4,10 @@
   (also a stand-in for another machine's node_exporter, see ``tests/test_hosts.py``);
 * :class:`PrometheusServer`, :class:`AlertmanagerServer`: the Debian binaries, 1 s intervals;
 * :class:`GrafanaStub`: no Grafana can run here, so the one stand-in, with Grafana 10's shapes;
-* :func:`seed_rules`: the shipped alert rules by name, ``for: 1s``.
+* :func:`seed_rules`: the shipped alert rules by name, ``for: 1s``;
+* :func:`watch_rules`: the shipped rules about the responder itself, every ``for:`` divided;
+* :meth:`AlertmanagerServer.with_config`: a real Alertmanager with a whole configuration (the
+  shipped one, adjusted by the test).
 """
 
 from __future__ import annotations
@@ -221,12 +224,11 @@ class PrometheusServer:
 
 
 class AlertmanagerServer:
-    """A real Alertmanager with one webhook receiver (group_wait 1 s)."""
+    """A real Alertmanager with one webhook receiver (group_wait 1 s), or, through
+    :meth:`with_config`, with any configuration."""
 
     def __init__(self, tmp: Path, webhook_url: str, token: str | None = None,
                  group_by: list[str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         webhook: dict[str, Any] = {"url": webhook_url, "send_resolved": True}
         if token:
             webhook["http_config"] = {"authorization": {"credentials": token}}
@@ -235,6 +237,18 @@ class AlertmanagerServer:
                       "group_interval": "1s", "repeat_interval": "1h"},
             "receivers": [{"name": "responder", "webhook_configs": [webhook]}],
         }
+        self._start(tmp, config)
+
+    @classmethod
+    def with_config(cls, tmp: Path, config: dict[str, Any]) -> "AlertmanagerServer":
+        """A real Alertmanager started with ``config`` as it is (routes, receivers, timings)."""
+        server = cls.__new__(cls)
+        server._start(tmp, config)
+        return server
+
+    def _start(self, tmp: Path, config: dict[str, Any]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
         (tmp / "alertmanager.yml").write_text(yaml.safe_dump(config))
         self.process = subprocess.Popen(
             [binary("prometheus-alertmanager", "alertmanager"), f"--config.file={tmp / 'alertmanager.yml'}",
@@ -319,3 +333,25 @@ def seed_rules(*names: str, **labels: str) -> list[dict[str, Any]]:
         rule["labels"] = {**rule.get("labels", {}), **labels}
         chosen.append(rule)
     return chosen
+
+
+def watch_rules(divide_for_by: float) -> list[dict[str, Any]]:
+    """All rules of deploy/prometheus/responder-rules.yml, expressions, labels and annotations as
+    shipped, every ``for:`` divided by ``divide_for_by`` (1m / 30 = 2s): a test waits seconds,
+    and the rules keep the proportions between them."""
+    groups = yaml.safe_load((ROOT / "deploy" / "prometheus" / "responder-rules.yml").read_text())["groups"]
+    chosen = []
+    for rule in (dict(r) for g in groups for r in g["rules"]):
+        if "for" in rule:
+            rule["for"] = divide_duration(rule["for"], divide_for_by)
+        chosen.append(rule)
+    return chosen
+
+
+def divide_duration(duration: str, by: float) -> str:
+    """A Prometheus/Alertmanager duration of one unit (``30s``, ``1m``, ``1h``) divided, in ms:
+    ``divide_duration("1m", 30) == "2000ms"``; ``0s`` stays 0."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    number = duration.rstrip("smhd")
+    seconds = float(number) * units[duration[len(number):]] / by
+    return f"{round(seconds * 1000)}ms"
