@@ -20,6 +20,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Vali
                       model_validator)
 
 from core.alerts import Route
+from core.oncall import OncallConfig, TimeZoneName
 from tasks.base import Risk
 from tasks.mitigations import REGISTRY
 from tasks.probes.hosts import HostTargets
@@ -320,8 +321,21 @@ class NotifyConfig(_Strict):
 
 
 class EscalationLevel(_Strict):
-    who: str
+    """Who a level pages: exactly one of a fixed handle (``who``, paged as written), a ``rotation`` of
+    ``oncall.yaml`` (whoever is on call in it when the page goes out) or a ``person`` of ``oncall.yaml``."""
+
+    who: str | None = None
+    rotation: str | None = None
+    person: str | None = None
     title: str = ""
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "EscalationLevel":
+        named = [key for key in ("who", "rotation", "person") if getattr(self, key) is not None]
+        if len(named) != 1:
+            raise ValueError("a level names exactly one of who (a fixed handle), rotation or person (from oncall.yaml)"
+                             + (f"; this one names {' and '.join(named)}" if named else ""))
+        return self
 
 
 class EscalationStep(_Strict):
@@ -361,11 +375,127 @@ def _default_escalation() -> EscalationConfig:
     )
 
 
+class BlastRadius(_Strict):
+    """At most ``max`` runs of one action, across every target and incident, within ``per_minutes``;
+    beyond that the action waits for a human's approval that names the limit, even a ``safe`` one."""
+
+    max: int = Field(ge=1)
+    per_minutes: float = Field(gt=0)
+
+
+class PolicyConfig(_Strict):
+    """``config/policy.yaml``: rules that hold automation across incidents."""
+
+    page_during_maintenance: bool = False
+    blast_radius: dict[str, BlastRadius] = Field(default_factory=dict)
+
+    @field_validator("blast_radius")
+    @classmethod
+    def _known_actions(cls, limits: dict[str, BlastRadius]) -> dict[str, BlastRadius]:
+        unknown = sorted(set(limits) - set(REGISTRY))
+        if unknown:
+            raise ValueError(f"unknown action(s) {', '.join(unknown)} (known: {', '.join(sorted(REGISTRY))})")
+        return limits
+
+
+_MATCHER = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"(.*)"|(.*?))\s*$')
+
+
+def parse_matcher(text: str) -> tuple[str, str, str]:
+    """An Alertmanager label matcher (``name="value"``, ``name!=value``, ``name=~"regex"``, ``name!~regex``)
+    as (name, operator, value); ValueError naming it otherwise."""
+    found = _MATCHER.match(text)
+    if found is None:
+        raise ValueError(f"matcher {text!r}: expected name=value, name!=value, name=~regex or name!~regex")
+    name, op, quoted, bare = found.groups()
+    value = quoted if quoted is not None else bare
+    if op in ("=~", "!~"):
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"matcher {text!r}: not a regular expression ({exc})") from None
+    return name, op, value
+
+
+def _matches(labels: dict[str, str], matcher: str) -> bool:
+    name, op, value = parse_matcher(matcher)
+    label = labels.get(name, "")
+    if op == "=":
+        return label == value
+    if op == "!=":
+        return label != value
+    found = re.fullmatch(value, label) is not None
+    return found if op == "=~" else not found
+
+
+class WindowScope(_Strict):
+    """What a maintenance window covers: a service (the alert's ``service`` label), a runbook, label
+    matchers in Alertmanager's syntax, or several of them (all must hold). At least one."""
+
+    service: str | None = None
+    runbook: str | None = None
+    matchers: list[str] = Field(default_factory=list)
+
+    @field_validator("matchers")
+    @classmethod
+    def _parse(cls, matchers: list[str]) -> list[str]:
+        for matcher in matchers:
+            parse_matcher(matcher)
+        return matchers
+
+    @model_validator(mode="after")
+    def _something(self) -> "WindowScope":
+        if not (self.service or self.runbook or self.matchers):
+            raise ValueError("a window needs a service, a runbook or matchers: it would cover everything")
+        return self
+
+    def covers(self, runbook: str, labels: dict[str, str]) -> bool:
+        return ((self.service is None or labels.get("service") == self.service)
+                and (self.runbook is None or runbook == self.runbook)
+                and all(_matches(labels, matcher) for matcher in self.matchers))
+
+
+class RecurringWindow(WindowScope):
+    """A window that opens at every ``cron`` time (in ``timezone``) for ``duration_minutes``."""
+
+    name: str = Field(min_length=1)
+    cron: str
+    duration_minutes: float = Field(gt=0)
+    timezone: TimeZoneName = "UTC"
+    reason: str = Field(min_length=1)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression (minute hour day month weekday)")
+        return value
+
+
+class MaintenanceConfig(_Strict):
+    """``config/maintenance.yaml``: recurring maintenance windows."""
+
+    windows: list[RecurringWindow] = Field(default_factory=list)
+
+
 class Catalog(BaseModel):
     runbooks: list[Runbook]
     targets: Targets = Field(default_factory=Targets)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     escalation: EscalationConfig = Field(default_factory=_default_escalation)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
+    oncall: OncallConfig = Field(default_factory=OncallConfig)
+
+    def check_scope(self, scope: WindowScope) -> None:
+        """A window may name only a runbook of the catalog and a service of ``targets.yaml``."""
+        if scope.runbook is not None and scope.runbook not in {r.name for r in self.runbooks}:
+            raise ValueError(f"unknown runbook {scope.runbook!r} (see `responder runbooks`)")
+        if scope.service is not None and scope.service not in self.targets.services:
+            known = ", ".join(sorted(self.targets.services)) or "none configured"
+            raise ValueError(f"unknown service {scope.service!r} (services in targets.yaml: {known})")
 
     def route(self, alertname: str) -> Runbook | None:
         for runbook in self.runbooks:
@@ -507,7 +637,8 @@ def load_catalog(config_dir: Path) -> Catalog:
                 alert_owner[alertname] = runbook.name
             runbooks.append(runbook)
     catalog = Catalog(runbooks=runbooks)
-    for extra, field in (("targets.yaml", "targets"), ("notify.yaml", "notify"), ("escalation.yaml", "escalation")):
+    for extra, field in (("targets.yaml", "targets"), ("notify.yaml", "notify"), ("escalation.yaml", "escalation"),
+                         ("policy.yaml", "policy"), ("maintenance.yaml", "maintenance"), ("oncall.yaml", "oncall")):
         path = config_dir / extra
         section = _read_yaml(path)
         if section is None and field == "escalation":
@@ -517,4 +648,13 @@ def load_catalog(config_dir: Path) -> Catalog:
             setattr(catalog, field, Catalog.model_fields[field].annotation.model_validate(section))
         except ValidationError as exc:
             raise CatalogError(_describe(exc, path, section)) from None
+    for window in catalog.maintenance.windows:
+        try:
+            catalog.check_scope(window)
+        except ValueError as exc:
+            raise CatalogError(f"{config_dir / 'maintenance.yaml'}: window {window.name!r}: {exc}") from None
+    for number, level in catalog.escalation.levels.items():
+        missing = catalog.oncall.unknown(level.rotation, level.person)
+        if missing:
+            raise CatalogError(f"{config_dir / 'escalation.yaml'}: level {number}: {missing}")
     return catalog

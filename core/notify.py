@@ -120,7 +120,7 @@ class Notifier:
         channels = self.catalog.notify.slack.channels
         return channels.get(severity) or channels.get("warning", "#alerts")
 
-    def pagerduty(self, incident: Incident, action: str, summary: str) -> None:
+    def pagerduty(self, incident: Incident, action: str, summary: str, person: dict[str, str] | None = None) -> None:
         config = self.catalog.notify.pagerduty
         if config.routing_key is None or incident.severity not in config.severities:
             return
@@ -134,7 +134,8 @@ class Notifier:
                 "summary": summary[:1000],
                 "source": incident.runbook,
                 "severity": "critical" if incident.severity == "critical" else "warning",
-                "custom_details": {"incident": incident.id, "group_key": incident.group_key},
+                "custom_details": {"incident": incident.id, "group_key": incident.group_key,
+                                   **({"on_call": person} if person else {})},
             }
         post_json(config.events_url, body)
 
@@ -149,23 +150,27 @@ class Notifier:
 
     # -- what happened ---------------------------------------------------------------
     def send(self, incident: Incident, kind: str, text: str, *, details: dict[str, Any] | None = None,
-             discord: bool = False, pagerduty: str | None = None) -> list[str]:
+             discord: bool = False, pagerduty: str | None = None, person: dict[str, str] | None = None) -> list[str]:
         """Send one incident event everywhere it belongs; returns the channels that failed (recorded).
 
         How it looks is decided here, per channel: in Slack, an ``opened`` incident and a ``page``
         carry an Acknowledge button, an ``approval-asked`` (``details["flow_run_id"]``) Approve and
-        Reject buttons.
+        Reject buttons. ``person`` (a page's, from ``oncall.yaml``: name, slack, discord, pagerduty) is
+        @-mentioned in Slack and Discord by user id and named in PagerDuty's custom details.
         """
-        blocks = _slack_blocks(incident, kind, text, details or {})
+        person = person or {}
+        slack_text = f"<@{person['slack']}> {text}" if person.get("slack") else text
+        discord_text = f"<@{person['discord']}> {text}" if person.get("discord") else text
+        blocks = _slack_blocks(incident, kind, slack_text, details or {})
         attempts: list[tuple[str, Any]] = [
-            ("slack", lambda: self.slack(incident, text, blocks)),
+            ("slack", lambda: self.slack(incident, slack_text, blocks)),
             ("webhooks", lambda: self.webhooks({"kind": kind, "text": text, "incident": _incident_body(incident),
                                                 **(details or {})})),
         ]
         if discord:
-            attempts.append(("discord", lambda: self.discord(text)))
+            attempts.append(("discord", lambda: self.discord(discord_text)))
         if pagerduty:
-            attempts.append(("pagerduty", lambda: self.pagerduty(incident, pagerduty, text)))
+            attempts.append(("pagerduty", lambda: self.pagerduty(incident, pagerduty, text, person or None)))
         return self._deliver(kind, attempts, incident.id)
 
     def announce(self, kind: str, severity: str, text: str, *, details: dict[str, Any] | None = None) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from prefect import task
 from core.results import RESUMABLE
 
-from flows.lifecycle import acknowledge, conclude, mitigate, runbook_composition, runtime, verify_until_ok
+from flows.lifecycle import acknowledge, conclude, held, mitigate, runbook_composition, runtime, verify_until_ok
 from core.alerts import Alert, IncidentRef
 from core.catalog import Thresholds
 from tasks.base import ActionOutcome, ProbeResult
@@ -53,6 +53,8 @@ def responder_drill(alert: Alert, incident: IncidentRef | None = None):
     if incident is None:
         return "duplicate"
     evidence = [assess_drill(alert)]
-    outcomes = mitigate(runbook, incident, plan_drill_step(alert), evidence)
+    outcomes = mitigate(runbook, incident, plan_drill_step(alert), evidence, alert)
+    if held(outcomes):
+        return conclude(runbook, alert, incident, evidence, outcomes, "held", None)
     last, verdict = verify_until_ok(lambda: drill_verified(outcomes), incident, runbook)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

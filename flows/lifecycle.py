@@ -36,6 +36,7 @@ from pydantic import Field, ValidationError
 from core.alerts import Alert, IncidentRef
 from core import metrics
 from core.catalog import Catalog, Runbook, Thresholds
+from core.maintenance import covering, in_force
 from core.notify import Notifier
 from core.results import RESULTS_BLOCK, RESUMABLE
 from core.services import current
@@ -200,10 +201,12 @@ def acknowledge(runbook_name: str, alert: Alert, incident: IncidentRef | None) -
 # -- mitigate ---------------------------------------------------------------------
 
 
-def _approval_description(plan: PlannedAction, runbook: Runbook, evidence: list[ProbeResult]) -> str:
+def _approval_description(plan: PlannedAction, runbook: Runbook, evidence: list[ProbeResult],
+                          because: str | None = None) -> str:
     lines = [
         f"## Approve: {plan.action} on {plan.target}",
         "",
+        *([f"**Asked because the {because}.** Approving runs it anyway.", ""] if because else []),
         f"**Runbook:** {runbook.title}  ",
         f"**Risk:** {plan.risk.value}  ",
         f"**What will be done:** `{plan.action}` with {json.dumps(plan.params)}  ",
@@ -234,7 +237,7 @@ def next_question(plan: PlannedAction) -> str:
 
 
 @task(name="ask-approval", cache_policy=RESUMABLE, retries=2, retry_delay_seconds=1)
-def announce_approval(plan: PlannedAction, key: str, deadline_seconds: float) -> str:
+def announce_approval(plan: PlannedAction, key: str, deadline_seconds: float, because: str | None = None) -> str:
     """Say who must answer what by when (timeline, Slack, webhooks), and keep the deadline in the store,
     where the responder's clock answers "no" when it passes. Returns the deadline (ISO 8601)."""
     flow_run_id = current_flow_run_id()
@@ -245,9 +248,11 @@ def announce_approval(plan: PlannedAction, key: str, deadline_seconds: float) ->
     if incident_id:
         record = store.incident(incident_id)
         text = (f":raised_hand: *Approval needed* by {deadline:%H:%M:%S} UTC: `{plan.action}` on {plan.target}. "
+                f"{f'Asked because the {because}. ' if because else ''}"
                 f"Why: {plan.why}. Approve in Slack, in the Prefect UI ({run_url(flow_run_id)}) or with "
                 f"`responder approve {flow_run_id}`.")
-        store.add_timeline(incident_id, "approval-asked", f"{plan.action} on {plan.target}: {plan.why}")
+        store.add_timeline(incident_id, "approval-asked", f"{plan.action} on {plan.target}: {plan.why}"
+                           + (f" (asked because the {because})" if because else ""))
         store.set_note(incident_id, "waiting_on", f"approval of {plan.action} on {plan.target} (run {flow_run_id})")
         if record is not None:
             notifier().send(record, "approval-asked", text,
@@ -258,7 +263,7 @@ def announce_approval(plan: PlannedAction, key: str, deadline_seconds: float) ->
 
 
 def ask_approval(plan: PlannedAction, runbook: Runbook, evidence: list[ProbeResult], deadline_seconds: float,
-                 key: str) -> Approval:
+                 key: str, because: str | None = None) -> Approval:
     """Suspend the run until a human answers the :class:`Approval` form; the answer comes back here.
 
     While it waits the run holds nothing: no thread, no executor slot, no request to the server
@@ -266,21 +271,41 @@ def ask_approval(plan: PlannedAction, runbook: Runbook, evidence: list[ProbeResu
     its earlier steps return their kept results (``core/results.py``), and this call returns the
     answer. At the deadline the responder answers "no" itself (``responder/clock.py``).
     """
-    announce_approval(plan, key, deadline_seconds)
+    announce_approval(plan, key, deadline_seconds, because)
     return suspend_flow_run(
-        wait_for_input=Approval.with_initial_data(description=_approval_description(plan, runbook, evidence)),
+        wait_for_input=Approval.with_initial_data(description=_approval_description(plan, runbook, evidence, because)),
         key=key, timeout=None,
     )
 
 
+def held_by_window(plan: PlannedAction, incident: IncidentRef | None, runbook: str, labels: dict[str, str],
+                   dry_run: bool) -> ActionOutcome | None:
+    """The outcome "held" when a maintenance window covers the alert (recorded with the window, so the
+    incident gets a fresh response when the window is over); None otherwise."""
+    _, catalog, store = runtime()
+    window = covering(in_force(store, catalog), runbook, labels)
+    if window is None:
+        return None
+    if incident is not None:
+        store.hold(window.id, window.ends, incident.id)
+    outcome = ActionOutcome(action=plan.action, target=plan.target, risk=plan.risk, dry_run=dry_run,
+                            status="held", detail=f"held by {window.line()}; set by {window.by}")
+    _record_outcome(incident, outcome)
+    return outcome
+
+
 @task(name="check-loop-guard", cache_policy=RESUMABLE)
-def check_guards(plan: PlannedAction, incident: IncidentRef | None, dry_run: bool) -> ActionOutcome | None:
-    """Before acting or asking: is the incident already over, or was this done too often on this target?
-    None means go on. Kept as a step, so a run carried on after an answer decides as it did."""
+def check_guards(plan: PlannedAction, incident: IncidentRef | None, dry_run: bool, runbook: str = "",
+                 labels: dict[str, str] | None = None) -> ActionOutcome | None:
+    """Before acting or asking: is the incident already over, does a maintenance window hold it, or was
+    this done too often on this target? None means go on. Kept as a step, so a run carried on after an
+    answer decides as it did."""
     _, _, store = runtime()
     base = dict(action=plan.action, target=plan.target, risk=plan.risk, dry_run=dry_run)
     if incident is not None and store.incident_status(incident.id) == "closed":
         return ActionOutcome(**base, status="not_needed", detail="the incident closed (alert resolved)")
+    if (held := held_by_window(plan, incident, runbook, labels or {}, dry_run)) is not None:
+        return held
     since = datetime.now(timezone.utc) - LOOP_GUARD_WINDOW
     if not dry_run and store.actions_since(plan.guard_key, since) >= LOOP_GUARD_LIMIT:
         outcome = ActionOutcome(
@@ -294,12 +319,18 @@ def check_guards(plan: PlannedAction, incident: IncidentRef | None, dry_run: boo
 
 @task(name="run-mitigation", cache_policy=RESUMABLE)
 def run_mitigation(plan: PlannedAction, dry_run: bool, incident: IncidentRef | None = None,
-                   answer: Approval | None = None, question: str | None = None) -> ActionOutcome:
+                   answer: Approval | None = None, question: str | None = None, runbook: str = "",
+                   labels: dict[str, str] | None = None, limit_named: bool = False) -> ActionOutcome:
     """Record the human's answer (if one was asked), then run the planned action once.
 
     No retries: actions re-check and report, and a rollback must not run twice. Kept as a step, so a
     run carried on after a later answer does not run it again; claimed in the store per incident,
     action and target, so a run taken over after its responder died half-way does not either.
+
+    Right before acting it looks again for a maintenance window (one started while the question
+    waited holds the action), and claims a place within the action's blast radius
+    (``config/policy.yaml``): beyond the limit it returns ``awaiting_approval`` with the limit named,
+    and :func:`mitigate` asks a human (``limit_named``: this answer was given to that question).
     """
     settings, catalog, store = runtime()
     logger = get_run_logger()
@@ -321,8 +352,20 @@ def run_mitigation(plan: PlannedAction, dry_run: bool, incident: IncidentRef | N
             _record_outcome(incident, outcome)
             return outcome
         logger.info("Approved by %s: %s", who, answer.reason or "(no reason given)")
+    if (held := held_by_window(plan, incident, runbook, labels or {}, dry_run)) is not None:
+        return held
     claim = f"{incident.id if incident else current_flow_run_id()}:{plan.guard_key}"
-    if not dry_run and (earlier := store.claim_action(claim, current_flow_run_id())) is not None:
+    radius = catalog.policy.blast_radius.get(plan.action)
+    limit = None
+    if radius is not None and not limit_named:
+        window = timedelta(minutes=radius.per_minutes * settings.time_scale)
+        limit = (radius.max, datetime.now(timezone.utc) - window)
+    earlier = None if dry_run else store.claim_action(claim, current_flow_run_id(), plan.action, limit)
+    if earlier is not None and "over_limit" in earlier:
+        return ActionOutcome(**base, status="awaiting_approval", detail=(
+            f"blast-radius limit of {plan.action} is reached: {earlier['over_limit']} run(s) across all targets "
+            f"in the last {radius.per_minutes:g} min, at most {radius.max} without a person's approval"))
+    if earlier is not None:
         # Once per incident, action and target, also when the responder that ran it died half-way.
         if earlier["status"] is None:
             outcome = ActionOutcome(**base, status="failed", detail=(
@@ -356,28 +399,41 @@ def run_mitigation(plan: PlannedAction, dry_run: bool, incident: IncidentRef | N
 
 
 def mitigate(
-    runbook: Runbook, incident: IncidentRef | None, plans: list[PlannedAction], evidence: list[ProbeResult]
+    runbook: Runbook, incident: IncidentRef | None, plans: list[PlannedAction], evidence: list[ProbeResult],
+    alert: Alert | None = None,
 ) -> list[ActionOutcome]:
-    """Run each planned action: safe ones at once, risky ones after approval; guarded against loops.
+    """Run each planned action: safe ones at once, risky ones after approval; guarded against loops,
+    held by maintenance windows that cover ``alert``, and asked about beyond the action's blast radius.
 
-    ``incident`` is None for a scheduled runbook: the same rules apply, and what happened is in the
-    run's report instead of an incident's timeline.
+    ``incident`` (and ``alert``) is None for a scheduled runbook: the same rules apply, and what
+    happened is in the run's report instead of an incident's timeline.
     """
     settings, _, _ = runtime()
     dry_run = settings.dry_run or runbook.dry_run
+    deadline = runbook.approval_timeout_seconds * settings.time_scale
+    labels = dict(alert.labels) if alert is not None else {}
     outcomes: list[ActionOutcome] = []
     for plan in plans:
-        held = check_guards(plan, incident, dry_run)
+        held = check_guards(plan, incident, dry_run, runbook.name, labels)
         if held is not None:
             outcomes.append(held)
             continue
         answer = question = None
         if plan.risk is Risk.RISKY and not dry_run:
             question = next_question(plan)
-            answer = ask_approval(plan, runbook, evidence, runbook.approval_timeout_seconds * settings.time_scale,
-                                  question)
-        outcomes.append(run_mitigation(plan, dry_run, incident, answer, question))
+            answer = ask_approval(plan, runbook, evidence, deadline, question)
+        outcome = run_mitigation(plan, dry_run, incident, answer, question, runbook.name, labels)
+        if outcome.status == "awaiting_approval":  # over its blast radius: a person decides, even for a safe action
+            question = next_question(plan)
+            answer = ask_approval(plan, runbook, evidence, deadline, question, because=outcome.detail)
+            outcome = run_mitigation(plan, dry_run, incident, answer, question, runbook.name, labels, limit_named=True)
+        outcomes.append(outcome)
     return outcomes
+
+
+def held(outcomes: list[ActionOutcome]) -> bool:
+    """Whether a maintenance window held an action: the response ends *HeldForMaintenance* (see conclude)."""
+    return any(outcome.status == "held" for outcome in outcomes)
 
 
 def _record_outcome(incident: IncidentRef | None, outcome: ActionOutcome) -> None:
@@ -539,8 +595,14 @@ def conclude(
                 + "\n".join(f"• {r.line()}" for r in findings))
         notifier().send(record, "verdict", text, details={"verdict": verdict,
                                                           "findings": [r.line() for r in findings]})
-    store.add_timeline(incident.id, "verify", f"{verdict}: {last.line() if last else 'no measurement'}")
-    if verdict == "verified":
+    if verdict != "held":
+        store.add_timeline(incident.id, "verify", f"{verdict}: {last.line() if last else 'no measurement'}")
+    if verdict == "held":
+        window = next(o.detail for o in outcomes if o.status == "held")
+        store.set_note(incident.id, "waiting_on", f"the end of the maintenance window ({window}): a fresh response then")
+        name, message = "HeldForMaintenance", f"Assessed and reported; no action run: {window}."
+        publish_timeline(incident.id)
+    elif verdict == "verified":
         store.add_timeline(incident.id, "resolution", "verification passed")
         store.close_incident(incident.id, "verified")
         name, message = "Resolved", "Verification passed; incident closed."
@@ -601,7 +663,9 @@ def respond(runbook_name: str, alert: Alert, incident: IncidentRef | None,
         raise RunbookDefect(f"runbook {runbook.name!r}: {exc}") from None
     if found.verify is None:
         return conclude(runbook, alert, incident, found.evidence, [], "not-verified", found.evidence[-1])
-    outcomes = mitigate(runbook, incident, found.plans, found.evidence)
+    outcomes = mitigate(runbook, incident, found.plans, found.evidence, alert)
+    if held(outcomes):  # maintenance: reported, not verified, not escalated
+        return conclude(runbook, alert, incident, found.evidence, outcomes, "held", None)
     last, verdict = verify_until_ok(found.verify, incident, runbook)
     return conclude(runbook, alert, incident, found.evidence, outcomes, verdict, last)
 

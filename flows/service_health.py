@@ -54,7 +54,7 @@ from core.results import RESUMABLE
 from pydantic import SecretStr
 
 from flows import checks
-from flows.lifecycle import acknowledge, conclude, mitigate, runbook_composition, runtime, step, verify_until_ok
+from flows.lifecycle import acknowledge, conclude, held, mitigate, runbook_composition, runtime, step, verify_until_ok
 from core.alerts import Alert, IncidentRef
 from core.catalog import Runbook, ServiceTarget, Thresholds, seed
 from tasks.base import ActionOutcome, ProbeResult
@@ -157,13 +157,15 @@ def service_health(alert: Alert, incident: IncidentRef | None = None):
     evidence += dependencies
 
     restart = plan_restart(name, service, health, dependencies)
-    outcomes: list[ActionOutcome] = mitigate(runbook, incident, restart, evidence)
+    outcomes: list[ActionOutcome] = mitigate(runbook, incident, restart, evidence, alert)
+    if held(outcomes):
+        return conclude(runbook, alert, incident, evidence, outcomes, "held", None)
     last, verdict = _verify(runbook, incident, service.health_url, attempts, timeout_s)
 
     restart_ran = not restart or any(o.status in ("done", "failed", "would_do") for o in outcomes)
     if verdict == "not-verified" and not health.ok and restart_ran and last is not None:
         rollback = plan_rollback(name, service, last)
         if rollback:
-            outcomes += mitigate(runbook, incident, rollback, [*evidence, last])
+            outcomes += mitigate(runbook, incident, rollback, [*evidence, last], alert)
             last, verdict = _verify(runbook, incident, service.health_url, attempts, timeout_s)
     return conclude(runbook, alert, incident, evidence, outcomes, verdict, last)

@@ -7,6 +7,9 @@
     responder ack INCIDENT        # acknowledge: no further pages
     responder approve RUN --reason …   /   responder reject RUN --reason …
     responder drill               # the ResponderDrill fire drill
+    responder maintenance start --service S [--runbook R] [--matchers 'k=v,…'] --for 2h --reason …
+    responder maintenance list [--all] / end ID
+    responder oncall [--at TIME]  # who each escalation level pages now, and who is next
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import json
 import logging
 import os
 import signal
+import re
 import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -155,6 +159,148 @@ def cmd_drill(args: argparse.Namespace, settings: ResponderSettings) -> int:
     return 0
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+
+
+def _duration(value: str) -> timedelta:
+    """``--for``: 90s, 30m, 2h, 1d, 1h30m."""
+    parts = _DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value.strip():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration such as 30m, 2h or 1h30m")
+    seconds = sum(float(n) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[u] for n, u in parts)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: a window must last longer than nothing")
+    return timedelta(seconds=seconds)
+
+
+def _matchers(value: str) -> list[str]:
+    """``--matchers 'env=prod,instance=~"app-.*"'``: Alertmanager matchers, comma-separated."""
+    from core.catalog import parse_matcher
+
+    matchers = [m.strip() for m in re.split(r',(?=(?:[^"]*"[^"]*")*[^"]*$)', value) if m.strip()]
+    try:
+        for matcher in matchers:
+            parse_matcher(matcher)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return matchers
+
+
+def _store_and_catalog(settings: ResponderSettings):
+    url = settings.database_url.get_secret_value() if settings.database_url else None
+    return open_store(url, settings.sqlite_path), load_catalog(settings.config_dir)
+
+
+def cmd_maintenance(args: argparse.Namespace, settings: ResponderSettings) -> int:
+    """Maintenance windows, in the store every responder reads (no running responder needed)."""
+    from pydantic import ValidationError
+
+    from core.catalog import WindowScope
+    from core.maintenance import from_row, recurring_in_force
+
+    try:
+        store, catalog = _store_and_catalog(settings)
+    except (StoreUnavailable, SchemaError) as exc:
+        return _fail(f"cannot open the store: {exc}")
+    now = datetime.now(timezone.utc)
+    if args.action == "start":
+        try:
+            scope = WindowScope(service=args.service, runbook=args.runbook, matchers=args.matchers or [])
+            catalog.check_scope(scope)
+        except (ValidationError, ValueError) as exc:
+            errors = exc.errors(include_url=False) if isinstance(exc, ValidationError) else None
+            return _fail("; ".join(e["msg"].removeprefix("Value error, ") for e in errors) if errors else str(exc))
+        if not args.reason.strip():
+            return _fail("--reason must say why (it is shown on every action the window holds)")
+        starts = args.starts or now
+        window = store.add_window(service=scope.service, runbook=scope.runbook, matchers=scope.matchers,
+                                  starts=starts, ends=starts + args.duration, reason=args.reason.strip(), by=args.by)
+        print(f"maintenance window {window['id']} from {window['starts_at']} until {window['ends_at']}: {window['reason']}")
+        return 0
+    if args.action == "end":
+        window = store.end_window(args.id, args.by, now)
+        if window is None:
+            return _fail(f"no maintenance window {args.id!r} (see `responder maintenance list --all`)", 1)
+        print(f"maintenance window {args.id} ended at {window['ended_at']} by {window['ended_by']}; "
+              "held incidents still firing get a fresh response")
+        return 0
+    rows = [from_row(row) for row in store.windows(None if args.all else now)]
+    windows = rows + recurring_in_force(catalog, now)
+    if args.json:
+        print(json.dumps([{"id": w.id, "source": w.source, "service": w.scope.service, "runbook": w.scope.runbook,
+                           "matchers": w.scope.matchers, "starts": w.starts.isoformat(), "ends": w.ends.isoformat(),
+                           "reason": w.reason, "by": w.by} for w in windows], indent=2))
+        return 0
+    print(f"{'WINDOW':<28} {'SOURCE':<12} {'UNTIL (UTC)':<17} {'COVERS':<40} REASON (BY)")
+    for w in windows:
+        covers = ", ".join(filter(None, [w.scope.service and f"service={w.scope.service}",
+                                         w.scope.runbook and f"runbook={w.scope.runbook}", *w.scope.matchers]))
+        print(f"{w.id:<28} {w.source:<12} {w.ends:%Y-%m-%d %H:%M}  {covers:<40} {w.reason} ({w.by})")
+    if not windows:
+        print("no maintenance window in force" if not args.all else "no maintenance windows")
+    recurring = catalog.maintenance.windows
+    if recurring:
+        print("recurring (config/maintenance.yaml): " + ", ".join(f"{r.name} [{r.cron} {r.timezone}, "
+                                                                   f"{r.duration_minutes:g} min]" for r in recurring))
+    return 0
+
+
+def _iso_time(value: str) -> datetime:
+    """``--at``: ISO 8601; without an offset, this machine's local time."""
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an ISO 8601 time (e.g. 2024-03-31T09:00:00+02:00 or 2024-03-31T07:00Z)") from None
+    return at if at.tzinfo is not None else at.astimezone()
+
+
+def cmd_oncall(args: argparse.Namespace, settings: ResponderSettings) -> int:
+    """Who each level of each escalation policy pages at ``--at`` (default now), and who is next and when;
+    from the catalog alone (no responder needs to run)."""
+    from core.oncall import next_change, on_call
+
+    catalog = load_catalog(settings.config_dir)  # a CatalogError is reported by main()
+    oncall, at = catalog.oncall, args.at or datetime.now(timezone.utc)
+
+    def named(person) -> str:
+        ids = ", ".join(f"{key} {value}" for key, value in person.identities().items() if key != "name")
+        return f"{person.name} [{ids}]" if ids else person.name
+
+    def pages(level, last: bool) -> str:
+        if level.who is not None:
+            return f"{level.who} (fixed handle)"
+        if level.person is not None:
+            return f"person {level.person}: {named(oncall.person(level.person))}"
+        rotation = oncall.rotations[level.rotation]
+        zone = rotation.zone
+
+        def when(moment: datetime) -> str:
+            return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+
+        current = on_call(oncall, level.rotation, at)
+        if current is None:
+            then = "no later level: the page tells the channels" if last else "the next level is paged at once"
+            text = f"nobody on call (the rotation begins {when(rotation.begins)}): {then}"
+        else:
+            cover = next((o for o in reversed(oncall.overrides) if o.covers(level.rotation, at)), None)
+            text = named(current) + (f", override until {when(cover.until)}" if cover else "")
+        change = next_change(oncall, level.rotation, at)
+        if change is None:
+            return f"rotation {level.rotation}: {text}; no hand-off ahead"
+        moment, following = change
+        return f"rotation {level.rotation}: {text}; next {following.name if following else 'nobody'} from {when(moment)}"
+
+    print(f"On call at {at.isoformat(timespec='minutes')}")
+    for severity, steps in catalog.escalation.policies.items():
+        print(f"\npolicy {severity}" + (" (every other severity)" if severity == "default" else "") + ":")
+        for index, step in enumerate(steps):
+            level = catalog.escalation.levels[step.level]
+            title = f" {level.title}:" if level.title else ""
+            print(f"  level {step.level} (+{step.after_minutes:g} min){title} {pages(level, index == len(steps) - 1)}")
+    return 0
+
+
 def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
     try:
         catalog = load_catalog(settings.config_dir)
@@ -262,6 +408,24 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--by", default=os.environ.get("USER", "someone"))
     p = sub.add_parser("drill", help="start the ResponderDrill fire drill")
     p.add_argument("--severity", default="warning", choices=["info", "warning", "critical"])
+    p = sub.add_parser("maintenance", help="maintenance windows: no mitigation runs and pages wait while one covers an alert")
+    windows = p.add_subparsers(dest="action", required=True)
+    start = windows.add_parser("start", help="start a window (covers what all of --service, --runbook, --matchers match)")
+    start.add_argument("--service", help="the alerts' `service` label (a service of targets.yaml)")
+    start.add_argument("--runbook", help="a runbook of the catalog (`responder runbooks`)")
+    start.add_argument("--matchers", type=_matchers, help="Alertmanager matchers, e.g. 'env=prod,instance=~\"app-.*\"'")
+    start.add_argument("--for", dest="duration", type=_duration, required=True, help="how long: 30m, 2h, 1h30m")
+    start.add_argument("--from", dest="starts", type=_iso_time, help="ISO 8601 start (default: now)")
+    start.add_argument("--reason", required=True)
+    start.add_argument("--by", default=os.environ.get("USER", "someone"))
+    listing = windows.add_parser("list", help="windows in force (and recurring ones)")
+    listing.add_argument("--all", action="store_true", help="past and future stored windows too")
+    listing.add_argument("--json", action="store_true")
+    end = windows.add_parser("end", help="end a window now; incidents it held that still fire get a fresh response")
+    end.add_argument("id")
+    end.add_argument("--by", default=os.environ.get("USER", "someone"))
+    p = sub.add_parser("oncall", help="who each escalation level pages now (rotations in oncall.yaml), and who is next")
+    p.add_argument("--at", type=_iso_time, help="ISO 8601 time to ask about instead of now (no offset: local time)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -271,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"bad RESPONDER_* setting: {exc}")
     try:
         commands = {"up": cmd_up, "runbooks": cmd_runbooks, "fire": cmd_fire, "incidents": cmd_incidents,
-                    "ack": cmd_ack, "approve": cmd_answer, "reject": cmd_answer, "drill": cmd_drill}
+                    "ack": cmd_ack, "approve": cmd_answer, "reject": cmd_answer, "drill": cmd_drill,
+                    "oncall": cmd_oncall, "maintenance": cmd_maintenance}
         return commands[args.command](args, settings)
     except CatalogError as exc:
         return _fail(f"configuration error:\n{exc}")

@@ -6,7 +6,9 @@ runs beside the intake, not behind the Prefect side: a page waits for no respons
 executor slot and no Prefect server request, so a storm that keeps the server busy, or a server
 that is down, does not make it late. Pages go out on a thread pool of their own, 16 wide (a slow
 Slack call delays no other incident's page, and in a storm the senders hold their share of the
-process against the response runs' threads); one incident's levels go out in order.
+process against the response runs' threads); one incident's levels go out in order. While a
+maintenance window covers an incident's alert, its pages wait for the window's end, unless
+``config/policy.yaml`` says ``page_during_maintenance: true``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from datetime import datetime, timezone
 
 from core import metrics
 from core.escalation import Page, due_pages, send_page
+from core.maintenance import Window, covering, in_force
 from core.services import Services
 from core.store import Incident, StoreUnavailable
 
@@ -48,9 +51,13 @@ class Pager:
         settings, catalog, store = self.services.settings, self.services.catalog, self.services.store
         candidates = await loop.run_in_executor(self._pool, store.paging_candidates)
         now = datetime.now(timezone.utc)
+        windows = [] if catalog.policy.page_during_maintenance else await loop.run_in_executor(
+            self._pool, in_force, store, catalog, now)
         due, oldest = 0, 0.0
         for incident, paged in candidates:
             pages = due_pages(incident, paged, catalog, settings.time_scale, now)
+            if pages and windows and await loop.run_in_executor(self._pool, self._held, incident, windows):
+                continue  # a maintenance window covers it: its pages wait for the window's end
             due += len(pages)
             oldest = max([oldest, *((now - page.due).total_seconds() for page in pages)])
             if pages and incident.id not in self._sending:
@@ -62,6 +69,11 @@ class Pager:
         metrics.PAGER_LAST_PASS.set(now.timestamp())
         self.last_pass = now
         return due
+
+    def _held(self, incident: Incident, windows: list[Window]) -> bool:
+        firing = [alert["labels"] for alert in self.services.store.incident_alerts(incident.id)
+                  if alert["status"] == "firing"]
+        return any(covering(windows, incident.runbook, labels) for labels in firing or [{}])  # {}: a drill's own
 
     def _send(self, incident: Incident, pages: list[Page]) -> None:
         for page in pages:

@@ -29,6 +29,7 @@ from responder.ingest import GroupCommit
 from responder.leases import known_dead, new_holder
 from responder.deadlines import ApprovalDeadlines
 from responder.pager import Pager
+from responder.maintenance import MaintenanceKeeper
 from responder.watchdog import AlertmanagerWatchdog
 from responder.events import prefect_event
 from responder.prefect_api import (ensure_canary, post_events, probe_triggers, release_waiting_run,
@@ -38,6 +39,7 @@ from responder.reports import publish_incident_artifact, publish_postmortem
 logger = logging.getLogger("responder")
 
 DUTY_LEASE_SECONDS = 10.0  # delivery and follow-ups move to a stand-by responder this long after their holder stops
+MAINTENANCE_EVERY_SECONDS = 2.0  # how soon a held incident gets its fresh response after its window is over
 DEPLOY_LEASE_SECONDS = 120.0  # applying 30 deployments takes seconds; a start that died holding it frees it after this
 
 
@@ -55,6 +57,7 @@ class Responder:
         self.pager = Pager(services)
         self.deadlines = ApprovalDeadlines(services)
         self.watchdog = AlertmanagerWatchdog(services, self.ingest)
+        self.maintenance = MaintenanceKeeper(services, self.wake_delivery)
         self.executor: Any = None
         self.prefect_ready = False
         self.triggers_ready = False
@@ -293,6 +296,19 @@ class Responder:
                 logger.exception("The Alertmanager watchdog's check failed; trying again")
             await asyncio.sleep(self.watchdog.interval_seconds)
 
+    async def keep_maintenance_forever(self) -> None:
+        """Silences in, held incidents out (``responder/maintenance.py``); one responder does it."""
+        async with httpx.AsyncClient() as http:
+            while True:
+                try:
+                    if await self._leads("maintenance"):
+                        await self.maintenance.check(http)
+                except StoreUnavailable as exc:
+                    logger.error("Maintenance windows: the store is unavailable: %s", exc)
+                except Exception:  # never let window keeping stop silently
+                    logger.exception("Keeping maintenance windows failed; trying again")
+                await asyncio.sleep(MAINTENANCE_EVERY_SECONDS)
+
     # -- the whole process ---------------------------------------------------------
     async def serve(self, app: Any) -> None:
         config = uvicorn.Config(
@@ -309,7 +325,7 @@ class Responder:
         async def prefect_side() -> None:
             await self.apply_deployments()
             await asyncio.gather(self.deliver_forever(), self.follow_up_forever(), self.executor.run(),
-                                 self.deadlines.run())
+                                 self.deadlines.run(), self.keep_maintenance_forever())
 
         intake = asyncio.create_task(server.serve(), name="intake")
         # Pages need only the store: they go out while the Prefect side starts, or is down.

@@ -72,6 +72,7 @@ ActionStatus = Literal[
     "awaiting_approval",
     "rejected",  # a human said no, or nobody answered in time
     "loop_guarded",  # ran too often on this target recently
+    "held",  # a maintenance window covers the alert: automation keeps its hands off
     "failed",
 ]
 

@@ -13,19 +13,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 
-from core.alerts import Alert
 from core.catalog import load_catalog
 from core.services import Services, build
 from core.settings import ResponderSettings
 from flows.drill import responder_drill
 from support.capture import CaptureServer
-from support.common import wait_for
-from support.executor import InProcessResponder
+from support.executor import InProcessResponder, drill_alert, suspended, timeline
 from support.prefect import prefect_post, resume
 from support.responder import make_config
 
@@ -57,25 +54,6 @@ def own_responder(services: Services, api_url: str) -> Iterator[InProcessRespond
         yield serving
     finally:
         serving.stop()
-
-
-def drill_alert(**labels: str) -> Alert:
-    return Alert(status="firing", labels={"alertname": "ResponderDrill", **labels}, startsAt=datetime.now(timezone.utc),
-                 annotations={"summary": "decision test"}, fingerprint=uuid.uuid4().hex[:16])
-
-
-def suspended(api: str, run_id: str, not_state: str | None = None) -> dict[str, Any]:
-    """The run once it waits for approval: suspended, so it holds no thread of the executor."""
-    def waiting():
-        [run] = prefect_post(api, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
-        state = run["state"]
-        ok = state["type"] == "PAUSED" and state["state_details"]["pause_reschedule"] and state["id"] != not_state
-        return run if ok else None
-    return wait_for(waiting, 60, what="the run to be suspended for approval")
-
-
-def timeline(services: Services, run_id: str) -> list[dict[str, Any]]:
-    return services.store.timeline(services.store.incident_by_run(run_id).id)
 
 
 def task_runs(api: str, run_id: str) -> list[dict[str, Any]]:

@@ -106,13 +106,26 @@ class Runs(Timeline):
         return (row[0], datetime.fromisoformat(row[1])) if row else None
 
     # -- actions: each (incident, action, target) once ------------------------------------
-    def claim_action(self, key: str, flow_run_id: str) -> dict[str, Any] | None:
+    def claim_action(self, key: str, flow_run_id: str, action: str | None = None,
+                     limit: tuple[int, datetime] | None = None) -> dict[str, Any] | None:
         """Claim running an action once (``key``: incident, action, target). None when claimed now;
-        otherwise the earlier claim: its run, and its status (None while it was never finished)."""
+        otherwise the earlier claim: its run, and its status (None while it was never finished).
+
+        ``limit`` = (most, since) is the action's blast radius: when ``most`` claims of ``action``
+        (any target, any incident) were made since then, nothing is claimed and ``{"over_limit": n}``
+        comes back. Counting and claiming are one transaction under a lock of the action, so three
+        incidents claiming at once cannot all pass a limit of two."""
         with self._tx() as cur:
+            if limit is not None and action is not None:
+                self._lock_group(cur, f"blast-radius:{action}")
+                earlier = self._exec(cur, "SELECT 1 FROM action_claims WHERE key = %s", (key,)).fetchone()
+                used = self._exec(cur, "SELECT count(*) FROM action_claims WHERE action = %s AND claimed_at >= %s",
+                                  (action, iso(limit[1]))).fetchone()[0]
+                if earlier is None and used >= limit[0]:
+                    return {"over_limit": used}
             claimed = self._exec(
-                cur, "INSERT INTO action_claims (key, flow_run_id, claimed_at) VALUES (%s, %s, %s) "
-                     "ON CONFLICT (key) DO NOTHING", (key, flow_run_id, iso(utcnow()))).rowcount
+                cur, "INSERT INTO action_claims (key, flow_run_id, claimed_at, action) VALUES (%s, %s, %s, %s) "
+                     "ON CONFLICT (key) DO NOTHING", (key, flow_run_id, iso(utcnow()), action)).rowcount
             if claimed:
                 return None
             row = self._exec(cur, "SELECT flow_run_id, claimed_at, status FROM action_claims WHERE key = %s",

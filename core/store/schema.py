@@ -189,6 +189,33 @@ MIGRATIONS = [
             reported_since TEXT
         )""",
     ]),
+    Migration(8, "maintenance windows and the incidents they held; the action of each claim (blast radius)", [
+        """CREATE TABLE IF NOT EXISTS maintenance_windows (
+            id TEXT PRIMARY KEY,
+            source TEXT NOT NULL,
+            service TEXT,
+            runbook TEXT,
+            matchers TEXT NOT NULL,
+            starts_at TEXT NOT NULL,
+            ends_at TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            ended_at TEXT,
+            ended_by TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS maintenance_by_end ON maintenance_windows (ends_at)",
+        """CREATE TABLE IF NOT EXISTS maintenance_holds (
+            window_id TEXT NOT NULL,
+            incident_id TEXT NOT NULL,
+            window_ends_at TEXT NOT NULL,
+            held_at TEXT NOT NULL,
+            released_at TEXT,
+            PRIMARY KEY (window_id, incident_id)
+        )""",
+        "ALTER TABLE action_claims ADD COLUMN action TEXT",
+        "CREATE INDEX IF NOT EXISTS action_claims_by_action ON action_claims (action, claimed_at)",
+    ]),
 ]
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -12,17 +12,19 @@ import asyncio
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
 from typing import Any
 
 from prefect import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from core.alerts import Alert
+from core.alerts import Alert, IncidentRef
 from core.results import register_result_storage
 from core.services import Services
 from responder.deadlines import ApprovalDeadlines
 from responder.executor import Executor
 
+from .common import wait_for
 from .prefect import prefect_post
 
 
@@ -68,12 +70,14 @@ class InProcessResponder:
         """Another responder for the same deployment (a restart, or a second responder)."""
         return cls(services, api_url, flow, runbook, deployment_id)
 
-    def start(self, alert: Alert) -> str:
-        """A run of the deployment for ``alert``, as a deployment trigger creates it; returns its id."""
+    def start(self, alert: Alert, incident: IncidentRef | None = None) -> str:
+        """A run of the deployment for ``alert`` (and the incident the store opened for it, if given), as a
+        deployment trigger creates it; returns its id. Without an incident the run opens one itself."""
         async def create() -> str:
             async with get_client() as client:
                 run = await client.create_flow_run_from_deployment(
-                    self.deployment_id, parameters={"alert": alert.model_dump(mode="json"), "incident": None})
+                    self.deployment_id, parameters={"alert": alert.model_dump(mode="json"),
+                                                    "incident": incident.model_dump(mode="json") if incident else None})
             return str(run.id)
         with temporary_settings({PREFECT_API_URL: self.api_url}):
             return asyncio.run(create())
@@ -95,3 +99,25 @@ class InProcessResponder:
         if self._main is not None:
             self._loop.call_soon_threadsafe(self._main.cancel)
         self._thread.join(15)
+
+
+# -- what the in-process tests of the drill runbook share ------------------------------------------
+
+
+def drill_alert(**labels: str) -> Alert:
+    return Alert(status="firing", labels={"alertname": "ResponderDrill", **labels}, startsAt=datetime.now(timezone.utc),
+                 annotations={"summary": "decision test"}, fingerprint=uuid.uuid4().hex[:16])
+
+
+def suspended(api: str, run_id: str, not_state: str | None = None) -> dict[str, Any]:
+    """The run once it waits for approval: suspended, so it holds no thread of the executor."""
+    def waiting():
+        [run] = prefect_post(api, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
+        state = run["state"]
+        ok = state["type"] == "PAUSED" and state["state_details"]["pause_reschedule"] and state["id"] != not_state
+        return run if ok else None
+    return wait_for(waiting, 60, what="the run to be suspended for approval")
+
+
+def timeline(services: Services, run_id: str) -> list[dict[str, Any]]:
+    return services.store.timeline(services.store.incident_by_run(run_id).id)

@@ -1,0 +1,74 @@
+"""Maintenance windows in force, and the one that covers an alert.
+
+Three sources, one shape (:class:`Window`): windows people start (``responder maintenance start``,
+kept in the store), Alertmanager silences (copied into the store by the responder every 30 s when
+``monitoring.alertmanager_url`` is set), and recurring windows of ``config/maintenance.yaml``
+(computed from their cron expression, never stored). While a window covers an incident's alert,
+the response assesses and reports but runs no mitigation, and pages wait unless
+``config/policy.yaml`` says ``page_during_maintenance: true``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+from core.catalog import Catalog, WindowScope
+from core.store import Store
+
+
+@dataclass(frozen=True)
+class Window:
+    id: str
+    scope: WindowScope
+    starts: datetime
+    ends: datetime
+    reason: str
+    by: str
+    source: str  # cli | alertmanager | config
+
+    def line(self) -> str:
+        return f"maintenance window {self.id} until {self.ends:%Y-%m-%d %H:%M} UTC ({self.reason})"
+
+
+def recurring_in_force(catalog: Catalog, at: datetime) -> list[Window]:
+    """The recurring windows of ``config/maintenance.yaml`` open at ``at`` (its last start, in the
+    window's time zone, less than its duration ago)."""
+    found = []
+    for spec in catalog.maintenance.windows:
+        local = at.astimezone(ZoneInfo(spec.timezone))
+        # croniter's get_prev is strictly before its start: one second on, a window opening at `at` counts.
+        opened = croniter(spec.cron, local + timedelta(seconds=1)).get_prev(datetime)
+        ends = opened + timedelta(minutes=spec.duration_minutes)
+        if opened <= local < ends:
+            starts_utc = opened.astimezone(timezone.utc)
+            found.append(Window(
+                id=f"{spec.name}@{starts_utc:%Y%m%dT%H%MZ}",
+                scope=WindowScope(service=spec.service, runbook=spec.runbook, matchers=spec.matchers),
+                starts=starts_utc, ends=ends.astimezone(timezone.utc), reason=spec.reason,
+                by="config/maintenance.yaml", source="config"))
+    return found
+
+
+def from_row(row: dict) -> Window:
+    ends = datetime.fromisoformat(row["ends_at"])
+    if row.get("ended_at"):
+        ends = min(ends, datetime.fromisoformat(row["ended_at"]))
+    return Window(id=row["id"], scope=WindowScope(service=row["service"], runbook=row["runbook"],
+                                                  matchers=row["matchers"]),
+                  starts=datetime.fromisoformat(row["starts_at"]), ends=ends, reason=row["reason"],
+                  by=row["created_by"], source=row["source"])
+
+
+def in_force(store: Store, catalog: Catalog, at: datetime | None = None) -> list[Window]:
+    at = at or datetime.now(timezone.utc)
+    return [from_row(row) for row in store.windows(at)] + recurring_in_force(catalog, at)
+
+
+def covering(windows: list[Window], runbook: str, labels: dict[str, str]) -> Window | None:
+    """The window (ending last, when several do) that covers an alert of ``runbook`` with ``labels``."""
+    covers = [w for w in windows if w.scope.covers(runbook, labels)]
+    return max(covers, key=lambda w: w.ends) if covers else None

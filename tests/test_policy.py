@@ -1,0 +1,332 @@
+"""Operations policy in the shared lifecycle: maintenance windows and the blast-radius limit.
+
+In-process, as ``tests/test_lifecycle_decisions.py``: the real drill runbook (a risky no-op step)
+runs as a real deployment run on the suite's real Prefect server, executed in this process by the
+responder's own executor, on a real store (a SQLite file), with the real pager and the real
+maintenance keeper; notifications go to a local capture server (no Slack or pager is reachable
+here). Answers go through the server's resume API, as the UI's Resume button does. The silence
+test runs a real Alertmanager; the CLI tests run the real ``responder maintenance`` command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from core.alerts import AlertmanagerPayload, IncidentRef
+from core.catalog import CatalogError, load_catalog
+from core.maintenance import in_force, recurring_in_force
+from core.services import Services, build
+from core.settings import ResponderSettings
+from flows.drill import responder_drill
+from responder.maintenance import MaintenanceKeeper
+from responder.pager import Pager
+from support.capture import CaptureServer
+from support.common import BIN, wait_for
+from support.executor import InProcessResponder, drill_alert, suspended, timeline
+from support.prefect import form_description, prefect_post, resume, runs_for_incident, wait_run_final
+from support.prometheus import AlertmanagerServer
+from support.responder import fire, make_config, running_responder
+
+
+def services_for(tmp: Path, webhook: CaptureServer, policy: dict | None = None, maintenance: dict | None = None,
+                 targets: dict | None = None) -> Services:
+    config = make_config(tmp, runbook_overrides={"responder-drill": {"approval_timeout_seconds": 120}},
+                         notify={"webhooks": [f"{webhook.url}/hooks"]}, targets=targets)
+    if policy is not None:
+        (config / "policy.yaml").write_text(yaml.safe_dump(policy))
+    if maintenance is not None:
+        (config / "maintenance.yaml").write_text(yaml.safe_dump(maintenance))
+    settings = ResponderSettings(home=tmp / "home", config_dir=config, database_url=None, slack_token=None)
+    return build(settings, load_catalog(config))
+
+
+@pytest.fixture
+def webhook():
+    server = CaptureServer()
+    yield server
+    server.close()
+
+
+def window(services: Services, **scope) -> dict:
+    now = datetime.now(timezone.utc)
+    return services.store.add_window(service=scope.get("service"), runbook=scope.get("runbook"),
+                                     matchers=scope.get("matchers", []), starts=now - timedelta(seconds=1),
+                                     ends=now + timedelta(hours=1), reason="database upgrade", by="dana")
+
+
+def outbox_opens(services: Services, incident_id: str) -> list[dict]:
+    with services.store._tx() as cur:
+        rows = services.store._exec(cur, "SELECT body FROM outbox WHERE kind = 'alert.firing'").fetchall()
+    return [b for b in (json.loads(r[0]) for r in rows) if (b["incident"] or {}).get("id") == incident_id and b["opens"]]
+
+
+def opened_by_the_intake(services: Services, alert) -> IncidentRef:
+    """Store ``alert`` as the intake does (an episode, an incident); the incident for the run's parameters."""
+    payload = AlertmanagerPayload(version="4", groupKey=f"test:{alert.fingerprint}", status="firing", alerts=[alert])
+    result = services.store.ingest(payload, payload.model_dump_json().encode(), services.catalog.routes([alert.alertname]))
+    incident = services.store.incident(result.incidents_opened[0])
+    return IncidentRef(id=incident.id, runbook=incident.runbook, group_key=incident.group_key, severity=incident.severity)
+
+
+# -- maintenance windows -------------------------------------------------------------------------
+
+
+def test_a_window_holds_every_action_and_its_end_gives_a_fresh_response(tmp_path, prefect_server, webhook):
+    services = services_for(tmp_path, webhook)
+    drill = uuid.uuid4().hex[:8]
+    held_by = window(services, matchers=[f'drill_id="{drill}"'])
+    serving = InProcessResponder(services, prefect_server.api_url, responder_drill, "responder-drill")
+    try:
+        alert = drill_alert(drill_id=drill)
+        run_id = serving.start(alert, opened_by_the_intake(services, alert))
+        state = serving.final(run_id)["state"]
+        other = serving.start(drill_alert(drill_id="not-covered"))  # a window covers only what it matches
+        suspended(prefect_server.api_url, other)
+    finally:
+        serving.stop()
+    assert state["name"] == "HeldForMaintenance" and held_by["id"] in state["message"], state
+    rows = timeline(services, run_id)
+    assert any(r["kind"] == "action" and "drill_step" in r["text"] and f"held by maintenance window {held_by['id']}"
+               in r["text"] and "set by dana" in r["text"] for r in rows), rows
+    assert not any(r["kind"] in ("approval-asked", "escalated") for r in rows), rows  # nobody asked, nobody paged
+    incident = services.store.incident_by_run(run_id)
+    assert incident.status == "open"
+    assert "maintenance window" in services.store.note(incident.id, "waiting_on")
+
+    # The window is still on: nothing to release. Ended, the incident (still firing) gets a fresh response, once.
+    keeper = MaintenanceKeeper(services, wake_delivery=lambda: None)
+    [opening] = outbox_opens(services, incident.id)  # the event that started the held run
+    assert asyncio.run(keeper.release_over()) == 0 and len(outbox_opens(services, incident.id)) == 1
+    services.store.end_window(held_by["id"], "dana", datetime.now(timezone.utc))
+    assert asyncio.run(keeper.release_over()) == 1
+    assert asyncio.run(keeper.release_over()) == 0
+    [fresh] = [e for e in outbox_opens(services, incident.id) if e["id"] != opening["id"]]
+    assert fresh["alert"]["labels"]["drill_id"] == drill
+    assert services.store.incident(incident.id).flow_run_id is None  # the new run claims it
+    assert any(r["kind"] == "maintenance-over" for r in services.store.timeline(incident.id))
+
+
+def test_a_window_started_while_the_question_waits_holds_the_approved_action(tmp_path, prefect_server, webhook):
+    services = services_for(tmp_path, webhook)
+    serving = InProcessResponder(services, prefect_server.api_url, responder_drill, "responder-drill")
+    try:
+        run_id = serving.start(drill_alert())
+        suspended(prefect_server.api_url, run_id)
+        held_by = window(services, runbook="responder-drill")
+        resume(prefect_server.api_url, run_id, True, "go ahead", "erin")
+        state = serving.final(run_id)["state"]
+    finally:
+        serving.stop()
+    assert state["name"] == "HeldForMaintenance", state
+    texts = [r["text"] for r in timeline(services, run_id)]
+    assert any("held by maintenance window " + held_by["id"] in t for t in texts), texts
+    assert not any("drill_step" in t and ": done" in t for t in texts), texts
+
+
+def test_pages_wait_for_the_window_unless_the_policy_says_otherwise(tmp_path, webhook):
+    """No Prefect server needed: a page is the store's clock and the notifier. The critical policy
+    pages level 1 at once."""
+    def pages(incident_id: str) -> list[int]:
+        return [r["body"]["level"] for r in webhook.requests
+                if r["body"].get("kind") == "page" and r["body"]["incident"]["id"] == incident_id]
+
+    for during in (False, True):
+        services = services_for(tmp_path / str(during), webhook, policy={"page_during_maintenance": during})
+        incident = services.store.open_manual_incident("responder-drill", "critical", "drill", f"run-{during}")
+        held_by = window(services, runbook="responder-drill")
+        pager = Pager(services)
+        try:
+            asyncio.run(_one_pass(pager))
+            if during:
+                wait_for(lambda: pages(incident.id) == [1], 10, what="the page, sent during the window as configured")
+                continue
+            assert pages(incident.id) == []  # held while the window is on
+            services.store.end_window(held_by["id"], "dana", datetime.now(timezone.utc))
+            asyncio.run(_one_pass(pager))
+            wait_for(lambda: pages(incident.id) == [1], 10, what="the page once the window is over")
+        finally:
+            pager.close()
+
+
+async def _one_pass(pager: Pager) -> None:
+    await pager.page_due(asyncio.get_running_loop())
+    await asyncio.sleep(0.5)  # the senders run on the pager's own threads
+
+
+def test_recurring_windows_open_at_their_cron_time_in_their_time_zone(tmp_path, webhook):
+    services = services_for(tmp_path, webhook, maintenance={"windows": [{
+        "name": "sunday-backup", "runbook": "responder-drill", "cron": "0 3 * * sun", "duration_minutes": 90,
+        "timezone": "Europe/Berlin", "reason": "weekly backup"}]})
+    sunday_0230_utc = datetime(2026, 12, 6, 2, 30, tzinfo=timezone.utc)  # 03:30 in Berlin (CET, UTC+1)
+    [open_] = recurring_in_force(services.catalog, sunday_0230_utc)
+    assert open_.starts == datetime(2026, 12, 6, 2, 0, tzinfo=timezone.utc)
+    assert open_.ends == datetime(2026, 12, 6, 3, 30, tzinfo=timezone.utc)
+    assert recurring_in_force(services.catalog, datetime(2026, 12, 6, 3, 30, tzinfo=timezone.utc)) == []
+    assert recurring_in_force(services.catalog, datetime(2026, 12, 6, 1, 59, tzinfo=timezone.utc)) == []
+    assert [w.id for w in in_force(services.store, services.catalog, sunday_0230_utc)] == [open_.id]
+
+
+@pytest.mark.parametrize("entry, complaint", [
+    ({"name": "w", "cron": "61 * * * *", "duration_minutes": 5, "runbook": "responder-drill", "reason": "r"},
+     "is not a cron expression"),
+    ({"name": "w", "cron": "0 3 * * *", "duration_minutes": 5, "runbook": "no-such-runbook", "reason": "r"},
+     "window 'w': unknown runbook 'no-such-runbook'"),
+    ({"name": "w", "cron": "0 3 * * *", "duration_minutes": 5, "service": "no-such-service", "reason": "r"},
+     "window 'w': unknown service 'no-such-service'"),
+    ({"name": "w", "cron": "0 3 * * *", "duration_minutes": 5, "timezone": "Mars/Olympus", "runbook": "responder-drill",
+      "reason": "r"}, "unknown time zone"),
+    ({"name": "w", "cron": "0 3 * * *", "duration_minutes": 5, "reason": "r"}, "would cover everything"),
+])
+def test_a_broken_maintenance_file_is_refused_naming_the_window(tmp_path, webhook, entry, complaint):
+    with pytest.raises(CatalogError) as refused:
+        services_for(tmp_path, webhook, maintenance={"windows": [entry]})
+    assert complaint in str(refused.value) and "maintenance.yaml" in str(refused.value)
+
+
+def test_an_alertmanager_silence_made_after_the_alert_fired_is_a_window(tmp_path, webhook):
+    """A real Alertmanager: a silence made through its v2 API is copied in; deleted, its window ends."""
+    alertmanager = AlertmanagerServer(tmp_path, webhook_url=f"{webhook.url}/unused")
+    try:
+        services = services_for(tmp_path, webhook, targets={"monitoring": {"alertmanager_url": alertmanager.url}})
+        now = datetime.now(timezone.utc)
+        created = httpx.post(f"{alertmanager.url}/api/v2/silences", json={
+            "matchers": [{"name": "service", "value": "billing", "isRegex": False, "isEqual": True},
+                         {"name": "instance", "value": "db-.*", "isRegex": True, "isEqual": True}],
+            "startsAt": now.isoformat(), "endsAt": (now + timedelta(hours=2)).isoformat(),
+            "createdBy": "frank", "comment": "failover drill"}).json()["silenceID"]
+        keeper = MaintenanceKeeper(services, wake_delivery=lambda: None)
+
+        async def sync() -> int:
+            async with httpx.AsyncClient() as http:
+                return await keeper.sync_silences(http, alertmanager.url)
+
+        assert asyncio.run(sync()) == 1
+        [held_by] = in_force(services.store, services.catalog)
+        assert (held_by.id, held_by.source, held_by.reason) == (f"am-{created}", "alertmanager", "failover drill")
+        assert held_by.scope.covers("any", {"service": "billing", "instance": "db-2"})
+        assert not held_by.scope.covers("any", {"service": "billing", "instance": "app-2"})
+        assert asyncio.run(sync()) == 1  # unchanged: stored once, not rewritten
+        httpx.delete(f"{alertmanager.url}/api/v2/silence/{created}").raise_for_status()
+        assert asyncio.run(sync()) == 0
+        assert in_force(services.store, services.catalog) == []
+    finally:
+        alertmanager.stop()
+
+
+# -- the blast radius ----------------------------------------------------------------------------
+
+
+def test_three_incidents_at_once_pass_a_limit_of_two_only_with_a_person(tmp_path, prefect_server, webhook):
+    services = services_for(tmp_path, webhook, policy={"blast_radius": {"drill_step": {"max": 2, "per_minutes": 60}}})
+    api = prefect_server.api_url
+    serving = InProcessResponder(services, api, responder_drill, "responder-drill")
+    try:
+        runs = [serving.start(drill_alert()) for _ in range(3)]
+        for run_id in runs:
+            suspended(api, run_id)
+        answers = [threading.Thread(target=resume, args=(api, run_id, True, "ok", "gina")) for run_id in runs]
+        for thread in answers:  # all three approved at the same moment: their claims race
+            thread.start()
+        for thread in answers:
+            thread.join()
+
+        def settled():
+            states = {run_id: serving.run(run_id)["state"] for run_id in runs}
+            waiting = [r for r, s in states.items() if s["type"] == "PAUSED" and s["state_details"]["pause_key"].startswith("approve-1")]
+            done = [r for r, s in states.items() if s["type"] == "COMPLETED"]
+            return (waiting, done) if len(waiting) + len(done) == 3 else None
+
+        waiting, done = wait_for(settled, 90, what="two runs to act and one to ask again")
+        assert len(done) == 2 and len(waiting) == 1, (waiting, done)
+        [third] = waiting
+        [paused] = prefect_post(api, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [third]}}})
+        description = form_description(api, paused)
+        assert "blast-radius limit of drill_step is reached: 2 run(s)" in description, description
+        resume(api, third, True, "I checked the fleet", "hana")
+        assert serving.final(third)["state"]["name"] == "Resolved"
+    finally:
+        serving.stop()
+    texts = [r["text"] for r in timeline(services, third)]
+    assert sum("drill_step" in t and ": done" in t for t in texts) == 1, texts
+    assert any("asked because the blast-radius limit" in t for t in texts), texts
+
+
+# -- the CLI -----------------------------------------------------------------------------------
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RESPONDER_HOME": str(tmp_path / "home"), "RESPONDER_CONFIG_DIR": str(tmp_path / "config")}
+    env.pop("RESPONDER_DATABASE_URL", None)
+    return subprocess.run([str(BIN / "responder"), "maintenance", *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_the_cli_starts_lists_and_ends_windows_and_refuses_bad_ones(tmp_path, webhook):
+    services = services_for(tmp_path, webhook)
+    for args, complaint in (
+        (["--runbook", "nope", "--for", "1h", "--reason", "r"], "unknown runbook 'nope'"),
+        (["--service", "nope", "--for", "1h", "--reason", "r"], "unknown service 'nope'"),
+        (["--for", "1h", "--reason", "r"], "would cover everything"),
+        (["--runbook", "responder-drill", "--for", "soon", "--reason", "r"], "'soon' is not a duration"),
+        (["--runbook", "responder-drill", "--for", "0m", "--reason", "r"], "longer than nothing"),
+        (["--matchers", 'a=~"("', "--for", "1h", "--reason", "r"], "not a regular expression"),
+        (["--matchers", "not a matcher", "--for", "1h", "--reason", "r"], "expected name=value"),
+        (["--runbook", "responder-drill", "--for", "1h", "--reason", "  "], "--reason must say why"),
+    ):
+        refused = _cli(tmp_path, "start", *args)
+        assert refused.returncode == 2 and complaint in refused.stderr, (args, refused.stderr)
+    assert services.store.windows() == []  # nothing half-stored
+
+    started = _cli(tmp_path, "start", "--runbook", "responder-drill", "--matchers", 'env=prod,instance=~"app-1,2"',
+                   "--for", "1h30m", "--reason", "kernel upgrade", "--by", "ivan")
+    assert started.returncode == 0, started.stderr
+    [stored] = services.store.windows()
+    assert stored["matchers"] == ['env=prod', 'instance=~"app-1,2"'] and stored["created_by"] == "ivan"
+    ends = datetime.fromisoformat(stored["ends_at"]) - datetime.fromisoformat(stored["starts_at"])
+    assert ends == timedelta(minutes=90)
+    listed = _cli(tmp_path, "list", "--json")
+    assert [w["id"] for w in json.loads(listed.stdout)] == [stored["id"]]
+    assert _cli(tmp_path, "end", "mw-nosuch").returncode == 1
+    ended = _cli(tmp_path, "end", stored["id"], "--by", "ivan")
+    assert ended.returncode == 0, ended.stderr
+    assert json.loads(_cli(tmp_path, "list", "--json").stdout) == []
+    assert [w["id"] for w in json.loads(_cli(tmp_path, "list", "--all", "--json").stdout)] == [stored["id"]]
+
+
+# -- end to end: `responder up` and the CLI ---------------------------------------------------------
+
+
+def test_a_window_started_from_the_cli_holds_the_response_and_its_end_starts_a_fresh_one(prefect_server, tmp_path, webhook):
+    api = prefect_server.api_url
+    config = make_config(tmp_path, notify={"webhooks": [f"{webhook.url}/hooks"]},
+                         runbook_overrides={"responder-drill": {"approval_timeout_seconds": 600}})
+    with running_responder(tmp_path, api, config) as responder:
+        started = _cli(tmp_path, "start", "--runbook", "responder-drill", "--for", "1h", "--reason", "game day")
+        assert started.returncode == 0, started.stderr
+        window_id = started.stdout.split()[2]
+        drill = drill_alert(drill_id=uuid.uuid4().hex[:8], severity="critical")
+        body = AlertmanagerPayload(version="4", groupKey=f"drill:{drill.fingerprint}", status="firing", alerts=[drill])
+        incident = fire(responder, json.loads(body.model_dump_json()))
+        held = wait_run_final(api, incident)
+        assert held["state"]["name"] == "HeldForMaintenance" and window_id in held["state"]["message"], held["state"]
+        assert not any(r["body"].get("kind") == "page" and r["body"]["incident"]["id"] == incident
+                       for r in webhook.requests)  # critical pages at once, but not during the window
+
+        assert _cli(tmp_path, "end", window_id).returncode == 0
+        fresh = wait_for(lambda: next((r for r in runs_for_incident(api, incident)
+                                       if r["id"] != held["id"] and r["state"]["type"] == "PAUSED"), None),
+                         60, what="a fresh response after the window, asking for approval as a drill does")
+        assert fresh["parameters"]["incident"]["id"] == incident
+        wait_for(lambda: any(r["body"].get("kind") == "page" and r["body"]["incident"]["id"] == incident
+                             for r in webhook.requests), 30, what="the page held by the window")
