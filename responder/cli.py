@@ -9,6 +9,7 @@
     responder drill               # the ResponderDrill fire drill
     responder maintenance start --service S [--runbook R] [--matchers 'k=v,…'] --for 2h --reason …
     responder maintenance list [--all] / end ID
+    responder audit [--incident ID] [--since 24h] [--json]   # every decision, and who made it
     responder oncall [--at TIME]  # who each escalation level pages now, and who is next
 """
 
@@ -245,6 +246,24 @@ def cmd_maintenance(args: argparse.Namespace, settings: ResponderSettings) -> in
     return 0
 
 
+def cmd_audit(args: argparse.Namespace, settings: ResponderSettings) -> int:
+    """The audit trail from the store (no running responder needed)."""
+    try:
+        store, _ = _store_and_catalog(settings)
+        trail = store.audit(datetime.now(timezone.utc) - args.since, args.incident)
+    except (StoreUnavailable, SchemaError) as exc:
+        return _fail(f"cannot open the store: {exc}")
+    if args.json:
+        print(json.dumps(trail, indent=2))
+        return 0
+    for row in trail:
+        incident = f" [{row['incident'][:8]}]" if row["incident"] else ""
+        print(f"{row['at'][:19]}  {row['kind']:<16} {row['who'][:24]:<24}{incident} {row['what']}")
+    if not trail:
+        print("nothing in that period")
+    return 0
+
+
 def _iso_time(value: str) -> datetime:
     """``--at``: ISO 8601; without an offset, this machine's local time."""
     try:
@@ -424,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     end = windows.add_parser("end", help="end a window now; incidents it held that still fire get a fresh response")
     end.add_argument("id")
     end.add_argument("--by", default=os.environ.get("USER", "someone"))
+    p = sub.add_parser("audit", help="every decision (alerts, actions, approvals, pages, windows) and who made it")
+    p.add_argument("--since", type=_duration, default=timedelta(hours=24), help="how far back: 30m, 24h, 7d (default 24h)")
+    p.add_argument("--incident", help="only this incident")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("oncall", help="who each escalation level pages now (rotations in oncall.yaml), and who is next")
     p.add_argument("--at", type=_iso_time, help="ISO 8601 time to ask about instead of now (no offset: local time)")
     args = parser.parse_args(argv)
@@ -436,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"up": cmd_up, "runbooks": cmd_runbooks, "fire": cmd_fire, "incidents": cmd_incidents,
                     "ack": cmd_ack, "approve": cmd_answer, "reject": cmd_answer, "drill": cmd_drill,
-                    "oncall": cmd_oncall, "maintenance": cmd_maintenance}
+                    "oncall": cmd_oncall, "maintenance": cmd_maintenance, "audit": cmd_audit}
         return commands[args.command](args, settings)
     except CatalogError as exc:
         return _fail(f"configuration error:\n{exc}")

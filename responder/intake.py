@@ -27,8 +27,9 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -124,6 +125,12 @@ def _unsupported_encoding(request: Request) -> JSONResponse | None:
     if kind not in ("application/json", "") and not kind.endswith("+json"):
         return _error(415, f"Content-Type {kind!r} is not supported: send application/json")
     return None
+
+
+def _seconds(text: str) -> float | None:
+    """``30m``, ``24h``, ``7d``, ``90s`` as seconds; None when it is not one."""
+    found = re.fullmatch(r"(\d{1,6})([smhd])", text.strip())
+    return int(found[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[found[2]] if found else None
 
 
 def create_app(responder: "Responder") -> FastAPI:
@@ -279,6 +286,20 @@ def create_app(responder: "Responder") -> FastAPI:
                 return _error(409, str(exc))
             return {"text": f"{'Approved' if kind == 'approve' else 'Rejected'} by {who}"}
         return _error(422, [{"field": "actions.0.action_id", "error": f"unknown action {kind!r}"}])
+
+    @app.get("/audit")
+    async def read_audit(request: Request, since: str = "24h", incident: str | None = None):
+        """The audit trail (read only: nothing edits or deletes it through the API)."""
+        if not authorized(request):
+            return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        seconds = _seconds(since)
+        if seconds is None:
+            return _error(422, [{"field": "since", "error": f"{since[:40]!r} is not a duration such as 30m, 24h or 7d"}])
+        try:
+            return await asyncio.to_thread(responder.store.audit,
+                                           datetime.now(timezone.utc) - timedelta(seconds=seconds), incident)
+        except StoreUnavailable:
+            return _error(503, "the alert store is unavailable; retry later", {"Retry-After": "5"})
 
     @app.get("/incidents")
     async def list_incidents(request: Request, status: str | None = None):

@@ -330,3 +330,34 @@ def test_a_window_started_from_the_cli_holds_the_response_and_its_end_starts_a_f
         assert fresh["parameters"]["incident"]["id"] == incident
         wait_for(lambda: any(r["body"].get("kind") == "page" and r["body"]["incident"]["id"] == incident
                              for r in webhook.requests), 30, what="the page held by the window")
+
+        # The fresh response asks as a drill does; approved, it runs. Then the whole story, read back.
+        resume(api, fresh["id"], True, "window over, go", "ivy")
+        final = wait_for(lambda: (r := next(r for r in runs_for_incident(api, incident) if r["id"] == fresh["id"]))
+                         ["state"]["type"] == "COMPLETED" and r, 60, what="the fresh response to finish")
+        assert final["state"]["name"] == "Resolved", final["state"]
+
+        headers = {"Authorization": f"Bearer {responder.token}"}
+        trail = wait_for(lambda: (t := httpx.get(f"{responder.url}/audit", params={"incident": incident},
+                                                  headers=headers).json()) and t[-1]["kind"] != "response"
+                         and any(row["kind"] == "closed" for row in t) and t, 30, what="the close in the audit trail")
+        kinds = [row["kind"] for row in trail]
+        story = ["alert-accepted", "response", "action", "maintenance-over", "response", "approval-asked",
+                 "approved", "action", "closed"]
+        position = 0
+        for kind in kinds:  # in this order (other rows, such as the page and the verdict, in between)
+            if position < len(story) and kind == story[position]:
+                position += 1
+        assert position == len(story), kinds
+        held_row = next(row for row in trail if row["kind"] == "action")
+        assert "held by maintenance window" in held_row["what"] and held_row["who"] == "responder"
+        assert next(row for row in trail if row["kind"] == "approved")["who"] == "ivy"
+        assert httpx.get(f"{responder.url}/audit").status_code == 401
+        assert httpx.get(f"{responder.url}/audit", params={"since": "yesterday"}, headers=headers).status_code == 422
+        assert httpx.delete(f"{responder.url}/audit", headers=headers).status_code == 405  # read only
+
+    everything = json.loads(subprocess.run([str(BIN / "responder"), "audit", "--json"], capture_output=True, text=True,
+                                           env={**os.environ, "RESPONDER_HOME": str(tmp_path / "home"),
+                                                "RESPONDER_CONFIG_DIR": str(config)}, check=True).stdout)
+    windows = [(row["kind"], row["who"]) for row in everything if row["kind"].startswith("window-")]
+    assert [kind for kind, _ in windows] == ["window-started", "window-ended"], windows
