@@ -56,6 +56,10 @@ class ResponderSettings(BaseSettings):
     slack_signing_secret: SecretStr | None = Field(
         default=None, description="Verifies Slack interactivity requests (buttons); buttons are refused without it."
     )
+    pagerduty_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Signing secret of a PagerDuty V3 webhook subscription; POST /pagerduty is refused without it.",
+    )
     embedded_server: Literal["tuned", "stock"] = Field(
         default="tuned",
         description=(

@@ -287,6 +287,37 @@ def create_app(responder: "Responder") -> FastAPI:
             return {"text": f"{'Approved' if kind == 'approve' else 'Rejected'} by {who}"}
         return _error(422, [{"field": "actions.0.action_id", "error": f"unknown action {kind!r}"}])
 
+    @app.post("/pagerduty")
+    async def pagerduty_webhook(request: Request):
+        """PagerDuty V3 webhooks: an incident the responder triggered, acknowledged or resolved in
+        PagerDuty, stops the responder's own pages as ``responder ack`` does. The signature
+        (``X-PagerDuty-Signature: v1=<HMAC-SHA256 of the body>``, one per active secret) is checked first."""
+        secret = settings.pagerduty_webhook_secret
+        raw = await read_limited(request)
+        if raw is None:
+            return _error(413, f"body larger than {limit} bytes")
+        expected = hmac.new(secret.get_secret_value().encode(), raw, "sha256").hexdigest() if secret else None
+        offered = [part.strip().removeprefix("v1=") for part in request.headers.get("x-pagerduty-signature", "").split(",")]
+        if expected is None or not any(hmac.compare_digest(expected, sig) for sig in offered):
+            return _error(401, "PagerDuty signature missing or wrong (RESPONDER_PAGERDUTY_WEBHOOK_SECRET)")
+        try:
+            event = parse_json(raw)["event"]
+            kind, data = event["event_type"], event["data"]
+            who = (event.get("agent") or {}).get("summary") or "someone"
+            key = str(data.get("incident_key") or "")
+        except (BodyError, KeyError, TypeError, AttributeError) as exc:
+            return _error(422, [{"field": "event", "error": f"not a PagerDuty V3 webhook event: {exc}"}])
+        if kind not in ("incident.acknowledged", "incident.resolved") or not key.startswith("responder-"):
+            return {"ignored": f"{kind} of {key or 'an incident the responder did not trigger'}"}
+        incident_id = key.removeprefix("responder-")
+        try:
+            incident = await asyncio.to_thread(responder.store.incident, incident_id)
+        except StoreUnavailable:
+            return _error(503, "the alert store is unavailable; retry later", {"Retry-After": "5"})
+        if incident is None or incident.status != "open" or incident.acknowledged_at:
+            return {"ignored": f"incident {incident_id} is not open and unacknowledged"}
+        return await _acknowledge(incident_id, f"{str(who)[:100]} (PagerDuty, {kind.removeprefix('incident.')})")
+
     @app.get("/audit")
     async def read_audit(request: Request, since: str = "24h", incident: str | None = None):
         """The audit trail (read only: nothing edits or deletes it through the API)."""

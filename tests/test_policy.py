@@ -361,3 +361,47 @@ def test_a_window_started_from_the_cli_holds_the_response_and_its_end_starts_a_f
                                                 "RESPONDER_CONFIG_DIR": str(config)}, check=True).stdout)
     windows = [(row["kind"], row["who"]) for row in everything if row["kind"].startswith("window-")]
     assert [kind for kind, _ in windows] == ["window-started", "window-ended"], windows
+
+
+# -- acknowledged in PagerDuty --------------------------------------------------------------------
+
+
+def test_acknowledging_in_pagerduty_stops_the_responders_pages(prefect_server, tmp_path, webhook):
+    """PagerDuty itself is not reachable: the test signs its V3 webhook bodies as PagerDuty does
+    (HMAC-SHA256 of the body with the subscription's secret, ``X-PagerDuty-Signature: v1=…``)."""
+    import hashlib
+    import hmac
+
+    secret = "whsec-test-" + uuid.uuid4().hex
+    config = make_config(tmp_path, notify={"webhooks": [f"{webhook.url}/hooks"]},
+                         runbook_overrides={"responder-drill": {"approval_timeout_seconds": 600}})
+
+    def signed(body: dict, key: str = secret) -> dict:
+        raw = json.dumps(body).encode()
+        return {"content": raw, "headers": {"Content-Type": "application/json",
+                                            "X-PagerDuty-Signature": "v1=" + hmac.new(key.encode(), raw, hashlib.sha256).hexdigest()}}
+
+    with running_responder(tmp_path, prefect_server.api_url, config, RESPONDER_PAGERDUTY_WEBHOOK_SECRET=secret) as responder:
+        drill = drill_alert(drill_id=uuid.uuid4().hex[:8])  # warning: level 1 is paged after 5 min × time scale
+        body = AlertmanagerPayload(version="4", groupKey=f"drill:{drill.fingerprint}", status="firing", alerts=[drill])
+        incident = fire(responder, json.loads(body.model_dump_json()))
+        event = {"event": {"id": "01ABC", "event_type": "incident.acknowledged", "resource_type": "incident",
+                           "occurred_at": datetime.now(timezone.utc).isoformat(),
+                           "agent": {"type": "user_reference", "summary": "Jo Oncall"},
+                           "data": {"id": "Q1", "type": "incident", "status": "acknowledged",
+                                    "incident_key": f"responder-{incident}"}}}
+        url = f"{responder.url}/pagerduty"
+        assert httpx.post(url, **signed(event, key="not-the-secret")).status_code == 401
+        assert httpx.post(url, content=json.dumps(event), headers={"Content-Type": "application/json"}).status_code == 401
+        assert httpx.post(url, **signed({"event": "nonsense"})).status_code == 422
+        other = {"event": {**event["event"], "data": {**event["event"]["data"], "incident_key": "someone-elses"}}}
+        assert "ignored" in httpx.post(url, **signed(other)).json()
+
+        answered = httpx.post(url, **signed(event))
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["acknowledged_by"] == "Jo Oncall (PagerDuty, acknowledged)"
+        assert "ignored" in httpx.post(url, **signed(event)).json()  # PagerDuty re-delivers: nothing changes
+        incidents = httpx.get(f"{responder.url}/incidents", headers={"Authorization": f"Bearer {responder.token}"}).json()
+        record = next(i for i in incidents if i["id"] == incident)
+        assert record["acknowledged_by"] == "Jo Oncall (PagerDuty, acknowledged)"
+        assert record["waiting_on"]  # still open: acknowledged is not resolved
