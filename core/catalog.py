@@ -383,11 +383,23 @@ class BlastRadius(_Strict):
     per_minutes: float = Field(gt=0)
 
 
+class ApproversPolicy(_Strict):
+    """Who may approve risky actions: people of ``oncall.yaml``, per runbook or for every runbook
+    (``default``). Unset: anyone, each answer recorded verified or "not verified"."""
+
+    default: list[str] | None = None
+    runbooks: dict[str, list[str]] = Field(default_factory=dict)
+
+    def allowed_for(self, runbook: str) -> list[str] | None:
+        return self.runbooks.get(runbook, self.default)
+
+
 class PolicyConfig(_Strict):
     """``config/policy.yaml``: rules that hold automation across incidents."""
 
     page_during_maintenance: bool = False
     blast_radius: dict[str, BlastRadius] = Field(default_factory=dict)
+    approvers: ApproversPolicy = Field(default_factory=ApproversPolicy)
 
     @field_validator("blast_radius")
     @classmethod
@@ -648,6 +660,15 @@ def load_catalog(config_dir: Path) -> Catalog:
             setattr(catalog, field, Catalog.model_fields[field].annotation.model_validate(section))
         except ValidationError as exc:
             raise CatalogError(_describe(exc, path, section)) from None
+    people = {person.name for person in catalog.oncall.people}
+    approvers = catalog.policy.approvers
+    for where, names in (("default", approvers.default or []), *approvers.runbooks.items()):
+        if where != "default" and where not in {r.name for r in runbooks}:
+            raise CatalogError(f"{config_dir / 'policy.yaml'}: approvers: unknown runbook {where!r}")
+        for name in names:
+            if name not in people:
+                raise CatalogError(f"{config_dir / 'policy.yaml'}: approvers.{where}: {name!r} is not a person of "
+                                   f"oncall.yaml (people: {', '.join(sorted(people)) or 'none'})")
     for window in catalog.maintenance.windows:
         try:
             catalog.check_scope(window)

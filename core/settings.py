@@ -56,6 +56,11 @@ class ResponderSettings(BaseSettings):
     slack_signing_secret: SecretStr | None = Field(
         default=None, description="Verifies Slack interactivity requests (buttons); buttons are refused without it."
     )
+    user_token: SecretStr | None = Field(
+        default=None,
+        description="Your personal token (`responder tokens add NAME`): `responder approve|reject` answer through "
+                    "the intake with it, verified under your name. Without it they answer as 'not verified'.",
+    )
     pagerduty_webhook_secret: SecretStr | None = Field(
         default=None,
         description="Signing secret of a PagerDuty V3 webhook subscription; POST /pagerduty is refused without it.",

@@ -75,7 +75,9 @@ class Approval(RunInput):
 
     approve: bool = Field(default=False, description="Tick to let the responder run the action described above.")
     reason: str = Field(default="", description="Why (recorded in the incident timeline).")
-    approver: str = Field(default="", description="Who you are.")
+    approver: str = Field(default="", description="Who you are (recorded as not verified: the Prefect UI has no login).")
+    verification: str = Field(default="", description="Leave empty: the responder fills it in for answers it "
+                                                      "verified (a personal token, a signed Slack request).")
 
 
 def response_failed(flow: Any, flow_run: Any, state: State) -> None:
@@ -237,12 +239,15 @@ def next_question(plan: PlannedAction) -> str:
 
 
 @task(name="ask-approval", cache_policy=RESUMABLE, retries=2, retry_delay_seconds=1)
-def announce_approval(plan: PlannedAction, key: str, deadline_seconds: float, because: str | None = None) -> str:
+def announce_approval(plan: PlannedAction, key: str, deadline_seconds: float, because: str | None = None,
+                      deadline_of: str | None = None) -> str:
     """Say who must answer what by when (timeline, Slack, webhooks), and keep the deadline in the store,
-    where the responder's clock answers "no" when it passes. Returns the deadline (ISO 8601)."""
+    where the responder's clock answers "no" when it passes. Returns the deadline (ISO 8601).
+    ``deadline_of``: asked again (an answer was refused), with that question's deadline."""
     flow_run_id = current_flow_run_id()
     _, _, store = runtime()
-    deadline = datetime.now(timezone.utc) + timedelta(seconds=max(1.0, deadline_seconds))
+    deadline = store.approval_deadline(flow_run_id, deadline_of) if deadline_of else None
+    deadline = deadline or datetime.now(timezone.utc) + timedelta(seconds=max(1.0, deadline_seconds))
     incident_id = current_incident_id()
     store.approval_asked(flow_run_id, key, incident_id, deadline)
     if incident_id:
@@ -263,7 +268,7 @@ def announce_approval(plan: PlannedAction, key: str, deadline_seconds: float, be
 
 
 def ask_approval(plan: PlannedAction, runbook: Runbook, evidence: list[ProbeResult], deadline_seconds: float,
-                 key: str, because: str | None = None) -> Approval:
+                 key: str, because: str | None = None, deadline_of: str | None = None) -> Approval:
     """Suspend the run until a human answers the :class:`Approval` form; the answer comes back here.
 
     While it waits the run holds nothing: no thread, no executor slot, no request to the server
@@ -271,7 +276,7 @@ def ask_approval(plan: PlannedAction, runbook: Runbook, evidence: list[ProbeResu
     its earlier steps return their kept results (``core/results.py``), and this call returns the
     answer. At the deadline the responder answers "no" itself (``responder/clock.py``).
     """
-    announce_approval(plan, key, deadline_seconds, because)
+    announce_approval(plan, key, deadline_seconds, because, deadline_of)
     return suspend_flow_run(
         wait_for_input=Approval.with_initial_data(description=_approval_description(plan, runbook, evidence, because)),
         key=key, timeout=None,
@@ -292,6 +297,51 @@ def held_by_window(plan: PlannedAction, incident: IncidentRef | None, runbook: s
                             status="held", detail=f"held by {window.line()}; set by {window.by}")
     _record_outcome(incident, outcome)
     return outcome
+
+
+@task(name="check-approver", cache_policy=RESUMABLE)
+def check_approver(plan: PlannedAction, runbook: str, answer: Approval, question: str) -> tuple[str, str | None]:
+    """Who answered, and why the answer cannot approve (None: it can). Checked here, in the response,
+    against the store, whichever way the answer came (the responder's CLI and Slack paths record the
+    answers they verified; the Prefect UI's form and any other call to Prefect's resume API are "not
+    verified"). A "no" is always honoured: refusing to act needs no rights."""
+    settings, catalog, store = runtime()
+    verified = store.verified_answer(current_flow_run_id(), question, answer.verification) if answer.verification else None
+    who = f"{verified[0]} ({verified[1]})" if verified else f"{answer.approver or 'someone'} (not verified)"
+    allowed = catalog.policy.approvers.allowed_for(runbook)
+    if not answer.approve or allowed is None:
+        return who, None
+    if verified is None:
+        refusal = (f"answer of {who} refused: approving {plan.action} in {runbook} needs a verified answer "
+                   f"(`responder approve` with a personal token, or Slack) of {', '.join(allowed)}")
+    elif verified[0] not in allowed:
+        refusal = f"answer of {who} refused: {verified[0]} may not approve {plan.action} in {runbook} (allowed: {', '.join(allowed)})"
+    else:
+        return who, None
+    store.approval_settled(current_flow_run_id(), question, "refused")
+    incident_id = current_incident_id()
+    if incident_id:
+        store.add_timeline(incident_id, "approval-refused", refusal, actor=who)
+        record = store.incident(incident_id)
+        if record is not None:
+            notifier().send(record, "approval-refused", f":no_entry: {refusal}. Asked again, same deadline.",
+                            details={"flow_run_id": current_flow_run_id(), "who": who})
+    get_run_logger().warning(refusal)
+    return who, refusal
+
+
+def ask_until_allowed(plan: PlannedAction, runbook: Runbook, evidence: list[ProbeResult], deadline: float,
+                      because: str | None = None) -> tuple[Approval, str]:
+    """Ask; an answer that may not approve lets nothing run and the question is asked again, with the
+    first question's deadline. Returns the answer that counts (its approver the checked name) and its key."""
+    first = question = next_question(plan)
+    answer = ask_approval(plan, runbook, evidence, deadline, question, because)
+    while True:
+        who, refusal = check_approver(plan, runbook.name, answer, question)
+        if refusal is None:
+            return answer.model_copy(update={"approver": who}), question
+        question = next_question(plan)
+        answer = ask_approval(plan, runbook, evidence, deadline, question, because=refusal, deadline_of=first)
 
 
 @task(name="check-loop-guard", cache_policy=RESUMABLE)
@@ -420,12 +470,10 @@ def mitigate(
             continue
         answer = question = None
         if plan.risk is Risk.RISKY and not dry_run:
-            question = next_question(plan)
-            answer = ask_approval(plan, runbook, evidence, deadline, question)
+            answer, question = ask_until_allowed(plan, runbook, evidence, deadline)
         outcome = run_mitigation(plan, dry_run, incident, answer, question, runbook.name, labels)
         if outcome.status == "awaiting_approval":  # over its blast radius: a person decides, even for a safe action
-            question = next_question(plan)
-            answer = ask_approval(plan, runbook, evidence, deadline, question, because=outcome.detail)
+            answer, question = ask_until_allowed(plan, runbook, evidence, deadline, because=outcome.detail)
             outcome = run_mitigation(plan, dry_run, incident, answer, question, runbook.name, labels, limit_named=True)
         outcomes.append(outcome)
     return outcomes

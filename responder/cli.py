@@ -10,6 +10,7 @@
     responder maintenance start --service S [--runbook R] [--matchers 'k=v,…'] --for 2h --reason …
     responder maintenance list [--all] / end ID
     responder audit [--incident ID] [--since 24h] [--json]   # every decision, and who made it
+    responder tokens add NAME / list / revoke NAME             # personal tokens (approve as NAME, verified)
     responder oncall [--at TIME]  # who each escalation level pages now, and who is next
 """
 
@@ -123,12 +124,23 @@ def cmd_ack(args: argparse.Namespace, settings: ResponderSettings) -> int:
 
 
 def cmd_answer(args: argparse.Namespace, settings: ResponderSettings) -> int:
+    approve = args.command == "approve"
+    if settings.user_token is not None:  # verified: through the responder, under the token's name
+        url = f"{settings.intake_url}/runs/{args.run}/answer"
+        try:
+            response = httpx.post(url, json={"approve": approve, "reason": args.reason}, timeout=30,
+                                  headers={"Authorization": f"Bearer {settings.user_token.get_secret_value()}"})
+        except httpx.HTTPError as exc:
+            return _fail(f"cannot reach the intake at {url}: {exc}")
+        if not response.is_success:
+            return _fail(f"{response.status_code}: {response.json().get('detail')}", 1)
+        print(f"{'approved' if approve else 'rejected'} run {args.run} as {response.json()['by']} (verified): {args.reason}")
+        return 0
     if not os.environ.get("PREFECT_API_URL"):
         os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{os.environ.get('PREFECT_SERVER_API_PORT', '4200')}/api"
     # heavy: imports Prefect, which must read PREFECT_API_URL set just above
     from responder.approvals import ApprovalError, answer
 
-    approve = args.command == "approve"
     try:
         asyncio.run(answer(args.run, approve, args.reason, f"{args.by} (CLI)"))
     except ApprovalError as exc:
@@ -261,6 +273,29 @@ def cmd_audit(args: argparse.Namespace, settings: ResponderSettings) -> int:
         print(f"{row['at'][:19]}  {row['kind']:<16} {row['who'][:24]:<24}{incident} {row['what']}")
     if not trail:
         print("nothing in that period")
+    return 0
+
+
+def cmd_tokens(args: argparse.Namespace, settings: ResponderSettings) -> int:
+    """Personal tokens, stored hashed: the token is shown once, when it is made."""
+    try:
+        store, _ = _store_and_catalog(settings)
+    except (StoreUnavailable, SchemaError) as exc:
+        return _fail(f"cannot open the store: {exc}")
+    if args.action == "add":
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", args.name):
+            return _fail(f"{args.name!r}: a name is letters, digits and . _ @ - (as in oncall.yaml)")
+        token = store.add_token(args.name)
+        print(f"personal token of {args.name} (shown once; give it to them, they set RESPONDER_USER_TOKEN):\n{token}")
+        return 0
+    if args.action == "revoke":
+        revoked = store.revoke_tokens(args.name)
+        if not revoked:
+            return _fail(f"{args.name!r} has no valid token", 1)
+        print(f"revoked {revoked} token(s) of {args.name}")
+        return 0
+    for row in store.tokens():
+        print(f"{row['name']:<24} made {row['created_at'][:19]}  {'revoked ' + row['revoked_at'][:19] if row['revoked_at'] else 'valid'}")
     return 0
 
 
@@ -443,6 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     end = windows.add_parser("end", help="end a window now; incidents it held that still fire get a fresh response")
     end.add_argument("id")
     end.add_argument("--by", default=os.environ.get("USER", "someone"))
+    p = sub.add_parser("tokens", help="personal tokens: answers given with one are verified under its name")
+    tokens = p.add_subparsers(dest="action", required=True)
+    tokens.add_parser("add", help="make a token for NAME (shown once)").add_argument("name")
+    tokens.add_parser("revoke", help="revoke every token of NAME").add_argument("name")
+    tokens.add_parser("list", help="who has tokens (never the tokens)")
     p = sub.add_parser("audit", help="every decision (alerts, actions, approvals, pages, windows) and who made it")
     p.add_argument("--since", type=_duration, default=timedelta(hours=24), help="how far back: 30m, 24h, 7d (default 24h)")
     p.add_argument("--incident", help="only this incident")
@@ -459,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"up": cmd_up, "runbooks": cmd_runbooks, "fire": cmd_fire, "incidents": cmd_incidents,
                     "ack": cmd_ack, "approve": cmd_answer, "reject": cmd_answer, "drill": cmd_drill,
-                    "oncall": cmd_oncall, "maintenance": cmd_maintenance, "audit": cmd_audit}
+                    "oncall": cmd_oncall, "maintenance": cmd_maintenance, "audit": cmd_audit,
+                    "tokens": cmd_tokens}
         return commands[args.command](args, settings)
     except CatalogError as exc:
         return _fail(f"configuration error:\n{exc}")

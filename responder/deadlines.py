@@ -65,9 +65,10 @@ class ApprovalDeadlines:
                 if state.state_details.pause_key != key:
                     await asyncio.to_thread(self.store.approval_settled, run_id, key, "answered; a later question waits")
                     continue
+                nonce = await asyncio.to_thread(self.store.record_verified_answer, run_id, key, "responder", "deadline")
                 result = await client.resume_flow_run(UUID(run_id), run_input={
                     "approve": False, "reason": f"no answer by the deadline ({question['deadline']})",
-                    "approver": DEADLINE_APPROVER})
+                    "approver": DEADLINE_APPROVER, "verification": nonce})
                 if getattr(result.details, "reason", "") == SCHEMA_NOT_YET:
                     continue  # suspended a moment ago: its form is being written; next pass
                 if result.status.value == "ACCEPT":

@@ -43,7 +43,7 @@ from core import metrics
 from core.alerts import AlertmanagerPayload
 from core.store import StoreUnavailable
 from responder.ingest import Overloaded
-from responder.approvals import ApprovalError, answer
+from responder.approvals import ApprovalError, answer_verified
 
 if TYPE_CHECKING:
     from responder.runtime import Responder
@@ -280,8 +280,13 @@ def create_app(responder: "Responder") -> FastAPI:
         if kind == "ack":
             return await _acknowledge(value, who)
         if kind in ("approve", "reject"):
+            # Slack signed the request: the user is who Slack says. A person of oncall.yaml with that
+            # Slack id answers under their name; anyone else under their Slack id.
+            user_id = str(user.get("id") or "")
+            person = next((p.name for p in responder.catalog.oncall.people if user_id and p.slack == user_id),
+                          f"slack:{user_id or 'unknown'}")
             try:
-                await answer(value, kind == "approve", f"via Slack by {who}", who)
+                await answer_verified(responder.store, value, kind == "approve", f"via Slack by {who}", person, "Slack")
             except ApprovalError as exc:
                 return _error(409, str(exc))
             return {"text": f"{'Approved' if kind == 'approve' else 'Rejected'} by {who}"}
@@ -317,6 +322,38 @@ def create_app(responder: "Responder") -> FastAPI:
         if incident is None or incident.status != "open" or incident.acknowledged_at:
             return {"ignored": f"incident {incident_id} is not open and unacknowledged"}
         return await _acknowledge(incident_id, f"{str(who)[:100]} (PagerDuty, {kind.removeprefix('incident.')})")
+
+    @app.post("/runs/{flow_run_id}/answer")
+    async def answer_run(flow_run_id: str, request: Request):
+        """A person's answer with their personal token (``responder tokens add NAME``), not the
+        Alertmanager token: the run records it as verified, under the token's name."""
+        header = request.headers.get("authorization", "")
+        scheme, _, credentials = header.partition(" ")
+        try:
+            name = (await asyncio.to_thread(responder.store.token_owner, credentials.strip())
+                    if scheme.lower() == "bearer" and credentials.strip() else None)
+        except StoreUnavailable:
+            return _error(503, "the alert store is unavailable; retry later", {"Retry-After": "5"})
+        if name is None:
+            return _error(401, "missing, unknown or revoked personal token (responder tokens add NAME)",
+                          {"WWW-Authenticate": "Bearer"})
+        refused = _unsupported_encoding(request)
+        if refused is not None:
+            return refused
+        raw = await read_limited(request)
+        if raw is None:
+            return _error(413, f"body larger than {limit} bytes")
+        try:
+            body = parse_json(raw)
+        except BodyError as exc:
+            return _error(422, [{"field": "(body)", "error": str(exc)}])
+        if not isinstance(body, dict) or not isinstance(body.get("approve"), bool) or not isinstance(body.get("reason"), str):
+            return _error(422, [{"field": "(body)", "error": 'expected {"approve": true|false, "reason": "why"}'}])
+        try:
+            await answer_verified(responder.store, flow_run_id, body["approve"], body["reason"][:500], name, "CLI")
+        except ApprovalError as exc:
+            return _error(409, str(exc))
+        return {"run": flow_run_id, "approve": body["approve"], "by": name}
 
     @app.get("/audit")
     async def read_audit(request: Request, since: str = "24h", incident: str | None = None):

@@ -89,7 +89,7 @@ def test_rejected_step_does_not_run_and_the_incident_escalates(responder, servic
     suspended(prefect_server.api_url, run_id)
     resume(prefect_server.api_url, run_id, False, "not now", "bob")
     state = responder.final(run_id)["state"]
-    assert state["name"] == "Escalated" and "rejected by bob: not now" in state["message"], state
+    assert state["name"] == "Escalated" and "rejected by bob (not verified): not now" in state["message"], state
     assert not any("drill step done" in row["text"] for row in timeline(services, run_id))
 
 

@@ -405,3 +405,96 @@ def test_acknowledging_in_pagerduty_stops_the_responders_pages(prefect_server, t
         record = next(i for i in incidents if i["id"] == incident)
         assert record["acknowledged_by"] == "Jo Oncall (PagerDuty, acknowledged)"
         assert record["waiting_on"]  # still open: acknowledged is not resolved
+
+
+# -- who may approve -----------------------------------------------------------------------------
+
+PEOPLE = {"people": [{"name": "alice", "slack": "U0ALICE1"}, {"name": "bob", "slack": "U0BOB22"}]}
+
+
+def with_approvers(tmp: Path, webhook: CaptureServer, allowed: list[str]) -> Services:
+    config = make_config(tmp, runbook_overrides={"responder-drill": {"approval_timeout_seconds": 120}},
+                         notify={"webhooks": [f"{webhook.url}/hooks"]})
+    (config / "oncall.yaml").write_text(yaml.safe_dump(PEOPLE))
+    (config / "policy.yaml").write_text(yaml.safe_dump({"approvers": {"runbooks": {"responder-drill": allowed}}}))
+    return build(ResponderSettings(home=tmp / "home", config_dir=config, database_url=None, slack_token=None),
+                 load_catalog(config))
+
+
+def test_only_a_verified_allowed_person_can_approve_and_others_are_told_why(tmp_path, prefect_server, webhook):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from responder.approvals import answer_verified
+
+    api = prefect_server.api_url
+    services = with_approvers(tmp_path, webhook, ["alice"])
+    serving = InProcessResponder(services, api, responder_drill, "responder-drill")
+    try:
+        run_id = serving.start(drill_alert())
+        first = suspended(api, run_id)
+        first_key = first["state"]["state_details"]["pause_key"]
+        # The Prefect UI's form (or curl to the API) says "alice": not verified, so it cannot approve.
+        resume(api, run_id, True, "trust me", "alice")
+        second = suspended(api, run_id, not_state=first["state"]["id"])
+        # Bob, verified (his personal token went through the intake), is not allowed for this runbook.
+        with temporary_settings({PREFECT_API_URL: api}):
+            asyncio.run(answer_verified(services.store, run_id, True, "me too", "bob", "CLI"))
+        third = suspended(api, run_id, not_state=second["state"]["id"])
+        keys = [first_key, second["state"]["state_details"]["pause_key"], third["state"]["state_details"]["pause_key"]]
+        assert len(set(keys)) == 3, keys
+        deadlines = {services.store.approval_deadline(run_id, key) for key in keys}
+        assert len(deadlines) == 1, deadlines  # asked again with the first question's deadline
+        with temporary_settings({PREFECT_API_URL: api}):
+            asyncio.run(answer_verified(services.store, run_id, True, "checked", "alice", "CLI"))
+        assert serving.final(run_id)["state"]["name"] == "Resolved"
+    finally:
+        serving.stop()
+    rows = timeline(services, run_id)
+    refusals = [r for r in rows if r["kind"] == "approval-refused"]
+    assert [r["actor"] for r in refusals] == ["alice (not verified)", "bob (CLI)"], refusals
+    assert "needs a verified answer" in refusals[0]["text"] and "bob may not approve" in refusals[1]["text"]
+    [approved] = [r for r in rows if r["kind"] == "approved"]
+    assert approved["actor"] == "alice (CLI)"
+    assert sum("drill_step" in r["text"] and ": done" in r["text"] for r in rows) == 1
+    told = [r["body"] for r in webhook.requests if r["body"].get("kind") == "approval-refused"]
+    assert len(told) == 2  # the people were told why, each time
+
+
+def test_approve_from_the_cli_with_a_personal_token_is_verified(prefect_server, tmp_path, webhook):
+    api = prefect_server.api_url
+    services = with_approvers(tmp_path, webhook, ["alice"])
+    config = services.settings.config_dir
+    with running_responder(tmp_path, api, config) as responder:
+        env = {**responder.env}
+        made = subprocess.run([str(BIN / "responder"), "tokens", "add", "alice"], env=env, capture_output=True,
+                              text=True, check=True).stdout
+        token = made.strip().splitlines()[-1]
+        assert token.startswith("rsp_") and token not in json.dumps(responder_store_rows(tmp_path))  # kept hashed
+        drill = drill_alert(drill_id=uuid.uuid4().hex[:8])
+        body = AlertmanagerPayload(version="4", groupKey=f"drill:{drill.fingerprint}", status="firing", alerts=[drill])
+        incident = fire(responder, json.loads(body.model_dump_json()))
+        run = wait_for(lambda: next((r for r in runs_for_incident(api, incident) if r["state"]["type"] == "PAUSED"), None),
+                       60, what="the drill to ask")
+
+        def approve(user_token: str) -> subprocess.CompletedProcess:
+            return subprocess.run([str(BIN / "responder"), "approve", run["id"], "--reason", "checked"],
+                                  env={**env, "RESPONDER_USER_TOKEN": user_token}, capture_output=True, text=True)
+
+        wrong = approve("rsp_not-a-token")
+        assert wrong.returncode == 1 and "401" in wrong.stderr, wrong.stderr
+        answered = approve(token)
+        assert answered.returncode == 0 and "as alice (verified)" in answered.stdout, answered.stderr
+        final = wait_run_final(api, incident)
+        assert final["state"]["name"] == "Resolved", final["state"]
+        trail = httpx.get(f"{responder.url}/audit", params={"incident": incident},
+                          headers={"Authorization": f"Bearer {responder.token}"}).json()
+        assert [row["who"] for row in trail if row["kind"] == "approved"] == ["alice (CLI)"]
+        assert subprocess.run([str(BIN / "responder"), "tokens", "revoke", "alice"], env=env).returncode == 0
+        assert approve(token).returncode == 1  # revoked
+
+
+def responder_store_rows(tmp_path: Path) -> list:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "home" / "responder.db") as conn:
+        return conn.execute("SELECT * FROM personal_tokens").fetchall()

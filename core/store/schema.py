@@ -216,6 +216,23 @@ MIGRATIONS = [
         "ALTER TABLE action_claims ADD COLUMN action TEXT",
         "CREATE INDEX IF NOT EXISTS action_claims_by_action ON action_claims (action, claimed_at)",
     ]),
+    Migration(9, "personal tokens (stored hashed) and the answers the responder verified", [
+        """CREATE TABLE IF NOT EXISTS personal_tokens (
+            token_hash TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            revoked_at TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS personal_tokens_by_name ON personal_tokens (name)",
+        """CREATE TABLE IF NOT EXISTS verified_answers (
+            nonce TEXT PRIMARY KEY,
+            flow_run_id TEXT NOT NULL,
+            pause_key TEXT NOT NULL,
+            approver TEXT NOT NULL,
+            via TEXT NOT NULL,
+            at TEXT NOT NULL
+        )""",
+    ]),
 ]
 LATEST_VERSION = MIGRATIONS[-1].version
 
