@@ -72,3 +72,23 @@ def covering(windows: list[Window], runbook: str, labels: dict[str, str]) -> Win
     """The window (ending last, when several do) that covers an alert of ``runbook`` with ``labels``."""
     covers = [w for w in windows if w.scope.covers(runbook, labels)]
     return max(covers, key=lambda w: w.ends) if covers else None
+
+
+def start_window(store: Store, catalog: Catalog, *, service: str | None, runbook: str | None, matchers: list[str],
+                 duration: timedelta, reason: str, by: str, starts: datetime | None = None) -> dict:
+    """Validate and store a window (the CLI and the intake's API both start windows here); ValueError
+    naming what is wrong, and nothing stored, otherwise."""
+    from pydantic import ValidationError
+
+    try:
+        scope = WindowScope(service=service, runbook=runbook, matchers=matchers)
+    except ValidationError as exc:
+        raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors(include_url=False))) from None
+    catalog.check_scope(scope)
+    if not reason.strip():
+        raise ValueError("a window needs a reason (it is shown on every action it holds)")
+    if duration <= timedelta(0):
+        raise ValueError("a window must last longer than nothing")
+    starts = starts or datetime.now(timezone.utc)
+    return store.add_window(service=scope.service, runbook=scope.runbook, matchers=scope.matchers, starts=starts,
+                            ends=starts + duration, reason=reason.strip(), by=by)

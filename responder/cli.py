@@ -206,10 +206,7 @@ def _store_and_catalog(settings: ResponderSettings):
 
 def cmd_maintenance(args: argparse.Namespace, settings: ResponderSettings) -> int:
     """Maintenance windows, in the store every responder reads (no running responder needed)."""
-    from pydantic import ValidationError
-
-    from core.catalog import WindowScope
-    from core.maintenance import from_row, recurring_in_force
+    from core.maintenance import from_row, recurring_in_force, start_window
 
     try:
         store, catalog = _store_and_catalog(settings)
@@ -218,16 +215,11 @@ def cmd_maintenance(args: argparse.Namespace, settings: ResponderSettings) -> in
     now = datetime.now(timezone.utc)
     if args.action == "start":
         try:
-            scope = WindowScope(service=args.service, runbook=args.runbook, matchers=args.matchers or [])
-            catalog.check_scope(scope)
-        except (ValidationError, ValueError) as exc:
-            errors = exc.errors(include_url=False) if isinstance(exc, ValidationError) else None
-            return _fail("; ".join(e["msg"].removeprefix("Value error, ") for e in errors) if errors else str(exc))
-        if not args.reason.strip():
-            return _fail("--reason must say why (it is shown on every action the window holds)")
-        starts = args.starts or now
-        window = store.add_window(service=scope.service, runbook=scope.runbook, matchers=scope.matchers,
-                                  starts=starts, ends=starts + args.duration, reason=args.reason.strip(), by=args.by)
+            window = start_window(store, catalog, service=args.service, runbook=args.runbook,
+                                  matchers=args.matchers or [], duration=args.duration, reason=args.reason,
+                                  by=args.by, starts=args.starts)
+        except ValueError as exc:
+            return _fail(str(exc))
         print(f"maintenance window {window['id']} from {window['starts_at']} until {window['ends_at']}: {window['reason']}")
         return 0
     if args.action == "end":

@@ -41,6 +41,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from core import metrics
 from core.alerts import AlertmanagerPayload
+from core.maintenance import in_force, start_window
 from core.store import StoreUnavailable
 from responder.ingest import Overloaded
 from responder.approvals import ApprovalError, answer_verified
@@ -323,12 +324,10 @@ def create_app(responder: "Responder") -> FastAPI:
             return {"ignored": f"incident {incident_id} is not open and unacknowledged"}
         return await _acknowledge(incident_id, f"{str(who)[:100]} (PagerDuty, {kind.removeprefix('incident.')})")
 
-    @app.post("/runs/{flow_run_id}/answer")
-    async def answer_run(flow_run_id: str, request: Request):
-        """A person's answer with their personal token (``responder tokens add NAME``), not the
-        Alertmanager token: the run records it as verified, under the token's name."""
-        header = request.headers.get("authorization", "")
-        scheme, _, credentials = header.partition(" ")
+    async def person(request: Request) -> str | JSONResponse:
+        """The name of a personal token (``responder tokens add NAME``), never the Alertmanager token
+        (a secret shared with a machine); or the 401/503 answer."""
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
         try:
             name = (await asyncio.to_thread(responder.store.token_owner, credentials.strip())
                     if scheme.lower() == "bearer" and credentials.strip() else None)
@@ -337,6 +336,13 @@ def create_app(responder: "Responder") -> FastAPI:
         if name is None:
             return _error(401, "missing, unknown or revoked personal token (responder tokens add NAME)",
                           {"WWW-Authenticate": "Bearer"})
+        return name
+
+    async def personal_json(request: Request) -> tuple[str, Any] | JSONResponse:
+        """(the person, the body's JSON), checked in the same order as the Alertmanager path."""
+        name = await person(request)
+        if isinstance(name, JSONResponse):
+            return name
         refused = _unsupported_encoding(request)
         if refused is not None:
             return refused
@@ -344,9 +350,68 @@ def create_app(responder: "Responder") -> FastAPI:
         if raw is None:
             return _error(413, f"body larger than {limit} bytes")
         try:
-            body = parse_json(raw)
+            return name, parse_json(raw)
         except BodyError as exc:
             return _error(422, [{"field": "(body)", "error": str(exc)}])
+
+    @app.post("/maintenance")
+    async def start_maintenance(request: Request):
+        """Start a maintenance window, as ``responder maintenance start`` does, by the token's person."""
+        checked = await personal_json(request)
+        if isinstance(checked, JSONResponse):
+            return checked
+        name, body = checked
+        seconds = _seconds(str(body.get("for", ""))) if isinstance(body, dict) else None
+        if not isinstance(body, dict) or seconds is None or not isinstance(body.get("reason"), str):
+            return _error(422, [{"field": "(body)", "error": 'expected {"service"|"runbook"|"matchers": …, '
+                                                             '"for": "2h", "reason": "why"}'}])
+        matchers = body.get("matchers") or []
+        if not isinstance(matchers, list) or not all(isinstance(m, str) for m in matchers):
+            return _error(422, [{"field": "matchers", "error": 'a list of matchers such as ["env=prod"]'}])
+        try:
+            window = await asyncio.to_thread(
+                start_window, responder.store, responder.catalog, service=body.get("service"),
+                runbook=body.get("runbook"), matchers=matchers, duration=timedelta(seconds=seconds),
+                reason=body["reason"], by=f"{name} (API)")
+        except ValueError as exc:
+            return _error(422, [{"field": "(body)", "error": str(exc)}])
+        except StoreUnavailable:
+            return _error(503, "the alert store is unavailable; retry later", {"Retry-After": "5"})
+        return JSONResponse(window, status_code=201)
+
+    @app.get("/maintenance")
+    async def list_maintenance(request: Request):
+        name = await person(request)
+        if isinstance(name, JSONResponse):
+            return name
+        try:
+            windows = await asyncio.to_thread(in_force, responder.store, responder.catalog)
+        except StoreUnavailable:
+            return _error(503, "the alert store is unavailable; retry later", {"Retry-After": "5"})
+        return [{"id": w.id, "source": w.source, **w.scope.model_dump(), "starts": w.starts.isoformat(),
+                 "ends": w.ends.isoformat(), "reason": w.reason, "by": w.by} for w in windows]
+
+    @app.delete("/maintenance/{window_id}")
+    async def end_maintenance(window_id: str, request: Request):
+        name = await person(request)
+        if isinstance(name, JSONResponse):
+            return name
+        try:
+            window = await asyncio.to_thread(responder.store.end_window, window_id, f"{name} (API)",
+                                             datetime.now(timezone.utc))
+        except StoreUnavailable:
+            return _error(503, "the alert store is unavailable; retry later", {"Retry-After": "5"})
+        if window is None:
+            return _error(404, f"no maintenance window {window_id}")
+        return window
+
+    @app.post("/runs/{flow_run_id}/answer")
+    async def answer_run(flow_run_id: str, request: Request):
+        """A person's answer with their personal token: the run records it as verified, under the token's name."""
+        checked = await personal_json(request)
+        if isinstance(checked, JSONResponse):
+            return checked
+        name, body = checked
         if not isinstance(body, dict) or not isinstance(body.get("approve"), bool) or not isinstance(body.get("reason"), str):
             return _error(422, [{"field": "(body)", "error": 'expected {"approve": true|false, "reason": "why"}'}])
         try:

@@ -282,7 +282,7 @@ def test_the_cli_starts_lists_and_ends_windows_and_refuses_bad_ones(tmp_path, we
         (["--runbook", "responder-drill", "--for", "0m", "--reason", "r"], "longer than nothing"),
         (["--matchers", 'a=~"("', "--for", "1h", "--reason", "r"], "not a regular expression"),
         (["--matchers", "not a matcher", "--for", "1h", "--reason", "r"], "expected name=value"),
-        (["--runbook", "responder-drill", "--for", "1h", "--reason", "  "], "--reason must say why"),
+        (["--runbook", "responder-drill", "--for", "1h", "--reason", "  "], "a window needs a reason"),
     ):
         refused = _cli(tmp_path, "start", *args)
         assert refused.returncode == 2 and complaint in refused.stderr, (args, refused.stderr)
@@ -470,6 +470,22 @@ def test_approve_from_the_cli_with_a_personal_token_is_verified(prefect_server, 
                               text=True, check=True).stdout
         token = made.strip().splitlines()[-1]
         assert token.startswith("rsp_") and token not in json.dumps(responder_store_rows(tmp_path))  # kept hashed
+
+        # Maintenance windows through the API: a person's token, never the Alertmanager one.
+        mine = {"Authorization": f"Bearer {token}"}
+        window_url = f"{responder.url}/maintenance"
+        body = {"runbook": "responder-drill", "for": "2h", "reason": "API window"}
+        assert httpx.post(window_url, json=body, headers={"Authorization": f"Bearer {responder.token}"}).status_code == 401
+        bad = httpx.post(window_url, json={**body, "runbook": "nope"}, headers=mine)
+        assert bad.status_code == 422 and "unknown runbook 'nope'" in bad.text
+        assert httpx.post(window_url, json={**body, "for": "forever"}, headers=mine).status_code == 422
+        made = httpx.post(window_url, json=body, headers=mine)
+        assert made.status_code == 201, made.text
+        listed = httpx.get(window_url, headers=mine).json()
+        assert [(w["id"], w["by"]) for w in listed] == [(made.json()["id"], "alice (API)")]
+        assert httpx.delete(f"{window_url}/{made.json()['id']}", headers=mine).json()["ended_by"] == "alice (API)"
+        assert httpx.delete(f"{window_url}/mw-nosuch", headers=mine).status_code == 404
+        assert httpx.get(window_url, headers=mine).json() == []
         drill = drill_alert(drill_id=uuid.uuid4().hex[:8])
         body = AlertmanagerPayload(version="4", groupKey=f"drill:{drill.fingerprint}", status="firing", alerts=[drill])
         incident = fire(responder, json.loads(body.model_dump_json()))
