@@ -37,6 +37,8 @@ class _Strict(BaseModel):
 class MitigationSpec(_Strict):
     name: str
     risk: Risk
+    needs: Literal["one", "two"] = Field(
+        default="one", description="approvers a risky action needs: `two` asks until two different people approved")
 
 
 class VerifySpec(_Strict):

@@ -300,7 +300,8 @@ def held_by_window(plan: PlannedAction, incident: IncidentRef | None, runbook: s
 
 
 @task(name="check-approver", cache_policy=RESUMABLE)
-def check_approver(plan: PlannedAction, runbook: str, answer: Approval, question: str) -> tuple[str, str | None]:
+def check_approver(plan: PlannedAction, runbook: str, answer: Approval, question: str,
+                   earlier: list[str] | None = None) -> tuple[str, str | None]:
     """Who answered, and why the answer cannot approve (None: it can). Checked here, in the response,
     against the store, whichever way the answer came (the responder's CLI and Slack paths record the
     answers they verified; the Prefect UI's form and any other call to Prefect's resume API are "not
@@ -309,9 +310,13 @@ def check_approver(plan: PlannedAction, runbook: str, answer: Approval, question
     verified = store.verified_answer(current_flow_run_id(), question, answer.verification) if answer.verification else None
     who = f"{verified[0]} ({verified[1]})" if verified else f"{answer.approver or 'someone'} (not verified)"
     allowed = catalog.policy.approvers.allowed_for(runbook)
-    if not answer.approve or allowed is None:
+    if not answer.approve:
         return who, None
-    if verified is None:
+    if who in (earlier or []):
+        refusal = f"answer of {who} refused: {who} already approved {plan.action}; a second, different person must"
+    elif allowed is None:
+        return who, None
+    elif verified is None:
         refusal = (f"answer of {who} refused: approving {plan.action} in {runbook} needs a verified answer "
                    f"(`responder approve` with a personal token, or Slack) of {', '.join(allowed)}")
     elif verified[0] not in allowed:
@@ -334,12 +339,20 @@ def ask_until_allowed(plan: PlannedAction, runbook: Runbook, evidence: list[Prob
                       because: str | None = None) -> tuple[Approval, str]:
     """Ask; an answer that may not approve lets nothing run and the question is asked again, with the
     first question's deadline. Returns the answer that counts (its approver the checked name) and its key."""
+    spec = next((m for m in runbook.mitigations if m.name == plan.action), None)
+    needed = 2 if spec is not None and spec.needs == "two" else 1
     first = question = next_question(plan)
     answer = ask_approval(plan, runbook, evidence, deadline, question, because)
+    approvers: list[str] = []
     while True:
-        who, refusal = check_approver(plan, runbook.name, answer, question)
+        who, refusal = check_approver(plan, runbook.name, answer, question, approvers)
         if refusal is None:
-            return answer.model_copy(update={"approver": who}), question
+            if not answer.approve:  # a "no" from anyone ends it
+                return answer.model_copy(update={"approver": who}), question
+            approvers.append(who)
+            if len(approvers) >= needed:
+                return answer.model_copy(update={"approver": " and ".join(approvers)}), question
+            refusal = f"{plan.action} needs two approvers: {who} approved, a second, different person must too"
         question = next_question(plan)
         answer = ask_approval(plan, runbook, evidence, deadline, question, because=refusal, deadline_of=first)
 

@@ -514,3 +514,29 @@ def responder_store_rows(tmp_path: Path) -> list:
 
     with sqlite3.connect(tmp_path / "home" / "responder.db") as conn:
         return conn.execute("SELECT * FROM personal_tokens").fetchall()
+
+
+def test_an_action_marked_needs_two_runs_only_after_two_different_people_approved(tmp_path, prefect_server, webhook):
+    api = prefect_server.api_url
+    config = make_config(tmp_path, notify={"webhooks": [f"{webhook.url}/hooks"]}, runbook_overrides={"responder-drill": {
+        "approval_timeout_seconds": 120, "mitigations": [{"name": "drill_step", "risk": "risky", "needs": "two"}]}})
+    services = build(ResponderSettings(home=tmp_path / "home", config_dir=config, database_url=None, slack_token=None),
+                     load_catalog(config))
+    serving = InProcessResponder(services, api, responder_drill, "responder-drill")
+    try:
+        run_id = serving.start(drill_alert())
+        state = suspended(api, run_id)["state"]["id"]
+        for who in ("ann", "ann"):  # the first approval, then the same person again: not a second approver
+            resume(api, run_id, True, "ok", who)
+            state = suspended(api, run_id, not_state=state)["state"]["id"]
+        [paused] = prefect_post(api, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
+        assert "ann (not verified) already approved drill_step; a second, different person must" in \
+            form_description(api, paused)
+        resume(api, run_id, True, "ok", "ben")
+        assert serving.final(run_id)["state"]["name"] == "Resolved"
+    finally:
+        serving.stop()
+    rows = timeline(services, run_id)
+    assert [r["actor"] for r in rows if r["kind"] == "approved"] == ["ann (not verified) and ben (not verified)"]
+    assert [r["actor"] for r in rows if r["kind"] == "approval-refused"] == ["ann (not verified)"]
+    assert sum("drill_step" in r["text"] and ": done" in r["text"] for r in rows) == 1
