@@ -76,6 +76,10 @@ def alert_body(tag: str) -> dict:
     }
 
 
+PREFECT_LOGIN = f"bench:{uuid.uuid4().hex}"
+PREFECT_AUTH = httpx.BasicAuth(*PREFECT_LOGIN.split(":", 1))  # for the bench's own calls to the Prefect API
+
+
 class Bench:
     def __init__(self, config_dir: Path | None, prefect_database_url: str | None = None,
                  extra_env: dict[str, str] | None = None) -> None:
@@ -87,6 +91,8 @@ class Bench:
         self.intake = f"http://127.0.0.1:{self.intake_port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RESPONDER_"))}
         env.update(
+            # The embedded server asks for a login (as `make run`'s does); the bench gives it one it knows.
+            PREFECT_SERVER_API_AUTH_STRING=PREFECT_LOGIN, PREFECT_API_AUTH_STRING=PREFECT_LOGIN,
             PREFECT_HOME=str(self.tmp / "prefect"),
             PREFECT_SERVER_API_PORT=str(self.prefect_port),
             RESPONDER_HOME=str(self.tmp / "responder"),
@@ -112,10 +118,12 @@ class Bench:
                 raise SystemExit(f"responder did not become ready; see {self.tmp / 'responder.log'}")
             time.sleep(0.2)
         self.startup = time.monotonic() - started
-        self.http = httpx.Client(timeout=30)
+        self.http = httpx.Client(timeout=30, auth=PREFECT_AUTH)  # the Prefect API
+        self.intake_http = httpx.Client(timeout=30)  # the intake (its own bearer token)
 
     def post(self, body: dict) -> str:
-        response = self.http.post(f"{self.intake}/alerts", json=body, headers={"Authorization": f"Bearer {self.token}"})
+        response = self.intake_http.post(f"{self.intake}/alerts", json=body,
+                                         headers={"Authorization": f"Bearer {self.token}"})
         response.raise_for_status()
         return response.json()["incidents_opened"][0]
 

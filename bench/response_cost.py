@@ -88,7 +88,7 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from alert_to_first_task import Bench  # noqa: E402  (the same `responder up` as the other benchmarks)
+from alert_to_first_task import PREFECT_AUTH, Bench  # noqa: E402  (the same `responder up` as the other benchmarks)
 from storm import (  # noqa: E402
     DRILL_DEPLOYMENT, CaptureServer, api_pages, config_copy, deployment_id, group_alerts,
     started_bench_tmp, stop_leftovers, stop_on_signals, ts, webhook_body,
@@ -118,7 +118,7 @@ class Driver:
 
     def __init__(self, bench: Bench, api: str, drill_id: str, tag: str, poll: float = 0.3) -> None:
         self.bench, self.api, self.drill_id, self.tag, self.poll = bench, api, drill_id, tag, poll
-        self.http = httpx.Client(timeout=30)
+        self.http = httpx.Client(timeout=30, auth=PREFECT_AUTH)
 
     def run_of(self, incident: str, deadline: float) -> dict:
         while time.monotonic() < deadline:
@@ -435,7 +435,7 @@ def main() -> None:
         api = bench.api
         print(f"responder up → /healthz 200: {bench.startup:.1f} s (embedded Prefect server, SQLite; "
               f"RESPONDER_TIME_SCALE={TIME_SCALE}); PREFECT_API_URL={api}", flush=True)
-        http = httpx.Client(timeout=60)
+        http = httpx.Client(timeout=60, auth=PREFECT_AUTH)
         drill_id = deployment_id(http, api, DRILL_DEPLOYMENT)
         if drill_id is None:
             raise SystemExit(f"no {DRILL_DEPLOYMENT} deployment on the Prefect server")

@@ -69,7 +69,7 @@ import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from alert_to_first_task import BIN, ROOT, Bench, free_port, pct  # noqa: E402  (the same `responder up`)
+from alert_to_first_task import BIN, PREFECT_AUTH, PREFECT_LOGIN, ROOT, Bench, free_port, pct  # noqa: E402  (the same `responder up`)
 
 ALERTNAME = "ResponderDrill"
 DRILL = "responder-drill"
@@ -218,7 +218,8 @@ class ExternalServer:
         home.mkdir(parents=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RESPONDER_"))}
         env.update(PREFECT_HOME=str(home), PREFECT_API_DATABASE_CONNECTION_URL=self.url,
-                   PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_API_URL=self.api)
+                   PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_API_URL=self.api,
+                   PREFECT_SERVER_API_AUTH_STRING=PREFECT_LOGIN)
         self.log = tmp / "prefect-server.log"
         self.proc = subprocess.Popen(
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
@@ -340,7 +341,7 @@ class Watch:
     def start(self) -> None:
         def loop() -> None:
             next_paused = 0.0
-            with httpx.Client(timeout=10) as http:
+            with httpx.Client(timeout=10, auth=PREFECT_AUTH) as http:
                 while not self._stop.is_set():
                     self.peak_rss = max(self.peak_rss, self.rss())
                     if time.monotonic() >= next_paused:
@@ -509,7 +510,7 @@ def collect(args, api: str, sender: Sender, capture: CaptureServer, watch: Watch
         "groups_with_more_than_one_incident": sum(1 for n in opened_per_group.values() if n > 1),
     }
 
-    with httpx.Client(timeout=60) as http:
+    with httpx.Client(timeout=60, auth=PREFECT_AUTH) as http:
         runs = api_pages(http, f"{api}/flow_runs/filter",
                          {"deployments": {"id": {"any_": [drill_id]}}, "sort": "ID_DESC"})
         page_runs = api_pages(http, f"{api}/flow_runs/filter",
@@ -641,7 +642,7 @@ def main() -> None:
         bench.api = api
         print(f"responder up → /healthz 200: {bench.startup:.1f} s (Prefect server: "
               f"{'prefect server start on PostgreSQL' if external else 'embedded, SQLite'}); time scale {args.time_scale}")
-        with httpx.Client(timeout=30) as http:
+        with httpx.Client(timeout=30, auth=PREFECT_AUTH) as http:
             drill_id = deployment_id(http, api, DRILL_DEPLOYMENT)
             # Pages sent as runs of a deployment of their own, when this responder has one.
             page_id = deployment_id(http, api, PAGE_DEPLOYMENT)

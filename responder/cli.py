@@ -138,6 +138,9 @@ def cmd_answer(args: argparse.Namespace, settings: ResponderSettings) -> int:
         return 0
     if not os.environ.get("PREFECT_API_URL"):
         os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{os.environ.get('PREFECT_SERVER_API_PORT', '4200')}/api"
+        auth = default_prefect_home() / "api-auth"  # the embedded server's login (`make run`)
+        if not os.environ.get("PREFECT_API_AUTH_STRING") and auth.exists():
+            os.environ["PREFECT_API_AUTH_STRING"] = auth.read_text().strip()
     # heavy: imports Prefect, which must read PREFECT_API_URL set just above
     from responder.approvals import ApprovalError, answer
 
@@ -372,7 +375,8 @@ def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
         except RuntimeError as exc:
             return _fail(str(exc))
         os.environ["PREFECT_API_URL"] = embedded.api_url
-        ui = embedded.ui_url
+        os.environ["PREFECT_API_AUTH_STRING"] = embedded.auth_string()  # this process's Prefect clients log in
+        ui = f"{embedded.ui_url}   (login: {embedded.auth_file if not os.environ.get('PREFECT_SERVER_API_AUTH_STRING') else 'PREFECT_SERVER_API_AUTH_STRING'})"
     else:
         ui = os.environ["PREFECT_API_URL"].rstrip("/").removesuffix("/api")
 

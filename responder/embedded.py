@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -69,6 +70,24 @@ class EmbeddedPrefectServer:
     def pid_file(self) -> Path:
         return self.home / "server.pid"
 
+    @property
+    def auth_file(self) -> Path:
+        return self.home / "api-auth"
+
+    def auth_string(self) -> str:
+        """The login of the Prefect UI and API (Prefect's basic auth, ``user:password``): from
+        ``PREFECT_SERVER_API_AUTH_STRING`` when set, else PREFECT_HOME/api-auth, made (0600) on first
+        start. Without it anyone who reaches the port could resume, cancel or delete any run."""
+        given = os.environ.get("PREFECT_SERVER_API_AUTH_STRING")
+        if given:
+            return given
+        if not self.auth_file.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.auth_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"responder:{secrets.token_urlsafe(24)}")
+        return self.auth_file.read_text().strip()
+
     def _recorded(self) -> tuple[psutil.Process | None, psutil.Process | None]:
         """The server and the responder of the last start of this PREFECT_HOME, each if it still runs.
 
@@ -127,6 +146,7 @@ class EmbeddedPrefectServer:
         env = {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         env.pop("PREFECT_API_URL", None)
         env.setdefault("PREFECT_UI_API_URL", self.api_url)  # the UI calls the API on this port, not 4200
+        env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth_string()  # the UI asks for it; /api/health stays open
         log = open(self.home / "server.log", "ab")
         self.process = subprocess.Popen(
             [*server_command(self.kind), "--host", self.host, "--port", str(self.port)],

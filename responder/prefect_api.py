@@ -11,6 +11,7 @@ created before it is loaded, so an alert delivered now starts its run.
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -25,7 +26,7 @@ from prefect.events.actions import DoNothing
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventFilter, EventNameFilter
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, get_current_settings
 from prefect.states import Cancelled
 
 CANARY_NAME = "responder: readiness canary"
@@ -39,8 +40,16 @@ def api_url() -> str:
     return url.rstrip("/")
 
 
+def auth_headers() -> dict[str, str]:
+    """Prefect's basic auth for this process's own httpx calls (Prefect's clients add it themselves)."""
+    secret = get_current_settings().api.auth_string
+    if secret is None or not secret.get_secret_value():
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(secret.get_secret_value().encode()).decode()}
+
+
 async def post_events(client: httpx.AsyncClient, events: list[dict[str, Any]]) -> None:
-    response = await client.post(f"{api_url()}/events", json=events, timeout=10)
+    response = await client.post(f"{api_url()}/events", json=events, timeout=10, headers=auth_headers())
     response.raise_for_status()
 
 

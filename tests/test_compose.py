@@ -50,6 +50,7 @@ ALERTMANAGER_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 POSTGRES_INIT = ROOT / "deploy" / "postgres-init"
 CATALOG = ROOT / "config" / "runbooks"
 
+TEST_LOGIN = "admin:compose-test-login"
 TEST_TOKEN = "compose-test-token"
 STACK = {"postgres", "redis", "prefect-server", "responder", "prometheus", "alertmanager"}
 
@@ -132,7 +133,7 @@ def compose(args: list[str], tmp_path: Path, **env: str) -> subprocess.Completed
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> dict[str, Any]:
     """docker-compose.yml as docker-compose interpolates it (RESPONDER_INTAKE_TOKEN set)."""
-    result = compose(["config"], tmp_path_factory.mktemp("compose"), RESPONDER_INTAKE_TOKEN=TEST_TOKEN)
+    result = compose(["config"], tmp_path_factory.mktemp("compose"), RESPONDER_INTAKE_TOKEN=TEST_TOKEN, PREFECT_API_AUTH_STRING=TEST_LOGIN)
     assert_ok(result)
     return yaml.safe_load(result.stdout)
 
@@ -195,13 +196,24 @@ def catalog_alertnames() -> set[str]:
 
 
 def test_compose_file_is_valid(tmp_path):
-    assert_ok(compose(["config", "-q"], tmp_path, RESPONDER_INTAKE_TOKEN=TEST_TOKEN))
+    assert_ok(compose(["config", "-q"], tmp_path, RESPONDER_INTAKE_TOKEN=TEST_TOKEN, PREFECT_API_AUTH_STRING=TEST_LOGIN))
 
 
 def test_compose_refuses_to_start_without_intake_token(tmp_path):
-    result = compose(["config", "-q"], tmp_path)
+    result = compose(["config", "-q"], tmp_path, PREFECT_API_AUTH_STRING=TEST_LOGIN)
     assert result.returncode != 0, "docker-compose accepted the file without RESPONDER_INTAKE_TOKEN"
     assert "set RESPONDER_INTAKE_TOKEN" in result.stderr, result.stderr
+
+
+def test_compose_refuses_to_start_a_prefect_server_without_a_login(tmp_path):
+    result = compose(["config", "-q"], tmp_path, RESPONDER_INTAKE_TOKEN=TEST_TOKEN)
+    assert result.returncode != 0, "docker-compose accepted the file without PREFECT_API_AUTH_STRING"
+    assert "set PREFECT_API_AUTH_STRING" in result.stderr, result.stderr
+
+
+def test_the_prefect_ui_and_api_ask_for_the_login_the_responder_uses(stack):
+    server, responder = stack["services"]["prefect-server"], stack["services"]["responder"]
+    assert env_of(server)["PREFECT_SERVER_API_AUTH_STRING"] == env_of(responder)["PREFECT_API_AUTH_STRING"] == TEST_LOGIN
 
 
 def test_compose_has_the_stack(stack):

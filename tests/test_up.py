@@ -20,7 +20,7 @@ import psutil
 from support.alerts import alert_body, load_fixture
 from support.capture import CaptureServer
 from support.common import BIN, ROOT, free_port, wait_for
-from support.prefect import paused_run, resume, wait_run_final
+from support.prefect import login, paused_run, resume, wait_run_final
 from support.responder import make_config
 
 
@@ -57,6 +57,14 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path):
         assert (tmp_path / "prefect-home").exists()
         # The embedded server is the tuned one (responder/prefect_server.py), on SQLite.
         assert "database configuration: sqlite, BEGIN IMMEDIATE" in (tmp_path / "prefect-home" / "server.log").read_text()
+        # Its UI and API ask for a login, generated on first start (0600); the health check stays open.
+        api = f"http://127.0.0.1:{prefect_port}/api"
+        auth_file = tmp_path / "prefect-home" / "api-auth"
+        assert auth_file.stat().st_mode & 0o777 == 0o600 and f"login: {auth_file}" in printed
+        assert httpx.post(f"{api}/flow_runs/filter", json={}).status_code == 401
+        assert httpx.post(f"{api}/flow_runs/filter", json={}, auth=("responder", "guess")).status_code == 401
+        assert httpx.get(f"{api}/health").status_code == 200
+        login(api, auth_file.read_text())
 
         answer = httpx.post(f"http://127.0.0.1:{intake_port}/alerts", headers={"Authorization": f"Bearer {token}"},
                             json=load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6]))
@@ -91,6 +99,7 @@ def test_after_kill_9_make_run_comes_back_by_itself_and_the_response_carries_on(
         answer = httpx.post(f"{intake}/alerts", headers={"Authorization": f"Bearer {token}"},
                             json=alert_body("ResponderDrill", uuid.uuid4().hex[:8]))
         [incident] = answer.json()["incidents_opened"]
+        login(api, (tmp_path / "prefect-home" / "api-auth").read_text())
         asked = paused_run(api, incident)
         server_pid = json.loads((tmp_path / "prefect-home" / "server.pid").read_text())["pid"]
 

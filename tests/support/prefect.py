@@ -85,8 +85,22 @@ def serving(server: PrefectServer) -> Iterator[PrefectServer]:
             os.environ["PREFECT_API_URL"] = previous
 
 
+_LOGINS: dict[str, str] = {}
+
+
+def login(api_url: str, auth_string: str) -> None:
+    """Prefect's basic auth (``user:password``) for every helper here that calls ``api_url``: the
+    embedded server of ``make run`` asks for a login (PREFECT_HOME/api-auth)."""
+    _LOGINS[api_url.rstrip("/")] = auth_string.strip()
+
+
+def _auth(api_url: str) -> httpx.BasicAuth | None:
+    login_ = _LOGINS.get(api_url.rstrip("/"))
+    return httpx.BasicAuth(*login_.split(":", 1)) if login_ else None
+
+
 def prefect_post(api_url: str, path: str, body: dict | None = None) -> Any:
-    response = httpx.post(f"{api_url}{path}", json=body or {}, timeout=10)
+    response = httpx.post(f"{api_url}{path}", json=body or {}, timeout=10, auth=_auth(api_url))
     response.raise_for_status()
     return response.json()
 
@@ -136,7 +150,7 @@ def resume(api_url: str, flow_run_id: str, approve: bool, reason: str, approver:
     body = {"run_input": {"approve": approve, "reason": reason, "approver": approver}}
 
     def accepted() -> bool:
-        response = httpx.post(f"{api_url}/flow_runs/{flow_run_id}/resume", json=body, timeout=10)
+        response = httpx.post(f"{api_url}/flow_runs/{flow_run_id}/resume", json=body, timeout=10, auth=_auth(api_url))
         if response.status_code not in (200, 201):
             return False  # busy: ask again
         result = response.json()
@@ -172,7 +186,8 @@ def paused_run(api: str, incident_id: str, not_state: str | None = None) -> dict
 def form_description(api: str, run: dict) -> str:
     """The approval form's description, as the UI shows it above the Resume form."""
     key = run["state"]["state_details"]["run_input_keyset"]["description"]
-    return wait_for(lambda: (r := httpx.get(f"{api}/flow_runs/{run['id']}/input/{key}")).is_success and r.json(),
+    return wait_for(lambda: (r := httpx.get(f"{api}/flow_runs/{run['id']}/input/{key}", auth=_auth(api))).is_success
+                    and r.json(),
                     10, what="the approval form")
 
 
