@@ -540,3 +540,40 @@ def test_an_action_marked_needs_two_runs_only_after_two_different_people_approve
     assert [r["actor"] for r in rows if r["kind"] == "approved"] == ["ann (not verified) and ben (not verified)"]
     assert [r["actor"] for r in rows if r["kind"] == "approval-refused"] == ["ann (not verified)"]
     assert sum("drill_step" in r["text"] and ": done" in r["text"] for r in rows) == 1
+
+
+def test_slack_buttons_approve_only_for_allowed_people_by_their_slack_id(prefect_server, tmp_path, webhook):
+    """Slack is not reachable: the test signs the button requests as Slack does (v0 HMAC of the body)."""
+    import hashlib
+    import hmac
+    import time as clock
+    from urllib.parse import urlencode
+
+    api, secret = prefect_server.api_url, "slack-signing-" + uuid.uuid4().hex
+    services = with_approvers(tmp_path, webhook, ["alice"])
+
+    def press(responder, user_id: str, name: str, run_id: str) -> httpx.Response:
+        body = urlencode({"payload": json.dumps({"type": "block_actions", "user": {"id": user_id, "username": name},
+                                                 "actions": [{"action_id": "approve", "value": run_id}]})})
+        ts = str(int(clock.time()))
+        signature = "v0=" + hmac.new(secret.encode(), f"v0:{ts}:{body}".encode(), hashlib.sha256).hexdigest()
+        return httpx.post(f"{responder.url}/slack/actions", content=body, headers={
+            "content-type": "application/x-www-form-urlencoded", "x-slack-request-timestamp": ts,
+            "x-slack-signature": signature})
+
+    with running_responder(tmp_path, api, services.settings.config_dir, RESPONDER_SLACK_SIGNING_SECRET=secret) as responder:
+        drill = drill_alert(drill_id=uuid.uuid4().hex[:8])
+        body = AlertmanagerPayload(version="4", groupKey=f"drill:{drill.fingerprint}", status="firing", alerts=[drill])
+        incident = fire(responder, json.loads(body.model_dump_json()))
+        state = None
+        for user_id, name in (("U0BOB22", "bob"), ("U0ZED99", "zed"), ("U0ALICE1", "alice-in-slack")):
+            run = wait_for(lambda: next((r for r in runs_for_incident(api, incident) if r["state"]["type"] == "PAUSED"
+                                         and r["state"]["id"] != state), None), 60, what="the question")
+            state = run["state"]["id"]
+            pressed = press(responder, user_id, name, run["id"])
+            assert pressed.status_code == 200, pressed.text
+        assert wait_run_final(api, incident)["state"]["name"] == "Resolved"
+        trail = httpx.get(f"{responder.url}/audit", params={"incident": incident},
+                          headers={"Authorization": f"Bearer {responder.token}"}).json()
+    assert [r["who"] for r in trail if r["kind"] == "approval-refused"] == ["bob (Slack)", "slack:U0ZED99 (Slack)"]
+    assert [r["who"] for r in trail if r["kind"] == "approved"] == ["alice (Slack)"]  # her name in oncall.yaml
