@@ -386,14 +386,18 @@ class BlastRadius(_Strict):
 
 
 class ApproversPolicy(_Strict):
-    """Who may approve risky actions: people of ``oncall.yaml``, per runbook or for every runbook
-    (``default``). Unset: anyone, each answer recorded verified or "not verified"."""
+    """Who may approve: people of ``oncall.yaml``, per runbook, else per risk of the action (``safe``
+    ones are asked about beyond their blast radius), else ``default``. Unset: anyone, each answer
+    recorded verified or "not verified"."""
 
     default: list[str] | None = None
     runbooks: dict[str, list[str]] = Field(default_factory=dict)
+    risks: dict[Risk, list[str]] = Field(default_factory=dict)
 
-    def allowed_for(self, runbook: str) -> list[str] | None:
-        return self.runbooks.get(runbook, self.default)
+    def allowed_for(self, runbook: str, risk: Risk = Risk.RISKY) -> list[str] | None:
+        if runbook in self.runbooks:
+            return self.runbooks[runbook]
+        return self.risks.get(risk, self.default)
 
 
 class PolicyConfig(_Strict):
@@ -664,8 +668,9 @@ def load_catalog(config_dir: Path) -> Catalog:
             raise CatalogError(_describe(exc, path, section)) from None
     people = {person.name for person in catalog.oncall.people}
     approvers = catalog.policy.approvers
-    for where, names in (("default", approvers.default or []), *approvers.runbooks.items()):
-        if where != "default" and where not in {r.name for r in runbooks}:
+    for where, names in (("default", approvers.default or []), *approvers.runbooks.items(),
+                         *((f"risks.{risk.value}", names) for risk, names in approvers.risks.items())):
+        if where != "default" and not where.startswith("risks.") and where not in {r.name for r in runbooks}:
             raise CatalogError(f"{config_dir / 'policy.yaml'}: approvers: unknown runbook {where!r}")
         for name in names:
             if name not in people:

@@ -309,7 +309,7 @@ def check_approver(plan: PlannedAction, runbook: str, answer: Approval, question
     settings, catalog, store = runtime()
     verified = store.verified_answer(current_flow_run_id(), question, answer.verification) if answer.verification else None
     who = f"{verified[0]} ({verified[1]})" if verified else f"{answer.approver or 'someone'} (not verified)"
-    allowed = catalog.policy.approvers.allowed_for(runbook)
+    allowed = catalog.policy.approvers.allowed_for(runbook, plan.risk)
     if not answer.approve:
         return who, None
     if who in (earlier or []):

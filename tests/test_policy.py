@@ -577,3 +577,24 @@ def test_slack_buttons_approve_only_for_allowed_people_by_their_slack_id(prefect
                           headers={"Authorization": f"Bearer {responder.token}"}).json()
     assert [r["who"] for r in trail if r["kind"] == "approval-refused"] == ["bob (Slack)", "slack:U0ZED99 (Slack)"]
     assert [r["who"] for r in trail if r["kind"] == "approved"] == ["alice (Slack)"]  # her name in oncall.yaml
+
+
+def test_approvers_are_chosen_per_runbook_then_per_risk_and_must_be_people(tmp_path, webhook):
+    from tasks.base import Risk
+
+    config = make_config(tmp_path)
+    (config / "oncall.yaml").write_text(yaml.safe_dump(PEOPLE))
+    policy = {"approvers": {"default": ["alice"], "risks": {"safe": ["alice", "bob"]},
+                            "runbooks": {"responder-drill": ["bob"]}}}
+    (config / "policy.yaml").write_text(yaml.safe_dump(policy))
+    approvers = load_catalog(config).policy.approvers
+    assert approvers.allowed_for("responder-drill", Risk.SAFE) == ["bob"]
+    assert approvers.allowed_for("disk-space", Risk.SAFE) == ["alice", "bob"]
+    assert approvers.allowed_for("disk-space", Risk.RISKY) == ["alice"]
+    for broken, complaint in (({"default": ["mallory"]}, "approvers.default: 'mallory' is not a person of oncall.yaml"),
+                              ({"runbooks": {"nope": ["alice"]}}, "approvers: unknown runbook 'nope'"),
+                              ({"risks": {"reckless": ["alice"]}}, "risks.reckless")):
+        (config / "policy.yaml").write_text(yaml.safe_dump({"approvers": broken}))
+        with pytest.raises(CatalogError) as refused:
+            load_catalog(config)
+        assert complaint in str(refused.value) and "policy.yaml" in str(refused.value), str(refused.value)
