@@ -365,6 +365,9 @@ def check_guards(plan: PlannedAction, incident: IncidentRef | None, dry_run: boo
     answer decides as it did."""
     _, _, store = runtime()
     base = dict(action=plan.action, target=plan.target, risk=plan.risk, dry_run=dry_run)
+    if incident is not None:  # the audit trail's "action planned" (once: this step's result is kept)
+        store.add_timeline(incident.id, "planned", f"{plan.action} on {plan.target} ({plan.risk.value}"
+                           f"{', dry run' if dry_run else ''}): {plan.why}")
     if incident is not None and store.incident_status(incident.id) == "closed":
         return ActionOutcome(**base, status="not_needed", detail="the incident closed (alert resolved)")
     if (held := held_by_window(plan, incident, runbook, labels or {}, dry_run)) is not None:

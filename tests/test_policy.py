@@ -342,8 +342,8 @@ def test_a_window_started_from_the_cli_holds_the_response_and_its_end_starts_a_f
                                                   headers=headers).json()) and t[-1]["kind"] != "response"
                          and any(row["kind"] == "closed" for row in t) and t, 30, what="the close in the audit trail")
         kinds = [row["kind"] for row in trail]
-        story = ["alert-accepted", "response", "action", "maintenance-over", "response", "approval-asked",
-                 "approved", "action", "closed"]
+        story = ["alert-accepted", "response", "planned", "action", "maintenance-over", "response", "planned",
+                 "approval-asked", "approved", "action", "closed"]
         position = 0
         for kind in kinds:  # in this order (other rows, such as the page and the verdict, in between)
             if position < len(story) and kind == story[position]:
@@ -351,7 +351,7 @@ def test_a_window_started_from_the_cli_holds_the_response_and_its_end_starts_a_f
         assert position == len(story), kinds
         held_row = next(row for row in trail if row["kind"] == "action")
         assert "held by maintenance window" in held_row["what"] and held_row["who"] == "responder"
-        assert next(row for row in trail if row["kind"] == "approved")["who"] == "ivy"
+        assert next(row for row in trail if row["kind"] == "approved")["who"] == "ivy (not verified)"  # the API, as the UI
         assert httpx.get(f"{responder.url}/audit").status_code == 401
         assert httpx.get(f"{responder.url}/audit", params={"since": "yesterday"}, headers=headers).status_code == 422
         assert httpx.delete(f"{responder.url}/audit", headers=headers).status_code == 405  # read only

@@ -1,7 +1,7 @@
 """The audit trail: every decision the responder and people made, read back as one trail.
 
 Each decision is already written, append-only, where it happens, in the transaction that made it:
-alerts accepted (``alerts``), incident opened, acknowledged, approval asked, approved, rejected,
+alerts accepted (``alerts``), incident opened, action planned, acknowledged, approval asked, approved, rejected,
 action held or run with its outcome, page sent, escalated, closed (``timeline``, with who), and
 maintenance windows started and ended (``maintenance_windows``, with who). Nothing in the store's
 API edits or deletes those rows (retention deletes raw bodies and delivered events, never these).
