@@ -150,7 +150,9 @@ def cmd_answer(args: argparse.Namespace, settings: ResponderSettings) -> int:
         return _fail(str(exc), 1)
     except Exception as exc:  # the Prefect server is not reachable
         return _fail(f"cannot reach the Prefect server at {os.environ['PREFECT_API_URL']}: {type(exc).__name__}: {exc}")
-    print(f"{'approved' if approve else 'rejected'} run {args.run}: {args.reason}")
+    print(f"{'approved' if approve else 'rejected'} run {args.run}: {args.reason}\n"
+          f"(answered as {args.by} (CLI), not verified: where config/policy.yaml names approvers, an approval needs "
+          "RESPONDER_USER_TOKEN, a personal token from `responder tokens add NAME`)")
     return 0
 
 
