@@ -12,11 +12,14 @@ import asyncio
 import os
 import signal
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import httpx
 import psycopg
 import pytest
+import redis
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -29,16 +32,40 @@ from support.prefect import PrefectServer, paused_run, prefect_post, resume, wai
 from support.responder import ResponderProcess, fire, make_config
 
 
+@contextmanager
+def empty_redis_database(redis_url: str) -> Iterator[int]:
+    """A Redis database number (1-15) holding nothing, emptied again afterwards.
+
+    Prefect's Redis messaging keeps its streams (``events``, ``actions``) and consumer groups in
+    the database it is given, and they outlive the server: a new Prefect server on a database an
+    earlier one used reads that one's unacknowledged messages, so its triggers started runs for
+    alerts of another test (an incident its store never had) and a second run for an alert already
+    answered. Each stack gets a database of its own."""
+    url = urlparse(redis_url)
+    for number in range(1, 16):
+        client = redis.Redis(host=url.hostname or "127.0.0.1", port=url.port or 6379, db=number)
+        # Empty, and ours: another test session looking at the same moment does not get the marker.
+        if client.dbsize() == 0 and client.set("runbook-responder-test", "taken", nx=True, ex=3600):
+            try:
+                yield number
+            finally:
+                client.flushdb()
+            return
+    pytest.fail(f"no empty Redis database (1-15) on {url.hostname}:{url.port}: left by crashed test runs? "
+                "FLUSHDB the ones you know are test leftovers")
+
+
 @pytest.fixture
 def stack(tmp_path, postgres_url, redis_url):
-    redis = urlparse(redis_url)
-    with temporary_database(postgres_url, "prefect") as prefect_db, temporary_database(postgres_url, "store") as store_db:
+    url = urlparse(redis_url)
+    with temporary_database(postgres_url, "prefect") as prefect_db, temporary_database(postgres_url, "store") as store_db, \
+            empty_redis_database(redis_url) as redis_db:
         server = PrefectServer(tmp_path / "prefect", database_url=prefect_db.replace("postgresql://", "postgresql+asyncpg://"),
                                extra_env={"PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
                                           "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
-                                          "PREFECT_REDIS_MESSAGING_HOST": redis.hostname or "127.0.0.1",
-                                          "PREFECT_REDIS_MESSAGING_PORT": str(redis.port or 6379),
-                                          "PREFECT_REDIS_MESSAGING_DB": (redis.path or "/0").lstrip("/") or "0"})
+                                          "PREFECT_REDIS_MESSAGING_HOST": url.hostname or "127.0.0.1",
+                                          "PREFECT_REDIS_MESSAGING_PORT": str(url.port or 6379),
+                                          "PREFECT_REDIS_MESSAGING_DB": str(redis_db)})
         server.start()
         try:
             yield server, store_db
@@ -50,6 +77,13 @@ def _holder_pid(store_db: str, flow_run_id: str) -> int | None:
     with psycopg.connect(store_db) as conn:
         row = conn.execute("SELECT holder FROM leases WHERE name = %s", (f"run:{flow_run_id}",)).fetchone()
     return int(row[0].split("/")[1]) if row else None
+
+
+def _acknowledged(store_db: str, incident_id: str) -> bool:
+    """The run's first step, acknowledge, finished: a step result was kept after it wrote 'response'."""
+    with psycopg.connect(store_db) as conn:
+        return conn.execute("SELECT COUNT(*) FROM step_results WHERE created_at >= (SELECT MIN(at) FROM timeline "
+                            "WHERE incident_id = %s AND kind = 'response')", (incident_id,)).fetchone()[0] > 0
 
 
 def test_two_responders_share_one_prefect_server_and_one_takes_over_when_the_other_dies(tmp_path, stack):
@@ -80,6 +114,9 @@ def test_two_responders_share_one_prefect_server_and_one_takes_over_when_the_oth
                                      if (r["parameters"].get("incident") or {}).get("id") == incident
                                      and r["state"]["type"] == "RUNNING"), None), 90, what="the run to be running")
         pid = wait_for(lambda: _holder_pid(store_db, run["id"]), 30, what="the run's lease")
+        # Killed once acknowledge has kept its result: Running alone let the kill land inside that step,
+        # after its timeline entries and before its result was kept, and the survivor did it again.
+        wait_for(lambda: _acknowledged(store_db, incident), 30, interval=0.05, what="the run to acknowledge")
         victim = next(name for name, proc in responders.items() if proc.process and proc.process.pid == pid)
         survivor = "b" if victim == "a" else "a"
         os.kill(pid, signal.SIGKILL)
