@@ -10,6 +10,7 @@ the response assesses and reports but runs no mitigation, and pages wait unless
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -18,6 +19,20 @@ from croniter import croniter
 
 from core.catalog import Catalog, WindowScope
 from core.store import Store
+
+
+_DURATION = re.compile(r"(\d{1,9}(?:\.\d{1,6})?)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """A duration as people write it (90s, 30m, 2h, 7d, 1h30m): how long a window lasts, how far back
+    the audit reads. None when it is not one (or is longer than ten years)."""
+    parts = _DURATION.findall(text.strip())
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        return None
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    return timedelta(seconds=seconds) if seconds <= 10 * 365 * 86400 else None
 
 
 @dataclass(frozen=True)

@@ -177,18 +177,16 @@ def cmd_drill(args: argparse.Namespace, settings: ResponderSettings) -> int:
     return 0
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-
-
 def _duration(value: str) -> timedelta:
-    """``--for``: 90s, 30m, 2h, 1d, 1h30m."""
-    parts = _DURATION.findall(value)
-    if not parts or "".join(n + u for n, u in parts) != value.strip():
+    """``--for`` / ``--since``: 90s, 30m, 2h, 1d, 1h30m."""
+    from core.maintenance import parse_duration
+
+    duration = parse_duration(value)
+    if duration is None:
         raise argparse.ArgumentTypeError(f"{value!r} is not a duration such as 30m, 2h or 1h30m")
-    seconds = sum(float(n) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[u] for n, u in parts)
-    if seconds <= 0:
+    if duration <= timedelta(0):
         raise argparse.ArgumentTypeError(f"{value!r}: a window must last longer than nothing")
-    return timedelta(seconds=seconds)
+    return duration
 
 
 def _matchers(value: str) -> list[str]:

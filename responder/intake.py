@@ -27,9 +27,8 @@ import asyncio
 import hmac
 import json
 import logging
-import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -41,7 +40,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from core import metrics
 from core.alerts import AlertmanagerPayload
-from core.maintenance import in_force, start_window
+from core.maintenance import in_force, parse_duration, start_window
 from core.store import StoreUnavailable
 from responder.ingest import Overloaded
 from responder.approvals import ApprovalError, answer_verified
@@ -126,12 +125,6 @@ def _unsupported_encoding(request: Request) -> JSONResponse | None:
     if kind not in ("application/json", "") and not kind.endswith("+json"):
         return _error(415, f"Content-Type {kind!r} is not supported: send application/json")
     return None
-
-
-def _seconds(text: str) -> float | None:
-    """``30m``, ``24h``, ``7d``, ``90s`` as seconds; None when it is not one."""
-    found = re.fullmatch(r"(\d{1,6})([smhd])", text.strip())
-    return int(found[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[found[2]] if found else None
 
 
 def create_app(responder: "Responder") -> FastAPI:
@@ -361,8 +354,8 @@ def create_app(responder: "Responder") -> FastAPI:
         if isinstance(checked, JSONResponse):
             return checked
         name, body = checked
-        seconds = _seconds(str(body.get("for", ""))) if isinstance(body, dict) else None
-        if not isinstance(body, dict) or seconds is None or not isinstance(body.get("reason"), str):
+        duration = parse_duration(str(body.get("for", ""))) if isinstance(body, dict) else None
+        if not isinstance(body, dict) or duration is None or not isinstance(body.get("reason"), str):
             return _error(422, [{"field": "(body)", "error": 'expected {"service"|"runbook"|"matchers": …, '
                                                              '"for": "2h", "reason": "why"}'}])
         matchers = body.get("matchers") or []
@@ -371,7 +364,7 @@ def create_app(responder: "Responder") -> FastAPI:
         try:
             window = await asyncio.to_thread(
                 start_window, responder.store, responder.catalog, service=body.get("service"),
-                runbook=body.get("runbook"), matchers=matchers, duration=timedelta(seconds=seconds),
+                runbook=body.get("runbook"), matchers=matchers, duration=duration,
                 reason=body["reason"], by=f"{name} (API)")
         except ValueError as exc:
             return _error(422, [{"field": "(body)", "error": str(exc)}])
@@ -425,12 +418,12 @@ def create_app(responder: "Responder") -> FastAPI:
         """The audit trail (read only: nothing edits or deletes it through the API)."""
         if not authorized(request):
             return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
-        seconds = _seconds(since)
-        if seconds is None:
+        period = parse_duration(since)
+        if period is None:
             return _error(422, [{"field": "since", "error": f"{since[:40]!r} is not a duration such as 30m, 24h or 7d"}])
         try:
             return await asyncio.to_thread(responder.store.audit,
-                                           datetime.now(timezone.utc) - timedelta(seconds=seconds), incident)
+                                           datetime.now(timezone.utc) - period, incident)
         except StoreUnavailable:
             return _error(503, "the alert store is unavailable; retry later", {"Retry-After": "5"})
 
