@@ -315,11 +315,40 @@ class PagerDutyConfig(_Strict):
     severities: list[str] = Field(default_factory=lambda: ["critical"])  # seed 004: "Critical alerts only"
 
 
+class DeliveryConfig(_Strict):
+    """How messages reach people through outages and storms (``core/courier.py``)."""
+
+    # A person paged again within this many seconds of their last page gets one message for all of them.
+    rollup_seconds: float = Field(10.0, gt=0)
+    # More incidents than this opening in one Slack channel within a minute is a storm: one message lists
+    # them, and each incident's thread starts only when it has something for a person.
+    storm_incidents: int = Field(3, ge=1)
+    # A page not delivered on a channel after this long also goes out on every other configured channel.
+    page_fallback_seconds: float = Field(60.0, gt=0)
+    # How old a message may get before it no longer matters (minutes), by kind; "default" for the rest.
+    # Pages have no limit: they are delivered, however late, and fall back to the other channels.
+    max_age_minutes: dict[str, float] = Field(
+        default_factory=lambda: {"default": 60, "escalated": 1440, "scheduled-check": 360})
+    # Sends per second each Slack channel (Slack allows about 1) and each Discord webhook take, in bursts of 3.
+    slack_per_second: float = Field(1.0, gt=0)
+    discord_per_second: float = Field(1.0, gt=0)
+
+    @field_validator("max_age_minutes")
+    @classmethod
+    def _no_page_limit(cls, value: dict[str, float]) -> dict[str, float]:
+        if "page" in value:
+            raise ValueError("pages are never too old to deliver: remove 'page' from max_age_minutes")
+        if any(minutes <= 0 for minutes in value.values()):
+            raise ValueError("each max_age_minutes must be above 0")
+        return value
+
+
 class NotifyConfig(_Strict):
     slack: SlackConfig = Field(default_factory=SlackConfig)
     discord: DiscordConfig = Field(default_factory=DiscordConfig)
     pagerduty: PagerDutyConfig = Field(default_factory=PagerDutyConfig)
     webhooks: list[str] = Field(default_factory=list)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
 
 
 class EscalationLevel(_Strict):

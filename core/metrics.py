@@ -91,7 +91,26 @@ PAGER_LAST_PASS = Gauge(
 )
 NOTIFICATIONS_FAILED = Counter(
     "responder_notifications_failed_total",
-    "Messages and pages a channel did not take after all retries, by channel.", ["channel"], registry=REGISTRY,
+    "Attempts to send a message or page that its channel did not take (retried, or refused), by channel.",
+    ["channel"], registry=REGISTRY,
+)
+NOTIFICATIONS_DELIVERED = Counter(
+    "responder_notifications_delivered_total", "Messages and pages delivered, by channel.", ["channel"],
+    registry=REGISTRY,
+)
+NOTIFICATIONS_DROPPED = Counter(
+    "responder_notifications_dropped_total",
+    "Messages a channel will never carry: refused by it (a 4xx), or too old to matter before it took them "
+    "(pages never are), by channel.", ["channel"],
+    registry=REGISTRY,
+)
+NOTIFICATIONS_WAITING = Gauge(
+    "responder_notifications_waiting", "Messages and pages in the notification outbox, not yet delivered.",
+    registry=REGISTRY,
+)
+NOTIFICATIONS_OLDEST_WAITING = Gauge(
+    "responder_notifications_oldest_waiting_seconds",
+    "Age of the oldest message or page not yet delivered (0 when none waits).", registry=REGISTRY,
 )
 PREFECT_LAST_CONTACT = Gauge(
     "responder_prefect_last_contact_timestamp_seconds",
@@ -103,5 +122,7 @@ WATCHDOG_LAST_SEEN = Gauge(
     "Unix time Alertmanager's Watchdog alert last arrived (0: never, the dead man's switch is not armed).",
     registry=REGISTRY,
 )
-for _channel in ("slack", "discord", "pagerduty", "webhooks"):  # each series exists at 0 before its first failure
+for _channel in ("slack", "discord", "pagerduty", "webhook"):  # each series exists at 0 before its first count
     NOTIFICATIONS_FAILED.labels(_channel)
+    NOTIFICATIONS_DELIVERED.labels(_channel)
+    NOTIFICATIONS_DROPPED.labels(_channel)

@@ -1,157 +1,103 @@
 """Telling people: Slack (threaded per incident), Discord, PagerDuty Events v2 and plain webhooks.
 
-Every channel is isolated: rate limits (429 + Retry-After) and 5xx are retried with tenacity,
-and a channel that stays down is *recorded* in the incident timeline, never raised: a Slack
-outage must not stop a response. Secrets are unwrapped only where a client is built.
+Two halves. :class:`Notifier` decides what each channel is told and *writes it down*: one row per
+channel in the store's notification outbox (``core/store/messages.py``), committed before the step
+that called it goes on, so nothing said is lost to an outage or a restart. :class:`Channels` sends
+one such message, once, and says how it went; the courier (``core/courier.py``) calls it, in order
+per incident, with retries, rate limits and storm roll-ups. Secrets are unwrapped only where a
+request is made (a row holds no token, routing key or webhook URL).
 
-Slack: the first message of an incident goes to the severity's channel (``config/notify.yaml``);
-its ``ts`` is stored, and every later event is a reply in that thread. Approval requests and
-pages carry buttons (approve / reject / acknowledge) that come back to ``POST /slack/actions``.
+Slack: an incident's first message goes to the severity's channel (``config/notify.yaml``); its
+``ts`` is stored, and every later message is a reply in that thread. Approval requests and pages
+carry buttons (approve / reject / acknowledge) that come back to ``POST /slack/actions``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import threading
+from datetime import timedelta
 from typing import Any
 
 import httpx
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_exponential
 
-from core import metrics
 from core.catalog import Catalog
 from core.settings import ResponderSettings
-from core.store import Incident, Store
+from core.store import Incident, Store, utcnow
+from core.store.messages import Message, new_message
 
 log = logging.getLogger("responder.notify")
 
-_thread_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
-
-ATTEMPTS = 4
+# Kinds that ask something of a person: in a storm, an incident's Slack thread starts with the first of these.
+FOR_A_PERSON = frozenset({"approval-asked", "approval-refused", "page", "escalated"})
 
 
-class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None):
+class Retry(Exception):
+    """Not delivered this time; worth trying again (a 429, a 5xx, a connection that failed).
+
+    ``retry_after`` is the channel's own Retry-After; ``channel_down`` means the whole channel failed
+    (not just this message's target), so the courier holds every message for it, not only this one."""
+
+    def __init__(self, message: str, retry_after: float | None = None, channel_down: bool = False):
         super().__init__(message)
-        self.retry_after = retry_after
+        self.retry_after, self.channel_down = retry_after, channel_down
 
 
-def _wait(state: RetryCallState) -> float:
-    exc = state.outcome.exception() if state.outcome else None
-    if isinstance(exc, _Retryable) and exc.retry_after is not None:
-        return min(exc.retry_after, 30.0)
-    return wait_exponential(multiplier=0.5, max=8)(state)
+class Refused(Exception):
+    """The channel answered that it will never take this message (a 4xx other than 429, a Slack error)."""
 
 
-_retrying = retry(
-    retry=retry_if_exception(lambda e: isinstance(e, (_Retryable, httpx.TransportError))),
-    stop=stop_after_attempt(ATTEMPTS),
-    wait=_wait,
-    reraise=True,
-)
+def webhook_target(url: str) -> str:
+    """A webhook's name in the outbox: a digest of its URL (which may hold a secret), never the URL."""
+    return hashlib.sha256(url.encode()).hexdigest()[:12]
 
 
-def _check(response: httpx.Response) -> httpx.Response:
-    if response.status_code == 429 or response.status_code >= 500:
-        after = response.headers.get("retry-after")
-        raise _Retryable(f"HTTP {response.status_code}", float(after) if after and after.isdigit() else None)
-    response.raise_for_status()
-    return response
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
-@_retrying
 def post_json(url: str, body: dict[str, Any]) -> None:
-    _check(httpx.post(url, json=body, timeout=10))
+    """One POST; raises :class:`Retry` or :class:`Refused` when it was not taken."""
+    try:
+        response = httpx.post(url, json=body, timeout=10)
+    except httpx.TransportError as exc:
+        raise Retry(f"{type(exc).__name__}", channel_down=True) from None
+    if response.status_code == 429:
+        raise Retry("HTTP 429", _retry_after(response.headers.get("retry-after")))
+    if response.status_code >= 500:
+        raise Retry(f"HTTP {response.status_code}", _retry_after(response.headers.get("retry-after")), channel_down=True)
+    if response.status_code >= 400:
+        raise Refused(f"HTTP {response.status_code}")
 
 
 class Notifier:
+    """Writes what each channel is to be told into the notification outbox; sends nothing itself."""
+
     def __init__(self, settings: ResponderSettings, catalog: Catalog, store: Store) -> None:
         self.settings, self.catalog, self.store = settings, catalog, store
 
-    # -- channels ------------------------------------------------------------------
-    def _slack_client(self):
-        token = self.settings.slack_token
-        if token is None or not token.get_secret_value():
+    def _expires(self, kind: str):
+        if kind == "page":
             return None
-        base = self.settings.slack_api_url.rstrip("/") + "/"
-        return WebClient(token=token.get_secret_value(), base_url=base, timeout=10, retry_handlers=[])
+        ages = self.catalog.notify.delivery.max_age_minutes
+        return utcnow() + timedelta(minutes=ages.get(kind, ages.get("default", 60)))
 
-    @_retrying
-    def _slack_call(self, client: Any, method: str, **body: Any) -> dict[str, Any]:
-        try:
-            return client.api_call(method, json=body).data
-        except SlackApiError as exc:
-            status = exc.response.status_code
-            if status == 429 or status >= 500:
-                after = exc.response.headers.get("Retry-After") or exc.response.headers.get("retry-after")
-                raise _Retryable(f"Slack {method}: HTTP {status}", float(after) if after else None) from exc
-            raise
-        except OSError as exc:  # urllib connection errors
-            raise _Retryable(f"Slack {method}: {exc}") from exc
+    def slack_configured(self) -> bool:
+        token = self.settings.slack_token
+        return token is not None and bool(token.get_secret_value())
 
-    def slack(self, incident: Incident, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
-        client = self._slack_client()
-        if client is None:
-            return
-        with self._thread_lock(incident.id):  # one root message per incident, even when two steps race
-            self._slack_post(client, incident, text, blocks)
-
-    def _thread_lock(self, incident_id: str) -> threading.Lock:
-        with _locks_guard:
-            return _thread_locks.setdefault(incident_id, threading.Lock())
-
-    def _slack_post(self, client: Any, incident: Incident, text: str, blocks: list[dict[str, Any]] | None) -> None:
-        channel = self._channel(incident.severity)
-        thread = self.store.note(incident.id, "slack_ts")
-        body: dict[str, Any] = {"channel": self.store.note(incident.id, "slack_channel") or channel, "text": text}
-        if blocks:
-            body["blocks"] = blocks
-        if thread:
-            body["thread_ts"] = thread
-        data = self._slack_call(client, "chat.postMessage", **body)
-        if not thread and data.get("ts"):
-            self.store.set_note(incident.id, "slack_ts", data["ts"])
-            self.store.set_note(incident.id, "slack_channel", data.get("channel") or channel)
-
-    def _channel(self, severity: str) -> str:
+    def channel_for(self, severity: str) -> str:
         channels = self.catalog.notify.slack.channels
         return channels.get(severity) or channels.get("warning", "#alerts")
 
-    def pagerduty(self, incident: Incident, action: str, summary: str, person: dict[str, str] | None = None) -> None:
-        config = self.catalog.notify.pagerduty
-        if config.routing_key is None or incident.severity not in config.severities:
-            return
-        body: dict[str, Any] = {
-            "routing_key": config.routing_key.get_secret_value(),
-            "event_action": action,
-            "dedup_key": f"responder-{incident.id}",
-        }
-        if action == "trigger":
-            body["payload"] = {
-                "summary": summary[:1000],
-                "source": incident.runbook,
-                "severity": "critical" if incident.severity == "critical" else "warning",
-                "custom_details": {"incident": incident.id, "group_key": incident.group_key,
-                                   **({"on_call": person} if person else {})},
-            }
-        post_json(config.events_url, body)
-
-    def discord(self, text: str) -> None:
-        url = self.catalog.notify.discord.webhook_url
-        if url is not None:
-            post_json(url.get_secret_value(), {"content": text[:1900]})
-
-    def webhooks(self, body: dict[str, Any]) -> None:
-        for url in self.catalog.notify.webhooks:
-            post_json(url, body)
-
-    # -- what happened ---------------------------------------------------------------
     def send(self, incident: Incident, kind: str, text: str, *, details: dict[str, Any] | None = None,
-             discord: bool = False, pagerduty: str | None = None, person: dict[str, str] | None = None) -> list[str]:
-        """Send one incident event everywhere it belongs; returns the channels that failed (recorded).
+             discord: bool = False, pagerduty: str | None = None, person: dict[str, str] | None = None) -> None:
+        """Write one incident event for every channel it belongs on (one transaction); the courier sends it.
 
         How it looks is decided here, per channel: in Slack, an ``opened`` incident and a ``page``
         carry an Acknowledge button, an ``approval-asked`` (``details["flow_run_id"]``) Approve and
@@ -159,44 +105,136 @@ class Notifier:
         @-mentioned in Slack and Discord by user id and named in PagerDuty's custom details.
         """
         person = person or {}
-        slack_text = f"<@{person['slack']}> {text}" if person.get("slack") else text
-        discord_text = f"<@{person['discord']}> {text}" if person.get("discord") else text
-        blocks = _slack_blocks(incident, kind, slack_text, details or {})
-        attempts: list[tuple[str, Any]] = [
-            ("slack", lambda: self.slack(incident, slack_text, blocks)),
-            ("webhooks", lambda: self.webhooks({"kind": kind, "text": text, "incident": _incident_body(incident),
-                                                **(details or {})})),
-        ]
-        if discord:
-            attempts.append(("discord", lambda: self.discord(discord_text)))
-        if pagerduty:
-            attempts.append(("pagerduty", lambda: self.pagerduty(incident, pagerduty, text, person or None)))
-        return self._deliver(kind, attempts, incident.id)
+        details = details or {}
+        who = str(details.get("who") or person.get("name") or "") if kind == "page" else ""
+        about = {"title": incident.title, "runbook": incident.runbook, "severity": incident.severity,
+                 "opened_at": incident.opened_at, "line": text,
+                 **({"page": {"level": details.get("level"), "who": who}} if kind == "page" else {})}
+        expires, rows = self._expires(kind), []
+        if self.slack_configured():
+            slack_text = f"<@{person['slack']}> {text}" if person.get("slack") else text
+            rows.append(new_message(incident.id, "slack", self.channel_for(incident.severity), kind, {
+                **about, "text": slack_text, "blocks": _slack_blocks(incident, kind, slack_text, details),
+                "mention": person.get("slack", "")}, who, expires))
+        for url in self.catalog.notify.webhooks:
+            rows.append(new_message(incident.id, "webhook", webhook_target(url), kind, {
+                **about, "json": {"kind": kind, "text": text, "incident": _incident_body(incident), **details}},
+                who, expires))
+        if discord and self.catalog.notify.discord.webhook_url is not None:
+            rows.append(new_message(incident.id, "discord", "", kind, {
+                **about, "content": (f"<@{person['discord']}> {text}" if person.get("discord") else text)[:1900],
+                "mention": person.get("discord", "")}, who, expires))
+        config = self.catalog.notify.pagerduty
+        if pagerduty and config.routing_key is not None and incident.severity in config.severities:
+            rows.append(new_message(incident.id, "pagerduty", "", kind, {
+                **about, "event": pagerduty_event(incident, pagerduty, text, person)}, who, expires))
+        self.store.enqueue_messages(rows)
 
-    def announce(self, kind: str, severity: str, text: str, *, details: dict[str, Any] | None = None) -> list[str]:
+    def announce(self, kind: str, severity: str, text: str, *, details: dict[str, Any] | None = None) -> None:
         """A message that belongs to no incident (a scheduled check's findings): the severity's Slack
-        channel and every webhook. Returns the channels that failed; a failure is logged, never raised."""
-        client = self._slack_client()
-        attempts: list[tuple[str, Any]] = [("webhooks", lambda: self.webhooks({"kind": kind, "text": text, **(details or {})}))]
-        if client is not None:
-            channel = self._channel(severity)
-            attempts.insert(0, ("slack", lambda: self._slack_call(client, "chat.postMessage", channel=channel, text=text)))
-        return self._deliver(kind, attempts)
+        channel and every webhook, through the same outbox."""
+        expires, rows = self._expires(kind), []
+        if self.slack_configured():
+            rows.append(new_message(None, "slack", self.channel_for(severity), kind, {"text": text, "line": text},
+                                    expires_at=expires))
+        for url in self.catalog.notify.webhooks:
+            rows.append(new_message(None, "webhook", webhook_target(url), kind,
+                                    {"line": text, "json": {"kind": kind, "text": text, **(details or {})}},
+                                    expires_at=expires))
+        self.store.enqueue_messages(rows)
 
-    def _deliver(self, kind: str, attempts: list[tuple[str, Any]], incident_id: str | None = None) -> list[str]:
-        """Try every channel; one that fails is logged (and recorded on the incident), never raised."""
-        failures: list[str] = []
-        for name, call in attempts:
-            try:
-                call()
-            except Exception as exc:  # any channel failure is recorded, never fatal
-                failures.append(name)
-                metrics.NOTIFICATIONS_FAILED.labels(name).inc()
-                log.error("Notification %s via %s failed: %s", kind, name, type(exc).__name__)
-                if incident_id is not None:
-                    self.store.add_timeline(incident_id, "notify-failed", f"{name} did not take the {kind} message: "
-                                            f"{type(exc).__name__}: {str(exc)[:200]}")
-        return failures
+
+def pagerduty_event(incident: Incident, action: str, summary: str, person: dict[str, str] | None = None) -> dict[str, Any]:
+    """A PagerDuty Events v2 body without its routing key (added when it is sent)."""
+    event: dict[str, Any] = {"event_action": action, "dedup_key": f"responder-{incident.id}"}
+    if action == "trigger":
+        event["payload"] = {
+            "summary": summary[:1000],
+            "source": incident.runbook,
+            "severity": "critical" if incident.severity == "critical" else "warning",
+            "custom_details": {"incident": incident.id, "group_key": incident.group_key,
+                               **({"on_call": person} if person else {})},
+        }
+    return event
+
+
+class Channels:
+    """Sends one outbox message on its channel, once; raises :class:`Retry` or :class:`Refused` when it
+    was not taken. Returns what the channel said (Slack's ``ts``), for the record."""
+
+    def __init__(self, settings: ResponderSettings, catalog: Catalog, store: Store) -> None:
+        self.settings, self.catalog, self.store = settings, catalog, store
+
+    def send(self, message: Message) -> str:
+        if message.channel == "slack":
+            return self.slack(message)
+        if message.channel == "discord":
+            url = self.catalog.notify.discord.webhook_url
+            if url is None:
+                raise Refused("Discord is no longer configured")
+            post_json(url.get_secret_value(), {"content": message.body["content"]})
+            return ""
+        if message.channel == "pagerduty":
+            key = self.catalog.notify.pagerduty.routing_key
+            if key is None:
+                raise Refused("PagerDuty is no longer configured")
+            post_json(self.catalog.notify.pagerduty.events_url,
+                      {"routing_key": key.get_secret_value(), **message.body["event"]})
+            return ""
+        if message.channel == "webhook":
+            url = next((u for u in self.catalog.notify.webhooks if webhook_target(u) == message.target), None)
+            if url is None:
+                raise Refused("that webhook is no longer configured")
+            post_json(url, message.body["json"])
+            return ""
+        raise Refused(f"unknown channel {message.channel!r}")
+
+    def slack_channel(self, message: Message) -> str:
+        """Where a Slack message goes: its incident's thread's channel, else its own target."""
+        if message.incident_id:
+            return self.store.note(message.incident_id, "slack_channel") or message.target
+        return message.target
+
+    def slack(self, message: Message) -> str:
+        token = self.settings.slack_token
+        if token is None or not token.get_secret_value():
+            raise Refused("Slack is no longer configured (RESPONDER_SLACK_TOKEN)")
+        client = WebClient(token=token.get_secret_value(), base_url=self.settings.slack_api_url.rstrip("/") + "/",
+                           timeout=10, retry_handlers=[])
+        incident = message.incident_id
+        thread = self.store.note(incident, "slack_ts") if incident else None
+        channel = self.slack_channel(message)
+        text = message.body["text"]
+        if incident and not thread and message.kind not in ("opened", "page"):  # a late thread says what it is about
+            text = f"*{message.body['title']}* — `{message.body['runbook']}`, {message.body['severity']}\n{text}"
+        body: dict[str, Any] = {"channel": channel, "text": text}
+        if message.body.get("blocks"):
+            body["blocks"] = message.body["blocks"]
+        if thread:
+            body["thread_ts"] = thread
+        data = self._slack_call(client, "chat.postMessage", body)
+        ts = str(data.get("ts") or "")
+        if incident and not thread and ts:
+            self.store.set_note(incident, "slack_ts", ts)
+            self.store.set_note(incident, "slack_channel", data.get("channel") or channel)
+        return ts
+
+    @staticmethod
+    def _slack_call(client: WebClient, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return client.api_call(method, json=body).data  # type: ignore[return-value]
+        except SlackApiError as exc:
+            status = exc.response.status_code
+            headers = exc.response.headers or {}
+            after = _retry_after(headers.get("Retry-After") or headers.get("retry-after"))
+            error = exc.response.get("error") if isinstance(exc.response.data, dict) else None
+            if status == 429 or error == "ratelimited":
+                raise Retry(f"Slack {method}: HTTP {status} rate limited", after) from None
+            if status >= 500:
+                raise Retry(f"Slack {method}: HTTP {status}", after, channel_down=True) from None
+            raise Refused(f"Slack {method}: {error or f'HTTP {status}'}") from None
+        except OSError as exc:  # urllib's connection errors
+            raise Retry(f"Slack {method}: {type(exc).__name__}", channel_down=True) from None
 
 
 def _incident_body(incident: Incident) -> dict[str, Any]:

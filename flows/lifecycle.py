@@ -624,8 +624,9 @@ def _report(
 
 
 @task(name="escalate", cache_policy=RESUMABLE)
-def escalate(runbook: Runbook, alert: Alert, incident: IncidentRef, reason: str, outcomes: list[ActionOutcome]) -> list[str]:
-    """Tell people the responder could not fix it. A notifier outage is recorded, never fatal."""
+def escalate(runbook: Runbook, alert: Alert, incident: IncidentRef, reason: str, outcomes: list[ActionOutcome]) -> None:
+    """Tell people the responder could not fix it (the notification outbox delivers it, however long
+    a channel is down)."""
     _, _, store = runtime()
     logger = get_run_logger()
     store.record_event(incident.id, "escalated", {"reason": reason})
@@ -633,14 +634,13 @@ def escalate(runbook: Runbook, alert: Alert, incident: IncidentRef, reason: str,
     record = store.incident(incident.id)
     text = (f":warning: *Escalated*: {runbook.title} could not resolve `{alert.alertname}` on "
             f"`{alert.instance or '?'}`: {reason}. Pages follow the escalation policy until acknowledged.")
-    failures = notifier().send(record, "escalated", text, details={
-        "runbook": runbook.name, "alertname": alert.alertname, "instance": alert.instance, "summary": alert.summary,
-        "reason": reason, "actions": [o.model_dump(mode="json") for o in outcomes], "flow_run_id": current_flow_run_id(),
-    }) if record else []
-    for failure in failures:
-        logger.error("Escalation via %s failed (recorded, the response goes on)", failure)
+    if record:
+        notifier().send(record, "escalated", text, details={
+            "runbook": runbook.name, "alertname": alert.alertname, "instance": alert.instance,
+            "summary": alert.summary, "reason": reason, "actions": [o.model_dump(mode="json") for o in outcomes],
+            "flow_run_id": current_flow_run_id(),
+        })
     logger.warning("Escalated incident %s: %s", incident.id, reason)
-    return failures
 
 
 def conclude(

@@ -25,7 +25,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from core.results import RESULTS_BLOCK, RESUMABLE
 from prefect.states import Completed, State
@@ -99,15 +99,12 @@ def table(title: str, columns: list[str], rows: list[dict[str, Any]]) -> str:
 
 
 @task(name="notify", cache_policy=RESUMABLE)
-def notify(runbook: Runbook, problems: list[str], artifact_key: str) -> list[str]:
-    """Tell people what is wrong (the same notifier as every response); an outage is logged, never fatal."""
+def notify(runbook: Runbook, problems: list[str], artifact_key: str) -> None:
+    """Tell people what is wrong (the same notification outbox as every response)."""
     text = f":clipboard: *{runbook.title}* needs attention:\n" + "\n".join(f"• {p}" for p in problems)
-    failures = notifier().announce("scheduled-check", runbook.severity, text, details={
+    notifier().announce("scheduled-check", runbook.severity, text, details={
         "check": runbook.name, "title": runbook.title, "severity": runbook.severity, "problems": problems,
         "artifact": artifact_key, "flow_run_id": current_flow_run_id()})
-    for failure in failures:
-        get_run_logger().error("Notification via %s failed", failure)
-    return failures
 
 
 def finish(runbook: Runbook, results: list[ProbeResult], outcomes: list[ActionOutcome] | None = None,

@@ -19,6 +19,7 @@ import uvicorn
 from prefect.context import AsyncClientContext
 
 from core import metrics
+from core.courier import Courier
 from core.results import register_result_storage
 from core.services import Services
 from core.alerts import AlertmanagerPayload, Route
@@ -40,6 +41,7 @@ logger = logging.getLogger("responder")
 
 DUTY_LEASE_SECONDS = 10.0  # delivery and follow-ups move to a stand-by responder this long after their holder stops
 MAINTENANCE_EVERY_SECONDS = 2.0  # how soon a held incident gets its fresh response after its window is over
+COURIER_EVERY_SECONDS = 0.25  # how soon a message written now starts on its way
 DEPLOY_LEASE_SECONDS = 120.0  # applying 30 deployments takes seconds; a start that died holding it frees it after this
 
 
@@ -55,6 +57,7 @@ class Responder:
         self.notifier = services.notifier
         self.group_commit = GroupCommit(self.store)
         self.pager = Pager(services)
+        self.courier = Courier(services.settings, services.catalog, services.store)
         self.deadlines = ApprovalDeadlines(services)
         self.watchdog = AlertmanagerWatchdog(services, self.ingest)
         self.maintenance = MaintenanceKeeper(services, self.wake_delivery)
@@ -296,6 +299,19 @@ class Responder:
                 logger.exception("The Alertmanager watchdog's check failed; trying again")
             await asyncio.sleep(self.watchdog.interval_seconds)
 
+    async def deliver_messages_forever(self) -> None:
+        """The notification outbox to people (``core/courier.py``); one responder of those sharing a store
+        does it. Needs only the store and the channels: messages go out while the Prefect side is down."""
+        while True:
+            try:
+                if await self._leads("notifications"):
+                    await asyncio.to_thread(self.courier.pass_once)
+            except StoreUnavailable as exc:
+                logger.error("The courier cannot read the notification outbox: %s", exc)
+            except Exception:  # a courier that stops is a silent responder: log and go on
+                logger.exception("The courier's pass failed; trying again")
+            await asyncio.sleep(COURIER_EVERY_SECONDS)
+
     async def keep_maintenance_forever(self) -> None:
         """Silences in, held incidents out (``responder/maintenance.py``); one responder does it."""
         async with httpx.AsyncClient() as http:
@@ -330,13 +346,16 @@ class Responder:
         intake = asyncio.create_task(server.serve(), name="intake")
         # Pages need only the store: they go out while the Prefect side starts, or is down.
         pager = asyncio.create_task(self.pager.run(), name="pager")
+        courier = asyncio.create_task(self.deliver_messages_forever(), name="courier")
         watchdog = asyncio.create_task(self.watch_alertmanager_forever(), name="watchdog")
         prefect = asyncio.create_task(prefect_side(), name="prefect")
         try:
-            done, _ = await asyncio.wait({intake, pager, watchdog, prefect}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({intake, pager, courier, watchdog, prefect},
+                                         return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.pager.close()
-        for task in (intake, pager, watchdog, prefect):
+            self.courier.close()
+        for task in (intake, pager, courier, watchdog, prefect):
             if task not in done:
                 task.cancel()
         for task in done:

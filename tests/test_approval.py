@@ -88,8 +88,7 @@ def test_approved_kill_runs_and_the_unresolved_incident_escalates(responder, pre
 
     final = wait_run_final(api, incident_id)
     assert final["state"]["name"] == "Escalated"  # CPU stays above a 0 % threshold
-    escalations = _sent(webhook, incident_id, "escalated")
-    assert escalations, webhook.requests
+    escalations = wait_for(lambda: _sent(webhook, incident_id, "escalated"), 10, what="the escalation message")
     actions = escalations[0]["body"]["actions"]
     assert actions[0]["action"] == "terminate_process" and actions[0]["status"] == "done"
     assert "alice" in actions[0]["detail"]

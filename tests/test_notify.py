@@ -1,9 +1,11 @@
-"""Notification channels over real HTTP to local capture servers (Slack, Discord and PagerDuty are
-unreachable from here): 429 with Retry-After and 5xx are retried, a channel that stays down is
-recorded and never raised."""
+"""Messages to people through the notification outbox and the courier, over real HTTP to local capture
+servers that stand in for Slack, Discord, PagerDuty and webhooks (none of them is reachable from
+here). Real store (SQLite file), real courier, real HTTP; the capture servers decide the answers:
+outages (503), rate limits (429 with Retry-After), refusals, and record what arrived and when."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from core.catalog import load_catalog
+from core.courier import Courier
 from core.notify import Notifier
 from core.settings import ResponderSettings
 from core.store import open_store
@@ -18,56 +21,183 @@ from support.capture import CaptureServer
 from support.responder import make_config
 
 
-def _setup(tmp_path: Path, slack_url: str, notify: dict):
+def _setup(tmp_path: Path, slack_url: str, notify: dict, delivery: dict | None = None):
     settings = ResponderSettings(home=tmp_path / "home", slack_token=SecretStr("xoxb-t"), slack_api_url=slack_url)
-    catalog = load_catalog(make_config(tmp_path, notify=notify))
+    catalog = load_catalog(make_config(tmp_path, notify={**notify, "delivery": delivery or {}}))
     store = open_store(None, tmp_path / "store.db")
-    incident = store.open_manual_incident("responder-drill", "critical", "notify test", f"run-{uuid.uuid4()}")
-    return Notifier(settings, catalog, store), store, incident
+    return Notifier(settings, catalog, store), Courier(settings, catalog, store), store
+
+
+def _incident(store, title: str = "notify test", severity: str = "critical"):
+    return store.open_manual_incident("responder-drill", severity, title, f"run-{uuid.uuid4()}")
+
+
+def _slack_ok(server: CaptureServer):
+    return 200, {"ok": True, "channel": "C1", "ts": f"17.{len(server.requests)}"}, {}
 
 
 def test_slack_429_is_retried_after_retry_after_and_threads_follow(tmp_path):
     answers = iter([(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "1"})])
-
-    def slack(request):
-        return next(answers, (200, {"ok": True, "channel": "C1", "ts": f"17.{len(slack_server.requests)}"}, {}))
-
-    slack_server = CaptureServer(slack)
+    slack = CaptureServer(lambda request: next(answers, None) or _slack_ok(slack))
     try:
-        notifier, store, incident = _setup(tmp_path, f"{slack_server.url}/api/", {})
-        started = time.monotonic()
-        assert notifier.send(incident, "opened", "first") == []
-        assert time.monotonic() - started >= 1.0, "Retry-After was not honoured"
-        assert notifier.send(incident, "action", "second") == []
-        first, retried, second = slack_server.requests
+        notifier, courier, store = _setup(tmp_path, f"{slack.url}/api/", {})
+        incident = _incident(store)
+        notifier.send(incident, "opened", "first")
+        notifier.send(incident, "action", "second")
+        assert slack.requests == []  # written down, not sent: the step that said it went on at once
+        courier.drain(timeout=15)
+        first, retried, second = slack.requests
         assert first["body"] == retried["body"] and first["body"]["channel"] == "#critical-alerts"
-        assert second["body"]["thread_ts"] == "17.2" and store.note(incident.id, "slack_ts") == "17.2"
+        assert retried["at"] - first["at"] >= 1.0, "Retry-After was not honoured"
+        assert second["body"]["text"] == "second" and second["body"]["thread_ts"] == "17.2"
+        assert store.note(incident.id, "slack_ts") == "17.2"
+        [late] = [row["text"] for row in store.timeline(incident.id) if row["kind"] == "delivered"]
+        assert late.startswith("'opened' message delivered via slack") and late.endswith("after 2 attempts")
     finally:
-        slack_server.close()
+        slack.close()
 
 
-def test_a_channel_that_stays_down_is_recorded_not_raised(tmp_path):
-    down = CaptureServer(lambda r: (503, {"ok": False}, {}))
+def test_an_outage_then_rate_limits_every_message_arrives_once_in_order(tmp_path):
+    """Slack answers 503 for 3 s, then 429 with Retry-After once, then takes everything: each incident's
+    messages arrive once, in the order they were written; the outage was not hammered."""
+    outage_ends = time.monotonic() + 3
+    limited = []
+
+    def answer(request):
+        if time.monotonic() < outage_ends:
+            return 503, {"ok": False}, {}
+        if not limited:
+            limited.append(request)
+            return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "1"}
+        return _slack_ok(slack)
+
+    slack = CaptureServer(answer)
+    webhook = CaptureServer()
+    try:
+        notifier, courier, store = _setup(tmp_path, f"{slack.url}/api/", {"webhooks": [f"{webhook.url}/hook"]},
+                                          {"slack_per_second": 20})
+        incidents = [_incident(store, f"incident {n}") for n in range(3)]
+        written = {i.id: [f"{i.title}: {kind}" for kind in ("opened", "action", "verdict", "resolved")] for i in incidents}
+        for kind_index, kind in enumerate(("opened", "action", "verdict", "resolved")):
+            for incident in incidents:
+                notifier.send(incident, kind, written[incident.id][kind_index])
+        courier.drain(timeout=40)
+        taken = [r for r in slack.requests if r["at"] >= outage_ends and r is not limited[0]]
+        for incident in incidents:
+            texts = [r["body"]["text"] for r in taken if r["body"]["text"].startswith(f"{incident.title}:")]
+            assert texts == written[incident.id]
+            hook = [r["body"]["text"] for r in webhook.requests if r["body"]["incident"]["id"] == incident.id]
+            assert hook == written[incident.id]  # the webhook was up all along: on time, in order
+        assert len(slack.requests) - len(taken) <= 12, "a channel that is down is held, not hammered"
+        assert store.waiting_messages() == []
+        timeline = store.timeline(incidents[0].id)
+        assert any(row["kind"] == "notify-failed" and "HTTP 503" in row["text"] and "trying again" in row["text"]
+                   for row in timeline)
+        assert any(row["kind"] == "delivered" and "via slack" in row["text"] and "attempts" in row["text"]
+                   for row in timeline)
+        assert "xoxb-t" not in str(timeline)
+    finally:
+        slack.close()
+        webhook.close()
+
+
+def test_a_page_slack_refuses_goes_out_on_the_other_channels_and_says_so(tmp_path):
+    slack = CaptureServer(lambda r: (200, {"ok": False, "error": "channel_not_found"}, {}))
     discord = CaptureServer(lambda r: (204, {}, {}))
     pagerduty = CaptureServer(lambda r: (202, {"status": "success"}, {}))
+    os.environ["RESPONDER_TEST_DISCORD"] = f"{discord.url}/webhook"
     try:
-        import os
-
-        os.environ["RESPONDER_TEST_DISCORD"] = f"{discord.url}/webhook"
-        notifier, store, incident = _setup(tmp_path, f"{down.url}/api/", {
+        notifier, courier, store = _setup(tmp_path, f"{slack.url}/api/", {
             "discord": {"webhook_url": "${RESPONDER_TEST_DISCORD}"},
             "pagerduty": {"routing_key": "rk", "events_url": f"{pagerduty.url}/v2/enqueue", "severities": ["critical"]},
         })
-        failed = notifier.send(incident, "page", "level 1 page", discord=True, pagerduty="trigger")
-        assert failed == ["slack"]
-        assert len(down.requests) == 4  # tenacity: 4 attempts, then recorded
-        assert discord.requests[0]["body"] == {"content": "level 1 page"}
-        event = pagerduty.requests[0]["body"]
+        incident = _incident(store, severity="warning")  # PagerDuty takes critical only, until a page cannot get through
+        notifier.send(incident, "page", "level 2 page for carol", details={"level": 2, "who": "carol"}, discord=True)
+        courier.drain(timeout=15)
+        assert len(slack.requests) == 1  # refused: not retried
+        assert [r["body"] for r in discord.requests] == [{"content": "level 2 page for carol"}]
+        [event] = [r["body"] for r in pagerduty.requests]
         assert event["event_action"] == "trigger" and event["dedup_key"] == f"responder-{incident.id}"
-        assert event["payload"]["severity"] == "critical" and event["routing_key"] == "rk"
-        timeline = store.timeline(incident.id)
-        assert timeline[-1]["kind"] == "notify-failed" and "slack" in timeline[-1]["text"]
-        assert "xoxb-t" not in str(timeline) and "rk" not in timeline[-1]["text"]
+        assert event["routing_key"] == "rk" and event["payload"]["summary"] == "level 2 page for carol"
+        timeline = [row["text"] for row in store.timeline(incident.id)]
+        assert any("slack refused the level 2 page (Slack chat.postMessage: channel_not_found)" in t for t in timeline)
+        assert any("the level 2 page did not get through on slack" in t and "also sent via pagerduty" in t
+                   for t in timeline)
+        assert any(t.startswith("level 2 page delivered via pagerduty") for t in timeline)
+        assert not any("rk" in t.split() for t in timeline)
     finally:
-        for server in (down, discord, pagerduty):
+        for server in (slack, discord, pagerduty):
             server.close()
+
+
+def test_a_message_too_old_to_matter_is_dropped_and_said_but_a_page_never_is(tmp_path):
+    down = CaptureServer(lambda r: (503, {}, {}))
+    try:
+        notifier, courier, store = _setup(tmp_path, f"{down.url}/api/", {"webhooks": [f"{down.url}/hook"]},
+                                          {"max_age_minutes": {"default": 0.02}, "page_fallback_seconds": 3600})
+        incident = _incident(store)
+        notifier.send(incident, "action", "restarted nginx")
+        notifier.send(incident, "page", "level 1 page", details={"level": 1, "who": "carol"})
+        courier.drain(timeout=4)  # 1.2 s age limit for the action; the page is still being tried when this gives up
+        states = {(m.channel, m.kind): m.state for m in store.messages(incident.id)}
+        assert states == {("slack", "action"): "dropped", ("webhook", "action"): "dropped",
+                          ("slack", "page"): "waiting", ("webhook", "page"): "waiting"}
+        dropped = [row["text"] for row in store.timeline(incident.id) if row["kind"] == "notify-dropped"]
+        assert len(dropped) == 2 and all("too old to matter" in text and "HTTP 503" in text for text in dropped)
+    finally:
+        down.close()
+
+
+def test_the_sender_keeps_to_slacks_rate_rather_than_meeting_429s(tmp_path):
+    slack = CaptureServer(lambda r: _slack_ok(slack))
+    try:
+        notifier, courier, store = _setup(tmp_path, f"{slack.url}/api/", {}, {"slack_per_second": 4})
+        for n in range(11):
+            notifier.announce("scheduled-check", "warning", f"check {n}")
+        courier.drain(timeout=20)
+        times = [r["at"] for r in slack.requests]
+        assert sorted(r["body"]["text"] for r in slack.requests) == sorted(f"check {n}" for n in range(11))
+        assert times[-1] - times[0] >= (11 - 3) / 4 - 0.1  # a burst of 3, then 4 a second
+    finally:
+        slack.close()
+
+
+def test_fifty_incidents_within_seconds_make_a_handful_of_messages_that_name_every_one(tmp_path):
+    """A storm: 50 incidents open in one channel within a few seconds and each pages carol. She gets a
+    handful of messages, every incident is in them, and a storm incident's thread starts only when it
+    needs someone."""
+    slack = CaptureServer(lambda r: _slack_ok(slack))
+    try:
+        notifier, courier, store = _setup(tmp_path, f"{slack.url}/api/", {}, {"rollup_seconds": 1, "slack_per_second": 50})
+        incidents = [_incident(store, f"storm {n:02d}", "warning") for n in range(50)]
+        carol = {"name": "carol", "slack": "UCAROL"}
+        for n, incident in enumerate(incidents):
+            notifier.send(incident, "opened", f"storm {n:02d} opened")
+            notifier.send(incident, "action", f"storm {n:02d}: restarted the drill")
+            notifier.send(incident, "page", f"level 1 page: storm {n:02d}", details={"level": 1, "who": "carol"},
+                          person=carol)
+            if n % 10 == 9:
+                courier.pass_once(wait_for_sends=True)
+                time.sleep(0.15)
+        courier.drain(timeout=20)
+        top_level = [r["body"]["text"] for r in slack.requests if "thread_ts" not in r["body"]]
+        assert len(top_level) <= 8, top_level
+        storm = "\n".join(t for t in top_level if "opened in #alerts within a minute" in t)
+        paged = "\n".join(t for t in top_level if t.startswith("<@UCAROL>") and "incidents need you" in t)
+        for incident in incidents:
+            opened_alone = any(t == f"{incident.title} opened" for t in top_level)
+            assert opened_alone or f"(incident {incident.id})" in storm
+            paged_alone = any(f"level 1 page: {incident.title}" in r["body"]["text"] for r in slack.requests)
+            assert paged_alone or f"(incident {incident.id})" in paged
+        quiet = [m for i in incidents for m in store.messages(i.id) if m.kind == "action" and m.state == "rolled"]
+        assert len(quiet) >= 40  # the storm's incidents had no thread: their actions are in their timelines
+        timeline = [row["text"] for row in store.timeline(incidents[-1].id)]
+        assert any(t.startswith("level 1 page delivered via slack in a roll-up of pages of") and "to carol" in t
+                   for t in timeline)
+        # An incident of the storm that needs a person gets its own thread, saying what it is about.
+        notifier.send(incidents[-1], "approval-asked", "Approve restarting the drill?")
+        courier.drain(timeout=10)
+        asked = slack.requests[-1]["body"]
+        assert "thread_ts" not in asked and asked["text"].startswith("*storm 49* — `responder-drill`, warning\n")
+    finally:
+        slack.close()

@@ -24,6 +24,7 @@ from core.settings import ResponderSettings
 from core.store import open_store
 from responder.pager import Pager
 from support.capture import CaptureServer
+from support.delivery import deliver, delivering
 from support.common import BIN, ROOT
 from support.responder import make_config
 
@@ -272,6 +273,7 @@ def test_a_hand_off_between_two_pages_sends_each_to_whoever_is_on_call_then(tmp_
     assert (second.level, second.who, second.first) == (2, "bob", False)
     assert send_page(incident, second, store, services.notifier, second_pass)
 
+    deliver(services)
     pages = _pages(capture, incident.id)
     assert [(p["level"], p["who"]) for p in pages] == [(1, "alice"), (2, "bob")]
     assert pages[0]["on_call"] == {"name": "alice", "slack": "U0ALICE01", "pagerduty": "PALICE1"}
@@ -313,7 +315,8 @@ def test_a_rotation_with_nobody_on_call_hands_its_turn_to_the_next_level_at_once
             task.cancel()
             pager.close()
 
-    asyncio.run(until_two_pages())
+    with delivering(services):
+        asyncio.run(until_two_pages())
     why = (f"level 1: nobody on call in rotation 'primary' (it begins {begins.isoformat()} 09:00 "
            f"{datetime.combine(begins, datetime.min.time(), BERLIN).replace(hour=9).tzname()})")
     pages = _pages(capture, incident.id)
@@ -347,6 +350,7 @@ def test_when_no_level_has_anyone_on_call_the_channels_are_told_once(tmp_path, c
     assert (page.level, page.who, page.nobody, page.first) == (2, "nobody on call", True, True)
     assert send_page(incident, page, services.store, services.notifier, now)
     assert not send_page(incident, page, services.store, services.notifier, now)
+    deliver(services)
     [sent] = _pages(capture, incident.id)
     nobody = f"nobody on call in rotation 'primary' (it begins {begins.isoformat()} 09:00 UTC)"
     assert sent["reason"] == f"level 1: {nobody}; level 2: {nobody}; no later level to page"

@@ -24,6 +24,7 @@ from core.store import open_store
 from responder.pager import Pager
 from responder.prefect_api import retire_page_deployment
 from support.capture import CaptureServer
+from support.delivery import deliver, delivering
 from support.responder import make_config
 
 
@@ -90,6 +91,7 @@ def test_two_responders_racing_for_the_same_page_send_it_once(tmp_path, webhook,
     for thread in threads:
         thread.join(30)
     assert sorted(sent) == [False] * 7 + [True]
+    deliver(one)
     assert _pages_sent(webhook, incident.id) == [1]
     assert [p["level"] for p in one.store.pages(incident.id)] == [1]
     timeline = [e["text"] for e in two.store.timeline(incident.id)]
@@ -114,7 +116,8 @@ def test_the_pager_sends_what_is_due_without_any_prefect_server(tmp_path, webhoo
             task.cancel()
             pager.close()
 
-    asyncio.run(until_three_pages())
+    with delivering(services):
+        asyncio.run(until_three_pages())
     assert _pages_sent(webhook, incident.id) == [1, 2, 3]
     events = [e for e in services.store.pending_events() if e["kind"] == "incident.paged"]
     assert [e["details"]["level"] for e in events] == [1, 2, 3]

@@ -32,6 +32,7 @@ from flows.drill import responder_drill
 from responder.maintenance import MaintenanceKeeper
 from responder.pager import Pager
 from support.capture import CaptureServer
+from support.delivery import delivering
 from support.common import BIN, wait_for
 from support.executor import InProcessResponder, drill_alert, suspended, timeline
 from support.prefect import form_description, prefect_post, resume, runs_for_incident, wait_run_final
@@ -147,14 +148,15 @@ def test_pages_wait_for_the_window_unless_the_policy_says_otherwise(tmp_path, we
         held_by = window(services, runbook="responder-drill")
         pager = Pager(services)
         try:
-            asyncio.run(_one_pass(pager))
-            if during:
-                wait_for(lambda: pages(incident.id) == [1], 10, what="the page, sent during the window as configured")
-                continue
-            assert pages(incident.id) == []  # held while the window is on
-            services.store.end_window(held_by["id"], "dana", datetime.now(timezone.utc))
-            asyncio.run(_one_pass(pager))
-            wait_for(lambda: pages(incident.id) == [1], 10, what="the page once the window is over")
+            with delivering(services):
+                asyncio.run(_one_pass(pager))
+                if during:
+                    wait_for(lambda: pages(incident.id) == [1], 10, what="the page, sent during the window as configured")
+                    continue
+                assert pages(incident.id) == []  # held while the window is on
+                services.store.end_window(held_by["id"], "dana", datetime.now(timezone.utc))
+                asyncio.run(_one_pass(pager))
+                wait_for(lambda: pages(incident.id) == [1], 10, what="the page once the window is over")
         finally:
             pager.close()
 

@@ -18,6 +18,7 @@ import pytest
 
 from core.alerts import AlertmanagerPayload, Route
 from core.store import LATEST_VERSION, SchemaError, open_store
+from core.store.messages import new_message
 from core.store.schema import LAYOUT_1
 from responder.events import prefect_event
 from support.alerts import alert_body
@@ -159,10 +160,15 @@ def test_retention_deletes_only_history(tmp_path):
     store.mark_delivered([firing["id"], closed["id"]])
     store.mark_followed_up(firing["id"])  # the close event is delivered but not yet followed up
     store.put_result("step-1", b"a step's result record")
-    assert store.prune(datetime.now(timezone.utc) - timedelta(days=1)) == {"receipts": 0, "events": 0, "step_results": 0}
+    delivered, waiting = (new_message(None, "webhook", "t", "scheduled-check", {"n": n}) for n in (1, 2))
+    store.enqueue_messages([delivered, waiting])
+    store.finish_message(delivered["id"], "sent", "delivered")
+    assert store.prune(datetime.now(timezone.utc) - timedelta(days=1)) == {"receipts": 0, "events": 0, "step_results": 0,
+                                                                           "messages": 0}
     assert store.get_result("step-1") == b"a step's result record"
     assert store.prune(datetime.now(timezone.utc) + timedelta(seconds=1)) == {"receipts": 1, "events": 1,
-                                                                              "step_results": 1}
+                                                                              "step_results": 1, "messages": 1}
+    assert [m.id for m in store.waiting_messages()] == [waiting["id"]]  # a message still waiting is kept
     assert store.get_result("step-1") is None
     assert [r["id"] for r in store.pending_followups()] == [closed["id"]]
     assert store.incident(result.incidents_opened[0]).status == "closed"  # incidents are kept

@@ -12,14 +12,14 @@ from typing import Any, Iterator
 import psycopg
 
 from core.store.base import StoreUnavailable
-from core.store.people import People
+from core.store.messages import Messages
 from core.store.schema import migrate
 
 
-class Store(People):
+class Store(Messages):
     """One store per process; thread-safe. Use :func:`open_store`.
 
-    Composed by concern: people (tokens, verified answers) → audit trail → maintenance windows → heartbeats → episodes (ingest) → timeline, pages, notes, loop guard → incidents → outbox."""
+    Composed by concern: notification outbox → people (tokens, verified answers) → audit trail → maintenance windows → heartbeats → episodes (ingest) → timeline, pages, notes, loop guard → incidents → outbox."""
 
     def migrate(self) -> int:
         """Apply the migrations this store lacks; returns the version it had."""

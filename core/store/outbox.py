@@ -99,16 +99,19 @@ class Outbox(StoreBase):
 
     def prune(self, before: datetime) -> dict[str, int]:
         """Delete what is only history older than ``before``: raw Alertmanager bodies (their alerts,
-        incidents and timelines stay), events delivered and followed up, and the step results kept for
-        suspended runs (a run waiting longer than that starts its steps afresh when answered). Events still waiting
-        for delivery or follow-up are never deleted, however old. Returns the counts deleted."""
+        incidents and timelines stay), events delivered and followed up, the step results kept for
+        suspended runs (a run waiting longer than that starts its steps afresh when answered), and messages
+        to people that were settled (delivered, dropped, refused). Events and messages still waiting are
+        never deleted, however old. Returns the counts deleted."""
         cutoff = iso(before)
         with self._tx() as cur:
             receipts = self._exec(cur, "DELETE FROM receipts WHERE received_at < %s", (cutoff,)).rowcount
             events = self._exec(cur, "DELETE FROM outbox WHERE followed_up_at IS NOT NULL AND created_at < %s",
                                 (cutoff,)).rowcount
             results = self._exec(cur, "DELETE FROM step_results WHERE created_at < %s", (cutoff,)).rowcount
-        return {"receipts": receipts, "events": events, "step_results": results}
+            messages = self._exec(cur, "DELETE FROM messages WHERE state <> 'waiting' AND created_at < %s",
+                                  (cutoff,)).rowcount
+        return {"receipts": receipts, "events": events, "step_results": results, "messages": messages}
 
     def outbox_backlog(self) -> tuple[int, float]:
         """Events not yet delivered: how many, and the oldest one's age in seconds (0 when none)."""

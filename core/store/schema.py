@@ -233,6 +233,31 @@ MIGRATIONS = [
             at TEXT NOT NULL
         )""",
     ]),
+    # Every message to a person goes through this table: written with the step that caused it, sent
+    # later by the courier (core/courier.py), retried through outages and restarts, in order per incident.
+    Migration(10, "the notification outbox: each message per channel, its delivery and how late it was", [
+        """CREATE TABLE IF NOT EXISTS messages (
+            id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL,
+            incident_id TEXT,
+            channel TEXT NOT NULL,
+            target TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            person TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT,
+            next_attempt_at TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            state TEXT NOT NULL,
+            outcome TEXT,
+            done_at TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS messages_waiting ON messages (state, seq)",
+        "CREATE INDEX IF NOT EXISTS messages_by_incident ON messages (incident_id, seq)",
+        "CREATE INDEX IF NOT EXISTS messages_recent ON messages (channel, kind, created_at)",
+    ]),
 ]
 LATEST_VERSION = MIGRATIONS[-1].version
 

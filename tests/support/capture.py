@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -26,7 +27,7 @@ class CaptureServer:
                     body = json.loads(raw)
                 except ValueError:
                     body = raw.decode("utf-8", "replace")
-                request = {"path": self.path, "headers": dict(self.headers), "body": body}
+                request = {"path": self.path, "headers": dict(self.headers), "body": body, "at": time.monotonic()}
                 captured.requests.append(request)
                 status, answer, headers = (captured.respond(request) if captured.respond
                                            else (captured.status, {"ok": True}, {}))

@@ -19,10 +19,12 @@ from prefect import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from core.alerts import Alert, IncidentRef
+from core.courier import Courier
 from core.results import register_result_storage
 from core.services import Services
 from responder.deadlines import ApprovalDeadlines
 from responder.executor import Executor
+from responder.leases import new_holder
 
 from .common import wait_for
 from .prefect import prefect_post
@@ -60,9 +62,22 @@ class InProcessResponder:
             deployment = await self.flow.ato_deployment(name=f"in-process-{uuid.uuid4().hex[:8]}")
             self.deployment_id = await deployment.aapply()
         executor = Executor({self.deployment_id: (self.runbook, self.flow)}, self.services, poll_seconds=0.5)
-        self._main = asyncio.gather(executor.run(), ApprovalDeadlines(self.services, interval_seconds=0.5).run())
+        self._main = asyncio.gather(executor.run(), ApprovalDeadlines(self.services, interval_seconds=0.5).run(),
+                                    self._deliver_messages())
         self._ready.set()
         await self._main
+
+    async def _deliver_messages(self) -> None:
+        """The courier, as ``responder up`` runs it: one at a time among the responders on this store."""
+        courier, holder = Courier(self.services.settings, self.services.catalog, self.services.store), new_holder()
+        try:
+            while True:
+                if await asyncio.to_thread(self.services.store.take_lease, "notifications", holder, 5.0):
+                    await asyncio.to_thread(courier.pass_once)
+                await asyncio.sleep(0.1)
+        finally:
+            courier.close()
+            self.services.store.release_lease("notifications", holder)
 
     @classmethod
     def for_deployment(cls, services: Services, api_url: str, flow: Any, runbook: str,
