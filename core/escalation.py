@@ -121,9 +121,10 @@ def next_page(incident: Incident, paged: set[int], catalog: Catalog, time_scale:
 
 
 def send_page(incident: Incident, page: Page, store: Store, notifier: Notifier, now: datetime) -> bool:
-    """Page one level once: claim it in the store, then notify. False when it was already claimed.
+    """Page one level once: claim it and write its messages in one transaction (the courier delivers
+    them). False when it was already claimed.
 
-    The claim comes first, so two responders (or a pass racing a restart) never both send it.
+    The claim decides, so two responders (or a pass racing a restart) never both page.
     """
     late = max(0.0, (now - page.due).total_seconds())
     details: dict[str, object] = {"level": page.level, "who": page.who}
@@ -133,13 +134,6 @@ def send_page(incident: Incident, page: Page, store: Store, notifier: Notifier, 
         details["on_call"] = page.person
     if page.reason:
         details["reason"] = page.reason
-    # One transaction: the claim, its timeline line and its event (in a storm, pages compete with
-    # every response for the store's writes).
-    if not store.page_claimed(incident.id, page.level, page.who,
-                              {**details, "due": page.due.isoformat(), "late_seconds": round(late, 3)}):
-        return False
-    if page.reason:  # only the claim's winner writes why
-        store.add_timeline(incident.id, "page", page.reason)
     about = f"{incident.title} — `{incident.runbook}`, {incident.severity}, open since {incident.opened_at}"
     if page.nobody:
         text = f":rotating_light: *Level {page.level} page*: nobody is on call to page ({page.reason}): {about}"
@@ -148,8 +142,14 @@ def send_page(incident: Incident, page: Page, store: Store, notifier: Notifier, 
         text = f":rotating_light: *Level {page.level} page* for {page.who} ({page.title or 'on call'}{via}): {about}"
         if page.reason:
             text += f"\n_{page.reason}_"
-    notifier.send(incident, "page", text, details=details, discord=True,
-                  pagerduty="trigger" if page.first else None, person=page.person or None)
+    messages = notifier.messages(incident, "page", text, details=details, discord=True,
+                                 pagerduty="trigger" if page.first else None, person=page.person or None)
+    # One transaction: the claim, its timeline lines, its event and its messages (in a storm, pages
+    # compete with every response for the store's writes; and nothing is lost to a kill between them).
+    if not store.page_claimed(incident.id, page.level, page.who,
+                              {**details, "due": page.due.isoformat(), "late_seconds": round(late, 3)},
+                              messages=messages, reason=page.reason):
+        return False
     metrics.PAGES.labels(str(page.level)).inc()
     metrics.PAGE_LATENESS.observe(late)
     log.warning("Paged level %s (%s) for incident %s, %.1f s after it was due%s", page.level, page.who, incident.id,

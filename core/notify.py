@@ -97,7 +97,15 @@ class Notifier:
 
     def send(self, incident: Incident, kind: str, text: str, *, details: dict[str, Any] | None = None,
              discord: bool = False, pagerduty: str | None = None, person: dict[str, str] | None = None) -> None:
-        """Write one incident event for every channel it belongs on (one transaction); the courier sends it.
+        """Write one incident event for every channel it belongs on (one transaction); the courier sends it."""
+        self.store.enqueue_messages(self.messages(incident, kind, text, details=details, discord=discord,
+                                                  pagerduty=pagerduty, person=person))
+
+    def messages(self, incident: Incident, kind: str, text: str, *, details: dict[str, Any] | None = None,
+                 discord: bool = False, pagerduty: str | None = None,
+                 person: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """The outbox rows of one incident event, one per channel it belongs on (written by :meth:`send`, or
+        by the caller in a transaction of its own, as a page is with its claim).
 
         How it looks is decided here, per channel: in Slack, an ``opened`` incident and a ``page``
         carry an Acknowledge button, an ``approval-asked`` (``details["flow_run_id"]``) Approve and
@@ -128,7 +136,7 @@ class Notifier:
         if pagerduty and config.routing_key is not None and incident.severity in config.severities:
             rows.append(new_message(incident.id, "pagerduty", "", kind, {
                 **about, "event": pagerduty_event(incident, pagerduty, text, person)}, who, expires))
-        self.store.enqueue_messages(rows)
+        return rows
 
     def announce(self, kind: str, severity: str, text: str, *, details: dict[str, Any] | None = None) -> None:
         """A message that belongs to no incident (a scheduled check's findings): the severity's Slack

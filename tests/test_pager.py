@@ -91,6 +91,8 @@ def test_two_responders_racing_for_the_same_page_send_it_once(tmp_path, webhook,
     for thread in threads:
         thread.join(30)
     assert sorted(sent) == [False] * 7 + [True]
+    # The winner's messages were written with its claim, in one transaction: one page to deliver, not eight.
+    assert [(m.channel, m.kind) for m in one.store.messages(incident.id)] == [("webhook", "page")]
     deliver(one)
     assert _pages_sent(webhook, incident.id) == [1]
     assert [p["level"] for p in one.store.pages(incident.id)] == [1]

@@ -64,23 +64,11 @@ def new_message(incident_id: str | None, channel: str, target: str, kind: str, b
 
 
 class Messages(People):
-    def _insert_messages(self, cur: Any, rows: list[dict[str, Any]]) -> None:
-        seq = self._exec(cur, "SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0]
-        for offset, row in enumerate(rows, start=1):
-            self._exec(
-                cur,
-                "INSERT INTO messages (id, seq, incident_id, channel, target, kind, person, body, created_at, "
-                "expires_at, next_attempt_at, attempts, state) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0, "
-                "'waiting')",
-                (row["id"], seq + offset, row["incident_id"], row["channel"], row["target"], row["kind"], row["person"],
-                 json.dumps(row["body"], default=str), row["created_at"], row["expires_at"], row["next_attempt_at"]),
-            )
-
     def enqueue_messages(self, rows: list[dict[str, Any]]) -> None:
         """Write messages (rows of :func:`new_message`) in one transaction, in the order given."""
         if rows:
             with self._tx() as cur:
-                self._insert_messages(cur, rows)
+                self._enqueue_messages(cur, rows)
 
     def waiting_messages(self, limit: int = 2000) -> list[Message]:
         with self._tx() as cur:
@@ -118,7 +106,7 @@ class Messages(People):
         """Replace waiting messages by one that carries them all (a :func:`new_message` row), in one transaction:
         the originals are ``rolled`` into it, and it is delivered like any message."""
         with self._tx() as cur:
-            self._insert_messages(cur, [rollup])
+            self._enqueue_messages(cur, [rollup])
             for message_id in message_ids:
                 self._exec(cur, "UPDATE messages SET state = 'rolled', outcome = %s, done_at = %s "
                            "WHERE id = %s AND state = 'waiting'",

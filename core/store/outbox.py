@@ -61,6 +61,20 @@ class Outbox(StoreBase):
             (record["id"], seq, record["occurred"], record["kind"], json.dumps(record, default=str)),
         )
 
+    def _enqueue_messages(self, cur: Any, rows: list[dict[str, Any]]) -> None:
+        """Messages to people (rows of ``core.store.messages.new_message``), in the order given, in the
+        caller's transaction: the notification outbox (``core/store/messages.py``) delivers them."""
+        seq = self._exec(cur, "SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0]
+        for offset, row in enumerate(rows, start=1):
+            self._exec(
+                cur,
+                "INSERT INTO messages (id, seq, incident_id, channel, target, kind, person, body, created_at, "
+                "expires_at, next_attempt_at, attempts, state) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0, "
+                "'waiting')",
+                (row["id"], seq + offset, row["incident_id"], row["channel"], row["target"], row["kind"], row["person"],
+                 json.dumps(row["body"], default=str), row["created_at"], row["expires_at"], row["next_attempt_at"]),
+            )
+
     def pending_events(self, limit: int = 100) -> list[dict[str, Any]]:
         with self._tx() as cur:
             rows = self._exec(

@@ -45,9 +45,12 @@ class Timeline(Incidents):
             ).fetchall()
         return [{"at": r[0], "kind": r[1], "text": r[2], "actor": r[3] or ""} for r in rows]
 
-    def page_claimed(self, incident_id: str, level: int, who: str, details: dict[str, Any]) -> bool:
-        """Claim a page and record it (timeline line, ``incident.paged`` event) in one transaction, the
-        pager's one write per page. False when it was already claimed (nothing is written then)."""
+    def page_claimed(self, incident_id: str, level: int, who: str, details: dict[str, Any],
+                     messages: list[dict[str, Any]] | None = None, reason: str = "") -> bool:
+        """Claim a page and record it (timeline line, ``incident.paged`` event, why it came early, its
+        ``messages`` to people) in one transaction, the pager's one write per page: a responder killed
+        at any moment has either paged (and the courier delivers it) or not (the next pass does).
+        False when it was already claimed (nothing is written then)."""
         with self._tx() as cur:
             claimed = self._exec(
                 cur,
@@ -58,7 +61,12 @@ class Timeline(Incidents):
             if claimed:
                 self._exec(cur, "INSERT INTO timeline (id, incident_id, at, kind, text, actor) VALUES (%s, %s, %s, %s, %s, %s)",
                            (str(uuid.uuid4()), incident_id, iso(utcnow()), "page", f"paged level {level}: {who}", None))
+                if reason:
+                    self._exec(cur, "INSERT INTO timeline (id, incident_id, at, kind, text, actor) "
+                               "VALUES (%s, %s, %s, %s, %s, %s)",
+                               (str(uuid.uuid4()), incident_id, iso(utcnow()), "page", reason[:2000], None))
                 self._enqueue(cur, incident_record("incident.paged", self._incident(cur, incident_id), details))
+                self._enqueue_messages(cur, messages or [])
             return claimed
 
     def paging_candidates(self) -> list[tuple[Incident, set[int]]]:
