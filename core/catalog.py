@@ -343,8 +343,62 @@ class DeliveryConfig(_Strict):
         return value
 
 
+class StatusComponent(_Strict):
+    id: str = ""  # Atlassian Statuspage's component id (not needed by the webhook provider)
+    name: str  # what the public reads
+
+
+STATUS_TEXT = {
+    "investigating": "We are investigating a problem affecting {components}.",
+    "identified": "We have found the cause of the problem affecting {components} and are fixing it.",
+    "escalated": "Our engineers are working on the problem affecting {components}.",
+    "resolved": "The problem affecting {components} has been resolved.",
+}
+
+
+class StatusPageConfig(_Strict):
+    """A public status page (seed 000's post-incident "update status page"). What it says is only
+    ``title`` and ``text`` with the affected components' public names: never labels, hosts or evidence."""
+
+    provider: Literal["atlassian", "webhook"] = "atlassian"
+    api_url: str = "https://api.statuspage.io/v1"
+    page_id: str | None = None
+    api_key: SecretStr | None = None  # Atlassian: sent as "Authorization: OAuth <key>"
+    webhook_url: SecretStr | None = None  # the webhook provider: a self-hosted status page's endpoint
+    components: dict[str, StatusComponent] = Field(default_factory=dict)  # the alert's `service` label → component
+    public_severities: list[str] = Field(default_factory=lambda: ["critical"])
+    impact: Literal["degraded_performance", "partial_outage", "major_outage"] = "major_outage"
+    title: str = "Problem affecting {components}"
+    text: dict[str, str] = Field(default_factory=lambda: dict(STATUS_TEXT))
+
+    @field_validator("text")
+    @classmethod
+    def _known_text(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(STATUS_TEXT))
+        if unknown:
+            raise ValueError(f"unknown status page text {unknown}: the texts are {sorted(STATUS_TEXT)}")
+        return {**STATUS_TEXT, **value}
+
+    @field_validator("title", "text")
+    @classmethod
+    def _only_components(cls, value: Any) -> Any:
+        for text in ([value] if isinstance(value, str) else value.values()):
+            try:
+                text.format(components="x")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"{text!r}: the only placeholder a public text may use is {{components}} ({exc})")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        if self.provider == "webhook":
+            return self.webhook_url is not None
+        return bool(self.page_id) and self.api_key is not None
+
+
 class NotifyConfig(_Strict):
     slack: SlackConfig = Field(default_factory=SlackConfig)
+    statuspage: StatusPageConfig = Field(default_factory=StatusPageConfig)
     discord: DiscordConfig = Field(default_factory=DiscordConfig)
     pagerduty: PagerDutyConfig = Field(default_factory=PagerDutyConfig)
     webhooks: list[str] = Field(default_factory=list)

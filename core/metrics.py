@@ -122,7 +122,7 @@ WATCHDOG_LAST_SEEN = Gauge(
     "Unix time Alertmanager's Watchdog alert last arrived (0: never, the dead man's switch is not armed).",
     registry=REGISTRY,
 )
-for _channel in ("slack", "discord", "pagerduty", "webhook"):  # each series exists at 0 before its first count
+for _channel in ("slack", "discord", "pagerduty", "webhook", "statuspage"):  # each series exists at 0 before its first count
     NOTIFICATIONS_FAILED.labels(_channel)
     NOTIFICATIONS_DELIVERED.labels(_channel)
     NOTIFICATIONS_DROPPED.labels(_channel)

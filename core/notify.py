@@ -1,4 +1,5 @@
-"""Telling people: Slack (threaded per incident), Discord, PagerDuty Events v2 and plain webhooks.
+"""Telling people: Slack (threaded per incident), Discord, PagerDuty Events v2, plain webhooks and the
+public status page (Atlassian Statuspage, or a JSON webhook for a self-hosted one).
 
 Two halves. :class:`Notifier` decides what each channel is told and *writes it down*: one row per
 channel in the store's notification outbox (``core/store/messages.py``), committed before the step
@@ -61,10 +62,10 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def post_json(url: str, body: dict[str, Any]) -> None:
-    """One POST; raises :class:`Retry` or :class:`Refused` when it was not taken."""
+def send_json(method: str, url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
+    """One request; raises :class:`Retry` or :class:`Refused` when it was not taken."""
     try:
-        response = httpx.post(url, json=body, timeout=10)
+        response = httpx.request(method, url, json=body, headers=headers, timeout=10)
     except httpx.TransportError as exc:
         raise Retry(f"{type(exc).__name__}", channel_down=True) from None
     if response.status_code == 429:
@@ -73,6 +74,16 @@ def post_json(url: str, body: dict[str, Any]) -> None:
         raise Retry(f"HTTP {response.status_code}", _retry_after(response.headers.get("retry-after")), channel_down=True)
     if response.status_code >= 400:
         raise Refused(f"HTTP {response.status_code}")
+    return response
+
+
+def post_json(url: str, body: dict[str, Any]) -> None:
+    send_json("POST", url, body)
+
+
+# What the status page says for each incident event (the rest are not public): its status, and which text.
+STATUS_OF = {"opened": ("investigating", "investigating"), "action": ("identified", "identified"),
+             "escalated": ("investigating", "escalated"), "resolved": ("resolved", "resolved")}
 
 
 class Notifier:
@@ -136,7 +147,30 @@ class Notifier:
         if pagerduty and config.routing_key is not None and incident.severity in config.severities:
             rows.append(new_message(incident.id, "pagerduty", "", kind, {
                 **about, "event": pagerduty_event(incident, pagerduty, text, person)}, who, expires))
+        public = self._status_update(incident, kind, details)
+        if public is not None:
+            rows.append(new_message(incident.id, "statuspage", "", kind, public))  # never too old: it must end right
         return rows
+
+    def _status_update(self, incident: Incident, kind: str, details: dict[str, Any]) -> dict[str, Any] | None:
+        """What the public status page is told of this event, or None: only public severities, only
+        incidents whose alerts name a mapped service, only what ``notify.yaml`` says in words."""
+        page = self.catalog.notify.statuspage
+        if kind not in STATUS_OF or not page.enabled or incident.severity not in page.public_severities:
+            return None
+        if kind == "action" and (details.get("outcome") or {}).get("status") != "done":
+            return None  # a fix that was not applied has not identified anything for the public
+        services = {alert["labels"].get("service") for alert in self.store.incident_alerts(incident.id)}
+        components = [page.components[s] for s in sorted(s for s in services if s in page.components)]
+        if not components:
+            return None
+        status, text = STATUS_OF[kind]
+        names = ", ".join(c.name for c in components)
+        return {"status": status, "title": page.title.format(components=names),
+                "message": page.text[text].format(components=names),
+                "components": {c.id or c.name: "operational" if status == "resolved" else page.impact
+                               for c in components},
+                "component_names": [c.name for c in components]}
 
     def announce(self, kind: str, severity: str, text: str, *, details: dict[str, Any] | None = None) -> None:
         """A message that belongs to no incident (a scheduled check's findings): the severity's Slack
@@ -189,6 +223,8 @@ class Channels:
             post_json(self.catalog.notify.pagerduty.events_url,
                       {"routing_key": key.get_secret_value(), **message.body["event"]})
             return ""
+        if message.channel == "statuspage":
+            return self.statuspage(message)
         if message.channel == "webhook":
             url = next((u for u in self.catalog.notify.webhooks if webhook_target(u) == message.target), None)
             if url is None:
@@ -196,6 +232,37 @@ class Channels:
             post_json(url, message.body["json"])
             return ""
         raise Refused(f"unknown channel {message.channel!r}")
+
+    def statuspage(self, message: Message) -> str:
+        """Atlassian Statuspage: the incident's first update creates a status page incident (its id kept
+        as the incident's note), later ones update it. The webhook provider: one JSON POST per update."""
+        page, update = self.catalog.notify.statuspage, message.body
+        if not page.enabled:
+            raise Refused("the status page is no longer configured")
+        if page.provider == "webhook":
+            assert page.webhook_url is not None
+            send_json("POST", page.webhook_url.get_secret_value(), {
+                "id": f"responder-{message.incident_id}", "status": update["status"], "title": update["title"],
+                "message": update["message"], "components": update["component_names"], "at": message.created_at})
+            return ""
+        assert page.api_key is not None and message.incident_id is not None
+        headers = {"Authorization": f"OAuth {page.api_key.get_secret_value()}"}
+        base = f"{page.api_url.rstrip('/')}/pages/{page.page_id}/incidents"
+        public_id = self.store.note(message.incident_id, "statuspage_id")
+        if public_id is None:
+            if update["status"] == "resolved":
+                raise Refused("the status page has no incident to resolve (its first update was not delivered)")
+            answer = send_json("POST", base, {"incident": {
+                "name": update["title"], "status": update["status"], "body": update["message"],
+                "component_ids": list(update["components"]), "components": update["components"]}}, headers)
+            public_id = str(answer.json().get("id") or "")
+            if not public_id:
+                raise Refused("the status page answered without an incident id")
+            self.store.set_note(message.incident_id, "statuspage_id", public_id)
+            return public_id
+        send_json("PATCH", f"{base}/{public_id}", {"incident": {
+            "status": update["status"], "body": update["message"], "components": update["components"]}}, headers)
+        return public_id
 
     def slack_channel(self, message: Message) -> str:
         """Where a Slack message goes: its incident's thread's channel, else its own target."""

@@ -5,18 +5,22 @@ outages (503), rate limits (429 with Retry-After), refusals, and record what arr
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
 from pathlib import Path
 
+import pytest
 from pydantic import SecretStr
 
-from core.catalog import load_catalog
+from core.alerts import AlertmanagerPayload
+from core.catalog import CatalogError, load_catalog
 from core.courier import Courier
 from core.notify import Notifier
 from core.settings import ResponderSettings
-from core.store import open_store
+from core.store import Route, open_store
+from support.alerts import alert_body
 from support.capture import CaptureServer
 from support.responder import make_config
 
@@ -201,3 +205,85 @@ def test_fifty_incidents_within_seconds_make_a_handful_of_messages_that_name_eve
         assert "thread_ts" not in asked and asked["text"].startswith("*storm 49* — `responder-drill`, warning\n")
     finally:
         slack.close()
+
+
+# -- the public status page ---------------------------------------------------------------------------
+
+
+def _public_incident(store, severity: str, service: str = "video-upload"):
+    """An incident opened from a real Alertmanager body: its alert names a service and a host."""
+    body = alert_body("VideoUploadFailures", f"status-{uuid.uuid4().hex[:6]}", severity=severity, service=service,
+                      instance="app-1.internal:9100")
+    result = store.ingest(AlertmanagerPayload.model_validate(body), json.dumps(body).encode(),
+                          {"VideoUploadFailures": Route("video-upload-failures", severity)})
+    return store.incident(result.incidents_opened[0])
+
+
+STATUSPAGE = {"page_id": "PG1", "api_key": "${RESPONDER_TEST_STATUSPAGE_KEY}",
+              "components": {"video-upload": {"id": "cmp1", "name": "Video uploads"}}}
+
+
+def test_atlassian_statuspage_hears_create_update_and_resolve_and_nothing_private(tmp_path, monkeypatch):
+    """A capture server answering as Atlassian's Statuspage REST API (unreachable from here)."""
+    monkeypatch.setenv("RESPONDER_TEST_STATUSPAGE_KEY", "sp-secret-key")
+    statuspage = CaptureServer(lambda r: (201, {"id": "SP1", "status": r["body"]["incident"]["status"]}, {}))
+    try:
+        notifier, courier, store = _setup(tmp_path, "http://127.0.0.1:9/api/", {
+            "statuspage": {**STATUSPAGE, "api_url": f"{statuspage.url}/v1"}})
+        notifier.settings.slack_token = None  # only the status page here
+        incident = _public_incident(store, "critical")
+        notifier.send(incident, "opened", "VideoUploadFailures on app-1.internal:9100: 37 failed uploads")
+        notifier.send(incident, "action", "restart_service failed", details={"outcome": {"status": "failed"}})
+        notifier.send(incident, "action", "restarted video-worker on app-1", details={"outcome": {"status": "done"}})
+        notifier.send(incident, "verdict", "verified: queue drained")  # not a public event
+        notifier.send(incident, "resolved", "Resolved (verified).")
+        warning = _public_incident(store, "warning")  # public severities: critical only (the default)
+        notifier.send(warning, "opened", "a warning")
+        unmapped = _public_incident(store, "critical", service="billing")  # no component: never guessed
+        notifier.send(unmapped, "opened", "billing is down")
+        courier.drain(timeout=15)
+        create, identified, resolved = statuspage.requests
+        assert (create["method"], create["path"]) == ("POST", "/v1/pages/PG1/incidents")
+        assert create["body"] == {"incident": {
+            "name": "Problem affecting Video uploads", "status": "investigating",
+            "body": "We are investigating a problem affecting Video uploads.",
+            "component_ids": ["cmp1"], "components": {"cmp1": "major_outage"}}}
+        assert (identified["method"], identified["path"]) == ("PATCH", "/v1/pages/PG1/incidents/SP1")
+        assert identified["body"]["incident"]["status"] == "identified"
+        assert resolved["body"] == {"incident": {"status": "resolved", "components": {"cmp1": "operational"},
+                                                 "body": "The problem affecting Video uploads has been resolved."}}
+        assert all(r["headers"]["Authorization"] == "OAuth sp-secret-key" for r in statuspage.requests)
+        public = json.dumps([r["body"] for r in statuspage.requests])
+        for private in ("app-1", "VideoUploadFailures", "video-worker", "37 failed", "video-upload", incident.id):
+            assert private not in public
+        assert "sp-secret-key" not in json.dumps([m.body for m in store.messages(incident.id)])
+        assert store.note(incident.id, "statuspage_id") == "SP1"
+    finally:
+        statuspage.close()
+
+
+def test_a_self_hosted_status_page_gets_the_same_updates_as_json(tmp_path, monkeypatch):
+    hook = CaptureServer()
+    monkeypatch.setenv("RESPONDER_TEST_STATUS_HOOK", f"{hook.url}/status")
+    try:
+        notifier, courier, store = _setup(tmp_path, "http://127.0.0.1:9/api/", {"statuspage": {
+            "provider": "webhook", "webhook_url": "${RESPONDER_TEST_STATUS_HOOK}", "public_severities": ["critical"],
+            "components": {"video-upload": {"name": "Video uploads"}}, "title": "Video trouble",
+            "text": {"investigating": "Uploads of videos may fail; we are on it."}}})
+        notifier.settings.slack_token = None
+        incident = _public_incident(store, "critical")
+        notifier.send(incident, "opened", "private text")
+        notifier.send(incident, "resolved", "private text")
+        courier.drain(timeout=15)
+        assert [r["body"]["status"] for r in hook.requests] == ["investigating", "resolved"]
+        first = hook.requests[0]["body"]
+        assert first["title"] == "Video trouble" and first["message"] == "Uploads of videos may fail; we are on it."
+        assert first["components"] == ["Video uploads"] and first["id"] == f"responder-{incident.id}"
+    finally:
+        hook.close()
+
+
+def test_a_status_page_text_may_only_name_the_components(tmp_path):
+    config = make_config(tmp_path, notify={"statuspage": {"text": {"investigating": "{host} is down"}}})
+    with pytest.raises(CatalogError, match=r"the only placeholder a public text may use is \{components\}"):
+        load_catalog(config)

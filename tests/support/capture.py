@@ -27,7 +27,8 @@ class CaptureServer:
                     body = json.loads(raw)
                 except ValueError:
                     body = raw.decode("utf-8", "replace")
-                request = {"path": self.path, "headers": dict(self.headers), "body": body, "at": time.monotonic()}
+                request = {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body,
+                           "at": time.monotonic()}
                 captured.requests.append(request)
                 status, answer, headers = (captured.respond(request) if captured.respond
                                            else (captured.status, {"ok": True}, {}))
@@ -37,6 +38,8 @@ class CaptureServer:
                     self.send_header(key, value)
                 self.end_headers()
                 self.wfile.write(json.dumps(answer).encode())
+
+            do_PATCH = do_PUT = do_POST  # noqa: N815 (http.server API): APIs that update by PATCH (Statuspage)
 
             def log_message(self, *args):
                 pass
