@@ -15,6 +15,7 @@ carry buttons (approve / reject / acknowledge) that come back to ``POST /slack/a
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 from datetime import timedelta
@@ -22,7 +23,7 @@ from typing import Any
 
 import httpx
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackRequestError
 
 from core.catalog import Catalog
 from core.settings import ResponderSettings
@@ -172,6 +173,14 @@ class Notifier:
                                for c in components},
                 "component_names": [c.name for c in components]}
 
+    def chart(self, incident: Incident, title: str, svg: bytes) -> None:
+        """A picture for the incident's Slack thread (uploaded with slack-sdk's ``files_upload_v2``)."""
+        if self.slack_configured():
+            self.store.enqueue_messages([new_message(incident.id, "slack", self.channel_for(incident.severity), "chart", {
+                "title": title, "runbook": incident.runbook, "severity": incident.severity, "line": title,
+                "filename": f"incident-{incident.id[:8]}.svg", "svg": base64.b64encode(svg).decode()},
+                expires_at=self._expires("chart"))])
+
     def announce(self, kind: str, severity: str, text: str, *, details: dict[str, Any] | None = None) -> None:
         """A message that belongs to no incident (a scheduled check's findings): the severity's Slack
         channel and every webhook, through the same outbox."""
@@ -279,6 +288,11 @@ class Channels:
         incident = message.incident_id
         thread = self.store.note(incident, "slack_ts") if incident else None
         channel = self.slack_channel(message)
+        if message.kind == "chart":
+            self._slack_call("files_upload_v2", lambda: client.files_upload_v2(
+                channel=channel, thread_ts=thread, content=base64.b64decode(message.body["svg"]),
+                filename=message.body["filename"], title=message.body["title"]))
+            return ""
         text = message.body["text"]
         if incident and not thread and message.kind not in ("opened", "page"):  # a late thread says what it is about
             text = f"*{message.body['title']}* — `{message.body['runbook']}`, {message.body['severity']}\n{text}"
@@ -287,7 +301,7 @@ class Channels:
             body["blocks"] = message.body["blocks"]
         if thread:
             body["thread_ts"] = thread
-        data = self._slack_call(client, "chat.postMessage", body)
+        data = self._slack_call("chat.postMessage", lambda: client.api_call("chat.postMessage", json=body).data)
         ts = str(data.get("ts") or "")
         if incident and not thread and ts:
             self.store.set_note(incident, "slack_ts", ts)
@@ -295,9 +309,10 @@ class Channels:
         return ts
 
     @staticmethod
-    def _slack_call(client: WebClient, method: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _slack_call(method: str, call: Any) -> Any:
+        """``call()``, its failures sorted into :class:`Retry` (429, 5xx, no connection) and :class:`Refused`."""
         try:
-            return client.api_call(method, json=body).data  # type: ignore[return-value]
+            return call()
         except SlackApiError as exc:
             status = exc.response.status_code
             headers = exc.response.headers or {}
@@ -308,7 +323,12 @@ class Channels:
             if status >= 500:
                 raise Retry(f"Slack {method}: HTTP {status}", after, channel_down=True) from None
             raise Refused(f"Slack {method}: {error or f'HTTP {status}'}") from None
-        except OSError as exc:  # urllib's connection errors
+        except SlackRequestError as exc:
+            raise Refused(f"Slack {method}: {exc}") from None
+        except OSError as exc:  # urllib's connection errors, and HTTP errors of the upload URL
+            status = getattr(exc, "code", None)
+            if isinstance(status, int) and 400 <= status < 500 and status != 429:
+                raise Refused(f"Slack {method}: HTTP {status}") from None
             raise Retry(f"Slack {method}: {type(exc).__name__}", channel_down=True) from None
 
 

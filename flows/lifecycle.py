@@ -25,7 +25,9 @@ from typing import Any, Callable, Optional
 
 from prefect import Task, flow, get_run_logger, task
 import prefect.runtime as prefect_runtime
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
+from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.flow_runs import suspend_flow_run
 from prefect.input import RunInput
@@ -36,6 +38,7 @@ from pydantic import Field, ValidationError
 from core.alerts import Alert, IncidentRef
 from core import metrics
 from core.catalog import Catalog, Runbook, Thresholds
+from core.collected import LEAD, Collected, chart_markdown, chart_svg, collect, keep, section
 from core.maintenance import covering, in_force
 from core.notify import Notifier
 from core.results import RESULTS_BLOCK, RESUMABLE
@@ -203,12 +206,21 @@ def acknowledge(runbook_name: str, alert: Alert, incident: IncidentRef | None) -
 # -- mitigate ---------------------------------------------------------------------
 
 
+def clock(moment: datetime) -> str:
+    """A deadline as people read it: the UTC clock time, with the date when it is not today."""
+    moment = moment.astimezone(timezone.utc)
+    today = datetime.now(timezone.utc).date()
+    return f"{moment:%H:%M:%S} UTC" if moment.date() == today else f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
 def _approval_description(plan: PlannedAction, runbook: Runbook, evidence: list[ProbeResult],
-                          because: str | None = None) -> str:
+                          because: str | None = None, deadline: str | None = None) -> str:
     lines = [
         f"## Approve: {plan.action} on {plan.target}",
         "",
         *([f"**Asked because the {because}.** Approving runs it anyway.", ""] if because else []),
+        *([f"**Answer by {clock(datetime.fromisoformat(deadline))}**: no answer by then counts as no.", ""]
+          if deadline else []),
         f"**Runbook:** {runbook.title}  ",
         f"**Risk:** {plan.risk.value}  ",
         f"**What will be done:** `{plan.action}` with {json.dumps(plan.params)}  ",
@@ -276,9 +288,10 @@ def ask_approval(plan: PlannedAction, runbook: Runbook, evidence: list[ProbeResu
     its earlier steps return their kept results (``core/results.py``), and this call returns the
     answer. At the deadline the responder answers "no" itself (``responder/clock.py``).
     """
-    announce_approval(plan, key, deadline_seconds, because, deadline_of)
+    deadline = announce_approval(plan, key, deadline_seconds, because, deadline_of)
     return suspend_flow_run(
-        wait_for_input=Approval.with_initial_data(description=_approval_description(plan, runbook, evidence, because)),
+        wait_for_input=Approval.with_initial_data(
+            description=_approval_description(plan, runbook, evidence, because, deadline)),
         key=key, timeout=None,
     )
 
@@ -515,28 +528,77 @@ def _record_outcome(incident: IncidentRef | None, outcome: ActionOutcome) -> Non
 # -- verify -----------------------------------------------------------------------
 
 
+PROGRESS_EVERY_SECONDS = 5.0
+
+
+class WindowProgress:
+    """A wait shown in the Prefect UI as a progress artifact (the run's Artifacts tab), so a verification
+    that watches for minutes does not look stuck. Updated at most every :data:`PROGRESS_EVERY_SECONDS`:
+    each update is a request to the server. Showing progress never fails the response."""
+
+    def __init__(self, key: str, budget_seconds: float, what: str) -> None:
+        self.key, self.budget, self.what = key, max(budget_seconds, 1e-9), what
+        self.started = self.shown_at = time.monotonic()
+        self.artifact_id: Any = self._call(
+            lambda: create_progress_artifact(0.0, key=key, description=f"{what}: up to {self.budget:.0f} s"))
+
+    def _call(self, request: Callable[[], Any]) -> Any:
+        try:
+            return request()
+        except Exception as exc:  # noqa: BLE001 - a progress bar is never worth a failed response
+            log.warning("Progress artifact %s not updated: %s: %s", self.key, type(exc).__name__, exc)
+            return None
+
+    def tick(self) -> None:
+        """Show the elapsed share of the budget, unless it was shown less than a few seconds ago."""
+        now = time.monotonic()
+        if self.artifact_id is None or now - self.shown_at < PROGRESS_EVERY_SECONDS:
+            return
+        self.shown_at = now
+        share = min(99.0, 100.0 * (now - self.started) / self.budget)
+        self._call(lambda: update_progress_artifact(self.artifact_id, share))
+
+    def done(self, outcome: str) -> None:
+        if self.artifact_id is not None:
+            elapsed = time.monotonic() - self.started
+            self._call(lambda: update_progress_artifact(self.artifact_id, 100.0,
+                                                        description=f"{self.what}: {outcome} after {elapsed:.0f} s"))
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, showing progress on the way."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            time.sleep(min(left, PROGRESS_EVERY_SECONDS))
+            self.tick()
+
+
 def verify_until_ok(
     measure: Callable[[], ProbeResult], incident: IncidentRef, runbook: Runbook
 ) -> tuple[ProbeResult | None, str]:
     """Measure again until healthy, the incident closes, or the runbook's verification budget runs out.
 
     Budget and interval are the runbook's ``verify`` (times ``RESPONDER_TIME_SCALE``). Returns the
-    last result and a verdict: ``verified``, ``resolved-by-alert`` or ``not-verified``.
+    last result and a verdict: ``verified``, ``resolved-by-alert`` or ``not-verified``. The window
+    shows as a progress artifact (``verify-<incident>``) while it lasts.
     """
     settings, _, store = runtime()
     budget_seconds = runbook.verify.budget_seconds * settings.time_scale
     interval_seconds = runbook.verify.interval_seconds * settings.time_scale
     deadline = time.monotonic() + budget_seconds
+    progress = WindowProgress(f"verify-{incident.id.lower()}", budget_seconds, "Verification window")
     result = None
     while True:
         result = measure()
         if result.ok:
+            progress.done("verified")
             return result, "verified"
         if store.incident_status(incident.id) == "closed":
+            progress.done("the incident closed (alert resolved)")
             return result, "resolved-by-alert"
         if time.monotonic() + interval_seconds > deadline:
+            progress.done("not verified")
             return result, "not-verified"
-        time.sleep(interval_seconds)
+        progress.sleep(interval_seconds)
 
 
 # -- close or escalate ------------------------------------------------------------
@@ -576,7 +638,7 @@ def _table(rows: list[dict[str, Any]], limit: int = 20) -> list[str]:
 
 def _report(
     runbook: Runbook, alert: Alert, incident: IncidentRef, verdict: str, evidence: list[ProbeResult],
-    outcomes: list[ActionOutcome], extra: str = "",
+    outcomes: list[ActionOutcome], extra: str = "", around: str = "",
 ) -> str:
     lines = [
         f"# {runbook.title}: {verdict.upper()}",
@@ -587,6 +649,7 @@ def _report(
         f"**Incident:** `{incident.id}`  ",
         f"**Seeds:** {'; '.join(runbook.seeds)}",
         "",
+        *(["## Around the incident", "", around, ""] if around else []),
         "## Assessment",
         "",
         "| probe | ok | value | threshold | summary |",
@@ -643,11 +706,54 @@ def escalate(runbook: Runbook, alert: Alert, incident: IncidentRef, reason: str,
     logger.warning("Escalated incident %s: %s", incident.id, reason)
 
 
+@task(name="collect-at-close", cache_policy=NO_CACHE, persist_result=False)
+def collect_at_close(runbook: Runbook, alert: Alert, incident: IncidentRef, verdict: str) -> Collected:
+    """Seed 000 "collect artifacts: save logs, metrics, and configuration" (``core/collected.py``):
+    the alert's metric around the incident, the last error lines of its logs, the configuration in
+    force. Kept with the incident (the post-mortem reads it after Prometheus dropped the series) and
+    shown as the run's ``collected-<incident>`` artifact. The window ends at the close: now for a
+    verified incident (this runs before it is closed), when the alert resolved for one closed meanwhile.
+    The minutes before the alert are :data:`core.collected.LEAD` times ``RESPONDER_TIME_SCALE``."""
+    settings, catalog, store = runtime()
+    record = store.incident(incident.id)
+    closed_at = record.closed_at if record is not None and record.status == "closed" else None
+    until = datetime.fromisoformat(closed_at) if closed_at else datetime.now(timezone.utc)
+    collected = collect(catalog, runbook, alert, incident.id, store.timeline(incident.id), until,
+                        closed=closed_at is not None or verdict == "verified", verdict=verdict,
+                        lead=LEAD * settings.time_scale)
+    keep(store, collected)
+    metric = collected.metric
+    lines = sum(len(source.lines) for source in collected.logs)
+    store.add_timeline(incident.id, "collected", (
+        f"kept {len(metric.series)} series of the alert's metric" if metric.series else f"no metric kept: {metric.note}")
+        + f"; {lines} error log line(s); the configuration in force")
+    create_markdown_artifact(section(collected), key=f"collected-{incident.id.lower()}",
+                             description=f"Collected at close: {runbook.title}")
+    return collected
+
+
+def _collected_chart(runbook: Runbook, alert: Alert, incident: IncidentRef, verdict: str) -> str:
+    """The report's picture (or one line why there is none); what was kept is in ``collected-<id>``.
+    Never raises: the response does not fail for its record."""
+    try:
+        collected = collect_at_close(runbook, alert, incident, verdict)
+    except Exception as exc:  # noqa: BLE001 - recorded in one line, the response goes on
+        get_run_logger().warning("Nothing was collected at close: %s: %s", type(exc).__name__, exc)
+        return f"_Nothing was collected at close ({type(exc).__name__}: {str(exc)[:200]})._"
+    picture, record = chart_svg(collected), runtime()[2].incident(incident.id)
+    if picture is not None and record is not None:  # the same picture in the incident's Slack thread
+        notifier().chart(record, f"{runbook.title}: {alert.alertname} around the incident ({verdict})", picture)
+    return (chart_markdown(collected) + "\n\nThe error lines of the logs and the configuration in force: "
+            f"artifact `collected-{incident.id.lower()}`.")
+
+
 def conclude(
     runbook: Runbook, alert: Alert, incident: IncidentRef, evidence: list[ProbeResult],
     outcomes: list[ActionOutcome], verdict: str, last: ProbeResult | None,
 ) -> State:
-    """Close the incident when verified or resolved; escalate otherwise. Writes the run's report."""
+    """Close the incident when verified or resolved; escalate otherwise. Writes the run's report, with
+    what is kept of the incident (collected before a verified incident is closed, so that the close's
+    post-mortem finds it)."""
     _, _, store = runtime()
     if last is not None and last not in evidence:
         evidence = [*evidence, last.model_copy(update={"probe": f"verify: {last.probe}"})]
@@ -661,6 +767,7 @@ def conclude(
                                                           "findings": [r.line() for r in findings]})
     if verdict != "held":
         store.add_timeline(incident.id, "verify", f"{verdict}: {last.line() if last else 'no measurement'}")
+    around = _collected_chart(runbook, alert, incident, verdict)
     if verdict == "held":
         window = next(o.detail for o in outcomes if o.status == "held")
         store.set_note(incident.id, "waiting_on", f"the end of the maintenance window ({window}): a fresh response then")
@@ -680,7 +787,7 @@ def conclude(
         publish_timeline(incident.id)  # the incident stays open: the timeline as it is now
     # (a closed incident's final timeline is published once, at its close, with its post-mortem)
     create_markdown_artifact(
-        _report(runbook, alert, incident, verdict, evidence, outcomes),
+        _report(runbook, alert, incident, verdict, evidence, outcomes, around=around),
         key=f"response-{incident.id}",
         description=f"{runbook.title}: {verdict}",
     )

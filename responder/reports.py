@@ -1,4 +1,11 @@
-"""Markdown the Prefect UI shows for an incident (Artifacts page, and the run page)."""
+"""Markdown the Prefect UI shows for an incident (Artifacts page, and the run page).
+
+The post-mortem carries what the response kept at its close (``core/collected.py``: the alert's
+metric as a chart, the last error lines of the logs, the configuration in force), read from the
+store, where it outlives Prometheus' retention::
+
+    await publish_postmortem(incident, alerts, timeline, pages, kept(store, incident.id))
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from uuid import UUID
 from prefect import get_client
 from prefect.client.schemas.actions import ArtifactCreate
 
+from core.collected import Collected, section
 from core.store import Incident
 
 
@@ -58,9 +66,12 @@ def _first(timeline: list[dict[str, Any]], *kinds: str) -> dict[str, Any] | None
 
 
 def postmortem_markdown(
-    incident: Incident, alerts: list[dict[str, Any]], timeline: list[dict[str, Any]], pages: list[dict[str, Any]]
+    incident: Incident, alerts: list[dict[str, Any]], timeline: list[dict[str, Any]], pages: list[dict[str, Any]],
+    collected: Collected | None = None,
 ) -> str:
-    """Seed 000's post-mortem template, filled with what the responder knows; the rest is for people."""
+    """Seed 000's post-mortem template, filled with what the responder knows; the rest is for people.
+
+    ``collected``: what the response kept at its close (``core.collected.kept``); without it, one line says so."""
     opened = datetime.fromisoformat(incident.opened_at)
     closed = datetime.fromisoformat(incident.closed_at) if incident.closed_at else None
     minutes = f"{(closed - opened).total_seconds() / 60:.1f} minutes" if closed else "still open"
@@ -118,6 +129,12 @@ def postmortem_markdown(
     lines += [f"- {t['kind']} by {t['actor'] or '?'}: {t['text']}" for t in approvals] or ["- no approval was needed"]
     lines += ["", "### Pages", ""]
     lines += [f"- level {p['level']} ({p['who']}) at {p['sent_at']}" for p in pages] or ["- nobody was paged"]
+    lines += [""]
+    if collected is not None:
+        lines.append(section(collected, level=2))
+    else:
+        lines += ["## Collected at close", "",
+                  "_Nothing was kept at close: no response run concluded for this incident._"]
     lines += [
         "",
         "## Action Items",
@@ -133,7 +150,8 @@ def postmortem_markdown(
 
 
 async def publish_postmortem(
-    incident: Incident, alerts: list[dict[str, Any]], timeline: list[dict[str, Any]], pages: list[dict[str, Any]]
+    incident: Incident, alerts: list[dict[str, Any]], timeline: list[dict[str, Any]], pages: list[dict[str, Any]],
+    collected: Collected | None = None,
 ) -> None:
     async with get_client() as client:
         await client.create_artifact(
@@ -141,7 +159,7 @@ async def publish_postmortem(
                 key=f"postmortem-{incident.id.lower()}",
                 type="markdown",
                 description=f"Post-mortem draft: {incident.title}",
-                data=postmortem_markdown(incident, alerts, timeline, pages),
+                data=postmortem_markdown(incident, alerts, timeline, pages, collected),
                 flow_run_id=UUID(incident.flow_run_id) if incident.flow_run_id else None,
             )
         )

@@ -19,6 +19,7 @@ import uvicorn
 from prefect.context import AsyncClientContext
 
 from core import metrics
+from core.collected import kept
 from core.courier import Courier
 from core.results import register_result_storage
 from core.services import Services
@@ -281,8 +282,9 @@ class Responder:
             alerts = await asyncio.to_thread(self.store.incident_alerts, incident.id)
             timeline = await asyncio.to_thread(self.store.timeline, incident.id)
             pages = await asyncio.to_thread(self.store.pages, incident.id)
+            collected = await asyncio.to_thread(kept, self.store, incident.id)  # what the response kept at close
             await publish_incident_artifact(incident, alerts)
-            await publish_postmortem(incident, alerts, timeline, pages)
+            await publish_postmortem(incident, alerts, timeline, pages, collected)
 
     # -- the dead man's switch ----------------------------------------------------------
     async def watch_alertmanager_forever(self) -> None:

@@ -102,7 +102,7 @@ def test_rejected_kill_does_not_run(responder, prefect_server, burner, webhook):
     final = wait_run_final(api, incident_id)
     assert final["state"]["name"] == "Escalated"
     assert burner.poll() is None and psutil.pid_exists(burner.pid)
-    body = _sent(webhook, incident_id, "escalated")[0]["body"]
+    body = wait_for(lambda: _sent(webhook, incident_id, "escalated"), 10, what="the escalation message")[0]["body"]
     assert body["actions"][0]["status"] == "rejected" and "bob" in body["reason"]
 
 
@@ -113,7 +113,7 @@ def test_no_answer_before_the_deadline_means_no_and_escalates(responder, prefect
     final = wait_run_final(api, incident_id, timeout=60)
     assert final["state"]["type"] == "COMPLETED" and final["state"]["name"] == "Escalated", final["state"]
     assert burner.poll() is None
-    body = _sent(webhook, incident_id, "escalated")[0]["body"]
+    body = wait_for(lambda: _sent(webhook, incident_id, "escalated"), 10, what="the escalation message")[0]["body"]
     assert "deadline" in body["reason"]
 
 

@@ -229,8 +229,8 @@ def test_cpu_alert_of_another_machine_reports_that_machine_and_escalates(respond
     assert "NOT-VERIFIED" in first and "cpu_percent" in first and WEB3 in first
     assert "terminate_process" not in text  # a pid is never offered for another machine
     # The incident's thread gets the verdict and the same three findings, each naming the machine.
-    verdict = next(r["body"] for r in webhook.requests
-                   if r["body"].get("kind") == "verdict" and r["body"]["incident"]["id"] == incident_id)
+    verdict = wait_for(lambda: next((r["body"] for r in webhook.requests if r["body"].get("kind") == "verdict"
+                                     and r["body"]["incident"]["id"] == incident_id), None), 10, what="the verdict")
     assert verdict["text"].startswith("*High CPU usage: NOT-VERIFIED* on `web-3:9100`")
     assert len(verdict["findings"]) == 3 and all(WEB3 in line for line in verdict["findings"])
 

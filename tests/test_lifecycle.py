@@ -195,7 +195,8 @@ def test_critical_incident_pages_level_one_at_once_and_triggers_pagerduty(respon
     incident = drill(responder, severity="critical")
     wait_for(lambda: receivers.pages(incident) == [1], 10, what="the immediate level 1 page (critical)")
     wait_for(lambda: receivers.pages(incident) == [1, 2], 15, what="level 2 at +5 min (3 s)")
-    events = [r["body"] for r in receivers.pagerduty.requests if r["body"].get("dedup_key") == f"responder-{incident}"]
+    events = wait_for(lambda: [r["body"] for r in receivers.pagerduty.requests
+                               if r["body"].get("dedup_key") == f"responder-{incident}"], 10, what="the PagerDuty trigger")
     assert events and events[0]["event_action"] == "trigger" and events[0]["routing_key"] == "pd-routing-key"
     subprocess.run([str(BIN / "responder"), "ack", incident], env=responder.env, cwd=ROOT, check=True,
                    capture_output=True, timeout=30)

@@ -287,3 +287,35 @@ def test_a_status_page_text_may_only_name_the_components(tmp_path):
     config = make_config(tmp_path, notify={"statuspage": {"text": {"investigating": "{host} is down"}}})
     with pytest.raises(CatalogError, match=r"the only placeholder a public text may use is \{components\}"):
         load_catalog(config)
+
+
+def test_a_chart_goes_up_to_the_incidents_thread_with_slacks_file_upload(tmp_path):
+    """slack-sdk's files_upload_v2 against a capture server answering Slack's three steps: the upload
+    URL (its own), the bytes, and the completion that shares the file in the thread."""
+    def slack(request):
+        if "files.getUploadURLExternal" in request["path"]:
+            return 200, {"ok": True, "upload_url": f"{server.url}/upload/F1", "file_id": "F1"}, {}
+        if request["path"].startswith("/upload/"):
+            return 200, {}, {}
+        if "files.completeUploadExternal" in request["path"]:
+            return 200, {"ok": True, "files": [{"id": "F1", "title": "chart"}]}, {}
+        return _slack_ok(server)
+
+    server = CaptureServer(slack)
+    try:
+        notifier, courier, store = _setup(tmp_path, f"{server.url}/api/", {})
+        incident = _incident(store)
+        notifier.send(incident, "opened", "opened")
+        svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><line x1="0" y1="0" x2="9" y2="9"/></svg>'
+        notifier.chart(incident, "CPU around the incident", svg)
+        courier.drain(timeout=15)
+        paths = [r["path"].split("?")[0] for r in server.requests]
+        assert paths == ["/api/chat.postMessage", "/api/files.getUploadURLExternal", "/upload/F1",
+                         "/api/files.completeUploadExternal"]
+        assert server.requests[2]["body"] == svg.decode()
+        complete = server.requests[3]
+        sent = complete["path"] + " " + json.dumps(complete["body"])
+        assert "C1" in sent and "17.1" in sent  # the thread's channel id and its ts
+        assert [m.state for m in store.messages(incident.id)] == ["sent", "sent"]
+    finally:
+        server.close()

@@ -458,7 +458,8 @@ def test_only_a_verified_allowed_person_can_approve_and_others_are_told_why(tmp_
     [approved] = [r for r in rows if r["kind"] == "approved"]
     assert approved["actor"] == "alice (CLI)"
     assert sum("drill_step" in r["text"] and ": done" in r["text"] for r in rows) == 1
-    told = [r["body"] for r in webhook.requests if r["body"].get("kind") == "approval-refused"]
+    told = wait_for(lambda: len(t := [r["body"] for r in webhook.requests if r["body"].get("kind") == "approval-refused"])
+                    == 2 and t, 10, what="both refusals told")
     assert len(told) == 2  # the people were told why, each time
 
 

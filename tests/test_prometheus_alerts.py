@@ -156,8 +156,9 @@ def test_high_error_rate_from_prometheus_is_assessed_and_escalated(world, fired,
     assert "| error_ratio | **no** |" in text          # measured by Prometheus: 20 % > 5 %
     assert "| access_log_5xx | **no** | 20%" in text   # 2 of 10 lines of the access log
     assert "| service_dependencies | yes |" in text     # real PostgreSQL and Redis answered
-    escalations = [r["body"] for r in world.webhook.requests
-                   if r["body"].get("kind") == "escalated" and r["body"].get("incident", {}).get("id") == incident["id"]]
+    escalations = wait_for(lambda: [r["body"] for r in world.webhook.requests if r["body"].get("kind") == "escalated"
+                                    and r["body"].get("incident", {}).get("id") == incident["id"]], 10,
+                           what="the escalation message")
     assert escalations and "error_ratio" in escalations[0]["reason"]
 
 

@@ -4,7 +4,8 @@ Seed lines and the probe that does each:
 
 * ``grep -c "ERROR" /var/log/medianest/*.log`` and "identify error patterns" (seed 000),
   ``tail -n 200 error.log`` (seed 002), ``grep "Slow query detected"`` (seed 002)
-  -> :func:`error_counts` (per file, per level, per error type, top message patterns);
+  -> :func:`error_counts` (per file, per level, per error type, top message patterns), and
+  :func:`error_lines` (the last matching lines themselves, kept when an incident closes);
 * ``grep "500\\|502\\|503\\|504" /var/log/nginx/access.log`` (seed 000) -> :func:`access_5xx`;
 * ``grep "authentication failed" /var/log/medianest/auth.log`` "look for brute force attacks"
   (seed 000) -> :func:`failed_logins`, grouped by source address;
@@ -35,7 +36,7 @@ import json
 import math
 import os
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -282,6 +283,43 @@ def error_counts(
         + (f"; most: {types.most_common(1)[0][0]}" if types else ""),
         evidence={**read.evidence(since), "pattern": pattern, "per_file": dict(per_file), "by_level": dict(levels),
                   "by_type": _top(types, top), "top_patterns": top_patterns},
+    )
+
+
+def error_lines(
+    path: str,
+    pattern: str = DEFAULT_ERROR_PATTERN,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 20,
+    max_bytes: int = MAX_BYTES,
+    probe: str = "log_error_lines",
+) -> ProbeResult:
+    """The last ``limit`` lines matching ``pattern`` stamped between ``since`` and ``until``, as written.
+
+    What an incident's record keeps of its logs when it closes (seed 000 "collect artifacts: save
+    logs"): :func:`error_counts` says how many and which kinds, this keeps the lines themselves.
+    Lines that cannot be placed in time (before any stamp) are left out when a window is given.
+    Evidence only: always ok; ``value`` is how many lines matched in the window.
+    """
+    regex = _compile(pattern)
+    read = _Read(_files(path))
+    kept: deque[dict[str, Any]] = deque(maxlen=max(1, limit))
+    matched = 0
+    for record in _records(path, since, max_bytes, read):
+        if (since or until) and record.at is None:
+            continue
+        if until is not None and record.at is not None and record.at > until:
+            continue
+        if regex.search(record.text):
+            matched += 1
+            kept.append({"file": record.file, "at": record.at.isoformat() if record.at else None,
+                         "line": clip(record.text, 500) or ""})
+    return ProbeResult(
+        probe=probe, ok=True, value=float(matched), unit=" lines",
+        summary=f"{matched} lines matching /{clip(pattern, 40)}/" + (f", the last {len(kept)} kept" if matched > len(kept) else ""),
+        evidence={**read.evidence(since), "pattern": pattern, "until": until.isoformat() if until else None,
+                  "lines": list(kept)},
     )
 
 

@@ -10,6 +10,7 @@ Metric checks are Prometheus *instant queries*, by default with the seeds' own P
   http_request_duration_seconds_bucket ...)``; not ok above 2 s (seed 000; seed 001 uses 1 s,
   seed 002 3 s: the caller passes the alert's own figure).
 * ``instant_query``: any other expression with a threshold (API costs, products synced, heap).
+* ``range_query``: an expression over a time range (the alert's metric kept when an incident closes).
 
 The monitoring stack (seed 004 "Troubleshooting", seed 003 "Monitoring Stack Status"):
 
@@ -43,6 +44,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
@@ -70,6 +72,11 @@ def _public(url: str) -> str:
         return str(httpx.URL(url).copy_with(username=None, password=None))
     except httpx.InvalidURL:
         raise ResponderError(ErrorCode.CONFIG, "monitoring URL cannot be parsed") from None
+
+
+def public_url(url: str) -> str:
+    """``url`` without the credentials it may carry: what evidence and reports show."""
+    return _public(url)
 
 
 @contextmanager
@@ -169,6 +176,42 @@ def vector(url: str, promql: str, timeout_s: float = 10.0) -> list[tuple[dict[st
     if data.get("resultType") != "vector":
         raise ResponderError(ErrorCode.CONFIG, f"expected an instant vector, got {data.get('resultType')}: {promql}")
     return [(s["metric"], float(s["value"][1])) for s in data["result"]]
+
+
+@dataclass(frozen=True)
+class RangeSeries:
+    """One series of a range query: its labels and its (unix seconds, value) points, NaN left out."""
+
+    labels: dict[str, str]
+    points: list[tuple[float, float]]
+
+
+RANGE_POINTS_LIMIT = 11000  # Prometheus refuses a range query with more points per series
+
+
+def range_query(url: str, promql: str, start: float, end: float, step_s: float,
+                timeout_s: float = 10.0) -> list[RangeSeries]:
+    """Evaluate ``promql`` from ``start`` to ``end`` (unix seconds) every ``step_s``: ``/api/v1/query_range``.
+
+    The metric around an incident, kept at its close (``core/collected.py``). NaN samples (a ratio
+    over no traffic) are left out: they are no value to draw. A query Prometheus refuses is
+    ``ResponderError(CONFIG)``; an unreachable Prometheus raises ``httpx.TransportError``.
+    """
+    if end <= start or step_s <= 0:
+        raise ResponderError(ErrorCode.CONFIG, f"range query needs start < end and a positive step ({start}, {end}, {step_s})")
+    if (end - start) / step_s > RANGE_POINTS_LIMIT:
+        raise ResponderError(ErrorCode.CONFIG, f"a step of {step_s:g} s gives more than {RANGE_POINTS_LIMIT} points")
+    with _client(url, timeout_s) as client:
+        data = _prom_data(client, "/api/v1/query_range",
+                          {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step_s:g}"})
+    if data.get("resultType") != "matrix":
+        raise ResponderError(ErrorCode.CONFIG, f"expected a range of values, got {data.get('resultType')}: {promql}")
+    series = []
+    for s in data["result"]:
+        points = [(float(ts), float(v)) for ts, v in s.get("values", [])]
+        series.append(RangeSeries(labels=dict(s.get("metric", {})),
+                                  points=[(ts, v) for ts, v in points if not math.isnan(v)]))
+    return series
 
 
 def latest(url: str, selector: str, within_s: float, timeout_s: float = 10.0) -> list[tuple[dict[str, str], float, float]]:
