@@ -151,6 +151,9 @@ def test_approval_from_the_cli_lets_the_drill_pass(responder, receivers, prefect
     artifacts = wait_for(lambda: httpx.post(f"{prefect_server.api_url}/artifacts/filter", json={
         "artifacts": {"key": {"any_": [f"postmortem-{incident}"]}}}).json(), 20, what="the post-mortem artifact")
     assert "dave (CLI)" in artifacts[0]["data"] and "## Timeline" in artifacts[0]["data"]
+    # What the response kept at its close reaches the post-mortem `responder up` publishes.
+    assert "Configuration in force (secrets redacted)" in artifacts[0]["data"]
+    assert "Nothing was kept at close" not in artifacts[0]["data"]
     again = subprocess.run([str(BIN / "responder"), "approve", run["id"], "--reason", "twice"], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=30)
     assert again.returncode == 1 and "not waiting for approval" in again.stderr
