@@ -147,6 +147,7 @@ class Courier:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.channels.close()
 
     # -- holding back --------------------------------------------------------------
     def _target(self, message: Message) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import ssl
 from datetime import timedelta
 from typing import Any
 
@@ -63,10 +64,15 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def send_json(method: str, url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
-    """One request; raises :class:`Retry` or :class:`Refused` when it was not taken."""
+def send_json(method: str, url: str, body: dict[str, Any], headers: dict[str, str] | None = None,
+              http: httpx.Client | None = None) -> httpx.Response:
+    """One request (on ``http``, a client kept for many, when given); raises :class:`Retry` or
+    :class:`Refused` when it was not taken."""
     try:
-        response = httpx.request(method, url, json=body, headers=headers, timeout=10)
+        if http is None:
+            response = httpx.request(method, url, json=body, headers=headers, timeout=10)
+        else:
+            response = http.request(method, url, json=body, headers=headers)
     except httpx.TransportError as exc:
         raise Retry(f"{type(exc).__name__}", channel_down=True) from None
     if response.status_code == 429:
@@ -78,8 +84,6 @@ def send_json(method: str, url: str, body: dict[str, Any], headers: dict[str, st
     return response
 
 
-def post_json(url: str, body: dict[str, Any]) -> None:
-    send_json("POST", url, body)
 
 
 # What the status page says for each incident event (the rest are not public): its status, and which text.
@@ -215,6 +219,13 @@ class Channels:
 
     def __init__(self, settings: ResponderSettings, catalog: Catalog, store: Store) -> None:
         self.settings, self.catalog, self.store = settings, catalog, store
+        # One client for every request, kept: building one per request loads the CA bundle each time
+        # (about 25 ms of CPU), which made the storm's 200 pages wait for each other.
+        self.http = httpx.Client(timeout=10, limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
+        self._slack: WebClient | None = None
+
+    def close(self) -> None:
+        self.http.close()
 
     def send(self, message: Message) -> str:
         if message.channel == "slack":
@@ -223,14 +234,14 @@ class Channels:
             url = self.catalog.notify.discord.webhook_url
             if url is None:
                 raise Refused("Discord is no longer configured")
-            post_json(url.get_secret_value(), {"content": message.body["content"]})
+            send_json("POST", url.get_secret_value(), {"content": message.body["content"]}, http=self.http)
             return ""
         if message.channel == "pagerduty":
             key = self.catalog.notify.pagerduty.routing_key
             if key is None:
                 raise Refused("PagerDuty is no longer configured")
-            post_json(self.catalog.notify.pagerduty.events_url,
-                      {"routing_key": key.get_secret_value(), **message.body["event"]})
+            send_json("POST", self.catalog.notify.pagerduty.events_url,
+                      {"routing_key": key.get_secret_value(), **message.body["event"]}, http=self.http)
             return ""
         if message.channel == "statuspage":
             return self.statuspage(message)
@@ -238,7 +249,7 @@ class Channels:
             url = next((u for u in self.catalog.notify.webhooks if webhook_target(u) == message.target), None)
             if url is None:
                 raise Refused("that webhook is no longer configured")
-            post_json(url, message.body["json"])
+            send_json("POST", url, message.body["json"], http=self.http)
             return ""
         raise Refused(f"unknown channel {message.channel!r}")
 
@@ -252,7 +263,8 @@ class Channels:
             assert page.webhook_url is not None
             send_json("POST", page.webhook_url.get_secret_value(), {
                 "id": f"responder-{message.incident_id}", "status": update["status"], "title": update["title"],
-                "message": update["message"], "components": update["component_names"], "at": message.created_at})
+                "message": update["message"], "components": update["component_names"], "at": message.created_at},
+                http=self.http)
             return ""
         assert page.api_key is not None and message.incident_id is not None
         headers = {"Authorization": f"OAuth {page.api_key.get_secret_value()}"}
@@ -263,14 +275,15 @@ class Channels:
                 raise Refused("the status page has no incident to resolve (its first update was not delivered)")
             answer = send_json("POST", base, {"incident": {
                 "name": update["title"], "status": update["status"], "body": update["message"],
-                "component_ids": list(update["components"]), "components": update["components"]}}, headers)
+                "component_ids": list(update["components"]), "components": update["components"]}}, headers, self.http)
             public_id = str(answer.json().get("id") or "")
             if not public_id:
                 raise Refused("the status page answered without an incident id")
             self.store.set_note(message.incident_id, "statuspage_id", public_id)
             return public_id
         send_json("PATCH", f"{base}/{public_id}", {"incident": {
-            "status": update["status"], "body": update["message"], "components": update["components"]}}, headers)
+            "status": update["status"], "body": update["message"], "components": update["components"]}}, headers,
+                  self.http)
         return public_id
 
     def slack_channel(self, message: Message) -> str:
@@ -283,8 +296,10 @@ class Channels:
         token = self.settings.slack_token
         if token is None or not token.get_secret_value():
             raise Refused("Slack is no longer configured (RESPONDER_SLACK_TOKEN)")
-        client = WebClient(token=token.get_secret_value(), base_url=self.settings.slack_api_url.rstrip("/") + "/",
-                           timeout=10, retry_handlers=[])
+        if self._slack is None or self._slack.token != token.get_secret_value():  # built once, like the HTTP client
+            self._slack = WebClient(token=token.get_secret_value(), base_url=self.settings.slack_api_url.rstrip("/") + "/",
+                                    timeout=10, retry_handlers=[], ssl=ssl.create_default_context())
+        client = self._slack
         incident = message.incident_id
         thread = self.store.note(incident, "slack_ts") if incident else None
         channel = self.slack_channel(message)
