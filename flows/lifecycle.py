@@ -187,18 +187,23 @@ def acknowledge(runbook_name: str, alert: Alert, incident: IncidentRef | None) -
         runbook = catalog.get(runbook_name)
         opened = store.open_manual_incident(runbook.name, alert.labels.get("severity") or runbook.severity, alert.summary, run_id)
         incident = IncidentRef(id=opened.id, runbook=opened.runbook, group_key=opened.group_key, severity=opened.severity)
-    claimed, record = store.claim_incident(incident.id, run_id)
     logger = get_run_logger()
-    if not claimed:
-        logger.warning("Incident %s is already handled by run %s; this run stops here", incident.id, record.flow_run_id)
-        return None
-    logger.info("Acknowledged %s on %s (%s): %s", alert.alertname, alert.instance or "?", incident.severity, alert.summary)
-    store.add_timeline(incident.id, "detected", f"{alert.alertname} on {alert.instance or '?'} fired at {alert.startsAt.isoformat()}")
-    store.add_timeline(incident.id, "response", f"runbook {runbook_name} started (run {run_id})")
     text = (f":fire: *{alert.alertname}* on `{alert.instance or '?'}` ({incident.severity}): {alert.summary}\n"
             f"Runbook `{runbook_name}` is responding: {run_url(run_id)}")
-    notifier().send(record, "opened", text, details={"alert": alert.model_dump(mode="json")},
-                    pagerduty="trigger" if incident.severity == "critical" else None)
+    before = store.incident(incident.id)
+    assert before is not None, f"incident {incident.id} is not in the store"
+    # The claim, its timeline lines and the "opened" messages are one transaction, written once: an
+    # execution killed after it (and run again) finds the incident already its own and tells nobody twice.
+    claim, record = store.respond(incident.id, run_id, [
+        ("detected", f"{alert.alertname} on {alert.instance or '?'} fired at {alert.startsAt.isoformat()}"),
+        ("response", f"runbook {runbook_name} started (run {run_id})"),
+    ], notifier().messages(before, "opened", text, details={"alert": alert.model_dump(mode="json")},
+                           pagerduty="trigger" if incident.severity == "critical" else None))
+    if claim == "taken":
+        logger.warning("Incident %s is already handled by run %s; this run stops here", incident.id, record.flow_run_id)
+        return None
+    logger.info("Acknowledged %s on %s (%s): %s%s", alert.alertname, alert.instance or "?", incident.severity,
+                alert.summary, "" if claim == "claimed" else " (claimed by this run before it was restarted)")
     publish_timeline(incident.id)
     return incident
 

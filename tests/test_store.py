@@ -217,3 +217,23 @@ def test_an_action_is_claimed_once_per_incident_and_target(tmp_path, backend, re
     store.finish_action("inc-1:restart_service:app", "done")
     assert store.claim_action("inc-1:restart_service:app", "run-2")["status"] == "done"
     assert store.claim_action("inc-2:restart_service:app", "run-3") is None  # another incident
+
+
+def test_a_run_claims_its_incident_and_says_so_once_even_when_it_runs_again(tmp_path):
+    """acknowledge's one write: the claim, its timeline lines and its messages. A second execution of the
+    same run (the first killed after the claim) writes nothing again; another run writes nothing at all."""
+    store = open_store(None, tmp_path / "responder.db")
+    incident = store.open_manual_incident("responder-drill", "warning", "drill", "")
+    with store._tx() as cur:  # a manual incident is opened with its run; this one waits for its run
+        store._exec(cur, "UPDATE incidents SET flow_run_id = NULL WHERE id = %s", (incident.id,))
+
+    def respond(run: str):
+        return store.respond(incident.id, run, [("detected", "fired"), ("response", f"{run} started")],
+                             [new_message(incident.id, "webhook", "t", "opened", {"run": run})])
+
+    assert respond("run-1")[0] == "claimed"
+    assert respond("run-1")[0] == "ours"
+    claim, record = respond("run-2")
+    assert (claim, record.flow_run_id) == ("taken", "run-1")
+    assert [e["text"] for e in store.timeline(incident.id)] == ["fired", "run-1 started"]
+    assert [m.body for m in store.messages(incident.id)] == [{"run": "run-1"}]

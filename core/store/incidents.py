@@ -93,17 +93,6 @@ class Incidents(Outbox):
             )
             return self._incident(cur, incident_id)
 
-    def claim_incident(self, incident_id: str, flow_run_id: str) -> tuple[bool, Incident]:
-        """Record which run responds to an incident. False when another run already does."""
-        with self._tx() as cur:
-            self._exec(
-                cur,
-                "UPDATE incidents SET flow_run_id = %s WHERE id = %s AND flow_run_id IS NULL",
-                (flow_run_id, incident_id),
-            )
-            incident = self._incident(cur, incident_id)
-        return incident.flow_run_id == flow_run_id, incident
-
     def close_incident(self, incident_id: str, reason: str) -> bool:
         """Close an open incident (idempotent). Returns True when this call closed it."""
         with self._tx() as cur:

@@ -45,6 +45,26 @@ class Timeline(Incidents):
             ).fetchall()
         return [{"at": r[0], "kind": r[1], "text": r[2], "actor": r[3] or ""} for r in rows]
 
+    def respond(self, incident_id: str, flow_run_id: str, timeline: list[tuple[str, str]],
+                messages: list[dict[str, Any]]) -> tuple[str, Incident]:
+        """Claim an incident for a run and record it (``timeline`` lines, ``messages`` to people) in one
+        transaction. Returns ``"claimed"`` (this call claimed it: all of it was written), ``"ours"``
+        (this run had claimed it before, say in an execution killed after the claim: nothing written
+        again, so nobody is told twice) or ``"taken"`` (another run responds; nothing written)."""
+        with self._tx() as cur:
+            claimed = self._exec(cur, "UPDATE incidents SET flow_run_id = %s WHERE id = %s AND flow_run_id IS NULL",
+                                 (flow_run_id, incident_id)).rowcount == 1
+            if claimed:
+                for kind, text in timeline:
+                    self._exec(cur, "INSERT INTO timeline (id, incident_id, at, kind, text, actor) "
+                               "VALUES (%s, %s, %s, %s, %s, %s)",
+                               (str(uuid.uuid4()), incident_id, iso(utcnow()), kind, text[:2000], None))
+                self._enqueue_messages(cur, messages)
+            incident = self._incident(cur, incident_id)
+        if claimed:
+            return "claimed", incident
+        return ("ours" if incident.flow_run_id == flow_run_id else "taken"), incident
+
     def page_claimed(self, incident_id: str, level: int, who: str, details: dict[str, Any],
                      messages: list[dict[str, Any]] | None = None, reason: str = "") -> bool:
         """Claim a page and record it (timeline line, ``incident.paged`` event, why it came early, its
