@@ -37,13 +37,10 @@ import time
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
-from typing import Any
 
 from core import metrics
-from core.catalog import Catalog
-from core.notify import FOR_A_PERSON, Channels, Notifier, Refused, Retry, _incident_body, pagerduty_event, webhook_target
-from core.settings import ResponderSettings
-from core.store import Store, utcnow
+from core.notify import FOR_A_PERSON, Channels, Notifier, Refused, Retry
+from core.store import utcnow
 from core.store.messages import Message, new_message
 
 log = logging.getLogger("responder.courier")
@@ -81,11 +78,12 @@ def _what(message: Message) -> str:
 
 
 class Courier:
-    def __init__(self, settings: ResponderSettings, catalog: Catalog, store: Store, senders: int = 8) -> None:
-        self.settings, self.catalog, self.store = settings, catalog, store
-        self.config = catalog.notify.delivery
-        self.channels = Channels(settings, catalog, store)
-        self.notifier = Notifier(settings, catalog, store)
+    def __init__(self, notifier: Notifier, senders: int = 8) -> None:
+        """``notifier``: the process's (it writes the fallbacks of pages; the courier sends what it wrote)."""
+        self.notifier = notifier
+        self.settings, self.catalog, self.store = notifier.settings, notifier.catalog, notifier.store
+        self.config = self.catalog.notify.delivery
+        self.channels = Channels(self.settings, self.catalog, self.store)
         self._pool = ThreadPoolExecutor(max_workers=senders, thread_name_prefix="courier")
         self._lock = threading.Lock()
         self._in_flight: set[tuple[str, str, str]] = set()
@@ -276,26 +274,9 @@ class Courier:
             return
         carrying = {(m.channel, m.target) for m in self.store.messages(incident.id)
                     if m.kind == "page" and m.body.get("page") == message.body.get("page")}
-        line = message.body.get("line", "")
-        about = {key: message.body[key] for key in ("title", "runbook", "severity", "opened_at", "line", "page")
-                 if key in message.body}
-        about["fell_back"] = True
-        notify = self.catalog.notify
-        rows: list[dict[str, Any]] = []
-        if self.notifier.slack_configured() and not any(channel == "slack" for channel, _ in carrying):
-            rows.append(new_message(incident.id, "slack", self.notifier.channel_for(incident.severity), "page",
-                                    {**about, "text": line, "blocks": None, "mention": ""}, message.person))
-        if notify.discord.webhook_url is not None and not any(channel == "discord" for channel, _ in carrying):
-            rows.append(new_message(incident.id, "discord", "", "page", {**about, "content": line[:1900], "mention": ""},
-                                    message.person))
-        if notify.pagerduty.routing_key is not None and not any(channel == "pagerduty" for channel, _ in carrying):
-            rows.append(new_message(incident.id, "pagerduty", "", "page",
-                                    {**about, "event": pagerduty_event(incident, "trigger", line)}, message.person))
-        for url in notify.webhooks:
-            if ("webhook", webhook_target(url)) not in carrying:
-                rows.append(new_message(incident.id, "webhook", webhook_target(url), "page", {**about, "json": {
-                    "kind": "page", "text": line, "incident": _incident_body(incident), **(about.get("page") or {})}},
-                    message.person))
+        rows = self.notifier.messages(incident, "page", message.body.get("line", ""),
+                                      details=message.body.get("page") or {}, discord=True, pagerduty="trigger",
+                                      fallback_for=carrying)
         self.store.enqueue_messages(rows)
         also = ", ".join(sorted({row["channel"] for row in rows}))
         self.store.add_timeline(incident.id, "page",

@@ -118,10 +118,13 @@ class Notifier:
                                                   pagerduty=pagerduty, person=person))
 
     def messages(self, incident: Incident, kind: str, text: str, *, details: dict[str, Any] | None = None,
-                 discord: bool = False, pagerduty: str | None = None,
-                 person: dict[str, str] | None = None) -> list[dict[str, Any]]:
+                 discord: bool = False, pagerduty: str | None = None, person: dict[str, str] | None = None,
+                 fallback_for: set[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
         """The outbox rows of one incident event, one per channel it belongs on (written by :meth:`send`, or
         by the caller in a transaction of its own, as a page is with its claim).
+
+        ``fallback_for``: a page that did not get through on the (channel, target) pairs given, sent
+        again on every other configured channel (PagerDuty whatever the severity), marked ``fell_back``.
 
         How it looks is decided here, per channel: in Slack, an ``opened`` incident and a ``page``
         carry an Acknowledge button, an ``approval-asked`` (``details["flow_run_id"]``) Approve and
@@ -134,6 +137,8 @@ class Notifier:
         about = {"title": incident.title, "runbook": incident.runbook, "severity": incident.severity,
                  "opened_at": incident.opened_at, "line": text,
                  **({"page": {"level": details.get("level"), "who": who}} if kind == "page" else {})}
+        if fallback_for is not None:
+            about["fell_back"] = True
         expires, rows = self._expires(kind), []
         if self.slack_configured():
             slack_text = f"<@{person['slack']}> {text}" if person.get("slack") else text
@@ -149,9 +154,12 @@ class Notifier:
                 **about, "content": (f"<@{person['discord']}> {text}" if person.get("discord") else text)[:1900],
                 "mention": person.get("discord", "")}, who, expires))
         config = self.catalog.notify.pagerduty
-        if pagerduty and config.routing_key is not None and incident.severity in config.severities:
+        if pagerduty and config.routing_key is not None and (incident.severity in config.severities or fallback_for):
             rows.append(new_message(incident.id, "pagerduty", "", kind, {
                 **about, "event": pagerduty_event(incident, pagerduty, text, person)}, who, expires))
+        if fallback_for is not None:  # the channels (Slack: any of its channels) that do not carry it yet
+            return [row for row in rows if (row["channel"], row["target"]) not in fallback_for
+                    and not (row["channel"] != "webhook" and any(c == row["channel"] for c, _ in fallback_for))]
         public = self._status_update(incident, kind, details)
         if public is not None:
             rows.append(new_message(incident.id, "statuspage", "", kind, public))  # never too old: it must end right

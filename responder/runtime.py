@@ -58,7 +58,7 @@ class Responder:
         self.notifier = services.notifier
         self.group_commit = GroupCommit(self.store)
         self.pager = Pager(services)
-        self.courier = Courier(services.settings, services.catalog, services.store)
+        self.courier = Courier(services.notifier)
         self.deadlines = ApprovalDeadlines(services)
         self.watchdog = AlertmanagerWatchdog(services, self.ingest)
         self.maintenance = MaintenanceKeeper(services, self.wake_delivery)

@@ -29,7 +29,8 @@ def _setup(tmp_path: Path, slack_url: str, notify: dict, delivery: dict | None =
     settings = ResponderSettings(home=tmp_path / "home", slack_token=SecretStr("xoxb-t"), slack_api_url=slack_url)
     catalog = load_catalog(make_config(tmp_path, notify={**notify, "delivery": delivery or {}}))
     store = open_store(None, tmp_path / "store.db")
-    return Notifier(settings, catalog, store), Courier(settings, catalog, store), store
+    notifier = Notifier(settings, catalog, store)
+    return notifier, Courier(notifier), store
 
 
 def _incident(store, title: str = "notify test", severity: str = "critical"):

@@ -14,7 +14,7 @@ from core.services import Services
 def delivering(services: Services, interval: float = 0.05) -> Iterator[Courier]:
     """Deliver the notification outbox in the background (as ``responder up`` does) while the block runs,
     then what is still waiting (up to 10 s), so what was said has reached the capture servers."""
-    courier = Courier(services.settings, services.catalog, services.store)
+    courier = Courier(services.notifier)
     stop = threading.Event()
 
     def run() -> None:
@@ -36,7 +36,7 @@ def delivering(services: Services, interval: float = 0.05) -> Iterator[Courier]:
 
 def deliver(services: Services, timeout: float = 15.0) -> None:
     """Send what the outbox holds now, until nothing waits (or ``timeout``)."""
-    courier = Courier(services.settings, services.catalog, services.store)
+    courier = Courier(services.notifier)
     try:
         courier.drain(timeout)
     finally:

@@ -69,7 +69,7 @@ class InProcessResponder:
 
     async def _deliver_messages(self) -> None:
         """The courier, as ``responder up`` runs it: one at a time among the responders on this store."""
-        courier, holder = Courier(self.services.settings, self.services.catalog, self.services.store), new_holder()
+        courier, holder = Courier(self.services.notifier), new_holder()
         try:
             while True:
                 if await asyncio.to_thread(self.services.store.take_lease, "notifications", holder, 5.0):
