@@ -155,8 +155,9 @@ class Courier:
 
     def _holding(self, message: Message) -> bool:
         now = time.monotonic()
-        return any(self._held.get(key, 0.0) > now
-                   for key in ((message.channel, "*"), (message.channel, self._target(message))))
+        if self._held.get((message.channel, "*"), 0.0) > now:  # the whole channel is down: no lookup needed
+            return True
+        return self._held.get((message.channel, self._target(message)), 0.0) > now
 
     def _rate_allows(self, message: Message) -> bool:
         if message.channel not in ("slack", "discord"):

@@ -231,6 +231,7 @@ class Channels:
         # (about 25 ms of CPU), which made the storm's 200 pages wait for each other.
         self.http = httpx.Client(timeout=10, limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
         self._slack: WebClient | None = None
+        self._thread_channels: dict[str, str] = {}  # incident → its Slack thread's channel
 
     def close(self) -> None:
         self.http.close()
@@ -295,10 +296,18 @@ class Channels:
         return public_id
 
     def slack_channel(self, message: Message) -> str:
-        """Where a Slack message goes: its incident's thread's channel, else its own target."""
-        if message.incident_id:
-            return self.store.note(message.incident_id, "slack_channel") or message.target
-        return message.target
+        """Where a Slack message goes: its incident's thread's channel, else its own target. A thread's
+        channel never changes once known, so it is remembered (the courier asks for every waiting message)."""
+        if not message.incident_id:
+            return message.target
+        known = self._thread_channels.get(message.incident_id)
+        if known is None:
+            known = self.store.note(message.incident_id, "slack_channel")
+            if known is not None:
+                if len(self._thread_channels) >= 10_000:  # bounded: forgetting only costs a lookup
+                    self._thread_channels.clear()
+                self._thread_channels[message.incident_id] = known
+        return known or message.target
 
     def slack(self, message: Message) -> str:
         token = self.settings.slack_token
