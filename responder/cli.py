@@ -35,7 +35,7 @@ from core.services import build
 from core.settings import ResponderSettings
 from core.store import SchemaError, StoreUnavailable, open_store
 from responder.docs import runbooks_markdown
-from responder.embedded import EmbeddedPrefectServer, default_prefect_home
+from responder.embedded import EmbeddedPrefectServer, default_prefect_home, limit_malloc_arenas
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -351,6 +351,7 @@ def cmd_oncall(args: argparse.Namespace, settings: ResponderSettings) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
+    limit_malloc_arenas()
     try:
         catalog = load_catalog(settings.config_dir)
     except CatalogError as exc:
