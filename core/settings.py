@@ -65,6 +65,14 @@ class ResponderSettings(BaseSettings):
         default=None,
         description="Signing secret of a PagerDuty V3 webhook subscription; POST /pagerduty is refused without it.",
     )
+    @field_validator("database_url", "intake_token", "slack_token", "slack_signing_secret", "user_token",
+                     "pagerduty_webhook_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``VAR=`` (as docker-compose's ``${VAR:-}`` passes an unset variable) means unset: an empty signing
+        secret would otherwise verify signatures anyone can compute."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     embedded_server: Literal["tuned", "stock"] = Field(
         default="tuned",
         description=(

@@ -13,6 +13,7 @@ import httpx
 import psycopg
 import pytest
 
+from core.settings import ResponderSettings
 from support.alerts import load_fixture
 from support.prefect import report, wait_run_final
 from support.responder import make_config, running_responder
@@ -324,3 +325,15 @@ def test_a_corpus_of_mutated_bodies_gets_no_5xx_and_stores_exactly_what_it_accep
     valid = responder.post(load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6]))
     assert valid.status_code == 200
     assert wait_run_final(prefect_server.api_url, valid.json()["incidents_opened"][0])["state"]["type"] == "COMPLETED"
+
+
+@pytest.mark.parametrize("name", ["RESPONDER_SLACK_SIGNING_SECRET", "RESPONDER_PAGERDUTY_WEBHOOK_SECRET",
+                                  "RESPONDER_INTAKE_TOKEN", "RESPONDER_SLACK_TOKEN"])
+def test_an_empty_secret_in_the_environment_is_unset_not_a_key_anyone_can_sign_with(monkeypatch, name):
+    """docker-compose's `${VAR:-}` passes an unset secret as an empty string; an empty HMAC key would verify
+    signatures anyone can compute, so it must read as unset (the endpoint then refuses everything)."""
+    monkeypatch.setenv(name, "  ")
+    field = name.removeprefix("RESPONDER_").lower()
+    assert getattr(ResponderSettings(), field) is None
+    monkeypatch.setenv(name, "s3cret")
+    assert getattr(ResponderSettings(), field).get_secret_value() == "s3cret"
