@@ -95,13 +95,13 @@ class Courier:
     # -- one pass ------------------------------------------------------------------
     def pass_once(self, wait_for_sends: bool = False) -> int:
         """Start sending every message that may go now; returns how many were started."""
+        with self._lock:  # before reading: a send that ends after this read is still busy here, not sent twice
+            busy = set(self._in_flight)
         now = utcnow()
         waiting = self.store.waiting_messages()
         metrics.NOTIFICATIONS_WAITING.set(len(waiting))
         metrics.NOTIFICATIONS_OLDEST_WAITING.set(max((_age(m, now) for m in waiting), default=0.0))
         heads: dict[tuple[str, str, str], Message] = {}
-        with self._lock:
-            busy = set(self._in_flight)
         for message in waiting:
             if message.lane not in heads:
                 heads[message.lane] = message
