@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
+from tenacity import retry, retry_if_exception_type, stop_after_attempt
 
 from core.catalog import Catalog
 from core.settings import ResponderSettings
@@ -64,6 +65,12 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+# A kept connection the other side closed while it idled fails at once on reuse, before anything was
+# sent: one more try on a fresh connection, at once (an outage is the courier's to wait out, not this).
+_fresh_connection = retry(retry=retry_if_exception_type(httpx.RemoteProtocolError), stop=stop_after_attempt(2),
+                          reraise=True)
+
+
 def send_json(method: str, url: str, body: dict[str, Any], headers: dict[str, str] | None = None,
               http: httpx.Client | None = None) -> httpx.Response:
     """One request (on ``http``, a client kept for many, when given); raises :class:`Retry` or
@@ -72,7 +79,7 @@ def send_json(method: str, url: str, body: dict[str, Any], headers: dict[str, st
         if http is None:
             response = httpx.request(method, url, json=body, headers=headers, timeout=10)
         else:
-            response = http.request(method, url, json=body, headers=headers)
+            response = _fresh_connection(http.request)(method, url, json=body, headers=headers)
     except httpx.TransportError as exc:
         raise Retry(f"{type(exc).__name__}", channel_down=True) from None
     if response.status_code == 429:
