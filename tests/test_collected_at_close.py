@@ -19,10 +19,8 @@ import asyncio
 import base64
 import re
 import shutil
-import threading
 import uuid
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlencode
@@ -42,6 +40,7 @@ from core.settings import ResponderSettings
 from flows import lifecycle
 from flows.drill import responder_drill
 from responder.reports import publish_postmortem
+from support.capture import CaptureServer
 from support.common import ROOT, free_port, wait_for
 from support.executor import InProcessResponder, suspended
 from support.prefect import form_description, prefect_post, resume
@@ -53,32 +52,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 GAUGE = 'transcode_queue_depth{queue="video"}'
 EXPRESSION = f"{GAUGE} > 5"
 PROMETHEUS_LOGIN = "watcher:prom-pass-7731"  # in the configured URL: used for the query, never shown
-
-
-class RecordingServer:
-    """Stands where the alert's generatorURL points: records any request, so the test can say none came."""
-
-    def __init__(self) -> None:
-        self.requests: list[str] = []
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                recorder.requests.append(self.path)
-                self.send_response(500)
-                self.end_headers()
-
-            do_POST = do_GET  # noqa: N815
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
 
 
 def generator_url(host: str, expression: str) -> str:
@@ -107,8 +80,10 @@ def prom(exporter, tmp_path_factory) -> Iterator[PrometheusServer]:
 
 
 @pytest.fixture(scope="module")
-def generator_host() -> Iterator[RecordingServer]:
-    server = RecordingServer()
+def generator_host() -> Iterator[CaptureServer]:
+    """Stands where the alert's generatorURL points: records any request (answered 500), so the test can
+    say none came."""
+    server = CaptureServer(respond=lambda request: (500, {}, {}))
     yield server
     server.close()
 

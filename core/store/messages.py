@@ -117,12 +117,3 @@ class Messages(People):
         with self._tx() as cur:
             return self._exec(cur, "SELECT COUNT(*) FROM messages WHERE channel = %s AND kind = %s AND target = %s "
                               "AND created_at >= %s", (channel, kind, target, iso(since))).fetchone()[0]
-
-    def messages_backlog(self) -> tuple[int, float]:
-        """Messages waiting to be delivered: how many, and the oldest one's age in seconds (0 when none)."""
-        with self._tx() as cur:
-            count, oldest = self._exec(
-                cur, "SELECT COUNT(*), MIN(created_at) FROM messages WHERE state = 'waiting'").fetchone()
-        if not oldest:
-            return count, 0.0
-        return count, max(0.0, (utcnow() - datetime.fromisoformat(oldest)).total_seconds())
