@@ -1,15 +1,18 @@
-"""The runbook catalog (``config/runbooks.yaml``) and the targets it may act on.
+"""The runbook catalog and the targets it may act on.
 
-Loading validates everything a 3 a.m. run would otherwise trip over: unknown
-keys, an alert name claimed by two runbooks, a mitigation without a risk.
-:func:`Catalog.resolve_flows` additionally imports every flow and checks each
-mitigation against the mitigation registry; ``responder up`` calls it before
-anything starts.
+A runbook is declared once, in its module, by a :class:`RunbookSpec` (alert names, severity, the
+seed sections it follows, its verification window, its mitigations by name) and its typed
+:class:`Thresholds`. ``config/runbooks/*.yaml`` holds only what an installation changes
+(:class:`RunbookOverride`: threshold overrides, severity, extra alert spellings, dry run, approval
+deadline, verification window, schedules, two approvers) and names the modules of runbooks the
+installation adds. :func:`load_catalog` merges the declared runbooks (found by
+``flows.registry``) with those files and validates everything a 3 a.m. run would otherwise trip
+over: unknown keys, an unknown threshold or runbook, an alert name claimed by two runbooks, a
+mitigation that is not registered. Every error names the file, the runbook and the field.
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 from pathlib import Path
 import os
@@ -34,10 +37,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Severity = Literal["info", "warning", "critical"]
+Approvers = Literal["one", "two"]
+
+
 class MitigationSpec(_Strict):
+    """A mitigation a runbook may propose, as the catalog shows it: its risk is the registered action's own."""
+
     name: str
     risk: Risk
-    needs: Literal["one", "two"] = Field(
+    needs: Approvers = Field(
         default="one", description="approvers a risky action needs: `two` asks until two different people approved")
 
 
@@ -68,7 +77,80 @@ def seed(default: Any, words: str, **constraints: Any) -> Any:
 T = TypeVar("T", bound=Thresholds)
 
 
+class RunbookSpec(_Strict):
+    """What a runbook is, declared once in its module next to its steps (``flows/<runbook>.py``)::
+
+        SPEC = RunbookSpec(
+            name="disk-space", title="Disk space critical",
+            alertnames=("DISK_SPACE_CRITICAL", "disk_usage"), severity="critical",
+            seeds=("000 Infrastructure Alerts / DISK_SPACE_CRITICAL: Disk usage >90%",),
+            verify=VerifySpec(budget_seconds=120, interval_seconds=15),
+            mitigations=("compress_old_logs", "remove_temp_files"),  # risk: the registered action's own
+        )
+
+    Its flow is built from it (``flows.lifecycle.runbook_flow(SPEC, assess, Limits)``); an installation
+    changes what :class:`RunbookOverride` allows in ``config/runbooks/*.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    title: str
+    alertnames: tuple[str, ...] = ()
+    schedules: tuple[str, ...] = Field(default=(), description="cron expressions (UTC)")
+    severity: Severity = "warning"
+    seeds: tuple[str, ...] = ()
+    verify: VerifySpec = Field(default_factory=VerifySpec)
+    approval_timeout_seconds: float = Field(default=900, gt=0)
+    mitigations: tuple[str, ...] = Field(default=(), description="registered mitigations (tasks/actions) it may propose")
+    left_to_humans: tuple[str, ...] = ()
+
+    @field_validator("mitigations")
+    @classmethod
+    def _registered(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if name not in REGISTRY:
+                raise ValueError(f"{name!r} is not a registered mitigation (known: {', '.join(sorted(REGISTRY))})")
+        return names
+
+
+class MitigationOverride(_Strict):
+    name: str
+    needs: Approvers
+
+
+class RunbookOverride(_Strict):
+    """One entry of ``config/runbooks/*.yaml``: what this installation changes in a runbook."""
+
+    name: str
+    module: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][\w.]*$",
+        description="an importable module of this installation that declares the runbook (not needed for the built-in ones)")
+    thresholds: dict[str, Any] = Field(
+        default_factory=dict,
+        description="this installation's overrides of the runbook's typed thresholds: NAME or NAME.ALERTNAME",
+    )
+    severity: Severity | None = None
+    alertnames: list[str] = Field(default_factory=list, description="more spellings of the alert, added to the runbook's")
+    schedules: list[str] | None = Field(default=None, description="cron expressions replacing the runbook's")
+    verify: VerifySpec | None = None
+    approval_timeout_seconds: float | None = Field(default=None, gt=0)
+    dry_run: bool = False
+    mitigations: list[MitigationOverride] = Field(default_factory=list,
+                                                  description="per mitigation: `needs: two` approvers")
+
+
+class Declared(BaseModel):
+    """A runbook as its module declares it: spec, flow entrypoint (``module:function``), thresholds model."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    spec: RunbookSpec
+    flow: str
+    thresholds: type[Thresholds]
+
+
 class Runbook(_Strict):
+    """A runbook in force: its module's spec with this installation's overrides (:meth:`merge`)."""
+
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     title: str
     flow: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -109,6 +191,32 @@ class Runbook(_Strict):
     @property
     def limits_model(self) -> type[Thresholds]:
         return self._limits
+
+    @classmethod
+    def merge(cls, declared: Declared, override: RunbookOverride | None, source: Path | None) -> "Runbook":
+        """The spec with this installation's overrides; the thresholds checked against the spec's model."""
+        spec, change = declared.spec, override or RunbookOverride(name=declared.spec.name)
+        where = f"{source or declared.flow}: runbook {spec.name!r}"
+        needs = {m.name: m.needs for m in change.mitigations}
+        unknown = sorted(set(needs) - set(spec.mitigations))
+        if unknown:
+            raise CatalogError(f"{where}: mitigations: {', '.join(unknown)} not proposed by this runbook "
+                               f"(it proposes: {', '.join(spec.mitigations) or 'none'})")
+        runbook = cls(
+            name=spec.name, title=spec.title, flow=declared.flow,
+            alertnames=[*spec.alertnames, *(a for a in change.alertnames if a not in spec.alertnames)],
+            severity=change.severity or spec.severity, seeds=list(spec.seeds), thresholds=change.thresholds,
+            verify=change.verify or spec.verify,
+            approval_timeout_seconds=change.approval_timeout_seconds or spec.approval_timeout_seconds,
+            mitigations=[MitigationSpec(name=name, risk=REGISTRY[name].risk, needs=needs.get(name, "one"))
+                         for name in spec.mitigations],
+            left_to_humans=list(spec.left_to_humans),
+            schedules=list(spec.schedules if change.schedules is None else change.schedules),
+            dry_run=change.dry_run,
+        )
+        runbook._source = source
+        runbook.bind_limits(declared.thresholds)
+        return runbook
 
     def limits(self, model: type[T], alertname: str | None = None) -> T:
         """The thresholds in force for ``alertname``: the seed's defaults, then the seed's figure for that
@@ -619,48 +727,6 @@ class Catalog(BaseModel):
                 return runbook
         raise KeyError(name)
 
-    def resolve_flows(self) -> dict[str, Any]:
-        """Import every runbook's flow; check its mitigations exist. Returns {runbook name: Flow}."""
-        from prefect import Flow, Task  # heavy: Prefect (~1.4 s), not needed by the CLI's light commands
-
-        from core.results import Resumable  # heavy: imports Prefect too
-
-        flows: dict[str, Any] = {}
-        for runbook in self.runbooks:
-            module_name, attr = runbook.flow.split(":")
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError as exc:
-                raise CatalogError(f"runbook {runbook.name!r}: cannot import flow module {module_name!r}: {exc}") from exc
-            obj = getattr(module, attr, None)
-            if not isinstance(obj, Flow):
-                raise CatalogError(f"runbook {runbook.name!r}: {runbook.flow!r} is not a Prefect flow")
-            model = getattr(obj, "thresholds_model", None)
-            if not (isinstance(model, type) and issubclass(model, Thresholds)):
-                raise CatalogError(f"{runbook._source or 'catalog'}: runbook {runbook.name!r}: {runbook.flow!r} declares "
-                                   "no runbook spec (build its flow with flows.lifecycle.runbook_flow(name, assess, thresholds))")
-            runbook.bind_limits(model)
-            for name, step in sorted(vars(module).items()):
-                if isinstance(step, Task) and not isinstance(step.cache_policy, Resumable):
-                    raise CatalogError(
-                        f"{runbook._source or 'catalog'}: runbook {runbook.name!r}: step {step.name!r} ({module_name}.{name}) "
-                        "is not resumable: a response that waited for approval would run it again. Make it with "
-                        "flows.lifecycle.step(name, probe) or give it cache_policy=core.results.RESUMABLE")
-            for mitigation in runbook.mitigations:
-                registered = REGISTRY.get(mitigation.name)
-                if registered is None:
-                    raise CatalogError(
-                        f"runbook {runbook.name!r}: mitigation {mitigation.name!r} is not a registered mitigation "
-                        f"(known: {', '.join(sorted(REGISTRY))})"
-                    )
-                if registered.risk != mitigation.risk:
-                    raise CatalogError(
-                        f"runbook {runbook.name!r}: mitigation {mitigation.name!r} is declared {mitigation.risk.value} "
-                        f"but the action is {registered.risk.value}"
-                    )
-            flows[runbook.name] = obj
-        return flows
-
 
 _ENV_REF = re.compile(r"^\$\{([A-Z_][A-Z0-9_]*)\}$")
 
@@ -704,39 +770,65 @@ def _describe(exc: ValidationError, path: Path, data: Any) -> str:
     return "\n".join(lines)
 
 
-def load_catalog(config_dir: Path) -> Catalog:
-    """Every ``config/runbooks/*.yaml`` (each a ``runbooks:`` list), ``targets.yaml`` and ``notify.yaml``."""
-    files = sorted((config_dir / "runbooks").glob("*.yaml"))
-    if not files:
-        raise CatalogError(f"{config_dir / 'runbooks'}: no runbook files (*.yaml)")
-    runbooks: list[Runbook] = []
-    origin: dict[str, Path] = {}
-    alert_owner: dict[str, str] = {}
-    for path in files:
+def read_overrides(config_dir: Path) -> list[tuple[Path, RunbookOverride]]:
+    """Every entry of ``config/runbooks/*.yaml`` (each file a ``runbooks:`` list; the folder may be empty)."""
+    found: list[tuple[Path, RunbookOverride]] = []
+    seen: dict[str, Path] = {}
+    for path in sorted((config_dir / "runbooks").glob("*.yaml")):
         data = _read_yaml(path)
-        if not isinstance(data, dict) or not isinstance(data.get("runbooks"), list):
+        if data is None:
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("runbooks") or [], list):
             raise CatalogError(f"{path}: expected a mapping with a 'runbooks' list")
-        entries = data["runbooks"]
-        for index, entry in enumerate(entries):
+        for index, entry in enumerate(data.get("runbooks") or []):
+            name = entry.get("name", f"#{index + 1}") if isinstance(entry, dict) else f"#{index + 1}"
             try:
-                runbook = Runbook.model_validate(entry)
+                override = RunbookOverride.model_validate(_expand_env(entry))
             except ValidationError as exc:
-                name = entry.get("name", f"#{index + 1}") if isinstance(entry, dict) else f"#{index + 1}"
                 raise CatalogError("\n".join(
-                    f"{path}: runbook {name!r}: {'.'.join(str(p) for p in err['loc']) or '(entry)'}: {err['msg']}"
+                    f"{path}: runbook {name!r}: {'.'.join(str(p) for p in err['loc']) or '(entry)'}: {_hint(err)}"
                     for err in exc.errors()
                 )) from None
-            if runbook.name in origin:
-                raise CatalogError(f"{path}: runbook name {runbook.name!r} is also defined in {origin[runbook.name]}")
-            origin[runbook.name] = path
-            runbook._source = path
-            for alertname in runbook.alertnames:
-                if alertname in alert_owner:
-                    raise CatalogError(
-                        f"{path}: alert name {alertname!r} is claimed by both {alert_owner[alertname]!r} and {runbook.name!r}"
-                    )
-                alert_owner[alertname] = runbook.name
-            runbooks.append(runbook)
+            if override.name in seen:
+                raise CatalogError(f"{path}: runbook {override.name!r} is also configured in {seen[override.name]}")
+            seen[override.name] = path
+            found.append((path, override))
+    return found
+
+
+def _hint(err: Any) -> str:
+    """A pydantic error, with what to do for the fields that moved to the runbook's module."""
+    field = err["loc"][0] if err["loc"] else None
+    if err["type"] == "extra_forbidden" and field in {"title", "flow", "seeds", "left_to_humans", "risk"}:
+        return f"{err['msg']}: a runbook's {field} is declared in its module (its RunbookSpec), not in the catalog"
+    if err["type"] == "extra_forbidden" and len(err["loc"]) >= 3 and err["loc"][0] == "mitigations" and err["loc"][2] == "risk":
+        return f"{err['msg']}: a mitigation's risk is the registered action's own (tasks/actions)"
+    return err["msg"]
+
+
+def load_catalog(config_dir: Path, declared: list[Declared]) -> Catalog:
+    """The declared runbooks (``flows.registry`` finds them) with ``config/runbooks/*.yaml``'s overrides,
+    ``targets.yaml``, ``notify.yaml``, ``escalation.yaml``, ``policy.yaml``, ``maintenance.yaml`` and
+    ``oncall.yaml``."""
+    overrides = read_overrides(config_dir)
+    by_name = {d.spec.name: d for d in declared}
+    for path, override in overrides:
+        if override.name not in by_name:
+            hint = (f"module {override.module!r} declares no runbook of that name" if override.module else
+                    "no runbook module declares it (an installation's own runbook names its module: `module: NAME`)")
+            raise CatalogError(f"{path}: runbook {override.name!r}: {hint}")
+    change = {override.name: (path, override) for path, override in overrides}
+    runbooks: list[Runbook] = []
+    alert_owner: dict[str, str] = {}
+    for item in declared:
+        path, override = change.get(item.spec.name, (None, None))
+        runbook = Runbook.merge(item, override, path)
+        for alertname in runbook.alertnames:
+            if alertname in alert_owner:
+                raise CatalogError(f"{path or item.flow}: alert name {alertname!r} is claimed by both "
+                                   f"{alert_owner[alertname]!r} and {runbook.name!r}")
+            alert_owner[alertname] = runbook.name
+        runbooks.append(runbook)
     catalog = Catalog(runbooks=runbooks)
     for extra, field in (("targets.yaml", "targets"), ("notify.yaml", "notify"), ("escalation.yaml", "escalation"),
                          ("policy.yaml", "policy"), ("maintenance.yaml", "maintenance"), ("oncall.yaml", "oncall")):

@@ -1,11 +1,11 @@
 """Application runbooks: slow responses, errors, one broken endpoint, growing memory, queues, uploads.
 
-Catalog: ``config/runbooks/application.yaml``. Each flow is started by the
+Each runbook's spec (``HIGH_RESPONSE_TIME`` ...) is declared next to its flow, which is started by the
 ``responder.alert.firing`` event of any of its alert spellings and follows its seeds' steps
 in order (task names are the steps). Each runbook's thresholds are a typed model declared next to
 its flow (``HighResponseTimeLimits`` ...): the seeds' figures as defaults, per alert spelling where the
 seeds differ (``spellings``: ``response_time_p95`` fires at 1 s where ``HIGH_RESPONSE_TIME`` fires at 2 s);
-the catalog entry may override them (``thresholds: {name: value}`` or ``{name.ALERTNAME: value}``).
+an installation may override them in ``config/runbooks/*.yaml`` (``thresholds: {name: value}`` or ``{name.ALERTNAME: value}``).
 
 * ``high_response_time``: HIGH_RESPONSE_TIME (seed 000), response_time_p95 (001), seed 002
   "Slow requests", seed 003 "Production is Slow", seed 004 "High Response Time".
@@ -32,7 +32,7 @@ from flows.checks import collect, compact, measured
 from flows.host import locate, prometheus_url
 from flows.lifecycle import Assessment, runbook_flow
 from core.alerts import Alert
-from core.catalog import Runbook, Thresholds, seed
+from core.catalog import Runbook, RunbookSpec, Thresholds, VerifySpec, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import hosts, http, postgres, prometheus
@@ -143,7 +143,39 @@ def assess_response_time(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_endpoint_performance(threshold, window, ("job",), match, no_data_ok=False))
 
 
-high_response_time = runbook_flow("high-response-time", assess_response_time, HighResponseTimeLimits,
+HIGH_RESPONSE_TIME = RunbookSpec(
+    name="high-response-time",
+    title="High response time",
+    alertnames=(
+        "HIGH_RESPONSE_TIME",  # seed 000, alert-rules.yml
+        "response_time_p95",  # seed 001, alert-rules.yml
+        "HighResponseTime",  # seed 004 "High Response Time", Prometheus rule style
+        "SlowRequests",  # seed 002 "Slow requests on /api/v1/toc/generate: p95=4250ms (>3s threshold)"
+        "ProductionSlow",  # seed 003 "Scenario: Production is Slow"
+    ),
+    severity="warning",
+    seeds=(
+        "000 Application Alerts / HIGH_RESPONSE_TIME: P95 response time >2s for 2 minutes",
+        "001 High Response Time / response_time_p95: P95 response time exceeds 1 second over 5 minutes",
+        "002 3. Slow Requests: p95=4250ms (>3s threshold)",
+        "003 Common Alert Playbooks / Scenario: Production is Slow",
+        "004 Application Alerts: High Response Time: P95 >2s for 2 minutes",
+    ),
+    verify=VerifySpec(budget_seconds=300, interval_seconds=15),  # measure again for 5 minutes (seed 001's window)
+    approval_timeout_seconds=900,
+    mitigations=(
+        "restart_service",  # risky: seed 002 "Temporary: Restart to clear memory" (only under memory pressure)
+        "scale_service",  # risky: seed 001/003 "If CPU bound: Scale horizontally" (configured argv without {replicas})
+    ),
+    left_to_humans=(
+        "Database: optimize slow queries, add indexes, run ANALYZE (seeds 000, 001, 003); the slow statements are in the report",
+        "Caching: implement or fix Redis caching (seed 000); external APIs: circuit breakers, timeouts, fallbacks (000, 001)",
+        "Code: profile and optimize hot paths (seed 000)",
+    ),
+)
+
+
+high_response_time = runbook_flow(HIGH_RESPONSE_TIME, assess_response_time, HighResponseTimeLimits,
                                   "P95 response time over the alert's threshold: find where the time goes, relieve, verify.")
 
 
@@ -222,7 +254,40 @@ def assess_error_rate(runbook: Runbook, alert: Alert) -> Assessment:
     )
 
 
-high_error_rate = runbook_flow("high-error-rate", assess_error_rate, HighErrorRateLimits,
+HIGH_ERROR_RATE = RunbookSpec(
+    name="high-error-rate",
+    title="High error rate",
+    alertnames=(
+        "HIGH_ERROR_RATE",  # seed 000, alert-rules.yml
+        "error_rate",  # seed 001, alert-rules.yml
+        "HighErrorRate",  # seed 003 (and seed 004 "High Error Rate"), alert-rules.yml
+        "HighEndpointErrorRate",  # seed 002 "High error rate on /api/v1/books: 8.5% (42/500 requests)"
+    ),
+    severity="critical",
+    seeds=(
+        "000 Application Alerts / HIGH_ERROR_RATE: Error rate >5% for 1 minute",
+        "001 High Error Rate Alert / error_rate: Error rate exceeds 5% over 5 minutes",
+        "002 2. High Error Rate: High error rate on /api/v1/books: 8.5% (42/500 requests)",
+        "003 CRITICAL / HighErrorRate: More than 5% of requests are returning errors (5xx)",
+        "004 Application Alerts: High Error Rate: >5% for 1 minute",
+    ),
+    verify=VerifySpec(budget_seconds=300, interval_seconds=15),
+    approval_timeout_seconds=600,  # critical: seed 003 "< 5 min response", seed 000 on-call 5 minutes
+    mitigations=(
+        "set_flag",  # risky: seed 003 "graceful degradation (if external API down)": flag degraded-mode
+        "rollback_release",  # risky: seed 001 "If code issue: Rollback deployment immediately"
+    ),
+    left_to_humans=(
+        "Sentry: most frequent errors, stack traces, affected users and regions (seeds 001, 003)",
+        "Review recent deployments and commits before approving a rollback (seed 001 step 2, seed 002 Q3)",
+        "Traffic spike: legitimate or attack? Scale up or enable rate limiting (seed 001 step 5)",
+        "Post in #incidents with severity, status and ETA; mention @on-call-primary for critical (seed 001 step 6)",
+        "Follow-up: bug report, validation fix, monitoring for the specific error pattern (seed 002)",
+    ),
+)
+
+
+high_error_rate = runbook_flow(HIGH_ERROR_RATE, assess_error_rate, HighErrorRateLimits,
                                "More than 5 % of requests fail: read the errors, check dependencies, degrade or roll back, verify.")
 
 
@@ -274,7 +339,29 @@ def assess_endpoint(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_endpoint_errors(threshold, window, ENDPOINTS, match, no_data_ok=False))
 
 
-endpoint_broken = runbook_flow("endpoint-broken", assess_endpoint, EndpointBrokenLimits,
+ENDPOINT_BROKEN = RunbookSpec(
+    name="endpoint-broken",
+    title="One endpoint is broken",
+    alertnames=(
+        "EndpointBroken",  # seed 003 "Scenario: One Endpoint is Broken"
+    ),
+    severity="warning",
+    seeds=(
+        "003 Common Alert Playbooks / Scenario: One Endpoint is Broken",
+    ),
+    verify=VerifySpec(budget_seconds=300, interval_seconds=15),
+    approval_timeout_seconds=900,
+    mitigations=(
+        "set_flag",  # risky: seed 003 "Disable endpoint temporarily / Return 503 with maintenance message": flag endpoint:<path>
+    ),
+    left_to_humans=(
+        "Sentry: filter for the endpoint, read the stack trace (seed 003 step 2)",
+        "Roll back if a deployment caused it, or fix the code and re-deploy (seed 003 step 3)",
+    ),
+)
+
+
+endpoint_broken = runbook_flow(ENDPOINT_BROKEN, assess_endpoint, EndpointBrokenLimits,
                                "Seed 003 \"One Endpoint is Broken\": verify, read its errors, disable it temporarily, verify.")
 
 
@@ -325,7 +412,29 @@ def assess_memory_growth(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: confirm_memory_leak(query, growth, probe="heap_growth", no_data_ok=False))
 
 
-memory_keeps_growing = runbook_flow("memory-keeps-growing", assess_memory_growth, MemoryKeepsGrowingLimits,
+MEMORY_KEEPS_GROWING = RunbookSpec(
+    name="memory-keeps-growing",
+    title="Memory keeps growing",
+    alertnames=(
+        "MemoryKeepsGrowing",  # seed 003 "Scenario: Memory Keeps Growing"
+    ),
+    severity="warning",
+    seeds=(
+        "003 Common Alert Playbooks / Scenario: Memory Keeps Growing: watch for 30+ minutes",
+    ),
+    verify=VerifySpec(budget_seconds=600, interval_seconds=30),
+    approval_timeout_seconds=1800,  # seed 003 warning alerts: "< 30 min response"
+    mitigations=(
+        "restart_service",  # risky: seed 003 "Temporary fix: docker-compose restart backend"
+    ),
+    left_to_humans=(
+        "Identify the cause: event listener leaks, recent code changes, profile with clinic.js or a debugger (seed 003 step 2)",
+        "Permanent fix: fix the code, add a memory test to CI/CD, monitor over 24 hours after the fix (seed 003 step 4)",
+    ),
+)
+
+
+memory_keeps_growing = runbook_flow(MEMORY_KEEPS_GROWING, assess_memory_growth, MemoryKeepsGrowingLimits,
                                     "Seed 003 \"Memory Keeps Growing\": confirm over 30 minutes, find the consumer, restart, watch.")
 
 
@@ -381,7 +490,36 @@ def assess_queue(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_queue_status("default", only, backlog, stall, stuck))
 
 
-queue_backlog = runbook_flow("queue-backlog", assess_queue, QueueBacklogLimits,
+QUEUE_BACKLOG = RunbookSpec(
+    name="queue-backlog",
+    title="Queue processing delays, backlog or stalled queue",
+    alertnames=(
+        "queue_processing_time",  # seed 001, alert-rules.yml
+        "QueueBacklog",  # seed 004 "Queue Backlog: >100 pending jobs"
+        "DownloadQueueStalled",  # seed 004 "Download Queue Stalled: No progress for 10 minutes"
+    ),
+    severity="warning",
+    seeds=(
+        "001 Queue Processing Delays / queue_processing_time: P95 queue processing time exceeds 5 minutes",
+        "004 Application Alerts: Queue Backlog: >100 pending jobs",
+        "004 Business Alerts: Download Queue Stalled: No progress for 10 minutes",
+    ),
+    verify=VerifySpec(budget_seconds=600, interval_seconds=30),
+    approval_timeout_seconds=1800,
+    mitigations=(
+        "move_to_dead_letter",  # risky: seed 001 "If stuck jobs: Clear stuck jobs" (to the dead-letter list, not deleted)
+        "restart_service",  # risky: seed 001 "restart workers"
+        "scale_service",  # risky: seed 001 "If workers overloaded: Scale up workers"
+    ),
+    left_to_humans=(
+        "Slow jobs: optimize job processing, add timeouts (seed 001)",
+        "Dependencies: external API response times, database query performance, network latency (seed 001)",
+        "Replay or drop the items moved to the dead-letter list (<queue>:dead)",
+    ),
+)
+
+
+queue_backlog = runbook_flow(QUEUE_BACKLOG, assess_queue, QueueBacklogLimits,
                              "Seed 001 \"Queue Processing Delays\", seed 004 \"Queue Backlog\" / \"Download Queue Stalled\".")
 
 
@@ -455,5 +593,32 @@ def assess_uploads(runbook: Runbook, alert: Alert) -> Assessment:
                           only, stall, stuck, limits.verify_window_minutes))
 
 
-video_upload_failures = runbook_flow("video-upload-failures", assess_uploads, VideoUploadFailuresLimits,
+VIDEO_UPLOAD_FAILURES = RunbookSpec(
+    name="video-upload-failures",
+    title="Video upload failures",
+    alertnames=(
+        "VideoUploadFailures",  # seed 001 "Video Upload Failures" (the seed names no alert)
+        "video_upload_failures",
+    ),
+    severity="warning",
+    seeds=(
+        "001 Video Upload Failures: Video uploads failing or stuck in processing",
+    ),
+    verify=VerifySpec(budget_seconds=600, interval_seconds=30),
+    approval_timeout_seconds=1800,
+    mitigations=(
+        "remove_temp_files",  # safe: seed 001 "If disk is full: Remove temporary files" (configured temp dirs)
+        "move_to_dead_letter",  # risky: seed 001 "clear stuck jobs from queue"
+        "restart_service",  # risky: seed 001 "Restart Transcoding Workers if Stuck"
+    ),
+    left_to_humans=(
+        "S3/R2 credentials, IAM permissions and bucket policy (seed 001 step 1): only reachability is checked here",
+        "Mux credentials and API connectivity with the token (seed 001 step 2)",
+        "Uploads stuck in PENDING_REVIEW/PROCESSING in the content table; the user's uploads (seed 001 steps 3, 5)",
+        "File size limit (multer 500 MB) and upload rate limits (seed 001 investigation 1, 3)",
+    ),
+)
+
+
+video_upload_failures = runbook_flow(VIDEO_UPLOAD_FAILURES, assess_uploads, VideoUploadFailuresLimits,
                                      "Seed 001 \"Video uploads failing or stuck in processing\".")

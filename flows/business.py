@@ -1,7 +1,7 @@
 """Business runbooks: failed media requests, authentication issues (seed 000 "Business Logic
 Alerts", seed 004 "Business Alerts") and the AI Affiliate Empire business alerts (seed 003).
 
-Catalog: ``config/runbooks/business.yaml``.
+Each runbook's spec (``FAILED_MEDIA_REQUESTS`` ...) is declared next to its flow.
 
 * ``failed_media_requests``: FAILED_MEDIA_REQUESTS, ">10% media request failure rate".
 * ``user_authentication_issues``: USER_AUTHENTICATION_ISSUES, ">5% failed login attempts";
@@ -23,7 +23,7 @@ from flows import checks
 from flows.checks import collect, compact, measured
 from flows.lifecycle import Assessment, current_incident_id, runbook_flow
 from core.alerts import Alert
-from core.catalog import Runbook, Thresholds, seed
+from core.catalog import Runbook, RunbookSpec, Thresholds, VerifySpec, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import prometheus
@@ -84,7 +84,33 @@ def assess_media(runbook: Runbook, alert: Alert) -> Assessment:
     )
 
 
-failed_media_requests = runbook_flow("failed-media-requests", assess_media, FailedMediaRequestsLimits,
+FAILED_MEDIA_REQUESTS = RunbookSpec(
+    name="failed-media-requests",
+    title="Failed media requests",
+    alertnames=(
+        "FAILED_MEDIA_REQUESTS",  # seed 000, alert-rules.yml
+        "FailedMediaRequests",  # seed 004 "Failed Media Requests", Prometheus rule style
+    ),
+    severity="warning",
+    seeds=(
+        "000 Business Logic Alerts / FAILED_MEDIA_REQUESTS: >10% media request failure rate",
+        "004 Business Alerts: Failed Media Requests: >10% failure rate",
+    ),
+    verify=VerifySpec(budget_seconds=600, interval_seconds=30),
+    approval_timeout_seconds=1800,
+    mitigations=(
+        "restart_service",  # risky: seed 000 "Service recovery: Restart failed external integrations" (service named like the external)
+        "set_flag",  # risky: seed 000 "Fallback activation: Switch to backup data sources": flag media-fallback
+        "move_to_dead_letter",  # risky: seed 000 "Queue clearing: Process stuck queue items"
+    ),
+    left_to_humans=(
+        "User notification: inform users of temporary issues (seed 000)",
+        "Plex token and TMDB key validity (seed 000 step 2 uses $PLEX_TOKEN, $TMDB_KEY)",
+    ),
+)
+
+
+failed_media_requests = runbook_flow(FAILED_MEDIA_REQUESTS, assess_media, FailedMediaRequestsLimits,
                                      "Seed 000 FAILED_MEDIA_REQUESTS: request status, external services, queue; recover, verify.")
 
 
@@ -158,7 +184,32 @@ def assess_authentication(runbook: Runbook, alert: Alert) -> Assessment:
     )
 
 
-user_authentication_issues = runbook_flow("user-authentication-issues", assess_authentication, UserAuthenticationIssuesLimits,
+USER_AUTHENTICATION_ISSUES = RunbookSpec(
+    name="user-authentication-issues",
+    title="User authentication issues",
+    alertnames=(
+        "USER_AUTHENTICATION_ISSUES",  # seed 000, alert-rules.yml
+        "UserAuthenticationIssues",  # seed 004 "User Authentication Issues"
+    ),
+    severity="warning",
+    seeds=(
+        "000 Business Logic Alerts / USER_AUTHENTICATION_ISSUES: >5% failed login attempts",
+        "004 Business Alerts: User Authentication Issues: >5% failed logins",
+    ),
+    verify=VerifySpec(budget_seconds=600, interval_seconds=30),
+    approval_timeout_seconds=1800,
+    mitigations=(
+        "block_address",  # risky: seed 000 "Block IPs: Add malicious IPs to blocklist"
+    ),
+    left_to_humans=(
+        "Increase rate limits temporarily if the traffic is legitimate (seed 000)",
+        "OAuth refresh: regenerate OAuth tokens if compromised (seed 000)",
+        "User communication: notify users of authentication issues (seed 000)",
+    ),
+)
+
+
+user_authentication_issues = runbook_flow(USER_AUTHENTICATION_ISSUES, assess_authentication, UserAuthenticationIssuesLimits,
                                           "Seed 000 USER_AUTHENTICATION_ISSUES: auth patterns, OAuth, rate limits; block attackers; verify.")
 
 
@@ -199,7 +250,30 @@ def assess_api_costs(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_burn_rate(burn, budget, probe="projected_daily_cost", unit="$", no_data_ok=False))
 
 
-high_api_costs = runbook_flow("high-api-costs", assess_api_costs, HighApiCostsLimits,
+HIGH_API_COSTS = RunbookSpec(
+    name="high-api-costs",
+    title="High API costs",
+    alertnames=(
+        "HighApiCosts",  # seed 003, alert-rules.yml
+    ),
+    severity="warning",
+    seeds=(
+        "003 WARNING / HighApiCosts: Daily API spending exceeded $100 (Duration 1 hour, Threshold $100/day, Window last 24 hours)",
+    ),
+    verify=VerifySpec(budget_seconds=1800, interval_seconds=60),  # seed 003 warning: "< 30 min response"
+    approval_timeout_seconds=1800,
+    mitigations=(
+        "set_flag",  # risky: seed 003 "Option 1: Reduce generation frequency": flag reduce-generation
+    ),
+    left_to_humans=(
+        "Optimize prompts, reduce batch sizes (MAX_VIDEOS_PER_RUN, MAX_PRODUCTS_PER_RUN) (seed 003 options 2-4)",
+        "Check for infinite retry loops (ElevenLabs voice generation) and the Temporal execution history (seed 003)",
+        "Cost spike escalation: Product Manager, then Finance (seed 003 contacts)",
+    ),
+)
+
+
+high_api_costs = runbook_flow(HIGH_API_COSTS, assess_api_costs, HighApiCostsLimits,
                               "Seed 003 HighApiCosts: cost dashboard, culprit service, workflow frequency, retries; reduce frequency.")
 
 
@@ -246,7 +320,29 @@ def assess_products(runbook: Runbook, alert: Alert) -> Assessment:
         no_data_ok=False))
 
 
-no_products_synced = runbook_flow("no-products-synced", assess_products, NoProductsSyncedLimits,
+NO_PRODUCTS_SYNCED = RunbookSpec(
+    name="no-products-synced",
+    title="No products synced",
+    alertnames=(
+        "NoProductsSynced",  # seed 003, alert-rules.yml
+    ),
+    severity="warning",
+    seeds=(
+        "003 WARNING / NoProductsSynced: No products synced in the last hour",
+    ),
+    verify=VerifySpec(budget_seconds=900, interval_seconds=30),
+    approval_timeout_seconds=1800,
+    mitigations=(
+        "trigger_job",  # safe: seed 003 "Retry sync manually: curl -X POST .../api/orchestrator/sync-products" (job sync-products)
+    ),
+    left_to_humans=(
+        "Temporal UI: resume a paused daily-control-loop workflow (seed 003 recovery 1)",
+        "Invalid Amazon Associates credentials: update them in the secrets manager (seed 003)",
+    ),
+)
+
+
+no_products_synced = runbook_flow(NO_PRODUCTS_SYNCED, assess_products, NoProductsSyncedLimits,
                                   "Seed 003 NoProductsSynced: last sync, API errors, rate limit; retry the sync; verify products flow.")
 
 
@@ -292,7 +388,30 @@ def assess_videos(runbook: Runbook, alert: Alert) -> Assessment:
         no_data_ok=False))
 
 
-no_videos_generated = runbook_flow("no-videos-generated", assess_videos, NoVideosGeneratedLimits,
+NO_VIDEOS_GENERATED = RunbookSpec(
+    name="no-videos-generated",
+    title="No videos generated",
+    alertnames=(
+        "NoVideosGenerated",  # seed 003, alert-rules.yml
+    ),
+    severity="warning",
+    seeds=(
+        "003 WARNING / NoVideosGenerated: No videos generated in the last 2 hours",
+    ),
+    verify=VerifySpec(budget_seconds=900, interval_seconds=30),
+    approval_timeout_seconds=1800,
+    mitigations=(
+        "trigger_job",  # safe: seed 003 "Trigger manual generation: curl -X POST .../generate-videos" (job generate-videos)
+    ),
+    left_to_humans=(
+        "Pika Labs down: use the backup generator (seed 003)",
+        "Budget limit hit: adjust the budget or wait for the next day (seed 003)",
+        "Workflow crashed: read the error in the Temporal UI, fix and retry (seed 003)",
+    ),
+)
+
+
+no_videos_generated = runbook_flow(NO_VIDEOS_GENERATED, assess_videos, NoVideosGeneratedLimits,
                                    "Seed 003 NoVideosGenerated: last video, queue, budget, generator; trigger generation; verify.")
 
 
@@ -320,6 +439,26 @@ def assess_revenue(runbook: Runbook, alert: Alert) -> Assessment:
                                                      no_data_ok=False))
 
 
+REVENUE_DECLINING = RunbookSpec(
+    name="revenue-declining",
+    title="Revenue declining",
+    alertnames=(
+        "RevenueDeclining",  # seed 003, alert-rules.yml
+    ),
+    severity="info",
+    seeds=(
+        "003 INFO / RevenueDeclining: Revenue in last 24h is lower than previous 24h (< 4 hours response)",
+    ),
+    verify=VerifySpec(budget_seconds=60, interval_seconds=30),  # one comparison: the action items are people's
+    approval_timeout_seconds=14400,
+    left_to_humans=(
+        "Is the decline temporary (weekend)? Compare traffic trends (seed 003 investigation 1)",
+        "Products with ROI < 0.5, platform comparison (seed 003 investigation 2, 3)",
+        "Review A/B tests, adjust content strategy, budget for winning niches, kill underperformers, new networks (seed 003 action items)",
+    ),
+)
+
+
 # No thresholds of its own: seed 003 compares the last 24 h with the previous 24 h and the same day last week.
-revenue_declining = runbook_flow("revenue-declining", assess_revenue,
+revenue_declining = runbook_flow(REVENUE_DECLINING, assess_revenue,
                                  doc="Seed 003 RevenueDeclining (info, < 4 h): the comparisons for the people who act on them.")

@@ -1,5 +1,5 @@
 """PostgreSQL runbooks: connection exhaustion (seed 001), slow queries (seeds 000, 004) and
-connection failure (seed 003), one flow per catalog entry (``config/runbooks/infrastructure.yaml``).
+connection failure (seed 003), one flow per spec (``DATABASE_CONNECTIONS`` ...).
 
 ``database_connections`` (``database_connections``, seed 001 "Database Connection Exhaustion"):
 
@@ -71,7 +71,7 @@ from flows import checks
 from flows.host import locate, prometheus_url
 from flows.lifecycle import Assessment, cannot_measure, proposals, runbook_flow, runtime, step
 from core.alerts import Alert
-from core.catalog import Runbook, Thresholds, seed
+from core.catalog import Runbook, RunbookSpec, Thresholds, VerifySpec, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import hosts, postgres
@@ -250,7 +250,34 @@ def assess_connections(runbook: Runbook, alert: Alert) -> Assessment:
     )
 
 
-database_connections = runbook_flow("database-connections", assess_connections, ConnectionsLimits,
+DATABASE_CONNECTIONS = RunbookSpec(
+    name="database-connections",
+    title="Database connection exhaustion",
+    alertnames=(
+        "database_connections",  # seed 001
+        "DatabaseConnections",
+        "DATABASE_CONNECTIONS",
+    ),
+    severity="warning",
+    seeds=(
+        "001 Database Connection Exhaustion / database_connections: Connection pool usage exceeds 80% (alerts at 80% warning, 95% critical)",
+    ),
+    verify=VerifySpec(budget_seconds=120, interval_seconds=10),
+    approval_timeout_seconds=900,  # seed 001 escalation level 1: 0-15 minutes
+    mitigations=(
+        "terminate_backend",  # risky: seed 001 "Kill Long-Running Queries if Safe ... ⚠️ WARNING: Only kill if safe to do so"
+        "terminate_idle_transaction",  # risky: seed 001 "Transactions not being committed/rolled back": ends the leaked transaction (rolled back) and frees its connection; "⚠️ Only kill if safe to do so"
+    ),
+    left_to_humans=(
+        "Increase the connection pool temporarily (connection_limit in DATABASE_URL) and restart the application (seed 001)",
+        "Review recent code changes for connection leaks (seed 001: missing await, unclosed transactions, Prisma client)",
+        "Add connection timeouts (connect_timeout, pool_timeout) (seed 001)",
+        "Check application load: request rate, concurrent users (seed 001)",
+    ),
+)
+
+
+database_connections = runbook_flow(DATABASE_CONNECTIONS, assess_connections, ConnectionsLimits,
                                     "Respond to connection exhaustion the way seed 001 says to.")
 
 
@@ -270,7 +297,36 @@ def assess_slow_queries(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: identify_long_running_queries(dsn, seconds / 60))
 
 
-database_slow_queries = runbook_flow("database-slow-queries", assess_slow_queries, SlowQueriesLimits,
+DATABASE_SLOW_QUERIES = RunbookSpec(
+    name="database-slow-queries",
+    title="Database slow queries",
+    alertnames=(
+        "DATABASE_SLOW_QUERIES",  # seed 000; seed 004 "Database Slow Queries"
+        "DatabaseSlowQueries",
+        "database_slow_queries",
+    ),
+    severity="warning",
+    seeds=(
+        "000 Application Alerts / DATABASE_SLOW_QUERIES: Queries taking >1s",
+        "004 Application Alerts: Database Slow Queries >1s query time",
+    ),
+    verify=VerifySpec(budget_seconds=120, interval_seconds=10),
+    approval_timeout_seconds=900,
+    mitigations=(
+        "cancel_backend",  # risky: pg_cancel_backend ends the query, keeps the connection
+    ),
+    left_to_humans=(
+        "Check query plans: EXPLAIN ANALYZE <slow_query> (seed 000): it runs the query again",
+        "Index analysis: pg_stats of the tables involved; add indexes (seed 000)",
+        "Query optimization: rewrite inefficient queries (seed 000)",
+        "Connection pooling: optimize pool configuration (seed 000)",
+        "Vacuum analyze: run database maintenance (seed 000)",
+        "Enable pg_stat_statements (shared_preload_libraries + CREATE EXTENSION) where the report says it is missing",
+    ),
+)
+
+
+database_slow_queries = runbook_flow(DATABASE_SLOW_QUERIES, assess_slow_queries, SlowQueriesLimits,
                                      "Respond to slow queries the way seed 000 says to.")
 
 
@@ -294,5 +350,34 @@ def assess_connection_failure(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_database_readiness(dsn))
 
 
-database_connection_failure = runbook_flow("database-connection-failure", assess_connection_failure, ConnectionFailureLimits,
+DATABASE_CONNECTION_FAILURE = RunbookSpec(
+    name="database-connection-failure",
+    title="Database connection failure (PostgreSQL)",
+    alertnames=(
+        "DatabaseConnectionFailure",  # seed 003
+        "database_connection_failure",
+        "DATABASE_CONNECTION_FAILURE",
+    ),
+    severity="critical",
+    seeds=(
+        "003 CRITICAL / DatabaseConnectionFailure: Cannot connect to PostgreSQL database (< 5 min response)",
+        "000 Recovery Procedures / Database restart: Only if absolutely necessary (sudo systemctl restart postgresql)",
+    ),
+    verify=VerifySpec(budget_seconds=300, interval_seconds=10),  # seed 003 "No recovery after 5 min → Contact platform team"
+    approval_timeout_seconds=300,  # seed 003 CRITICAL "< 5 min response"
+    mitigations=(
+        "restart_service",  # risky: seed 003 "If hung, force restart: docker-compose restart postgres"; the `postgres` entry of targets.yaml services
+    ),
+    left_to_humans=(
+        "Connection limit: increase max_connections in postgresql.conf (seed 003)",
+        "Credentials wrong: check POSTGRES_URL in .env (seed 003)",
+        "Network issue: backend and database on the same network (seed 003)",
+        "Disk full: immediate disk expansion (seed 003); the disk-space runbook cleans logs",
+        "Connection pool exhaustion: increase pool size and restart the application (seed 003 steps 5-6)",
+        "DB still unreachable after restart: contact DBA/Ops (seed 003)",
+    ),
+)
+
+
+database_connection_failure = runbook_flow(DATABASE_CONNECTION_FAILURE, assess_connection_failure, ConnectionFailureLimits,
                                            "Respond to an unreachable PostgreSQL the way seed 003 says to.")

@@ -1,7 +1,7 @@
 """DISK_SPACE_CRITICAL and its other spellings: seeds 000, 001, 002 and 004 in one flow.
 
-Started by the ``responder.alert.firing`` event for any spelling of the catalog entry
-``disk-space`` (``config/runbooks/infrastructure.yaml``): ``DISK_SPACE_CRITICAL`` (seeds 000,
+Started by the ``responder.alert.firing`` event for any spelling of its spec (:data:`SPEC`,
+``disk-space``): ``DISK_SPACE_CRITICAL`` (seeds 000,
 004, threshold ``disk_percent`` 90) and ``disk_usage`` (seed 001, ``disk_percent`` 85 for that
 spelling: :class:`Limits` and its ``spellings``). The steps:
 
@@ -53,10 +53,45 @@ from core.results import RESUMABLE
 from flows.host import host_step, locate_host
 from flows.lifecycle import Assessment, cannot_measure, runbook_flow, runtime, step
 from core.alerts import Alert
-from core.catalog import PathTargets, Runbook, Thresholds, seed
+from core.catalog import PathTargets, Runbook, RunbookSpec, Thresholds, VerifySpec, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import hosts
+
+
+# Log ages are config/targets.yaml paths.retention_days (7) and paths.delete_after_days (30).
+SPEC = RunbookSpec(
+    name="disk-space",
+    title="Disk space critical",
+    alertnames=(
+        "DISK_SPACE_CRITICAL",  # seed 000; seed 004 "Disk Space Critical"
+        "DiskSpaceCritical",
+        "disk_space_critical",
+        "disk_usage",  # seed 001
+    ),
+    severity="critical",
+    seeds=(
+        "000 Infrastructure Alerts / DISK_SPACE_CRITICAL: Disk usage >90%",
+        "001 High Disk Usage / disk_usage: Disk usage exceeds 85% (alerts at 80% warning, 85% critical)",
+        "002 5. Disk Space Low: \"Low disk space: 8% free\" (Severity: High); compress old logs, remove old compressed logs, remove temporary files",
+        "004 Infrastructure Alerts: Disk Space Critical >90% usage; Data Retention: Logs 7 days local, 30 days compressed storage",
+    ),
+    verify=VerifySpec(budget_seconds=120, interval_seconds=15),
+    approval_timeout_seconds=300,  # nothing here asks (all cleanup steps are safe); critical: 5 minutes (seed 000 contacts)
+    mitigations=(
+        "compress_old_logs",  # safe: seed 002 "Compress old logs: gzip *.log.1 *.log.2"; seed 004 "Logs: 7 days local"
+        "delete_old_files",  # safe: seed 002 "Remove old compressed logs: find ... -name \"*.gz\" -mtime +7 -delete"; seed 004 "30 days compressed storage"
+        "remove_temp_files",  # safe: seed 000 "Remove temp files: rm -rf /tmp/*"; seed 002 "find /tmp -name \"auto-author-*\" -mtime +7 -delete"
+    ),
+    left_to_humans=(
+        "Force log rotation: `logrotate -f /etc/logrotate.conf` (seed 000) and check that rotation works (seed 001)",
+        "Clear Docker: `docker system prune -f` (seed 000): removes stopped containers and images someone may need",
+        "Truncate current logs (seed 002 \"CAUTION: This loses log data\")",
+        "Archive data: move old data to cold storage; database too large: archive old data, data retention (seeds 000, 001)",
+        "MongoDB: compact collections (requires downtime) or drop old audit logs (seed 002)",
+        "Increase disk size; set up automated cleanup (seed 002 long-term solution)",
+    ),
+)
 
 LOG_PATTERNS = ["*.log", "*.log.[0-9]*"]  # the current logs and their rotations (seed 002 "gzip *.log.1 *.log.2")
 COMPRESSED_PATTERNS = ["*.gz"]  # seed 002 "find /var/log/auto-author -name "*.gz" ... -delete"
@@ -129,5 +164,5 @@ def assess(runbook: Runbook, alert: Alert) -> Assessment:
     )
 
 
-disk_space = runbook_flow("disk-space", assess, Limits,
+disk_space = runbook_flow(SPEC, assess, Limits,
                           "Respond to a full disk the way seeds 000, 001 and 002 say to.")

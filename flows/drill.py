@@ -13,9 +13,31 @@ from core.results import RESUMABLE
 
 from flows.lifecycle import acknowledge, conclude, held, mitigate, runbook_composition, runtime, verify_until_ok
 from core.alerts import Alert, IncidentRef
-from core.catalog import Thresholds
+from core.catalog import RunbookSpec, Thresholds, VerifySpec
 from tasks.base import ActionOutcome, ProbeResult
 from tasks.mitigations import PlannedAction
+
+
+SPEC = RunbookSpec(
+    name="responder-drill",
+    title="Responder fire drill",
+    alertnames=(
+        "ResponderDrill",
+    ),
+    severity="warning",
+    seeds=(
+        "000 General Alert Response Workflow: acknowledge, assess, mitigate, verify, close or escalate",
+        "001 Escalation: levels at 0-15, 15-30, 30+ minutes",
+    ),
+    verify=VerifySpec(budget_seconds=5, interval_seconds=1),
+    approval_timeout_seconds=300,
+    mitigations=(
+        "drill_step",  # risky
+    ),
+    left_to_humans=(
+        "Answer the approval (UI Resume form, `responder approve RUN`, or Slack) and acknowledge the pages",
+    ),
+)
 
 RUNBOOK = "responder-drill"
 
@@ -45,7 +67,7 @@ def drill_verified(outcomes: list[ActionOutcome]) -> ProbeResult:
                        summary="the drill step was approved and run" if done else "the drill step did not run")
 
 
-@runbook_composition("responder-drill", Limits)
+@runbook_composition(SPEC, Limits)
 def responder_drill(alert: Alert, incident: IncidentRef | None = None):
     _, catalog, _ = runtime()
     runbook = catalog.get(RUNBOOK)

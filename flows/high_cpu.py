@@ -1,7 +1,7 @@
 """HIGH_CPU_USAGE: seed 000 (MediaNest) "CPU usage >80% for 5 minutes", seed 004 "High CPU Usage".
 
-Started by the ``responder.alert.firing`` event for any spelling in the catalog
-(``config/runbooks.yaml``, entry ``high-cpu-usage``). The steps, in the seed's order:
+Started by the ``responder.alert.firing`` event for any spelling of its spec (:data:`SPEC`). The
+steps, in the seed's order:
 
 0. Which machine alerted: this one (psutil) or another that Prometheus scrapes
    (node_exporter); neither: report that and escalate   → ``locate_host``
@@ -23,11 +23,39 @@ from core.results import RESUMABLE
 from flows.host import host_service, host_step, locate_host
 from flows.lifecycle import Assessment, cannot_measure, runbook_flow, runtime
 from core.alerts import Alert
-from core.catalog import Runbook, Thresholds, seed
+from core.catalog import Runbook, RunbookSpec, Thresholds, VerifySpec, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction, plan_process_terminations
 from tasks.probes import hosts
 from tasks.probes.hosts import Host
+
+
+SPEC = RunbookSpec(
+    name="high-cpu-usage",
+    title="High CPU usage",
+    alertnames=(
+        "HIGH_CPU_USAGE",  # seed 000
+        "HighCPUUsage",  # seed 004 "High CPU Usage", Prometheus rule style
+        "HighCpuUsage",
+        "high_cpu_usage",
+    ),
+    severity="warning",
+    seeds=(
+        "000 Infrastructure Alerts / HIGH_CPU_USAGE: CPU usage >80% for 5 minutes",
+        "004 Infrastructure thresholds: High CPU Usage >80% for 5 minutes",
+    ),
+    verify=VerifySpec(budget_seconds=300, interval_seconds=15),  # measure again for up to 5 minutes (the alert's own window)
+    approval_timeout_seconds=900,
+    mitigations=(
+        "terminate_process",  # risky: seed 000: "Kill processes: Terminate non-critical processes if needed"
+        "restart_service",  # risky: seed 000: "Restart services: Last resort for stuck processes"
+    ),
+    left_to_humans=(
+        "Scale up: add more instances if auto-scaling is available (needs a configured scale command)",
+        "Reduce load: enable maintenance mode if necessary (a product decision)",
+        "Root cause: high traffic, database queries, memory pressure or background jobs (seed 000 table)",
+    ),
+)
 
 
 class Limits(Thresholds):
@@ -80,5 +108,5 @@ def assess(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_cpu_usage(host, limits.cpu_percent))
 
 
-high_cpu_usage = runbook_flow("high-cpu-usage", assess, Limits,
+high_cpu_usage = runbook_flow(SPEC, assess, Limits,
                               "Respond to HIGH_CPU_USAGE the way seed 000 says to.")

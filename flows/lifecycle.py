@@ -37,7 +37,7 @@ from pydantic import Field, ValidationError
 
 from core.alerts import Alert, IncidentRef
 from core import metrics
-from core.catalog import Catalog, Runbook, Thresholds
+from core.catalog import Catalog, Runbook, RunbookSpec, Thresholds
 from core.collected import LEAD, Collected, chart_markdown, chart_svg, collect, keep, section
 from core.maintenance import covering, in_force
 from core.notify import Notifier
@@ -103,17 +103,19 @@ def response_failed(flow: Any, flow_run: Any, state: State) -> None:
 RUN_NAME = "{alert.labels[alertname]} {alert.fingerprint}"
 
 
-def runbook_flow(name: str, assess: Callable[[Runbook, Alert], "Assessment"], thresholds: type[Thresholds] = Thresholds,
-                 doc: str = "") -> Any:
+def runbook_flow(spec: RunbookSpec, assess: Callable[[Runbook, Alert], "Assessment"],
+                 thresholds: type[Thresholds] = Thresholds, doc: str = "") -> Any:
     """A runbook's Prefect flow, built from its spec: the shared response (:func:`respond`) with the
     runbook's own ``assess``, named after the runbook (flow, deployment, task graph).
 
-    ``thresholds`` is the runbook's typed model (:class:`core.catalog.Thresholds`); ``responder up``
-    checks the catalog's overrides against it before anything starts. The flow belongs to the
-    runbook's module (its deployment's entrypoint is ``flows/<module>.py:<name_with_underscores>``)::
+    ``spec`` is the runbook's :class:`core.catalog.RunbookSpec` (alert names, severity, seeds,
+    verification, mitigations) and ``thresholds`` its typed model (:class:`core.catalog.Thresholds`);
+    ``responder up`` checks the installation's overrides against both before anything starts. The flow
+    belongs to the runbook's module (its deployment's entrypoint is ``flows/<module>.py:<name_with_underscores>``)::
 
-        disk_space = runbook_flow("disk-space", assess, Limits, "Respond to a full disk the way seeds 000-002 say to.")
+        disk_space = runbook_flow(SPEC, assess, Limits, "Respond to a full disk the way seeds 000-002 say to.")
     """
+    name = spec.name
     def respond_to(alert: Alert, incident: IncidentRef | None = None):
         return run(name, alert, incident, assess)
 
@@ -124,18 +126,18 @@ def runbook_flow(name: str, assess: Callable[[Runbook, Alert], "Assessment"], th
                             respond_to.__closure__)
     fn.__qualname__, fn.__module__, fn.__doc__ = fn.__name__, module.__name__, doc
     fn.__annotations__ = {"alert": Alert, "incident": Optional[IncidentRef]}
-    return runbook_composition(name, thresholds)(fn)
+    return runbook_composition(spec, thresholds)(fn)
 
 
-def runbook_composition(name: str, thresholds: type[Thresholds] = Thresholds) -> Callable[[Callable[..., Any]], Any]:
+def runbook_composition(spec: RunbookSpec, thresholds: type[Thresholds] = Thresholds) -> Callable[[Callable[..., Any]], Any]:
     """``@flow`` for a runbook that composes the lifecycle's steps itself instead of :func:`respond`
     (the drill verifies on its own outcomes; service health measures before it acknowledges)."""
-    as_flow = flow(name=name, flow_run_name=RUN_NAME, on_failure=[response_failed], on_crashed=[response_failed],
+    as_flow = flow(name=spec.name, flow_run_name=RUN_NAME, on_failure=[response_failed], on_crashed=[response_failed],
                    validate_parameters=True, persist_result=True, result_storage=RESULTS_BLOCK)
 
     def decorate(fn: Callable[..., Any]) -> Any:
         made = as_flow(fn)
-        made.thresholds_model = thresholds
+        made.spec, made.thresholds_model = spec, thresholds
         return made
 
     return decorate

@@ -1,7 +1,7 @@
 """HIGH_MEMORY_USAGE and its other spellings: seeds 000, 001, 002, 003 and 004 in one flow.
 
-Started by the ``responder.alert.firing`` event for any spelling of the catalog entry
-``high-memory-usage`` (``config/runbooks/infrastructure.yaml``): ``HIGH_MEMORY_USAGE`` (seed 000,
+Started by the ``responder.alert.firing`` event for any spelling of its spec (:data:`SPEC`,
+``high-memory-usage``): ``HIGH_MEMORY_USAGE`` (seed 000,
 004), ``memory_usage`` (seed 001), ``HighMemoryUsage`` (seed 003). Each spelling keeps its seed's
 threshold: ``memory_percent`` is 85 (seed 000), 90 for ``memory_usage`` and ``HighMemoryUsage``
 (:class:`Limits` and its ``spellings``). The steps, in seed 000's order, with what the other seeds add:
@@ -41,11 +41,44 @@ from flows import checks
 from flows.host import host_service, host_step, locate_host
 from flows.lifecycle import Assessment, cannot_measure, runbook_flow, runtime
 from core.alerts import Alert
-from core.catalog import Runbook, Thresholds, seed
+from core.catalog import Runbook, RunbookSpec, Thresholds, VerifySpec, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction, plan_process_terminations
 from tasks.probes import hosts
 from tasks.probes.hosts import Host
+
+
+SPEC = RunbookSpec(
+    name="high-memory-usage",
+    title="High memory usage",
+    alertnames=(
+        "HIGH_MEMORY_USAGE",  # seed 000; seed 004 "High Memory Usage"
+        "HighMemoryUsage",  # seed 003 (a Node.js heap alert: see flows/memory.py)
+        "memory_usage",  # seed 001
+        "high_memory_usage",
+    ),
+    severity="warning",
+    seeds=(
+        "000 Infrastructure Alerts / HIGH_MEMORY_USAGE: Memory usage >85% for 3 minutes",
+        "001 High Memory Usage / memory_usage: Memory usage exceeds 90% (alerts at 80% warning, 90% critical)",
+        "002 6. Memory High: \"High memory usage: 92%\" (Severity: High)",
+        "003 WARNING / HighMemoryUsage: Node.js process using > 90% of heap memory (nodejs_heap_used_bytes / nodejs_heap_size_limit_bytes > 0.9 for 10m)",
+        "004 Infrastructure Alerts: High Memory Usage >85% for 3 minutes",
+    ),
+    verify=VerifySpec(budget_seconds=180, interval_seconds=15),  # measure again for up to the alert's own window ("for 3 minutes")
+    approval_timeout_seconds=900,  # seed 000 contacts: High → team lead within 15 minutes
+    mitigations=(
+        "terminate_process",  # risky: only processes config/targets.yaml calls killable (as for CPU, seed 000 "Kill processes")
+        "restart_service",  # risky: seed 000 "Restart Node.js: Clear memory leaks `pm2 restart all`"; 001 "restart application"; 002 "Immediate (restart): sudo systemctl restart auto-author"; 003 "docker-compose restart backend"
+    ),
+    left_to_humans=(
+        "Check for memory leaks: valgrind / clinic.js / tracemalloc profiling, review recent code changes (seeds 000, 001, 002, 003)",
+        "Optimize queries: reduce database connection pools (seed 000)",
+        "Clear caches: `redis-cli FLUSHDB` if safe (seed 000): whether emptying the cache is safe is a judgement (a cold cache moves the load to the database)",
+        "Scale memory: add more RAM or instances; raise NODE_OPTIONS --max-old-space-size (seeds 000, 001, 003)",
+        "Is it a gradual increase, more traffic, a leak? (seed 002 investigation questions: sar -r, request rate, uptime vs memory)",
+    ),
+)
 
 # Spellings whose figure is a process heap measured by Prometheus, not host memory (seed 003).
 HEAP_ALERTNAMES = frozenset({"HighMemoryUsage"})
@@ -130,5 +163,5 @@ def assess(runbook: Runbook, alert: Alert) -> Assessment:
     )
 
 
-high_memory_usage = runbook_flow("high-memory-usage", assess, Limits,
+high_memory_usage = runbook_flow(SPEC, assess, Limits,
                                  "Respond to high memory the way seeds 000-004 say to.")

@@ -1,8 +1,8 @@
 """MongoDB connection lost: seed 002 "4. Database Connection Failure", as one flow.
 
-Started by the ``responder.alert.firing`` event for the catalog entry ``mongodb-connection-lost``
-(``config/runbooks/infrastructure.yaml``). Seed 002 names no alert (its alert text is "MongoDB
-connection lost"), so the catalog routes ``MongoDBConnectionLost``, ``mongodb_connection_lost``
+Started by the ``responder.alert.firing`` event for any alert name of its spec (:data:`SPEC`,
+``mongodb-connection-lost``). Seed 002 names no alert (its alert text is "MongoDB
+connection lost"), so the spec routes ``MongoDBConnectionLost``, ``mongodb_connection_lost``
 and ``MongodbDown`` (the usual ``mongodb_exporter`` rule, ``mongodb_up == 0``). Seed 003's
 ``DatabaseConnectionFailure`` is PostgreSQL's (``flows/database.py``). The steps:
 
@@ -45,10 +45,36 @@ from pydantic import SecretStr
 from flows import checks
 from flows.lifecycle import Assessment, cannot_measure, proposals, runbook_flow, runtime, step
 from core.alerts import Alert
-from core.catalog import Runbook, Thresholds, seed
+from core.catalog import Runbook, RunbookSpec, Thresholds, VerifySpec, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import mongo
+
+
+SPEC = RunbookSpec(
+    name="mongodb-connection-lost",
+    title="MongoDB connection lost",
+    alertnames=(
+        "MongoDBConnectionLost",  # seed 002 "MongoDB connection lost" (seed 002 names no alert; these are the spellings we route)
+        "mongodb_connection_lost",
+        "MongodbDown",  # the usual mongodb_exporter rule name (mongodb_up == 0)
+    ),
+    severity="critical",
+    seeds=(
+        "002 4. Database Connection Failure: \"MongoDB connection lost\" (Severity: Critical)",
+    ),
+    verify=VerifySpec(budget_seconds=120, interval_seconds=10),
+    approval_timeout_seconds=300,  # critical: 5 minutes (seed 000 contacts)
+    mitigations=(
+        "restart_service",  # risky: seed 002 "If MongoDB is down: sudo systemctl start mongod" (the `mongodb` entry of targets.yaml services); "If connection pool exhausted: restart application" (the alert's service)
+    ),
+    left_to_humans=(
+        "Check MongoDB logs: tail -n 100 /var/log/mongodb/mongod.log; if it crashes again, find the root cause there (seed 002)",
+        "Authentication failure: verify credentials, update environment variables (seed 002)",
+        "Review the application's maxPoolSize (seed 002)",
+        "Investigate why MongoDB stopped; backup/failover plan (seed 002 follow-up)",
+    ),
+)
 
 DATABASE_SERVICE = "mongodb"
 
@@ -133,5 +159,5 @@ def assess(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: verify_mongodb_stays_up(url, stay_up))
 
 
-mongodb_connection_lost = runbook_flow("mongodb-connection-lost", assess, Limits,
+mongodb_connection_lost = runbook_flow(SPEC, assess, Limits,
                                        "Respond to a lost MongoDB connection the way seed 002 says to.")

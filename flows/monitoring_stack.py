@@ -1,9 +1,9 @@
 """The monitoring stack's own troubleshooting (seed 004) and external service failures.
 
-Catalog: ``config/runbooks/monitoring.yaml``. The seeds name no alert for these; the catalog
-routes the spellings listed there (a rule that fires them is the operator's, e.g. on
+The seeds name no alert for these; each runbook's spec (``EXTERNAL_SERVICE_FAILURES`` ...)
+routes the spellings it lists (a rule that fires them is the operator's, e.g. on
 ``up{job="prometheus"} == 0`` or ``alertmanager_notifications_failed_total``). Each runbook's
-thresholds are a typed model declared next to its flow; the catalog entry may override them.
+thresholds are a typed model declared next to its flow; an installation may override them.
 
 * ``external_service_failures``: seed 004 "External Service Failures: API downtime", seed 001
   "Verify External Service Status", seed 003 "External API down ... graceful degradation".
@@ -22,7 +22,7 @@ from flows import checks
 from flows.checks import collect, compact, measured
 from flows.lifecycle import Assessment, runbook_flow
 from core.alerts import Alert
-from core.catalog import Runbook, Thresholds, seed
+from core.catalog import Runbook, RunbookSpec, Thresholds, VerifySpec, seed
 from tasks.base import ProbeResult
 from tasks.probes import http
 
@@ -64,7 +64,33 @@ def assess_external_services(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_external_services(names, slow_ms, required=True))
 
 
-external_service_failures = runbook_flow("external-service-failures", assess_external_services, ExternalServiceFailuresLimits,
+EXTERNAL_SERVICE_FAILURES = RunbookSpec(
+    name="external-service-failures",
+    title="External service failures",
+    alertnames=(
+        "ExternalServiceFailure",  # seed 004 "External Service Failures: API downtime"
+        "ExternalServiceFailures",
+        "ExternalServiceDown",
+    ),
+    severity="warning",
+    seeds=(
+        "004 Business Alerts: External Service Failures: API downtime",
+        "001 Verify External Service Status (Stripe, Mux, S3/R2 status pages)",
+        "003 External API down: check the API status page, implement fallback (graceful degradation)",
+    ),
+    verify=VerifySpec(budget_seconds=900, interval_seconds=30),
+    approval_timeout_seconds=1800,
+    mitigations=(
+        "set_flag",  # risky: seed 003 "Graceful degradation: enable cache fallback, queue jobs for later": flag degraded-mode
+    ),
+    left_to_humans=(
+        "Contact the vendor or follow its status page; API integration escalation: Content Team (seed 003)",
+        "Implement circuit breakers and fallbacks for the dependency (seeds 000, 001)",
+    ),
+)
+
+
+external_service_failures = runbook_flow(EXTERNAL_SERVICE_FAILURES, assess_external_services, ExternalServiceFailuresLimits,
                                          "Check every configured status/health URL; degrade gracefully while one is down; verify.")
 
 
@@ -135,7 +161,27 @@ def assess_scraping(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_job_targets(job))
 
 
-prometheus_not_scraping = runbook_flow("prometheus-not-scraping", assess_scraping, PrometheusNotScrapingLimits,
+PROMETHEUS_NOT_SCRAPING = RunbookSpec(
+    name="prometheus-not-scraping",
+    title="Prometheus not scraping",
+    alertnames=(
+        "PrometheusNotScraping",  # seed 004 "Prometheus Not Scraping"
+        "PrometheusTargetMissing",
+    ),
+    severity="warning",
+    seeds=(
+        "004 Troubleshooting / Prometheus Not Scraping: curl /api/v1/targets; ping the target; docker logs prometheus | grep -i error",
+    ),
+    verify=VerifySpec(budget_seconds=600, interval_seconds=30),
+    approval_timeout_seconds=1800,
+    left_to_humans=(
+        "Network between Prometheus and the target (docker network, DNS, firewall): the report tells what the responder's host reaches",
+        "Fix the scrape configuration and reload Prometheus (seed 004 'Check configuration')",
+    ),
+)
+
+
+prometheus_not_scraping = runbook_flow(PROMETHEUS_NOT_SCRAPING, assess_scraping, PrometheusNotScrapingLimits,
                                        "Seed 004: check the targets, the network to them, the configuration; verify scraping resumed.")
 
 
@@ -173,7 +219,29 @@ def assess_grafana(runbook: Runbook, alert: Alert) -> Assessment:
     return Assessment(evidence=[health, sources, queries, logs], plans=plans, verify=check_grafana_serving)
 
 
-grafana_not_loading = runbook_flow("grafana-not-loading", assess_grafana, GrafanaNotLoadingLimits,
+GRAFANA_NOT_LOADING = RunbookSpec(
+    name="grafana-not-loading",
+    title="Grafana dashboard not loading",
+    alertnames=(
+        "GrafanaDashboardNotLoading",  # seed 004 "Grafana Dashboard Not Loading"
+        "GrafanaDown",
+    ),
+    severity="warning",
+    seeds=(
+        "004 Troubleshooting / Grafana Dashboard Not Loading: curl /api/datasources; curl /api/v1/query?query=up; docker logs grafana",
+    ),
+    verify=VerifySpec(budget_seconds=600, interval_seconds=30),
+    approval_timeout_seconds=1800,
+    mitigations=(
+        "restart_service",  # risky: services.grafana.restart when configured (the seed's own steps only read)
+    ),
+    left_to_humans=(
+        "Slow dashboards: recording rules for complex queries, shorter time ranges, Grafana caching (seed 004 performance)",
+    ),
+)
+
+
+grafana_not_loading = runbook_flow(GRAFANA_NOT_LOADING, assess_grafana, GrafanaNotLoadingLimits,
                                    "Seed 004: data sources, Prometheus queries, Grafana logs; restart Grafana if configured; verify.")
 
 
@@ -218,5 +286,28 @@ def assess_alertmanager(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_notifications_flowing(baseline, had_failures))
 
 
-alertmanager_not_sending = runbook_flow("alertmanager-not-sending", assess_alertmanager, AlertmanagerNotSendingLimits,
+ALERTMANAGER_NOT_SENDING = RunbookSpec(
+    name="alertmanager-not-sending",
+    title="Alertmanager not sending notifications",
+    alertnames=(
+        "AlertmanagerNotSending",  # seed 004 "AlertManager Not Sending Notifications"
+        "AlertmanagerNotificationsFailing",
+    ),
+    severity="critical",
+    seeds=(
+        "004 Troubleshooting / AlertManager Not Sending Notifications: curl /api/v1/status; verify webhook configuration; test notification channels",
+    ),
+    verify=VerifySpec(budget_seconds=600, interval_seconds=30),
+    approval_timeout_seconds=900,
+    mitigations=(
+        "restart_service",  # risky: services.alertmanager.restart when configured
+    ),
+    left_to_humans=(
+        "Test notification channels end to end (seed 004 ./scripts/validate-alerts.sh): Slack #alerts / #critical-alerts, email, PagerDuty",
+        "Receiver credentials (Slack webhook URL, PagerDuty key) are not visible to the responder",
+    ),
+)
+
+
+alertmanager_not_sending = runbook_flow(ALERTMANAGER_NOT_SENDING, assess_alertmanager, AlertmanagerNotSendingLimits,
                                         "Seed 004: status, webhook configuration and failures, Prometheus' side; restart if configured.")

@@ -1,7 +1,7 @@
 """redis_connection_failure: seed 001 "Redis Connection Failure", as one flow.
 
-Started by the ``responder.alert.firing`` event for the catalog entry ``redis-connection-failure``
-(``config/runbooks/infrastructure.yaml``; the Prometheus rule is ``redis_up == 0``). The steps:
+Started by the ``responder.alert.firing`` event for any alert name of its spec (:data:`SPEC`; the
+Prometheus rule is ``redis_up == 0``). The steps:
 
 1. Check Redis status: ``redis-cli -u $REDIS_URL ping``              → ``check-redis-ping``
    (refused, timed out or authentication failed: the error is the evidence for "check network
@@ -33,10 +33,35 @@ from pydantic import SecretStr
 from flows import checks
 from flows.lifecycle import Assessment, cannot_measure, proposals, runbook_flow, step
 from core.alerts import Alert
-from core.catalog import Runbook, Thresholds, seed
+from core.catalog import Runbook, RunbookSpec, Thresholds, VerifySpec, seed
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import redis
+
+
+SPEC = RunbookSpec(
+    name="redis-connection-failure",
+    title="Redis connection failure",
+    alertnames=(
+        "redis_connection_failure",  # seed 001
+        "RedisConnectionFailure",
+        "REDIS_CONNECTION_FAILURE",
+    ),
+    severity="warning",  # seed 001 "Application may still function (Redis is optional)"
+    seeds=(
+        "001 Redis Connection Failure / redis_connection_failure: Redis connection failed",
+    ),
+    verify=VerifySpec(budget_seconds=60, interval_seconds=5),
+    approval_timeout_seconds=900,  # seed 001 escalation level 1: 0-15 minutes
+    mitigations=(
+        "restart_service",  # risky: seed 001 "If Redis down: Restart Redis service" (the `redis` entry of targets.yaml services)
+    ),
+    left_to_humans=(
+        "Check application logs for Redis errors and whether it degrades gracefully (seed 001)",
+        "Configuration: verify REDIS_URL and credentials (seed 001)",
+        "Network: connectivity, firewall rules, DNS resolution (seed 001)",
+    ),
+)
 
 DATABASE_SERVICE = "redis"
 
@@ -80,5 +105,5 @@ def assess(runbook: Runbook, alert: Alert) -> Assessment:
                       verify=lambda: check_redis_ping(url))
 
 
-redis_connection_failure = runbook_flow("redis-connection-failure", assess, Limits,
+redis_connection_failure = runbook_flow(SPEC, assess, Limits,
                                         "Respond to an unreachable Redis the way seed 001 says to.")

@@ -1,7 +1,7 @@
 """Scheduled maintenance: the daily, weekly and monthly checks of seeds 003 and 004, log
 retention (seed 002) and backup freshness, as cron deployments.
 
-Catalog: ``config/runbooks/scheduled.yaml`` (``schedules:``, no ``alertnames``);
+Each runbook's spec (``DAILY_CHECKS`` ...) has ``schedules``, no ``alertnames``;
 ``deployments/__init__.py`` turns each cron list into the deployment's schedules, so every flow
 is visible in the UI with its schedule and can be run from there (*Run* > *Quick run*). The
 responder executes the runs like any other.
@@ -33,7 +33,7 @@ from prefect.states import Completed, State
 from flows import checks
 from flows.checks import collect
 from flows.lifecycle import current_flow_run_id, mitigate, notifier, runtime
-from core.catalog import Runbook, Thresholds, seed
+from core.catalog import Runbook, RunbookSpec, Thresholds, seed
 from tasks.base import ActionOutcome, ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import http, logs, postgres, prometheus, system
@@ -133,18 +133,18 @@ def scheduled_failed(flow: Any, flow_run: Any, state: State) -> None:
                         details={"check": flow.name, "problems": [problem], "flow_run_id": str(flow_run.id)})
 
 
-def scheduled_flow(name: str, thresholds: type[Thresholds] = Thresholds):
+def scheduled_flow(spec: RunbookSpec, thresholds: type[Thresholds] = Thresholds):
     """``@flow`` with the scheduled checks' failure hooks, carrying the runbook's typed thresholds.
 
     Not :func:`flows.lifecycle.runbook_flow`: its hook escalates the run's incident, and a scheduled
     check has none (it would stay silent); ``scheduled_failed`` announces the failure instead."""
-    as_flow = flow(name=name, flow_run_name=lambda: f"{name} {datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
+    as_flow = flow(name=spec.name, flow_run_name=lambda: f"{spec.name} {datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
                    on_failure=[scheduled_failed], on_crashed=[scheduled_failed], validate_parameters=True,
                    persist_result=True, result_storage=RESULTS_BLOCK)  # resumable after an approval
 
     def decorate(fn: Any) -> Any:
         made = as_flow(fn)
-        made.thresholds_model = thresholds
+        made.spec, made.thresholds_model = spec, thresholds
         return made
 
     return decorate
@@ -232,7 +232,24 @@ class DailyChecksLimits(Thresholds):
     log_window_minutes: float = seed(24 * 60, 'seed 004 "Log Review": the last day', gt=0)
 
 
-@scheduled_flow("daily-checks", thresholds=DailyChecksLimits)
+DAILY_CHECKS = RunbookSpec(
+    name="daily-checks",
+    title="Daily checks",
+    schedules=("0 8 * * *",),  # seed 003 "Daily Checks (Business Hours)": before the business day
+    severity="info",
+    seeds=(
+        "003 Scheduled Maintenance / Daily Checks (Business Hours): health, p95 latencies, spending, active alerts",
+        "004 Maintenance and Operations / Daily Operations: dashboard review, alert triage, performance analysis, log review",
+    ),
+    left_to_humans=(
+        "Review the Grafana dashboards (System Overview, Performance, Cost): red or yellow indicators (seed 003 step 2, seed 004)",
+        "Triage and acknowledge the active alerts listed in this report (seed 004 'Alert Triage')",
+        "Identify trends and bottlenecks in the figures above (seed 004 'Performance Analysis')",
+    ),
+)
+
+
+@scheduled_flow(DAILY_CHECKS, thresholds=DailyChecksLimits)
 def daily_checks() -> State:
     """Seed 003 "Daily Checks (Business Hours)" and seed 004 "Daily Operations"."""
     runbook = _runbook("daily-checks")
@@ -313,7 +330,24 @@ class WeeklyChecksLimits(Thresholds):
     disk_percent: float = seed(80, 'seed 001 "alerts at 80% (warning)": capacity planning', ge=0, le=100)
 
 
-@scheduled_flow("weekly-checks", thresholds=WeeklyChecksLimits)
+WEEKLY_CHECKS = RunbookSpec(
+    name="weekly-checks",
+    title="Weekly checks",
+    schedules=("0 8 * * 1",),  # seed 003 "Weekly Checks (Monday AM)"
+    severity="info",
+    seeds=(
+        "003 Scheduled Maintenance / Weekly Checks (Monday AM): past week's alerts, error rates by endpoint, backups, Prometheus retention",
+        "004 Maintenance and Operations / Weekly Operations: capacity planning, alert tuning, backup verification (monitoring data retention)",
+    ),
+    left_to_humans=(
+        "Review Sentry for new error patterns of the last 7 days (seed 003 step 3)",
+        "Alert tuning: adjust thresholds of alerts that fired without need, from the list above (seed 004)",
+        "Export Grafana dashboards to version control (seed 003 step 6); dashboard updates (seed 004)",
+    ),
+)
+
+
+@scheduled_flow(WEEKLY_CHECKS, thresholds=WeeklyChecksLimits)
 def weekly_checks() -> State:
     """Seed 003 "Weekly Checks (Monday AM)" and seed 004 "Weekly Operations"."""
     runbook = _runbook("weekly-checks")
@@ -360,7 +394,28 @@ class MonthlyChecksLimits(Thresholds):
     error_ratio: float = seed(0.05, 'seeds 000-004 "> 5%"', ge=0, le=1)
 
 
-@scheduled_flow("monthly-checks", thresholds=MonthlyChecksLimits)
+MONTHLY_CHECKS = RunbookSpec(
+    name="monthly-checks",
+    title="Monthly checks",
+    schedules=("0 8 1 * *",),  # seed 003 "Monthly Checks (First of Month)"
+    severity="info",
+    seeds=(
+        "003 Scheduled Maintenance / Monthly Checks (First of Month): monitoring configuration, capacity planning, runbooks, training, DR test",
+        "004 Maintenance and Operations / Monthly Operations: performance baseline, alert runbook, metrics cleanup, security review",
+    ),
+    left_to_humans=(
+        "Validate alert thresholds against the 30-day baseline in this report and update them (seed 003 step 1)",
+        "Update runbooks: document new issues, update response procedures (seed 003 step 3, seed 004 'Alert Runbook')",
+        "Team training: review alert handling procedures, share new patterns (seed 003 step 4)",
+        "Disaster recovery test: run the backup restore procedure, verify RTO/RPO (seed 003 step 5)",
+        "Post-mortem meetings for the month's critical incidents; blameless, with action items (seed 000, 002)",
+        "Security review: audit monitoring access and configurations (seed 004)",
+        "Metrics cleanup: remove unused metrics and dashboards, starting from the largest above (seed 004)",
+    ),
+)
+
+
+@scheduled_flow(MONTHLY_CHECKS, thresholds=MonthlyChecksLimits)
 def monthly_checks() -> State:
     """Seed 003 "Monthly Checks (First of Month)" and seed 004 "Monthly Operations"."""
     runbook = _runbook("monthly-checks")
@@ -402,7 +457,22 @@ class LogRetentionLimits(Thresholds):
     disk_percent: float = seed(90, 'seed 000 DISK_SPACE_CRITICAL ">90%": reported after the clean-up', ge=0, le=100)
 
 
-@scheduled_flow("log-retention", thresholds=LogRetentionLimits)
+LOG_RETENTION = RunbookSpec(
+    name="log-retention",
+    title="Log retention clean-up",
+    schedules=("30 3 * * *",),  # seed 002 "/etc/cron.daily/auto-author-cleanup": daily, at night
+    severity="info",
+    seeds=(
+        "002 5. Disk Space Low / Clean up logs: gzip old logs; find /var/log/auto-author -name '*.gz' -mtime +7 -delete; cron.daily",
+        "004 Data Retention: Logs: 7 days local, 30 days compressed storage",
+    ),
+    left_to_humans=(
+        "Consider a log aggregation service and review the retention policy (seed 002 follow-up)",
+    ),
+)
+
+
+@scheduled_flow(LOG_RETENTION, thresholds=LogRetentionLimits)
 def log_retention() -> State:
     """Seed 002 "Clean up logs" + "/etc/cron.daily/auto-author-cleanup"; seed 004 "Logs: 7 days local, 30 days compressed".
 
@@ -449,7 +519,21 @@ def prune_responder_store(keep_days: float) -> ProbeResult:
                        evidence=deleted)
 
 
-@scheduled_flow("store-retention", thresholds=StoreRetentionLimits)
+STORE_RETENTION = RunbookSpec(
+    name="store-retention",
+    title="Responder store retention",
+    schedules=("45 3 * * *",),  # daily, at night, after the log clean-up
+    severity="info",
+    seeds=(
+        "004 Data Retention: the responder keeps its own history bounded (raw bodies and delivered events, 30 days)",
+    ),
+    left_to_humans=(
+        "Prefect's own history: events go after PREFECT_SERVER_EVENTS_RETENTION_PERIOD (7 days); deleting old flow runs (PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED=events,flow_runs) is an operator's choice",
+    ),
+)
+
+
+@scheduled_flow(STORE_RETENTION, thresholds=StoreRetentionLimits)
 def store_retention() -> State:
     """The responder's own store stays bounded: what is only history (raw bodies, delivered events) is deleted
     after ``keep_days``; incidents, alerts and timelines are kept, and nothing still waiting is touched."""
@@ -462,8 +546,23 @@ def store_retention() -> State:
 check_backup_freshness = checks.backup_freshness.with_options(name="check-backup-freshness")
 
 
+BACKUP_FRESHNESS = RunbookSpec(
+    name="backup-freshness",
+    title="Backup freshness",
+    schedules=("0 7 * * *",),  # seed 004 "Backups: Daily snapshots": checked every morning
+    severity="info",
+    seeds=(
+        "003 Weekly Checks / Check backup status (./scripts/monitoring/check-backup-status.sh)",
+        "004 Data Retention: Backups: Daily snapshots with encryption",
+    ),
+    left_to_humans=(
+        "Restore a backup into a scratch database now and then: freshness is not restorability (seed 003 DR test)",
+    ),
+)
+
+
 # No thresholds of its own: each backup set's max_age_hours is in config/targets.yaml (backups[], 26 h).
-@scheduled_flow("backup-freshness", thresholds=Thresholds)
+@scheduled_flow(BACKUP_FRESHNESS, thresholds=Thresholds)
 def backup_freshness() -> State:
     """Seed 003 weekly "Check backup status", seed 004 "Backups: Daily snapshots": is each backup recent?"""
     runbook = _runbook("backup-freshness")

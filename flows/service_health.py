@@ -1,8 +1,8 @@
 """ServiceDown / health_check_failure: seeds 001, 002, 003 and 004 in one flow, with seed 000's
 restart and rollback procedures as its mitigations.
 
-Started by the ``responder.alert.firing`` event for any spelling of the catalog entry
-``service-health`` (``config/runbooks/infrastructure.yaml``): ``ServiceDown`` (seed 003, seed 004
+Started by the ``responder.alert.firing`` event for any spelling of its spec (:data:`SPEC`,
+``service-health``): ``ServiceDown`` (seed 003, seed 004
 "Service Down: Health check failures") and ``health_check_failure`` (seed 001; seed 002's
 "health check failing: 3 consecutive failures"). The alert's labels select one ``services``
 entry of ``config/targets.yaml`` (its name equal to the ``service`` or ``job`` label, or its
@@ -56,10 +56,47 @@ from pydantic import SecretStr
 from flows import checks
 from flows.lifecycle import acknowledge, conclude, held, mitigate, runbook_composition, runtime, step, verify_until_ok
 from core.alerts import Alert, IncidentRef
-from core.catalog import Runbook, ServiceTarget, Thresholds, seed
+from core.catalog import Runbook, RunbookSpec, ServiceTarget, Thresholds, VerifySpec, seed
 from tasks.base import ActionOutcome, ProbeResult
 from tasks.mitigations import PlannedAction
 from tasks.probes import http, mongo, postgres, redis
+
+
+SPEC = RunbookSpec(
+    name="service-health",
+    title="Service down / health check failing",
+    alertnames=(
+        "ServiceDown",  # seed 003; seed 004 "Service Down: Health check failures"
+        "SERVICE_DOWN",
+        "service_down",
+        "health_check_failure",  # seed 001; seed 002 "health check failing: 3 consecutive failures"
+        "HealthCheckFailure",
+        "HEALTH_CHECK_FAILURE",
+    ),
+    severity="critical",
+    seeds=(
+        "001 Health Check Failure / health_check_failure: Health check endpoint returned unhealthy",
+        "002 1. Health Check Failure: \"Auto-Author health check failing: 3 consecutive failures\" (Severity: Critical)",
+        "003 CRITICAL / ServiceDown: Backend service is not responding to health checks (< 5 min response)",
+        "004 Infrastructure Alerts: Service Down: Health check failures",
+        "000 Recovery Procedures: Service Restart Sequence (graceful restart) and Rollback Procedures (application rollback)",
+    ),
+    verify=VerifySpec(budget_seconds=300, interval_seconds=15),  # seed 003 "Monitor for 5 minutes"; "No recovery after 5 min → Contact platform team"
+    approval_timeout_seconds=300,  # seed 003 CRITICAL "< 5 min response"; seed 000 critical: on-call within 5 minutes
+    mitigations=(
+        "restart_service",  # risky: seed 000 "Graceful restart"; 001 "Restart application"; 002 "sudo systemctl restart auto-author"; 003 "docker-compose start backend"
+        "rollback_release",  # risky: seed 000 "Application rollback"; 003 "Repeated crashes → Review recent deployments": last resort, proposed only when the restart did not bring the service back
+    ),
+    left_to_humans=(
+        "Check application logs (seeds 001, 002, 003: docker logs / tail app.log / pm2 logs)",
+        "Dependency down (database, Redis, MongoDB in the report): their own runbooks restart them; seed 000 \"Database restart: only if absolutely necessary\"",
+        "OOM: increase the memory limit; resource exhausted: scale (seed 003)",
+        "Port conflict: kill the process using the port (seed 003) - which process may go is a human decision",
+        "Network issues: firewall, listening ports, DNS (seed 002)",
+        "Full stack restart: docker-compose down && up (seed 000 \"Emergency only\")",
+        "Database rollback: pg_restore from backup (seed 000): loses data written since the backup",
+    ),
+)
 
 RUNBOOK = "service-health"
 
@@ -127,7 +164,7 @@ def _verify(runbook: Runbook, incident: IncidentRef, url: str, attempts: int, ti
     return verify_until_ok(lambda: check_health_endpoint(url, attempts, timeout_s), incident, runbook)
 
 
-@runbook_composition("service-health", Limits)
+@runbook_composition(SPEC, Limits)
 def service_health(alert: Alert, incident: IncidentRef | None = None):
     """Respond to a service failing its health checks the way seeds 000-004 say to."""
     _, catalog, _ = runtime()

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from core.catalog import CatalogError, load_catalog
+from core.catalog import CatalogError, read_overrides
 from core.services import build
 from core.settings import ResponderSettings
 from core.store import SchemaError, StoreUnavailable, open_store
@@ -43,10 +43,17 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+def load_catalog(settings: ResponderSettings):
+    """The catalog in force: every runbook module's spec with this installation's ``config/``."""
+    # heavy: the runbook modules import Prefect, which reads PREFECT_API_URL when imported (`up` sets it first)
+    from flows.registry import load_catalog as load
+
+    return load(settings.config_dir)
+
+
 def cmd_runbooks(args: argparse.Namespace, settings: ResponderSettings) -> int:
     try:
-        catalog = load_catalog(settings.config_dir)
-        catalog.resolve_flows()  # the thresholds in force are the runbooks' typed models with this catalog's overrides
+        catalog = load_catalog(settings)
     except CatalogError as exc:
         return _fail(f"configuration error:\n{exc}")
     if args.markdown:
@@ -204,7 +211,7 @@ def _matchers(value: str) -> list[str]:
 
 def _store_and_catalog(settings: ResponderSettings):
     url = settings.database_url.get_secret_value() if settings.database_url else None
-    return open_store(url, settings.sqlite_path), load_catalog(settings.config_dir)
+    return open_store(url, settings.sqlite_path), load_catalog(settings)
 
 
 def cmd_maintenance(args: argparse.Namespace, settings: ResponderSettings) -> int:
@@ -309,7 +316,7 @@ def cmd_oncall(args: argparse.Namespace, settings: ResponderSettings) -> int:
     from the catalog alone (no responder needs to run)."""
     from core.oncall import next_change, on_call
 
-    catalog = load_catalog(settings.config_dir)  # a CatalogError is reported by main()
+    catalog = load_catalog(settings)  # a CatalogError is reported by main()
     oncall, at = catalog.oncall, args.at or datetime.now(timezone.utc)
 
     def named(person) -> str:
@@ -353,7 +360,7 @@ def cmd_oncall(args: argparse.Namespace, settings: ResponderSettings) -> int:
 def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
     limit_malloc_arenas()
     try:
-        catalog = load_catalog(settings.config_dir)
+        read_overrides(settings.config_dir)  # the catalog files' own errors, before anything starts
     except CatalogError as exc:
         return _fail(f"configuration error:\n{exc}")
     try:
@@ -384,13 +391,13 @@ def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
     from responder.intake import create_app  # heavy: imports Prefect, which must read PREFECT_API_URL set just above
     from responder.runtime import Responder  # heavy: imports Prefect, which must read PREFECT_API_URL set just above
 
-    responder = Responder(build(settings, catalog, store))  # the process's one set of services
     try:
-        responder.catalog.resolve_flows()
+        catalog = load_catalog(settings)
     except CatalogError as exc:
         if embedded:
             embedded.stop()
         return _fail(f"configuration error:\n{exc}")
+    responder = Responder(build(settings, catalog, store))  # the process's one set of services
 
     app = create_app(responder)
     token_hint = "RESPONDER_INTAKE_TOKEN" if settings.intake_token else str(settings.home / "intake-token")

@@ -45,7 +45,8 @@ def runbooks_markdown(catalog: Catalog) -> str:
     lines = [
         "# Runbooks",
         "",
-        "Generated from `config/runbooks/*.yaml`, the runbooks' typed thresholds and the flows' docstrings by "
+        "Generated from the runbooks' specs and typed thresholds (`flows/`), this installation's `config/runbooks/*.yaml` "
+        "and the flows' docstrings by "
         "`responder runbooks --markdown`; do not edit by hand.",
         "",
         "Legend: **automated** steps run by themselves; **risky** actions run only after a human approves "

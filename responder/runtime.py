@@ -26,6 +26,7 @@ from core.services import Services
 from core.alerts import AlertmanagerPayload, Route
 from core.store import IngestResult, StoreUnavailable
 from deployments import build_deployments
+from flows.registry import flows_of
 from responder.executor import Executor
 from responder.ingest import GroupCommit
 from responder.leases import known_dead, new_holder
@@ -114,7 +115,7 @@ class Responder:
     # -- Prefect set-up ------------------------------------------------------------
     async def apply_deployments(self) -> None:
         """Register every runbook deployment and its trigger; retried until the server answers."""
-        flows = self.catalog.resolve_flows()
+        flows = flows_of(self.catalog)
         delay = 1.0
         while True:
             try:

@@ -37,7 +37,7 @@ from core.store import IngestResult
 logger = logging.getLogger("responder.watchdog")
 
 HEARTBEAT = "alertmanager-watchdog"
-RAISED_ALERTNAME = "AlertmanagerNotSending"  # routed by config/runbooks/monitoring.yaml
+RAISED_ALERTNAME = "AlertmanagerNotSending"  # routed by flows/monitoring_stack.py ALERTMANAGER_NOT_SENDING
 FINGERPRINT = hashlib.sha256(b"runbook-responder:alertmanager-watchdog").hexdigest()[:16]
 
 Ingest = Callable[[AlertmanagerPayload, bytes, Mapping[str, Route]], Awaitable[IngestResult]]

@@ -1,9 +1,10 @@
-"""Adding a runbook is its module, its catalog entry and a test: a toy runbook added exactly that way
-answers a real alert end to end (real `responder up`, real Prefect server, real HTTP).
+"""Adding a runbook is its module (its spec, thresholds and steps), its catalog entry if the
+installation needs one, and a test: a toy runbook added exactly that way answers a real alert end to
+end (real `responder up`, real Prefect server, real HTTP).
 
-The toy runbook lives in a module outside the repository (on PYTHONPATH), checks a file this test
-controls, proposes a risky step (the registered ``drill_step``) while the file says "bad", and
-verifies by reading the file again.
+The toy runbook lives in a module outside the repository (on PYTHONPATH, named by its catalog entry's
+``module``), checks a file this test controls, proposes a risky step (the registered ``drill_step``)
+while the file says "bad", and verifies by reading the file again.
 """
 
 from __future__ import annotations
@@ -20,12 +21,23 @@ TOY_MODULE = '''
 from pathlib import Path
 
 from core.alerts import Alert
-from core.catalog import Runbook, Thresholds, seed
+from core.catalog import Runbook, RunbookSpec, Thresholds, VerifySpec, seed
 from flows.lifecycle import Assessment, runbook_flow, step
 from tasks.base import ProbeResult
 from tasks.mitigations import PlannedAction
 
 STATE = Path({state!r})
+
+SPEC = RunbookSpec(
+    name="toy-runbook",
+    title="Toy runbook",
+    alertnames=("ToyAlert",),
+    severity="warning",
+    seeds=("The toy's own runbook: check the state file, fix it, check again",),
+    verify=VerifySpec(budget_seconds=20, interval_seconds=1),
+    approval_timeout_seconds=60,
+    mitigations=("drill_step",),  # risky: the registry says so
+)
 
 
 class Limits(Thresholds):
@@ -48,7 +60,7 @@ def assess(runbook: Runbook, alert: Alert) -> Assessment:
     return Assessment(evidence=[state], plans=plans, verify=lambda: check_toy_state(limits.healthy_word))
 
 
-toy_runbook = runbook_flow("toy-runbook", assess, Limits, "The toy's runbook: check its state file, ask, verify.")
+toy_runbook = runbook_flow(SPEC, assess, Limits, "The toy's runbook: check its state file, ask, verify.")
 '''
 
 
@@ -61,9 +73,7 @@ def test_a_toy_runbook_added_as_the_readme_says_answers_a_real_alert(prefect_ser
 
     config = make_config(tmp_path)
     (config / "runbooks" / "toy.yaml").write_text(yaml.safe_dump({"runbooks": [{
-        "name": "toy-runbook", "title": "Toy runbook", "flow": "toy_runbook:toy_runbook", "alertnames": ["ToyAlert"],
-        "severity": "warning", "verify": {"budget_seconds": 20, "interval_seconds": 1},
-        "approval_timeout_seconds": 60, "mitigations": [{"name": "drill_step", "risk": "risky"}],
+        "name": "toy-runbook", "module": "toy_runbook",  # an installation's own runbook: where it is declared
         "thresholds": {"healthy_word": "fine"},  # this installation's word, checked against the module's Limits
     }]}))
 

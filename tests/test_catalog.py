@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from core.catalog import CatalogError
+from flows.registry import load_catalog
 from support.common import BIN, ROOT
 from support.responder import make_config
 
@@ -37,29 +40,69 @@ def test_runbooks_json_lists_every_runbook_with_flow_alertnames_and_severity():
     assert response["thresholds_by_alertname"]["response_time_p95"]["p95_seconds"] == 1  # seed 001's spelling
 
 
-def _broken(tmp_path: Path, mutate, **env: str) -> subprocess.CompletedProcess:
+def _config(tmp_path: Path, *entries: dict) -> Path:
+    """A copy of config/ with ``entries`` as this installation's runbooks/broken.yaml."""
     config = make_config(tmp_path)
-    path = config / "runbooks" / "infrastructure.yaml"
-    data = yaml.safe_load(path.read_text())
-    mutate(data["runbooks"])
-    path.write_text(yaml.safe_dump(data))
-    return _run("up", env={"RESPONDER_CONFIG_DIR": str(config), "RESPONDER_HOME": str(tmp_path / "home"),
-                           "PREFECT_API_URL": "http://127.0.0.1:9/api", **env})
+    (config / "runbooks" / "broken.yaml").write_text(yaml.safe_dump({"runbooks": list(entries)}))
+    return config
 
 
-def test_a_runbook_naming_a_missing_flow_stops_start_up(tmp_path):
-    out = _broken(tmp_path, lambda rbs: rbs[0].update(flow="flows.nowhere:nothing"))
-    assert out.returncode == 2 and "high-cpu-usage" in out.stderr and "flows.nowhere" in out.stderr
+def _refused(tmp_path: Path, *entries: dict) -> str:
+    """What loading the catalog says about ``entries`` (in-process: the same loader `responder up` calls)."""
+    with pytest.raises(CatalogError) as refused:
+        load_catalog(_config(tmp_path, *entries))
+    return str(refused.value)
 
 
-def test_a_mitigation_without_a_risk_stops_start_up(tmp_path):
-    out = _broken(tmp_path, lambda rbs: rbs[0]["mitigations"][0].pop("risk"))
-    assert out.returncode == 2 and "high-cpu-usage" in out.stderr and "risk" in out.stderr
+def _module(tmp_path: Path, name: str, source: str) -> str:
+    (tmp_path / f"{name}.py").write_text(source)
+    sys.path.insert(0, str(tmp_path))
+    return name
 
 
-def test_an_unknown_mitigation_stops_start_up(tmp_path):
-    out = _broken(tmp_path, lambda rbs: rbs[0]["mitigations"].append({"name": "reboot_everything", "risk": "safe"}))
-    assert out.returncode == 2 and "reboot_everything" in out.stderr and "not a registered mitigation" in out.stderr
+def test_a_broken_catalog_stops_responder_up_naming_file_runbook_and_field(tmp_path):
+    config = _config(tmp_path, {"name": "high-cpu-usage", "thresholds": {"cpu_percnt": 90}})
+    out = _run("up", env={"RESPONDER_CONFIG_DIR": str(config), "RESPONDER_HOME": str(tmp_path / "home"),
+                          "PREFECT_API_URL": "http://127.0.0.1:9/api"})
+    assert out.returncode == 2, out.stderr
+    assert "configuration error" in out.stderr
+    assert "broken.yaml: runbook 'high-cpu-usage': thresholds.cpu_percnt: unknown threshold 'cpu_percnt'" in out.stderr
+
+
+def test_an_entry_for_a_runbook_nobody_declares_is_refused(tmp_path):
+    says = _refused(tmp_path, {"name": "high-cpu-usge", "thresholds": {"cpu_percent": 90}})
+    assert "broken.yaml: runbook 'high-cpu-usge': no runbook module declares it" in says
+
+
+def test_a_runbook_module_that_cannot_be_imported_is_refused(tmp_path):
+    says = _refused(tmp_path, {"name": "cache-cold", "module": "ops_nowhere.cache_cold"})
+    assert "cannot import runbook module 'ops_nowhere.cache_cold'" in says
+
+
+def test_what_a_runbook_module_declares_cannot_be_redeclared_in_the_catalog(tmp_path):
+    says = _refused(tmp_path, {"name": "high-cpu-usage", "title": "CPU", "flow": "flows.high_cpu:high_cpu_usage"})
+    assert "runbook 'high-cpu-usage': flow: Extra inputs are not permitted: a runbook's flow is declared in its module" in says
+    assert "title: Extra inputs are not permitted: a runbook's title is declared in its module" in says
+
+
+def test_a_mitigation_risk_in_the_catalog_is_refused_it_is_the_actions_own(tmp_path):
+    says = _refused(tmp_path, {"name": "high-cpu-usage", "mitigations": [{"name": "restart_service", "risk": "safe"}]})
+    assert "runbook 'high-cpu-usage': mitigations.0.risk" in says and "the registered action's own" in says
+
+
+def test_two_approvers_for_a_mitigation_the_runbook_does_not_propose_is_refused(tmp_path):
+    says = _refused(tmp_path, {"name": "high-cpu-usage", "mitigations": [{"name": "rollback_release", "needs": "two"}]})
+    assert ("runbook 'high-cpu-usage': mitigations: rollback_release not proposed by this runbook "
+            "(it proposes: terminate_process, restart_service)") in says
+
+
+def test_a_spec_naming_an_unregistered_mitigation_fails_when_its_module_loads(tmp_path):
+    name = _module(tmp_path, "reckless_runbook", (
+        "from core.catalog import RunbookSpec\n"
+        "SPEC = RunbookSpec(name='reckless', title='Reckless', alertnames=('Reckless',), mitigations=('reboot_everything',))\n"))
+    says = _refused(tmp_path, {"name": "reckless", "module": name})
+    assert ("runbook module 'reckless_runbook': RunbookSpec.mitigations: 'reboot_everything' is not a registered "
+            "mitigation (known: ") in says
 
 
 @pytest.mark.parametrize("thresholds, says", [
@@ -69,30 +112,28 @@ def test_an_unknown_mitigation_stops_start_up(tmp_path):
     ({"cpu_percent": -5}, "thresholds.cpu_percent: Input should be greater than or equal to 0"),
     ({"cpu_percent.DiskFull": 90}, "thresholds.cpu_percent.DiskFull: 'DiskFull' is not one of this runbook's alert names"),
 ])
-def test_a_wrong_threshold_override_stops_start_up_naming_file_runbook_and_field(tmp_path, thresholds, says):
-    out = _broken(tmp_path, lambda rbs: rbs[0].update(thresholds=thresholds))
-    assert out.returncode == 2, out.stderr
-    assert "infrastructure.yaml: runbook 'high-cpu-usage': " + says in out.stderr
+def test_a_wrong_threshold_override_is_refused_naming_file_runbook_and_field(tmp_path, thresholds, says):
+    assert "broken.yaml: runbook 'high-cpu-usage': " + says in _refused(
+        tmp_path, {"name": "high-cpu-usage", "thresholds": thresholds})
 
 
-def test_a_flow_without_a_runbook_spec_stops_start_up(tmp_path):
-    (tmp_path / "plain_flows.py").write_text(
-        "from prefect import flow\n\n\n@flow\ndef plain(alert: dict, incident: dict | None = None):\n    return 'done'\n")
-    out = _broken(tmp_path, lambda rbs: rbs[0].update(flow="plain_flows:plain"), PYTHONPATH=str(tmp_path))
-    assert out.returncode == 2 and "runbook 'high-cpu-usage'" in out.stderr and "declares no runbook spec" in out.stderr
+def test_a_module_without_a_runbook_spec_is_refused(tmp_path):
+    name = _module(tmp_path, "plain_flows", (
+        "from prefect import flow\n\n\n@flow\ndef plain(alert: dict, incident: dict | None = None):\n    return 'done'\n"))
+    says = _refused(tmp_path, {"name": "plain", "module": name})
+    assert "runbook module 'plain_flows' declares no runbook" in says
 
 
-def test_a_runbook_step_that_would_run_again_after_an_approval_stops_start_up(tmp_path):
-    (tmp_path / "forgetful.py").write_text(
+def test_a_runbook_step_that_would_run_again_after_an_approval_is_refused(tmp_path):
+    name = _module(tmp_path, "forgetful", (
         "from prefect import task\nfrom prefect.cache_policies import NO_CACHE\n"
+        "from core.catalog import RunbookSpec\n"
         "from flows.lifecycle import Assessment, runbook_flow\n\n\n"
         "@task(name='check-thing', cache_policy=NO_CACHE)\ndef check_thing():\n    return None\n\n\n"
         "def assess(runbook, alert):\n    return Assessment(evidence=[check_thing()])\n\n\n"
-        "forgetful = runbook_flow('forgetful', assess)\n")
-    out = _broken(tmp_path, lambda rbs: rbs[0].update(flow="forgetful:forgetful"), PYTHONPATH=str(tmp_path))
-    assert out.returncode == 2, out.stderr
-    assert ("infrastructure.yaml: runbook 'high-cpu-usage': step 'check-thing' (forgetful.check_thing) is not "
-            "resumable") in out.stderr
+        "forgetful = runbook_flow(RunbookSpec(name='forgetful', title='Forgetful', alertnames=('Forgetful',)), assess)\n"))
+    says = _refused(tmp_path, {"name": "forgetful", "module": name})
+    assert "forgetful: step 'check-thing' (check_thing) is not resumable" in says
 
 
 def test_an_installation_override_is_in_force_and_shown(tmp_path):
@@ -107,10 +148,19 @@ def test_an_installation_override_is_in_force_and_shown(tmp_path):
     assert entry["threshold_overrides"] == {"p95_seconds": 5, "p95_seconds.SlowRequests": 7}
 
 
-def test_an_alert_name_claimed_twice_stops_start_up(tmp_path):
-    out = _broken(tmp_path, lambda rbs: rbs[1]["alertnames"].append(rbs[0]["alertnames"][0]) if len(rbs) > 1
-                  else rbs.append({**rbs[0], "name": "copy"}))
-    assert out.returncode == 2 and "claimed by both" in out.stderr
+def test_an_alert_name_claimed_twice_is_refused(tmp_path):
+    says = _refused(tmp_path, {"name": "high-memory-usage", "alertnames": ["HIGH_CPU_USAGE"]})
+    assert "alert name 'HIGH_CPU_USAGE' is claimed by both 'high-cpu-usage' and 'high-memory-usage'" in says
+
+
+def test_an_installation_adds_a_spelling_and_changes_severity_and_approvers(tmp_path):
+    config = _config(tmp_path, {"name": "high-cpu-usage", "alertnames": ["NodeCPUHigh"], "severity": "critical",
+                                "mitigations": [{"name": "restart_service", "needs": "two"}]})
+    runbook = load_catalog(config).route("NodeCPUHigh")
+    assert runbook.name == "high-cpu-usage" and runbook.severity == "critical"
+    assert runbook.alertnames[:2] == ["HIGH_CPU_USAGE", "HighCPUUsage"] and runbook.alertnames[-1] == "NodeCPUHigh"
+    assert [(m.name, m.risk.value, m.needs) for m in runbook.mitigations] == [
+        ("terminate_process", "risky", "one"), ("restart_service", "risky", "two")]
 
 
 def test_docs_runbooks_md_is_current():

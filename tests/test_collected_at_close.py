@@ -34,7 +34,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from core import collected
 from core.alerts import Alert
-from core.catalog import load_catalog
+from flows.registry import load_catalog
 from core.services import Services, build
 from core.settings import ResponderSettings
 from flows import lifecycle

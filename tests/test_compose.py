@@ -11,7 +11,7 @@ No Docker engine runs here, so the stack is checked with the tools that do run:
   ``prometheus-alertmanager`` started with it delivers an alert, bearer token included. Alerts
   about the responder (watch="responder") route to PagerDuty only, never to the responder
   (end to end: tests/test_watched_from_outside.py).
-* Every alert rule is either routed by the catalog (config/runbooks/*.yaml) or listed in
+* Every alert rule is either routed by the catalog (the runbooks' specs) or listed in
   NOT_YET_ROUTED below, and the seed thresholds in the rules agree with the catalog's.
 
 A missing binary fails the test with the Debian package to install (``make test`` installs them
@@ -33,7 +33,7 @@ import httpx
 import pytest
 import yaml
 
-from core.catalog import load_catalog
+from flows.registry import load_catalog
 from support.common import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ TEST_LOGIN = "admin:compose-test-login"
 TEST_TOKEN = "compose-test-token"
 STACK = {"postgres", "redis", "prefect-server", "responder", "prometheus", "alertmanager"}
 
-# Alert rules that no runbook in config/runbooks/*.yaml routes yet. Deliberately explicit: adding a
+# Alert rules that no runbook's spec routes yet. Deliberately explicit: adding a
 # rule to alert-rules.yml fails test_every_alert_rule_is_routed_or_declared until its name is
 # either added to a runbook's `alertnames` or listed here; routing a name listed here fails
 # test_not_yet_routed_is_current until it is removed. An unrouted alert is stored by the intake
@@ -184,12 +184,8 @@ def rule_named(name: str) -> dict[str, Any]:
     return matches[0]
 
 
-def catalog_runbooks() -> list[dict[str, Any]]:
-    return [runbook for path in sorted(CATALOG.glob("*.yaml")) for runbook in yaml.safe_load(path.read_text())["runbooks"]]
-
-
 def catalog_alertnames() -> set[str]:
-    return {name for runbook in catalog_runbooks() for name in runbook.get("alertnames", [])}
+    return {name for runbook in load_catalog(CATALOG.parent).runbooks for name in runbook.alertnames}
 
 
 # -- (1) docker-compose.yml ---------------------------------------------------------------------
@@ -597,7 +593,6 @@ def test_rule_thresholds_match_seed_and_catalog(alertname):
     assert rule["for"] == duration, f"{alertname}: seed 000 says for {duration}"
 
     catalog = load_catalog(CATALOG.parent)
-    catalog.resolve_flows()
     runbook = catalog.route(alertname)
     limits = runbook.limits(runbook.limits_model, alertname).model_dump()  # the figures in force for this spelling
     compared = {key: value for key, value in limits.items() if resource in key and key.endswith("percent")}

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from core.catalog import load_catalog
+from flows.registry import load_catalog
 from core.services import Services, build
 from core.settings import ResponderSettings
 from flows.drill import responder_drill

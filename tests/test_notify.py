@@ -15,7 +15,8 @@ import pytest
 from pydantic import SecretStr
 
 from core.alerts import AlertmanagerPayload
-from core.catalog import CatalogError, load_catalog
+from core.catalog import CatalogError
+from flows.registry import load_catalog
 from core.courier import Courier
 from core.notify import Notifier
 from core.settings import ResponderSettings

@@ -16,7 +16,8 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from core.catalog import CatalogError, load_catalog
+from core.catalog import CatalogError
+from flows.registry import load_catalog
 from core.escalation import due_pages, next_page, send_page
 from core.oncall import OncallConfig, next_change, on_call
 from core.services import build

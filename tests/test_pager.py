@@ -16,7 +16,7 @@ from prefect import flow, get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Scheduled
 
-from core.catalog import load_catalog
+from flows.registry import load_catalog
 from core.escalation import due_pages, next_page, send_page
 from core.services import build
 from core.settings import ResponderSettings

@@ -24,7 +24,8 @@ import pytest
 import yaml
 
 from core.alerts import AlertmanagerPayload, IncidentRef
-from core.catalog import CatalogError, load_catalog
+from core.catalog import CatalogError
+from flows.registry import load_catalog
 from core.maintenance import in_force, recurring_in_force
 from core.services import Services, build
 from core.settings import ResponderSettings
@@ -522,7 +523,7 @@ def responder_store_rows(tmp_path: Path) -> list:
 def test_an_action_marked_needs_two_runs_only_after_two_different_people_approved(tmp_path, prefect_server, webhook):
     api = prefect_server.api_url
     config = make_config(tmp_path, notify={"webhooks": [f"{webhook.url}/hooks"]}, runbook_overrides={"responder-drill": {
-        "approval_timeout_seconds": 120, "mitigations": [{"name": "drill_step", "risk": "risky", "needs": "two"}]}})
+        "approval_timeout_seconds": 120, "mitigations": [{"name": "drill_step", "needs": "two"}]}})
     services = build(ResponderSettings(home=tmp_path / "home", config_dir=config, database_url=None, slack_token=None),
                      load_catalog(config))
     serving = InProcessResponder(services, api, responder_drill, "responder-drill")

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.catalog import load_catalog
+from flows.registry import load_catalog
 from core.services import build
 from core.settings import ResponderSettings
 from core.store import open_store

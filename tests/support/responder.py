@@ -89,13 +89,13 @@ def make_config(tmp: Path, thresholds: dict[str, dict[str, float]] | None = None
     """A copy of config/ with test overrides (thresholds, targets, notify) applied; app-1 is this machine."""
     config = tmp / "config"
     shutil.copytree(ROOT / "config", config, dirs_exist_ok=True)
-    for path in sorted((config / "runbooks").glob("*.yaml")):
-        data = yaml.safe_load(path.read_text())
-        for runbook in data["runbooks"]:
-            runbook.setdefault("thresholds", {}).update((thresholds or {}).get(runbook["name"], {}))
-            for key, value in (runbook_overrides or {}).get(runbook["name"], {}).items():
-                runbook[key] = value
-        path.write_text(yaml.safe_dump(data))
+    changes: dict[str, dict] = {}
+    for name, values in (thresholds or {}).items():
+        changes.setdefault(name, {"name": name})["thresholds"] = dict(values)
+    for name, values in (runbook_overrides or {}).items():
+        changes.setdefault(name, {"name": name}).update(values)
+    if changes:  # as an installation writes them: config/runbooks/*.yaml entries
+        (config / "runbooks" / "tests.yaml").write_text(yaml.safe_dump({"runbooks": list(changes.values())}))
     # The shared Alertmanager samples and most tests name the machine "app-1": in these tests that is
     # this machine (``hosts.local``), as a one-host installation would configure it.
     targets = targets if targets is not None else yaml.safe_load((config / "targets.yaml").read_text())
