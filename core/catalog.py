@@ -19,6 +19,7 @@ import os
 from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
+from croniter import croniter
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator,
                       model_validator)
 
@@ -676,8 +677,6 @@ class RecurringWindow(WindowScope):
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str) -> str:
-        from croniter import croniter
-
         if not croniter.is_valid(value):
             raise ValueError(f"{value!r} is not a cron expression (minute hour day month weekday)")
         return value
@@ -691,6 +690,7 @@ class MaintenanceConfig(_Strict):
 
 class Catalog(BaseModel):
     runbooks: list[Runbook]
+    _partial: bool = PrivateAttr(default=False)  # read without its runbooks (load_configuration)
     targets: Targets = Field(default_factory=Targets)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     escalation: EscalationConfig = Field(default_factory=_default_escalation)
@@ -700,7 +700,7 @@ class Catalog(BaseModel):
 
     def check_scope(self, scope: WindowScope) -> None:
         """A window may name only a runbook of the catalog and a service of ``targets.yaml``."""
-        if scope.runbook is not None and scope.runbook not in {r.name for r in self.runbooks}:
+        if scope.runbook is not None and not self._partial and scope.runbook not in {r.name for r in self.runbooks}:
             raise ValueError(f"unknown runbook {scope.runbook!r} (see `responder runbooks`)")
         if scope.service is not None and scope.service not in self.targets.services:
             known = ", ".join(sorted(self.targets.services)) or "none configured"
@@ -806,11 +806,19 @@ def _hint(err: Any) -> str:
     return err["msg"]
 
 
-def load_catalog(config_dir: Path, declared: list[Declared]) -> Catalog:
+def load_configuration(config_dir: Path) -> Catalog:
+    """This installation's configuration without its runbooks: what the light commands read (``responder
+    oncall``, ``maintenance list``), with no runbook module imported (they import Prefect, about 1.7 s).
+    What names a runbook is checked by :func:`load_catalog` (``responder up``, ``runbooks``)."""
+    return load_catalog(config_dir, None)
+
+
+def load_catalog(config_dir: Path, declared: list[Declared] | None) -> Catalog:
     """The declared runbooks (``flows.registry`` finds them) with ``config/runbooks/*.yaml``'s overrides,
     ``targets.yaml``, ``notify.yaml``, ``escalation.yaml``, ``policy.yaml``, ``maintenance.yaml`` and
-    ``oncall.yaml``."""
-    overrides = read_overrides(config_dir)
+    ``oncall.yaml``. ``declared=None``: see :func:`load_configuration`."""
+    overrides = read_overrides(config_dir) if declared is not None else []
+    declared = declared or []
     by_name = {d.spec.name: d for d in declared}
     for path, override in overrides:
         if override.name not in by_name:
@@ -830,6 +838,7 @@ def load_catalog(config_dir: Path, declared: list[Declared]) -> Catalog:
             alert_owner[alertname] = runbook.name
         runbooks.append(runbook)
     catalog = Catalog(runbooks=runbooks)
+    catalog._partial = not declared
     for extra, field in (("targets.yaml", "targets"), ("notify.yaml", "notify"), ("escalation.yaml", "escalation"),
                          ("policy.yaml", "policy"), ("maintenance.yaml", "maintenance"), ("oncall.yaml", "oncall")):
         path = config_dir / extra
@@ -845,7 +854,8 @@ def load_catalog(config_dir: Path, declared: list[Declared]) -> Catalog:
     approvers = catalog.policy.approvers
     for where, names in (("default", approvers.default or []), *approvers.runbooks.items(),
                          *((f"risks.{risk.value}", names) for risk, names in approvers.risks.items())):
-        if where != "default" and not where.startswith("risks.") and where not in {r.name for r in runbooks}:
+        if (where != "default" and not where.startswith("risks.") and not catalog._partial
+                and where not in {r.name for r in runbooks}):
             raise CatalogError(f"{config_dir / 'policy.yaml'}: approvers: unknown runbook {where!r}")
         for name in names:
             if name not in people:

@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from pydantic import ValidationError
+
 from core.catalog import Catalog, WindowScope
 from core.store import Store
 
@@ -93,7 +95,6 @@ def start_window(store: Store, catalog: Catalog, *, service: str | None, runbook
                  duration: timedelta, reason: str, by: str, starts: datetime | None = None) -> dict:
     """Validate and store a window (the CLI and the intake's API both start windows here); ValueError
     naming what is wrong, and nothing stored, otherwise."""
-    from pydantic import ValidationError
 
     try:
         scope = WindowScope(service=service, runbook=runbook, matchers=matchers)

@@ -101,7 +101,7 @@ check_system_resources = checks.system_resources.with_options(name="check-system
 check_heap_usage = checks.prometheus_query.with_options(name="check-memory-pressure")
 
 
-@task(name="plan-resolution", cache_policy=RESUMABLE)
+@task(name="restart-or-scale-horizontally", cache_policy=RESUMABLE)
 def plan_response_time(alert: Alert, p95: ProbeResult, resources: ProbeResult, heap: ProbeResult) -> list[PlannedAction]:
     """Seed 002 "Temporary: Restart to clear memory", seeds 001/003 "If CPU bound: Scale horizontally"."""
     if p95.ok:
@@ -205,7 +205,7 @@ check_circuit_breakers = checks.log_probe.with_options(name="check-circuit-break
 verify_external_service_status = checks.external_services.with_options(name="verify-external-service-status")
 
 
-@task(name="plan-resolution", cache_policy=RESUMABLE)
+@task(name="degrade-gracefully-or-roll-back", cache_policy=RESUMABLE)
 def plan_error_rate(alert: Alert, rate: ProbeResult, dependencies: ProbeResult, externals: ProbeResult,
                     database: ProbeResult) -> list[PlannedAction]:
     """Seed 003 "graceful degradation (if external API down)"; seed 001 "If code issue: Rollback"."""
@@ -455,7 +455,7 @@ check_worker_logs = checks.log_probe.with_options(name="check-worker-status")
 check_processing_times = checks.prometheus_query.with_options(name="check-processing-times")
 
 
-@task(name="plan-resolution", cache_policy=RESUMABLE)
+@task(name="clear-stuck-jobs-or-scale-workers", cache_policy=RESUMABLE)
 def plan_queue(alert: Alert, queue: ProbeResult, stuck_minutes: float) -> list[PlannedAction]:
     """Seed 001: "If stuck jobs: Clear stuck jobs, restart workers"; "If workers overloaded: Scale up workers"."""
     if queue.ok or not measured(queue):
@@ -546,7 +546,7 @@ def _names(*words: str) -> list[str]:
     return [s.name for s in checks.targets().external if any(w in s.name.lower() for w in words)]
 
 
-@task(name="plan-resolution", cache_policy=RESUMABLE)
+@task(name="clean-up-or-restart-workers", cache_policy=RESUMABLE)
 def plan_uploads(alert: Alert, disk: ProbeResult, queue: ProbeResult, stuck_minutes: float) -> list[PlannedAction]:
     """Seed 001: "If disk space full: clean up temp files"; "If worker stuck: restart workers, clear stuck jobs"."""
     plans: list[PlannedAction | None] = []

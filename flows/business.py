@@ -51,7 +51,7 @@ def _media_failure_query(match: dict[str, str] | None, window: str) -> str:
             f" / sum by (job) (rate(media_requests_total{{{m}}}[{window}]))")
 
 
-@task(name="plan-resolution", cache_policy=RESUMABLE)
+@task(name="recover-services-clear-queue-or-fall-back", cache_policy=RESUMABLE)
 def plan_media(alert: Alert, failures: ProbeResult, externals: ProbeResult, queue: ProbeResult,
                stuck_minutes: float) -> list[PlannedAction]:
     """Seed 000 resolutions: "Service recovery", "Queue clearing", "Fallback activation"."""

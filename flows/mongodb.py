@@ -118,7 +118,7 @@ def verify_mongodb_stays_up(url: SecretStr, stay_up_seconds: float) -> ProbeResu
     })
 
 
-@task(name="plan-resolution", cache_policy=RESUMABLE)
+@task(name="start-mongodb-or-restart-application", cache_policy=RESUMABLE)
 def plan_resolution(
     alert: Alert, ping: ProbeResult, connections: ProbeResult | None, app_health: ProbeResult | None
 ) -> list[PlannedAction] | ProbeResult:

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import httpx
 
-from core.catalog import CatalogError, read_overrides
+from core.catalog import CatalogError, load_configuration, parse_matcher, read_overrides
+from core.maintenance import from_row, parse_duration, recurring_in_force, start_window
+from core.oncall import next_change, on_call
 from core.services import build
 from core.settings import ResponderSettings
 from core.store import SchemaError, StoreUnavailable, open_store
@@ -186,8 +188,6 @@ def cmd_drill(args: argparse.Namespace, settings: ResponderSettings) -> int:
 
 def _duration(value: str) -> timedelta:
     """``--for`` / ``--since``: 90s, 30m, 2h, 1d, 1h30m."""
-    from core.maintenance import parse_duration
-
     duration = parse_duration(value)
     if duration is None:
         raise argparse.ArgumentTypeError(f"{value!r} is not a duration such as 30m, 2h or 1h30m")
@@ -198,8 +198,6 @@ def _duration(value: str) -> timedelta:
 
 def _matchers(value: str) -> list[str]:
     """``--matchers 'env=prod,instance=~"app-.*"'``: Alertmanager matchers, comma-separated."""
-    from core.catalog import parse_matcher
-
     matchers = [m.strip() for m in re.split(r',(?=(?:[^"]*"[^"]*")*[^"]*$)', value) if m.strip()]
     try:
         for matcher in matchers:
@@ -209,19 +207,19 @@ def _matchers(value: str) -> list[str]:
     return matchers
 
 
-def _store_and_catalog(settings: ResponderSettings):
+def _store(settings: ResponderSettings):
     url = settings.database_url.get_secret_value() if settings.database_url else None
-    return open_store(url, settings.sqlite_path), load_catalog(settings)
+    return open_store(url, settings.sqlite_path)
 
 
 def cmd_maintenance(args: argparse.Namespace, settings: ResponderSettings) -> int:
     """Maintenance windows, in the store every responder reads (no running responder needed)."""
-    from core.maintenance import from_row, recurring_in_force, start_window
-
     try:
-        store, catalog = _store_and_catalog(settings)
+        store = _store(settings)
     except (StoreUnavailable, SchemaError) as exc:
         return _fail(f"cannot open the store: {exc}")
+    # `start` checks the runbook it names against the runbooks; `list` and `end` need only the configuration
+    catalog = load_catalog(settings) if args.action == "start" else load_configuration(settings.config_dir)
     now = datetime.now(timezone.utc)
     if args.action == "start":
         try:
@@ -263,7 +261,7 @@ def cmd_maintenance(args: argparse.Namespace, settings: ResponderSettings) -> in
 def cmd_audit(args: argparse.Namespace, settings: ResponderSettings) -> int:
     """The audit trail from the store (no running responder needed)."""
     try:
-        store, _ = _store_and_catalog(settings)
+        store = _store(settings)
         trail = store.audit(datetime.now(timezone.utc) - args.since, args.incident)
     except (StoreUnavailable, SchemaError) as exc:
         return _fail(f"cannot open the store: {exc}")
@@ -281,7 +279,7 @@ def cmd_audit(args: argparse.Namespace, settings: ResponderSettings) -> int:
 def cmd_tokens(args: argparse.Namespace, settings: ResponderSettings) -> int:
     """Personal tokens, stored hashed: the token is shown once, when it is made."""
     try:
-        store, _ = _store_and_catalog(settings)
+        store = _store(settings)
     except (StoreUnavailable, SchemaError) as exc:
         return _fail(f"cannot open the store: {exc}")
     if args.action == "add":
@@ -314,9 +312,7 @@ def _iso_time(value: str) -> datetime:
 def cmd_oncall(args: argparse.Namespace, settings: ResponderSettings) -> int:
     """Who each level of each escalation policy pages at ``--at`` (default now), and who is next and when;
     from the catalog alone (no responder needs to run)."""
-    from core.oncall import next_change, on_call
-
-    catalog = load_catalog(settings)  # a CatalogError is reported by main()
+    catalog = load_configuration(settings.config_dir)  # a CatalogError is reported by main()
     oncall, at = catalog.oncall, args.at or datetime.now(timezone.utc)
 
     def named(person) -> str:
