@@ -18,11 +18,23 @@ runs in-process (see ``responder/executor.py``).
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+from collections import Counter
+from importlib.metadata import version as package_version
 from typing import Any
+from uuid import UUID
 
+from prefect.client.orchestration import get_client
 from prefect.events import DeploymentEventTrigger
+from prefect.events.actions import RunDeployment
+from prefect.exceptions import ObjectNotFound
 
 from core.catalog import Catalog, Runbook
+
+APPLY_AT_ONCE = 8  # deployments applied at once (one by one, 32 took 3.4-5.4 s of a 6-8 s start; 8 at once 2.5 s)
+VERSION = package_version("runbook-responder")
 
 FIRING_EVENT = "responder.alert.firing"
 
@@ -49,6 +61,48 @@ async def build_deployments(catalog: Catalog, flows: dict[str, Any]) -> list[Any
                 tags=["runbook", f"severity:{runbook.severity}"],
                 triggers=[trigger_for(runbook)] if runbook.alertnames else [],
                 cron=runbook.schedules or None,
+                version_type="prefect:simple",  # not the git commit of wherever `responder up` was started
             )
         )
     return deployments
+
+
+def fingerprint(deployment: Any) -> str:
+    """What the server must hold for a deployment: its fields, schedules, triggers and parameter schema."""
+    held = [deployment.model_dump(mode="json", exclude={"version", "version_type"}),
+            deployment._parameter_openapi_schema.model_dump(mode="json")]
+    return hashlib.sha256(json.dumps(held, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+async def apply_deployments(catalog: Catalog, flows: dict[str, Any]) -> dict[str, UUID]:
+    """{runbook name: deployment id}, every runbook's deployment on the server as the catalog says.
+
+    A deployment is applied (its trigger's automation replaced) only when the server does not hold it
+    as it should: its version carries the fingerprint of what was applied, and it must have one enabled
+    automation per trigger. A restart with the same code and catalog changes nothing on the server (and
+    takes about 0.3 s instead of 2.5 s); a changed runbook, or an automation someone deleted, is applied
+    again. The caller holds the "deployments" lease: one responder applies at a time."""
+    deployments = await build_deployments(catalog, flows)
+    at_once = asyncio.Semaphore(APPLY_AT_ONCE)
+    async with get_client() as client:
+        async def held(deployment: Any) -> Any:
+            async with at_once:
+                try:
+                    return await client.read_deployment_by_name(deployment.full_name)
+                except ObjectNotFound:
+                    return None
+
+        current = await asyncio.gather(*(held(d) for d in deployments))
+        triggered = Counter(action.deployment_id for automation in await client.read_automations()
+                            if automation.enabled for action in automation.actions if isinstance(action, RunDeployment))
+
+    async def apply(deployment: Any, existing: Any) -> UUID:
+        deployment.version = f"{VERSION}+{fingerprint(deployment)}"
+        if (existing is not None and existing.version == deployment.version
+                and triggered[existing.id] == len(deployment.triggers)):
+            return existing.id
+        async with at_once:
+            return await deployment.aapply()
+
+    ids = await asyncio.gather(*(apply(d, e) for d, e in zip(deployments, current)))
+    return dict(zip((runbook.name for runbook in catalog.runbooks), ids))

@@ -25,7 +25,7 @@ from core.results import register_result_storage
 from core.services import Services
 from core.alerts import AlertmanagerPayload, Route
 from core.store import IngestResult, StoreUnavailable
-from deployments import build_deployments
+from deployments import apply_deployments
 from flows.registry import flows_of
 from responder.executor import Executor
 from responder.ingest import GroupCommit
@@ -124,8 +124,7 @@ class Responder:
                 # so every alert started two runs.
                 await self._wait_for_lease("deployments", DEPLOY_LEASE_SECONDS)
                 try:
-                    for runbook, deployment in zip(self.catalog.runbooks, await build_deployments(self.catalog, flows)):
-                        self.deployment_ids[runbook.name] = await deployment.aapply()
+                    self.deployment_ids.update(await apply_deployments(self.catalog, flows))
                     await register_result_storage(flows.values())
                     await retire_page_deployment()
                     await ensure_canary()

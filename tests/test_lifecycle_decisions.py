@@ -22,6 +22,7 @@ from core.services import Services, build
 from core.settings import ResponderSettings
 from flows.drill import responder_drill
 from support.capture import CaptureServer
+from support.common import wait_for
 from support.executor import InProcessResponder, drill_alert, suspended, timeline
 from support.prefect import prefect_post, resume
 from support.responder import make_config
@@ -76,10 +77,18 @@ def test_approved_step_runs_once_and_the_run_carries_on_from_its_kept_steps(resp
     asked = [r for r in webhook.requests if r["body"].get("kind") == "approval-asked"
              and r["body"].get("flow_run_id") == run_id]
     assert len(asked) == 1  # people were told, once, with the run to answer
-    # The second execution restored the steps done before the question (Prefect shows them Cached).
-    states = {}
-    for t in task_runs(api, run_id):
-        states.setdefault(t["name"].rsplit("-", 1)[0], []).append(t["state"]["name"])
+    # The second execution restored the steps done before the question (Prefect shows them Cached). Task
+    # runs reach the server through events: wait until each one has its final state recorded.
+    def recorded() -> dict[str, list[str]] | None:
+        runs = task_runs(api, run_id)
+        if any(t["state"] is None or t["state"]["type"] in ("PENDING", "RUNNING") for t in runs):
+            return None
+        found: dict[str, list[str]] = {}
+        for t in runs:
+            found.setdefault(t["name"].rsplit("-", 1)[0], []).append(t["state"]["name"])
+        return found if "run-mitigation" in found else None
+
+    states = wait_for(recorded, 30, what="every task run's final state on the server")
     assert states["acknowledge"] == ["Completed", "Cached"] and states["ask-approval"] == ["Completed", "Cached"], states
     assert states["run-mitigation"] == ["Completed"], states
 
