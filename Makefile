@@ -24,7 +24,7 @@ run: $(STAMP)
 TEST_WORKERS ?= 3
 test: $(STAMP)
 	./scripts/test-services
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP)
 	$(BIN)/python bench/alert_to_first_task.py
