@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 import httpx
 import uvicorn
@@ -41,6 +41,7 @@ from responder.reports import publish_incident_artifact, publish_postmortem
 
 logger = logging.getLogger("responder")
 
+STORE_OUTAGE_PAUSE_SECONDS = 2.0  # a loop stopped by a store outage starts again after this
 DUTY_LEASE_SECONDS = 10.0  # delivery and follow-ups move to a stand-by responder this long after their holder stops
 MAINTENANCE_EVERY_SECONDS = 2.0  # how soon a held incident gets its fresh response after its window is over
 COURIER_EVERY_SECONDS = 0.25  # how soon a message written now starts on its way
@@ -342,14 +343,17 @@ class Responder:
 
         async def prefect_side() -> None:
             await self.apply_deployments()
-            await asyncio.gather(self.deliver_forever(), self.follow_up_forever(), self.executor.run(),
-                                 self.deadlines.run(), self.keep_maintenance_forever())
+            await asyncio.gather(*(through_store_outages(name, loop) for name, loop in (
+                ("event delivery", self.deliver_forever), ("follow-ups", self.follow_up_forever),
+                ("executor", self.executor.run), ("approval deadlines", self.deadlines.run),
+                ("maintenance", self.keep_maintenance_forever))))
 
         intake = asyncio.create_task(server.serve(), name="intake")
         # Pages need only the store: they go out while the Prefect side starts, or is down.
-        pager = asyncio.create_task(self.pager.run(), name="pager")
-        courier = asyncio.create_task(self.deliver_messages_forever(), name="courier")
-        watchdog = asyncio.create_task(self.watch_alertmanager_forever(), name="watchdog")
+        pager = asyncio.create_task(through_store_outages("pager", self.pager.run), name="pager")
+        courier = asyncio.create_task(through_store_outages("courier", self.deliver_messages_forever), name="courier")
+        watchdog = asyncio.create_task(through_store_outages("watchdog", self.watch_alertmanager_forever),
+                                       name="watchdog")
         prefect = asyncio.create_task(prefect_side(), name="prefect")
         try:
             done, _ = await asyncio.wait({intake, pager, courier, watchdog, prefect},
@@ -362,6 +366,21 @@ class Responder:
                 task.cancel()
         for task in done:
             task.result()
+
+
+async def through_store_outages(name: str, loop: Callable[[], Awaitable[None]],
+                                pause: float = STORE_OUTAGE_PAUSE_SECONDS) -> None:
+    """Run one of the responder's loops; a store outage it did not handle itself starts it again after
+    ``pause`` instead of stopping the responder. What the loop had not recorded it does again: an event
+    delivered but not yet marked is sent again (a second run for an incident finds it claimed and ends
+    as a duplicate, acting on nothing), a message not yet marked sent goes out again (at least once, as
+    the README says)."""
+    while True:
+        try:
+            return await loop()
+        except StoreUnavailable as exc:
+            logger.error("%s: the store is unreachable (%s); starting again in %.0f s", name, exc, pause)
+            await asyncio.sleep(pause)
 
 
 def _seconds_between(start: str | None, end: str | None) -> float:

@@ -4,6 +4,7 @@ accepting connections)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import uuid
@@ -14,6 +15,8 @@ import psycopg
 import pytest
 
 from core.settings import ResponderSettings
+from core.store import StoreUnavailable
+from responder.runtime import through_store_outages
 from support.alerts import load_fixture
 from support.prefect import report, wait_run_final
 from support.responder import make_config, running_responder
@@ -337,3 +340,18 @@ def test_an_empty_secret_in_the_environment_is_unset_not_a_key_anyone_can_sign_w
     assert getattr(ResponderSettings(), field) is None
     monkeypatch.setenv(name, "s3cret")
     assert getattr(ResponderSettings(), field).get_secret_value() == "s3cret"
+
+
+def test_a_loop_stopped_by_a_store_outage_starts_again_instead_of_stopping_the_responder():
+    """What the CI run of 2026-12-06 caught: event delivery met the outage between posting events and
+    marking them delivered, and the whole responder stopped. Every loop of `responder up` now runs
+    through this; the loop here is a stand-in that meets an outage twice, then finishes."""
+    attempts: list[int] = []
+
+    async def loop() -> None:
+        attempts.append(len(attempts))
+        if len(attempts) < 3:
+            raise StoreUnavailable("PostgreSQL store unreachable: OperationalError")
+
+    asyncio.run(through_store_outages("event delivery", loop, pause=0.01))
+    assert attempts == [0, 1, 2]
