@@ -470,7 +470,7 @@ def run_mitigation(plan: PlannedAction, dry_run: bool, incident: IncidentRef | N
             if entry is None or entry.url is None:
                 raise ResponderError(ErrorCode.CONFIG, f"{kind} target {name!r} has no URL configured")
             kwargs["dsn" if kind == "postgres" else "url"] = entry.url
-        outcome = REGISTRY[plan.action].run(**kwargs, dry_run=dry_run)
+        outcome = REGISTRY[plan.action].act(**kwargs, dry_run=dry_run)
     except Exception as error:  # reported, never retried: a half-done action must not run twice
         detail = error.message if isinstance(error, ResponderError) else f"{type(error).__name__}: {error}"
         logger.error("%s on %s failed: %s", plan.action, plan.target, detail)

@@ -82,7 +82,8 @@ class ActionOutcome(BaseModel):
 
     action: str
     target: str
-    risk: Risk
+    risk: Risk | None = Field(default=None, description="the registered action's risk: stamped by Mitigation.act "
+                                                         "(an action does not write its own)")
     status: ActionStatus
     dry_run: bool = False
     detail: str = ""
@@ -113,6 +114,10 @@ class Mitigation:
             fields[name] = (hints.get(name, Any), default)
         model = create_model(f"{self.name}_params", __config__=ConfigDict(extra="forbid", strict=False), **fields)
         object.__setattr__(self, "params_model", model)
+
+    def act(self, *args: Any, dry_run: bool = False, **params: Any) -> ActionOutcome:
+        """Run the action; its outcome carries the registered risk (the one source of it)."""
+        return self.run(*args, dry_run=dry_run, **params).model_copy(update={"risk": self.risk})
 
     def check_params(self, params: dict[str, Any], supplied_later: set[str] = frozenset()) -> None:
         """Raise ``ValueError`` naming the action and each wrong, unknown or missing parameter."""

@@ -63,7 +63,7 @@ class PlannedAction(BaseModel):
 def terminate_process(pid: int, create_time: float, name: str, dry_run: bool = False, grace_seconds: float = 10) -> ActionOutcome:
     """SIGTERM one process, SIGKILL after a grace period; only if it is still the same process."""
     target = f"pid {pid} ({name})"
-    base = dict(action="terminate_process", target=target, risk=Risk.RISKY, dry_run=dry_run)
+    base = dict(action="terminate_process", target=target, dry_run=dry_run)
     if pid in (0, 1, os.getpid(), os.getppid()):
         raise ResponderError(ErrorCode.REFUSED, f"refusing to terminate {target}: system or responder process")
     try:
@@ -87,7 +87,7 @@ def terminate_process(pid: int, create_time: float, name: str, dry_run: bool = F
 
 def drill_step(name: str, dry_run: bool = False) -> ActionOutcome:
     """The fire drill's risky step: touches nothing, so teams can rehearse approvals."""
-    base = dict(action="drill_step", target=name, risk=Risk.RISKY, dry_run=dry_run)
+    base = dict(action="drill_step", target=name, dry_run=dry_run)
     if dry_run:
         return ActionOutcome(**base, status="would_do", detail="would do nothing (drill)")
     return ActionOutcome(**base, status="done", detail="drill step done (nothing was touched)", changes=[f"drill {name}"])

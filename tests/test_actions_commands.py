@@ -33,7 +33,7 @@ def test_runs_the_argv_and_reports_the_output_tail(tmp_path):
     marker = tmp_path / "marker"
     argv = [PY, "-c", "import sys; open(sys.argv[1], 'w').write(sys.argv[2]); print('x' * 2000 + ' restarted ok')",
             str(marker), "an argument with spaces; and $(no shell)"]
-    outcome = actions.run_configured_command("backend restart", argv)
+    outcome = REGISTRY["run_configured_command"].act("backend restart", argv)
     assert outcome.status == "done", outcome.detail
     assert outcome.risk is Risk.RISKY and outcome.target == "backend restart"
     assert outcome.changes == ["ran backend restart"]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.mitigations import REGISTRY
 from tasks.actions import files as actions
 from tasks.base import ErrorCode, ResponderError
 
@@ -98,7 +99,7 @@ def test_compress_gzips_exactly_the_old_logs_and_keeps_their_mtime(logs, outside
     originals = {name: _read(logs / name) for name in ("app.log", "worker/jobs.log")}
     stats = {name: (logs / name).stat() for name in originals}
 
-    outcome = actions.compress_old_logs([str(logs)], older_than_days=1)
+    outcome = REGISTRY["compress_old_logs"].act([str(logs)], older_than_days=1)  # risk: the registry's
 
     assert outcome.status == "done", outcome.detail
     assert outcome.risk.value == "safe"
@@ -177,7 +178,7 @@ def test_retention_deletes_exactly_the_old_matching_files(retention, outside):
     before, outside_before = _tree(retention), _tree(outside)
     expected = ["a.log.gz", "nested/d.log.gz", "nested/deeper/e.gz"]
 
-    outcome = actions.delete_old_files([str(retention)], older_than_days=7, patterns=["*.gz"])
+    outcome = REGISTRY["delete_old_files"].act([str(retention)], older_than_days=7, patterns=["*.gz"])
 
     assert outcome.status == "done", outcome.detail
     assert outcome.risk.value == "safe"

@@ -22,6 +22,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.pq import DiagnosticField, ExecStatus
 from pydantic import SecretStr
 
+from tasks.mitigations import REGISTRY
 from tasks.actions import postgres as actions
 from tasks.base import ErrorCode, ResponderError
 from tasks.probes import postgres as probes
@@ -89,7 +90,7 @@ def _params(row: dict) -> dict:
 def test_terminate_backend_ends_the_same_long_query(postgres_url, admin, sessions):
     conn, row = _sleeping(sessions, postgres_url)
     pid = row["pid"]
-    outcome = actions.terminate_backend(SecretStr(postgres_url), **_params(row))
+    outcome = REGISTRY["terminate_backend"].act(SecretStr(postgres_url), **_params(row))
     assert outcome.status == "done", outcome.detail
     assert outcome.risk.value == "risky" and outcome.dry_run is False
     assert outcome.changes == [f"terminated backend pid {pid} ({row['usename']}@{row['datname']})"]
@@ -289,7 +290,7 @@ def _idle_params(row: dict) -> dict:
 def test_terminate_idle_transaction_ends_the_same_idle_transaction(postgres_url, admin, sessions):
     conn, row = _idle_in_transaction(sessions, postgres_url)
     pid = row["pid"]
-    outcome = actions.terminate_idle_transaction(SecretStr(postgres_url), **_idle_params(row))
+    outcome = REGISTRY["terminate_idle_transaction"].act(SecretStr(postgres_url), **_idle_params(row))
     assert outcome.status == "done", outcome.detail
     assert outcome.action == "terminate_idle_transaction" and outcome.risk.value == "risky"
     assert outcome.changes == [f"terminated backend pid {pid} ({row['usename']}@{row['datname']})"]

@@ -20,6 +20,7 @@ import pytest
 import redis
 from pydantic import SecretStr
 
+from tasks.mitigations import REGISTRY
 from tasks.actions import redis as actions
 from tasks.base import ErrorCode, ResponderError
 
@@ -56,7 +57,7 @@ def test_clear_cache_namespace_unlinks_exactly_the_prefix_in_batches(redis_url, 
     survivors = [f"cache:{tag}", f"cache:{tag}-other:1", f"sessions:{tag}:1", f"x{prefix}1"]
     _fill(client, doomed + survivors)
 
-    outcome = actions.clear_cache_namespace(SecretStr(redis_url), prefix, [prefix, "other:"], batch=100)
+    outcome = REGISTRY["clear_cache_namespace"].act(SecretStr(redis_url), prefix, [prefix, "other:"], batch=100)
     assert outcome.status == "done", outcome.detail
     assert outcome.risk.value == "risky"
     assert outcome.changes == [f"unlinked 1234 keys starting with {prefix!r}"]

@@ -43,7 +43,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tasks.base import ActionOutcome, ErrorCode, ResponderError, Risk
+from tasks.base import ActionOutcome, ErrorCode, ResponderError
 
 SHELLS = frozenset(
     {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "csh", "tcsh", "fish", "busybox", "pwsh", "powershell"}
@@ -171,7 +171,7 @@ def _kill_group(proc: subprocess.Popen[str]) -> tuple[str, str]:
 def _run(
     action: str, target: str, argv: Sequence[str], dry_run: bool, timeout: float, allow_shell: bool, change: str
 ) -> ActionOutcome:
-    base = dict(action=action, target=target, risk=Risk.RISKY, dry_run=dry_run)
+    base = dict(action=action, target=target, dry_run=dry_run)
     items = check_argv(argv, allow_shell)
     if not timeout or timeout <= 0:
         raise ResponderError(ErrorCode.CONFIG, f"{action}: timeout must be > 0 seconds, not {timeout!r}")

@@ -63,7 +63,7 @@ from typing import Literal
 
 import psutil
 
-from tasks.base import ActionOutcome, ErrorCode, ResponderError, Risk
+from tasks.base import ActionOutcome, ErrorCode, ResponderError
 from tasks.probes import human_bytes
 
 PathLike = str | os.PathLike[str]
@@ -88,7 +88,7 @@ class _Report:
     bytes_after: int = 0
 
     def outcome(self, target: str, verb: str) -> ActionOutcome:
-        base = dict(action=self.action, target=target, risk=Risk.SAFE, dry_run=self.dry_run)
+        base = dict(action=self.action, target=target, dry_run=self.dry_run)
         skipped = "".join(f"; skipped {n} {why}" for why, n in sorted(self.skipped.items()))
         errors = f"; {len(self.errors)} failed: {'; '.join(self.errors[:5])}" if self.errors else ""
         if self.dry_run and self.planned:

@@ -25,7 +25,7 @@ import time
 
 import httpx
 
-from tasks.base import ActionOutcome, ErrorCode, ResponderError, Risk
+from tasks.base import ActionOutcome, ErrorCode, ResponderError
 from tasks.probes import clip
 from tasks.probes.external import public_url
 
@@ -42,7 +42,7 @@ def trigger_job(
     if method not in ("POST", "PUT", "GET"):
         raise ResponderError(ErrorCode.CONFIG, f"job {job!r}: method must be POST, PUT or GET, not {method!r}")
     shown = public_url(url)
-    base = dict(action="trigger_job", target=f"job {job}", risk=Risk.SAFE, dry_run=dry_run)
+    base = dict(action="trigger_job", target=f"job {job}", dry_run=dry_run)
     if dry_run:
         return ActionOutcome(**base, status="would_do", detail=f"would send {method} {shown}")
     headers = {"User-Agent": "runbook-responder"}

@@ -43,7 +43,7 @@ a superuser; PostgreSQL's refusal is raised as ``ResponderError(REFUSED)``.
 Wiring (``params`` straight from a probe row)::
 
     rows = postgres_probes.long_running_queries(settings.postgres_url, min_minutes=5).evidence["sessions"]
-    PlannedAction(action="cancel_backend", risk=Risk.RISKY, target=f"pid {row['pid']}",
+    PlannedAction(action="cancel_backend", target=f"pid {row['pid']}",
                   params={"dsn": settings.postgres_url, "pid": row["pid"],
                           "backend_start": row["backend_start"], "query_start": row["query_start"]})
 
@@ -62,7 +62,7 @@ from typing import Any, Literal
 import psycopg
 import psycopg.errors
 
-from tasks.base import ActionOutcome, ErrorCode, ResponderError, Risk
+from tasks.base import ActionOutcome, ErrorCode, ResponderError
 from tasks.probes.postgres import IDLE_IN_TRANSACTION, Dsn, _connect
 
 Kind = Literal["cancel", "terminate", "terminate_idle"]
@@ -196,7 +196,7 @@ def _signal(
     reported them (``query_start``; or ``xact_start`` and ``state_change``).
     """
     spec = _SIGNALS[kind]
-    base = dict(action=spec.action, target=f"backend pid {pid}", risk=Risk.RISKY, dry_run=dry_run)
+    base = dict(action=spec.action, target=f"backend pid {pid}", dry_run=dry_run)
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         raise ResponderError(ErrorCode.CONFIG, f"{spec.action}: pid must be a positive integer, not {pid!r}")
     if set(identity) != set(spec.identity):

@@ -32,7 +32,7 @@ import ipaddress
 import time
 from datetime import datetime
 
-from tasks.base import ActionOutcome, ErrorCode, ResponderError, Risk
+from tasks.base import ActionOutcome, ErrorCode, ResponderError
 from tasks.probes.queues import bullmq_snapshot, item_time, normalise_address
 from tasks.probes.redis import Url, _client
 
@@ -83,7 +83,7 @@ def move_to_dead_letter(
     _check_limits(older_than_minutes, max_items)
     source = queue if kind == "list" else f"{prefix}:{queue}:active"
     dead = f"{queue}{dead_letter_suffix}" if kind == "list" else f"{prefix}:{queue}{dead_letter_suffix}"
-    base = dict(action="move_to_dead_letter", target=f"queue {queue}", risk=Risk.RISKY, dry_run=dry_run)
+    base = dict(action="move_to_dead_letter", target=f"queue {queue}", dry_run=dry_run)
     cutoff = time.time() - older_than_minutes * 60
     with _client(url) as client:
         if client.type(dead) not in ("list", "none"):
@@ -145,7 +145,7 @@ def block_address(
     if ttl_seconds is not None and ttl_seconds <= 0:
         raise ResponderError(ErrorCode.CONFIG, f"block_address: ttl_seconds must be positive, not {ttl_seconds!r}")
     canonical = _blockable(address)
-    base = dict(action="block_address", target=f"address {canonical}", risk=Risk.RISKY, dry_run=dry_run)
+    base = dict(action="block_address", target=f"address {canonical}", dry_run=dry_run)
     until = float("inf") if ttl_seconds is None else time.time() + ttl_seconds
     shown = "without expiry" if ttl_seconds is None else f"until {datetime.fromtimestamp(until).astimezone():%Y-%m-%d %H:%M:%S %z}"
     with _client(url) as client:
@@ -180,7 +180,7 @@ def set_flag(url: Url, flag: str, key: str, value: str, dry_run: bool = False) -
     """Set the flag's Redis key to ``value``; report the previous value (how to switch it back)."""
     if not key:
         raise ResponderError(ErrorCode.CONFIG, f"flag {flag!r}: no key configured")
-    base = dict(action="set_flag", target=f"flag {flag}", risk=Risk.RISKY, dry_run=dry_run)
+    base = dict(action="set_flag", target=f"flag {flag}", dry_run=dry_run)
     value = str(value)
     with _client(url) as client:
         kind = client.type(key)

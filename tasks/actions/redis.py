@@ -20,7 +20,7 @@ A Redis Cluster is out of scope: ``SCAN`` there covers one node only.
 
 Wiring (``allowed_prefixes`` from ``config/targets.yaml``)::
 
-    PlannedAction(action="clear_cache_namespace", risk=Risk.RISKY, target=f"redis {prefix}*",
+    PlannedAction(action="clear_cache_namespace", target=f"redis {prefix}*",
                   params={"url": settings.redis_url, "prefix": prefix,
                           "allowed_prefixes": targets.redis.cache_prefixes})
 """
@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from tasks.base import ActionOutcome, ErrorCode, ResponderError, Risk
+from tasks.base import ActionOutcome, ErrorCode, ResponderError
 from tasks.probes.redis import Url, _client, _target
 
 _GLOB_SPECIALS = re.compile(r"([\\*?\[\]])")
@@ -49,7 +49,7 @@ def clear_cache_namespace(
     batch: int = 500,
 ) -> ActionOutcome:
     """Unlink every key starting with ``prefix`` (a configured cache namespace); report the count."""
-    base = dict(action="clear_cache_namespace", target=f"redis keys {prefix}*", risk=Risk.RISKY, dry_run=dry_run)
+    base = dict(action="clear_cache_namespace", target=f"redis keys {prefix}*", dry_run=dry_run)
     if not isinstance(prefix, str) or not prefix.strip():
         raise ResponderError(ErrorCode.REFUSED, "refusing to clear an empty key prefix (that is every key)")
     if isinstance(allowed_prefixes, str) or prefix not in set(allowed_prefixes or ()):
@@ -91,7 +91,7 @@ def clear_cache_namespace(
 
 def flush_database(url: Url, db: int, allow_flush: bool, dry_run: bool = False) -> ActionOutcome:
     """``FLUSHDB`` the database the URL selects, only with ``allow_flush`` and a matching ``db``."""
-    base = dict(action="flush_database", target=f"redis db {db}", risk=Risk.RISKY, dry_run=dry_run)
+    base = dict(action="flush_database", target=f"redis db {db}", dry_run=dry_run)
     if allow_flush is not True:
         raise ResponderError(
             ErrorCode.REFUSED, f"refusing to flush redis db {db}: the configuration does not set allow_flush"
