@@ -150,8 +150,9 @@ def scheduled_flow(spec: RunbookSpec, thresholds: type[Thresholds] = Thresholds)
     return decorate
 
 
-def _runbook(name: str) -> Runbook:
-    return runtime()[1].get(name)
+def _runbook(spec: RunbookSpec) -> Runbook:
+    """The runbook in force: ``spec`` with this installation's overrides."""
+    return runtime()[1].get(spec.name)
 
 
 # -- shared checks ---------------------------------------------------------------------------
@@ -252,7 +253,7 @@ DAILY_CHECKS = RunbookSpec(
 @scheduled_flow(DAILY_CHECKS, thresholds=DailyChecksLimits)
 def daily_checks() -> State:
     """Seed 003 "Daily Checks (Business Hours)" and seed 004 "Daily Operations"."""
-    runbook = _runbook("daily-checks")
+    runbook = _runbook(DAILY_CHECKS)
     limits = runbook.limits(DailyChecksLimits)
     window = prometheus.window(limits.window_seconds)
     health = collect(check_overall_health)                                                                   # 003 1
@@ -350,7 +351,7 @@ WEEKLY_CHECKS = RunbookSpec(
 @scheduled_flow(WEEKLY_CHECKS, thresholds=WeeklyChecksLimits)
 def weekly_checks() -> State:
     """Seed 003 "Weekly Checks (Monday AM)" and seed 004 "Weekly Operations"."""
-    runbook = _runbook("weekly-checks")
+    runbook = _runbook(WEEKLY_CHECKS)
     limits = runbook.limits(WeeklyChecksLimits)
     alerts = collect(review_past_week_alerts, "firing_history", required=False, over="7d")                   # 003 1
     incidents = collect(past_week_incidents, 7)
@@ -418,7 +419,7 @@ MONTHLY_CHECKS = RunbookSpec(
 @scheduled_flow(MONTHLY_CHECKS, thresholds=MonthlyChecksLimits)
 def monthly_checks() -> State:
     """Seed 003 "Monthly Checks (First of Month)" and seed 004 "Monthly Operations"."""
-    runbook = _runbook("monthly-checks")
+    runbook = _runbook(MONTHLY_CHECKS)
     limits = runbook.limits(MonthlyChecksLimits)
     rules = collect(review_monitoring_configuration, "rule_health", required=False)                          # 003 1
     costs = collect(trend_api_costs, "sum(increase(affiliate_api_cost_dollars[30d]))", None,
@@ -479,7 +480,7 @@ def log_retention() -> State:
     ``gzip`` logs older than ``paths.retention_days`` (7), then delete compressed logs older than
     ``paths.delete_after_days`` (30), in ``paths.logs`` only.
     """
-    runbook = _runbook("log-retention")
+    runbook = _runbook(LOG_RETENTION)
     limits = runbook.limits(LogRetentionLimits)
     paths = runtime()[1].targets.paths
     before = collect(log_directories)
@@ -537,7 +538,7 @@ STORE_RETENTION = RunbookSpec(
 def store_retention() -> State:
     """The responder's own store stays bounded: what is only history (raw bodies, delivered events) is deleted
     after ``keep_days``; incidents, alerts and timelines are kept, and nothing still waiting is touched."""
-    runbook = _runbook("store-retention")
+    runbook = _runbook(STORE_RETENTION)
     return finish(runbook, [collect(prune_responder_store, runbook.limits(StoreRetentionLimits).keep_days)])
 
 
@@ -565,7 +566,7 @@ BACKUP_FRESHNESS = RunbookSpec(
 @scheduled_flow(BACKUP_FRESHNESS, thresholds=Thresholds)
 def backup_freshness() -> State:
     """Seed 003 weekly "Check backup status", seed 004 "Backups: Daily snapshots": is each backup recent?"""
-    runbook = _runbook("backup-freshness")
+    runbook = _runbook(BACKUP_FRESHNESS)
     result = collect(check_backup_freshness)
     return finish(runbook, [result], sections=[table("Backups", ["name", "state", "max_age_hours", "detail"],
                                                      result.evidence.get("backups", []))])
