@@ -26,7 +26,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Vali
 from core.alerts import Route
 from core.oncall import OncallConfig, TimeZoneName
 from tasks.base import Risk
-from tasks.mitigations import REGISTRY
+from tasks.mitigations import REGISTRY, registered
 from tasks.probes.hosts import HostTargets
 
 
@@ -109,8 +109,7 @@ class RunbookSpec(_Strict):
     @classmethod
     def _registered(cls, names: tuple[str, ...]) -> tuple[str, ...]:
         for name in names:
-            if name not in REGISTRY:
-                raise ValueError(f"{name!r} is not a registered mitigation (known: {', '.join(sorted(REGISTRY))})")
+            registered(name)
         return names
 
 
@@ -602,9 +601,8 @@ class PolicyConfig(_Strict):
     @field_validator("blast_radius")
     @classmethod
     def _known_actions(cls, limits: dict[str, BlastRadius]) -> dict[str, BlastRadius]:
-        unknown = sorted(set(limits) - set(REGISTRY))
-        if unknown:
-            raise ValueError(f"unknown action(s) {', '.join(unknown)} (known: {', '.join(sorted(REGISTRY))})")
+        for name in limits:
+            registered(name)
         return limits
 
 
@@ -810,15 +808,16 @@ def load_configuration(config_dir: Path) -> Catalog:
     """This installation's configuration without its runbooks: what the light commands read (``responder
     oncall``, ``maintenance list``), with no runbook module imported (they import Prefect, about 1.7 s).
     What names a runbook is checked by :func:`load_catalog` (``responder up``, ``runbooks``)."""
-    return load_catalog(config_dir, None)
+    return load_catalog(config_dir, None, [])
 
 
-def load_catalog(config_dir: Path, declared: list[Declared] | None) -> Catalog:
-    """The declared runbooks (``flows.registry`` finds them) with ``config/runbooks/*.yaml``'s overrides,
-    ``targets.yaml``, ``notify.yaml``, ``escalation.yaml``, ``policy.yaml``, ``maintenance.yaml`` and
-    ``oncall.yaml``. ``declared=None``: see :func:`load_configuration`."""
-    overrides = read_overrides(config_dir) if declared is not None else []
-    declared = declared or []
+def load_catalog(config_dir: Path, declared: list[Declared] | None,
+                 overrides: list[tuple[Path, RunbookOverride]]) -> Catalog:
+    """The declared runbooks (``flows.registry`` finds them) with ``overrides`` (:func:`read_overrides`,
+    which the caller has read to find the installation's own runbook modules), ``targets.yaml``,
+    ``notify.yaml``, ``escalation.yaml``, ``policy.yaml``, ``maintenance.yaml`` and ``oncall.yaml``.
+    ``declared=None``: the configuration alone (:func:`load_configuration`)."""
+    partial, declared = declared is None, declared or []
     by_name = {d.spec.name: d for d in declared}
     for path, override in overrides:
         if override.name not in by_name:
@@ -838,7 +837,7 @@ def load_catalog(config_dir: Path, declared: list[Declared] | None) -> Catalog:
             alert_owner[alertname] = runbook.name
         runbooks.append(runbook)
     catalog = Catalog(runbooks=runbooks)
-    catalog._partial = not declared
+    catalog._partial = partial
     for extra, field in (("targets.yaml", "targets"), ("notify.yaml", "notify"), ("escalation.yaml", "escalation"),
                          ("policy.yaml", "policy"), ("maintenance.yaml", "maintenance"), ("oncall.yaml", "oncall")):
         path = config_dir / extra

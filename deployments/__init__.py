@@ -27,9 +27,9 @@ from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowFilter, FlowFilterName
 from prefect.events import DeploymentEventTrigger
 from prefect.events.actions import RunDeployment
-from prefect.exceptions import ObjectNotFound
 
 from core.catalog import Catalog, Runbook
 
@@ -67,6 +67,16 @@ async def build_deployments(catalog: Catalog, flows: dict[str, Any]) -> list[Any
     return deployments
 
 
+async def _every(read: Any, **filters: Any) -> list[Any]:
+    """Every row of a Prefect client ``read_*`` call, page by page (the server answers at most 200)."""
+    rows: list[Any] = []
+    while True:
+        page = await read(**filters, limit=200, offset=len(rows))
+        rows.extend(page)
+        if len(page) < 200:
+            return rows
+
+
 def fingerprint(deployment: Any) -> str:
     """What the server must hold for a deployment: its fields, schedules, triggers and parameter schema."""
     held = [deployment.model_dump(mode="json", exclude={"version", "version_type"}),
@@ -84,17 +94,17 @@ async def apply_deployments(catalog: Catalog, flows: dict[str, Any]) -> dict[str
     again. The caller holds the "deployments" lease: one responder applies at a time."""
     deployments = await build_deployments(catalog, flows)
     at_once = asyncio.Semaphore(APPLY_AT_ONCE)
-    async with get_client() as client:
-        async def held(deployment: Any) -> Any:
-            async with at_once:
-                try:
-                    return await client.read_deployment_by_name(deployment.full_name)
-                except ObjectNotFound:
-                    return None
-
-        current = await asyncio.gather(*(held(d) for d in deployments))
+    flow_names = sorted({d.flow_name for d in deployments})
+    ours = FlowFilter(name=FlowFilterName(any_=flow_names))
+    async with get_client() as client:  # a few reads, not one per runbook
+        flow_name = {f.id: f.name for f in await _every(client.read_flows, flow_filter=ours)}
+        held = {f"{flow_name[d.flow_id]}/{d.name}": d for d in await _every(
+            client.read_deployments, flow_filter=ours,
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[d.name for d in deployments])))
+            if d.flow_id in flow_name}
         triggered = Counter(action.deployment_id for automation in await client.read_automations()
                             if automation.enabled for action in automation.actions if isinstance(action, RunDeployment))
+    current = [held.get(d.full_name) for d in deployments]
 
     async def apply(deployment: Any, existing: Any) -> UUID:
         deployment.version = f"{VERSION}+{fingerprint(deployment)}"

@@ -74,9 +74,10 @@ def entrypoint(made: Any) -> str:
 
 def load_catalog(config_dir: Path) -> Catalog:
     """The catalog in force: the declared runbooks with this installation's configuration."""
-    extra = [override.module for _, override in read_overrides(config_dir) if override.module]
+    overrides = read_overrides(config_dir)
+    declared = discover([override.module for _, override in overrides if override.module])
     return merge_catalog(config_dir, [Declared(spec=made.spec, flow=entrypoint(made), thresholds=made.thresholds_model)
-                                      for made in discover(extra).values()])
+                                      for made in declared.values()], overrides)
 
 
 def flows_of(catalog: Catalog) -> dict[str, Any]:

@@ -48,9 +48,7 @@ class PlannedAction(BaseModel):
 
     @model_validator(mode="after")
     def _fits_the_registry(self) -> "PlannedAction":
-        mitigation = REGISTRY.get(self.action)
-        if mitigation is None:
-            raise ValueError(f"{self.action!r} is not a registered mitigation (known: {', '.join(sorted(REGISTRY))})")
+        mitigation = registered(self.action)
         if self.risk is None:
             self.risk = mitigation.risk
         elif self.risk is not mitigation.risk:
@@ -109,6 +107,14 @@ def _registry() -> dict[str, Mitigation]:
 
 
 REGISTRY: dict[str, Mitigation] = _registry()
+
+
+def registered(name: str) -> Mitigation:
+    """The registered mitigation ``name``; ``ValueError`` naming it and the known ones otherwise."""
+    mitigation = REGISTRY.get(name)
+    if mitigation is None:
+        raise ValueError(f"{name!r} is not a registered mitigation (known: {', '.join(sorted(REGISTRY))})")
+    return mitigation
 
 
 def plan_process_terminations(
