@@ -66,8 +66,11 @@ def test_approved_step_runs_once_and_the_run_carries_on_from_its_kept_steps(resp
     run_id = responder.start(drill_alert())
     waiting = suspended(api, run_id)
     assert waiting["state"]["name"] == "Suspended"
-    before = {t["name"].rsplit("-", 1)[0] for t in task_runs(api, run_id)}
-    assert {"acknowledge", "assess-drill", "plan-drill-step", "check-loop-guard", "ask-approval"} <= before, before
+    # Task runs reach the server through events, after the run is suspended: wait for the five.
+    asked_first = {"acknowledge", "assess-drill", "plan-drill-step", "check-loop-guard", "ask-approval"}
+    def steps_before() -> set[str]:
+        return {t["name"].rsplit("-", 1)[0] for t in task_runs(api, run_id)}
+    wait_for(lambda: asked_first <= steps_before(), 30, what="the steps before the question on the server")
     resume(api, run_id, True, "looks safe", "alice")
     final = responder.final(run_id)
     assert final["state"]["name"] == "Resolved", final["state"]
