@@ -19,6 +19,7 @@ from prefect.server.database.configurations import AioSqliteConfiguration
 from responder.embedded import EmbeddedPrefectServer
 from responder.prefect_server import QueuedWritesSqliteConfiguration
 from support.common import free_port
+from support.prefect import seed_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,6 +135,7 @@ def test_a_server_a_dead_responder_left_running_is_replaced_and_a_live_ones_is_r
     When the responder recorded beside it is dead, the new start stops that server and starts its own on
     the same database; when that responder still runs, the start is refused and its server left alone."""
     home, port = tmp_path / "prefect-home", free_port()
+    seed_database(home)  # a migrated database: what is tested is the start after a crash, not the first one
     leftover = EmbeddedPrefectServer(home, port)
     leftover.start()
     record = json.loads(leftover.pid_file.read_text())

@@ -20,7 +20,7 @@ import psutil
 from support.alerts import alert_body, load_fixture
 from support.capture import CaptureServer
 from support.common import BIN, ROOT, free_port, wait_for
-from support.prefect import login, paused_run, resume, wait_run_final
+from support.prefect import login, paused_run, resume, seed_database, wait_run_final
 from support.responder import make_config
 
 
@@ -92,6 +92,7 @@ def test_after_kill_9_make_run_comes_back_by_itself_and_the_response_carries_on(
                          runbook_overrides={"responder-drill": {"approval_timeout_seconds": 12000}})  # 120 s at 0.01
     env = _make_run_env(tmp_path, config, prefect_port, intake_port, token, RESPONDER_TIME_SCALE="0.01")
     api, intake = f"http://127.0.0.1:{prefect_port}/api", f"http://127.0.0.1:{intake_port}"
+    seed_database(tmp_path / "prefect-home")  # migrated already: the first start is the test above, a crash is this one
     first = _make_run(tmp_path, env, "first.log")
     second = None
     try:

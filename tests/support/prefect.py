@@ -4,10 +4,12 @@ incident, a run's final state, events, the approval form, the response artifact.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,6 +39,8 @@ class PrefectServer:
 
     def start(self) -> "PrefectServer":
         self.home.mkdir(parents=True, exist_ok=True)
+        if not self.database_url:
+            seed_database(self.home)
         env = {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                "PREFECT_UI_API_URL": self.api_url}
         env.pop("PREFECT_API_URL", None)
@@ -63,10 +67,36 @@ class PrefectServer:
                 self.process.wait(5)
 
 
+# A copy of the first SQLite Prefect database this test process started, taken once its server
+# answered: Prefect's migrations applied and its block types registered, nothing else. A new server
+# on SQLite starts from it instead of an empty file: 4 s of CPU instead of 11 s (migrating a new
+# database takes 7), for the same server code on the same schema.
+_MIGRATED: Path | None = None
+
+
+def seed_database(prefect_home: Path) -> None:
+    """Give a Prefect home without a database a copy of the migrated one, when there is one."""
+    target = prefect_home / "prefect.db"
+    if _MIGRATED is not None and not target.exists():
+        prefect_home.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_MIGRATED, target)
+
+
+def keep_migrated_database(server: PrefectServer) -> None:
+    """Snapshot a freshly started SQLite server's database (SQLite's online backup: consistent while it runs)."""
+    global _MIGRATED
+    if _MIGRATED is None and not server.database_url and (server.home / "prefect.db").exists():
+        copy = server.home.parent / f"{server.home.name}-migrated.db"
+        with closing(sqlite3.connect(server.home / "prefect.db")) as source, closing(sqlite3.connect(copy)) as target:
+            source.backup(target)
+        _MIGRATED = copy
+
+
 @contextmanager
 def sqlite_prefect_server(home: Path) -> Iterator[PrefectServer]:
     """A Prefect server of its own on SQLite (the embedded default's database), as PREFECT_API_URL."""
     with serving(PrefectServer(home)) as server:
+        keep_migrated_database(server)
         yield server
 
 
