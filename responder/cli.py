@@ -37,7 +37,7 @@ from core.services import build
 from core.settings import ResponderSettings
 from core.store import SchemaError, StoreUnavailable, open_store
 from responder.docs import runbooks_markdown
-from responder.embedded import EmbeddedPrefectServer, default_prefect_home, limit_malloc_arenas
+from responder.embedded import EmbeddedPrefectServer, default_prefect_home, limit_malloc_arenas, small_ca_file_for_plain_http
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -383,6 +383,7 @@ def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
         ui = f"{embedded.ui_url}   (login: {embedded.auth_file if not os.environ.get('PREFECT_SERVER_API_AUTH_STRING') else 'PREFECT_SERVER_API_AUTH_STRING'})"
     else:
         ui = os.environ["PREFECT_API_URL"].rstrip("/").removesuffix("/api")
+    small_ca_file_for_plain_http(os.environ["PREFECT_API_URL"], settings.home)
 
     from responder.intake import create_app  # heavy: imports Prefect, which must read PREFECT_API_URL set just above
     from responder.runtime import Responder  # heavy: imports Prefect, which must read PREFECT_API_URL set just above

@@ -13,11 +13,10 @@ import subprocess
 import uuid
 from datetime import datetime, timezone
 
-import httpx
 import pytest
 import yaml
 
-from support.common import free_port, wait_for
+from support.common import HTTP, free_port, wait_for
 from support.prefect import runs_for_incident, wait_run_final
 from support.responder import make_config, running_responder
 
@@ -53,14 +52,14 @@ def alertmanager(responder, tmp_path_factory):
         stdout=open(tmp / "am.log", "wb"), stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(f"{url}/-/ready").status_code == 200, 30, what="Alertmanager ready")
+    wait_for(lambda: HTTP.get(f"{url}/-/ready").status_code == 200, 30, what="Alertmanager ready")
     yield url
     proc.terminate()
     proc.wait(10)
 
 
 def _incident_for(responder, test_id: str):
-    incidents = httpx.get(f"{responder.url}/incidents", params={}, headers={"Authorization": f"Bearer {responder.token}"}).json()
+    incidents = HTTP.get(f"{responder.url}/incidents", params={}, headers={"Authorization": f"Bearer {responder.token}"}).json()
     return next((i for i in incidents if test_id in i["group_key"]), None)
 
 
@@ -73,7 +72,7 @@ def test_alertmanager_delivers_firing_and_resolved(responder, alertmanager, pref
         "annotations": {"summary": "CPU usage above 80% for 5 minutes"},
         "startsAt": starts.isoformat(),
     }
-    httpx.post(f"{alertmanager}/api/v2/alerts", json=[alert]).raise_for_status()
+    HTTP.post(f"{alertmanager}/api/v2/alerts", json=[alert]).raise_for_status()
 
     incident = wait_for(lambda: _incident_for(responder, test_id), 30, what="Alertmanager's webhook to open an incident")
     assert incident["runbook"] == "high-cpu-usage" and incident["status"] == "open"
@@ -82,7 +81,7 @@ def test_alertmanager_delivers_firing_and_resolved(responder, alertmanager, pref
 
     resolved = {**alert, "endsAt": datetime.now(timezone.utc).isoformat()}
     resolved["startsAt"] = starts.isoformat()
-    httpx.post(f"{alertmanager}/api/v2/alerts", json=[resolved]).raise_for_status()
+    HTTP.post(f"{alertmanager}/api/v2/alerts", json=[resolved]).raise_for_status()
 
     closed = wait_for(lambda: (i := _incident_for(responder, test_id)) and i["status"] == "closed" and i, 30,
                       what="the resolved notification to close the incident")

@@ -13,12 +13,11 @@ import subprocess
 import sys
 import uuid
 
-import httpx
 import psutil
 import pytest
 
 from support.alerts import load_fixture
-from support.common import wait_for
+from support.common import HTTP, wait_for
 from support.prefect import resume, runs_for_incident, wait_run_final
 from support.responder import make_config, running_responder
 
@@ -70,7 +69,7 @@ def _fire(responder) -> str:
 def _form_description(api: str, run: dict) -> str:
     keyset = run["state"]["state_details"]["run_input_keyset"]
     # The form is saved just after the run turns Paused.
-    response = wait_for(lambda: (r := httpx.get(f"{api}/flow_runs/{run['id']}/input/{keyset['description']}")).is_success and r,
+    response = wait_for(lambda: (r := HTTP.get(f"{api}/flow_runs/{run['id']}/input/{keyset['description']}")).is_success and r,
                         10, what="the approval form's description")
     return response.json()
 

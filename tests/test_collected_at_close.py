@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlencode
 
-import httpx
 import pytest
 import yaml
 from prefect import flow
@@ -41,7 +40,7 @@ from flows import lifecycle
 from flows.drill import responder_drill
 from responder.reports import publish_postmortem
 from support.capture import CaptureServer
-from support.common import ROOT, free_port, wait_for
+from support.common import HTTP, ROOT, free_port, wait_for
 from support.executor import InProcessResponder, suspended
 from support.prefect import form_description, prefect_post, resume
 from support.prometheus import AppTarget, PrometheusServer
@@ -168,7 +167,7 @@ def test_the_alert_s_metric_is_kept_and_matches_the_test_s_own_range_query(close
     assert (metric.expression, metric.query, metric.threshold, metric.comparison) == (EXPRESSION, GAUGE, 5.0, ">")
     assert metric.note == "" and len(metric.series) == 1
     assert metric.start <= closed["alert"].startsAt - timedelta(seconds=18)  # 30 minutes times the time scale
-    answer = httpx.get(f"{prom.url}/api/v1/query_range", params={
+    answer = HTTP.get(f"{prom.url}/api/v1/query_range", params={
         "query": GAUGE, "start": f"{metric.start.timestamp():.3f}", "end": f"{metric.end.timestamp():.3f}",
         "step": f"{metric.step_s:g}"}).json()
     [series] = answer["data"]["result"]

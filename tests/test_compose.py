@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 import yaml
 
 from flows.registry import load_catalog
-from support.common import free_port, wait_for
+from support.common import HTTP, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -497,13 +496,13 @@ def test_alertmanager_delivers_with_the_bearer_token(tmp_path, capture):
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: httpx.get(f"{base}/-/ready", timeout=2).status_code == 200, 20, what="alertmanager ready")
+        wait_for(lambda: HTTP.get(f"{base}/-/ready", timeout=2).status_code == 200, 20, what="alertmanager ready")
         alert = {
             "labels": {"alertname": "ServiceDown", "severity": "critical", "job": "responder", "instance": "responder:8765"},
             "annotations": {"summary": "responder is down"},
             "startsAt": datetime.now(timezone.utc).isoformat(),
         }
-        httpx.post(f"{base}/api/v2/alerts", json=[alert], timeout=5).raise_for_status()
+        HTTP.post(f"{base}/api/v2/alerts", json=[alert], timeout=5).raise_for_status()
         wait_for(lambda: capture.requests, 20, what="the webhook delivery")
     finally:
         proc.terminate()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
 import yaml
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -14,6 +13,7 @@ from deployments import VERSION, apply_deployments
 from flows.registry import flows_of, load_catalog
 from support.prefect import prefect_post
 from support.responder import make_config
+from support.common import HTTP
 
 
 def _apply(api_url: str, config) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def _apply(api_url: str, config) -> dict[str, Any]:
 
 
 def _held(api_url: str, deployment_id) -> tuple[dict, list[dict]]:
-    deployment = httpx.get(f"{api_url}/deployments/{deployment_id}", timeout=10).json()
+    deployment = HTTP.get(f"{api_url}/deployments/{deployment_id}", timeout=10).json()
     automations = [a for a in prefect_post(api_url, "/automations/filter", {})
                    if any(action.get("deployment_id") == str(deployment_id) for action in a["actions"])]
     return deployment, automations
@@ -56,7 +56,7 @@ def test_a_restart_changes_nothing_and_a_changed_runbook_is_applied_again(prefec
     assert memory["updated"] == memory_before["updated"] and len(memory_triggers) == 1
 
     # Someone deletes a trigger's automation in the UI: the next start puts it back.
-    httpx.delete(f"{api}/automations/{memory_triggers[0]['id']}", timeout=10).raise_for_status()
+    HTTP.delete(f"{api}/automations/{memory_triggers[0]['id']}", timeout=10).raise_for_status()
     assert _held(api, first["high-memory-usage"])[1] == []
     _apply(api, config)
     restored = _held(api, first["high-memory-usage"])[1]

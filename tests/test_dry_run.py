@@ -10,11 +10,11 @@ import subprocess
 import sys
 import uuid
 
-import httpx
 
 from support.alerts import load_fixture
 from support.prefect import wait_run_final
 from support.responder import make_config, running_responder
+from support.common import HTTP
 
 
 def test_dry_run_reports_and_touches_nothing(prefect_server, tmp_path):
@@ -30,10 +30,10 @@ def test_dry_run_reports_and_touches_nothing(prefect_server, tmp_path):
             [incident] = responder.post(load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6])).json()["incidents_opened"]
             run = wait_run_final(prefect_server.api_url, incident)
         assert burner.poll() is None, "dry run killed the process"
-        report = httpx.post(f"{prefect_server.api_url}/artifacts/filter",
+        report = HTTP.post(f"{prefect_server.api_url}/artifacts/filter",
                             json={"artifacts": {"key": {"any_": [f"response-{incident}"]}}}).json()[0]["data"]
         assert f"pid {burner.pid}" in report and "would_do" in report and "would send SIGTERM" in report
-        history = httpx.get(f"{prefect_server.api_url}/flow_run_states/", params={"flow_run_id": run["id"]}).json()
+        history = HTTP.get(f"{prefect_server.api_url}/flow_run_states/", params={"flow_run_id": run["id"]}).json()
         assert not any(s["type"] == "PAUSED" for s in history), "dry run must not ask for approval"
     finally:
         burner.kill()

@@ -12,11 +12,10 @@ from __future__ import annotations
 import time
 import uuid
 
-import httpx
 import pytest
 
 from support.alerts import load_fixture
-from support.common import wait_for
+from support.common import HTTP, wait_for
 from support.prefect import events, prefect_post, runs_for_incident, sqlite_prefect_server, wait_run_final
 from support.responder import make_config, running_responder
 
@@ -47,7 +46,7 @@ def test_fixture_alert_starts_the_runbook_deployment_through_its_trigger(respond
     run = wait_run_final(api, incident_id)
     assert run["state"]["type"] == "COMPLETED" and run["state"]["name"] == "Resolved", run["state"]
 
-    deployment = httpx.get(f"{api}/deployments/name/high-cpu-usage/high-cpu-usage").json()
+    deployment = HTTP.get(f"{api}/deployments/name/high-cpu-usage/high-cpu-usage").json()
     assert run["deployment_id"] == deployment["id"]
     assert run["created_by"]["type"] == "AUTOMATION", run["created_by"]
     assert run["parameters"]["alert"]["labels"]["alertname"] == "HIGH_CPU_USAGE"
@@ -105,7 +104,7 @@ def test_resolved_alert_is_recorded_and_firing_again_later_is_a_new_incident(res
     answer = responder.post(resolved).json()
     assert answer["resolved"] == 1
 
-    incidents = httpx.get(f"{responder.url}/incidents", headers={"Authorization": f"Bearer {responder.token}"}).json()
+    incidents = HTTP.get(f"{responder.url}/incidents", headers={"Authorization": f"Bearer {responder.token}"}).json()
     mine = [i for i in incidents if i["id"] == incident_id][0]
     assert mine["status"] == "closed" and mine["close_reason"] == "verified"
 
@@ -117,7 +116,7 @@ def test_resolved_alert_is_recorded_and_firing_again_later_is_a_new_incident(res
 
 
 def test_metrics_count_what_happened(responder):
-    text = httpx.get(f"{responder.url}/metrics").text
+    text = HTTP.get(f"{responder.url}/metrics").text
     assert 'responder_alerts_total{outcome="firing"}' in text
     firing = [line for line in text.splitlines() if line.startswith('responder_alerts_total{outcome="firing"}')]
     assert float(firing[0].split()[-1]) >= 1

@@ -20,6 +20,7 @@ from responder.runtime import through_store_outages
 from support.alerts import load_fixture
 from support.prefect import report, wait_run_final
 from support.responder import make_config, running_responder
+from support.common import HTTP
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def responder(prefect_server, tmp_path_factory, store_db):
 
 def test_missing_or_wrong_token_is_401(responder):
     body = load_fixture("high_cpu_firing.json")
-    assert httpx.post(f"{responder.url}/alerts", json=body).status_code == 401
+    assert HTTP.post(f"{responder.url}/alerts", json=body).status_code == 401
     wrong = responder.post(body, token="not-the-token")
     assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
 
@@ -91,7 +92,7 @@ def test_hostile_json_is_422_never_500(responder, raw, error):
 ])
 def test_encodings_the_intake_does_not_read_are_415(responder, headers, status, says):
     body = json.dumps(load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6])).encode()
-    answer = httpx.post(f"{responder.url}/alerts", content=body, timeout=30,
+    answer = HTTP.post(f"{responder.url}/alerts", content=body, timeout=30,
                         headers={"Authorization": f"Bearer {responder.token}", **headers})
     assert answer.status_code == status, answer.text
     if says:
@@ -100,14 +101,14 @@ def test_encodings_the_intake_does_not_read_are_415(responder, headers, status, 
 
 def test_other_methods_are_405_and_a_bad_acknowledgement_is_422(responder):
     auth = {"Authorization": f"Bearer {responder.token}"}
-    assert httpx.get(f"{responder.url}/alerts", headers=auth).status_code == 405
-    assert httpx.put(f"{responder.url}/alerts", headers=auth, content=b"{}").status_code == 405
+    assert HTTP.get(f"{responder.url}/alerts", headers=auth).status_code == 405
+    assert HTTP.put(f"{responder.url}/alerts", headers=auth, content=b"{}").status_code == 405
     for raw in (b"[1, 2]", b'{"by": ["a"]}', b'{"by": "a", "by": "b"}', b"\xff"):
-        answer = httpx.post(f"{responder.url}/incidents/no-such-incident/ack", content=raw, headers=auth, timeout=10)
+        answer = HTTP.post(f"{responder.url}/incidents/no-such-incident/ack", content=raw, headers=auth, timeout=10)
         assert answer.status_code == 422, (raw, answer.text)
-    too_big = httpx.post(f"{responder.url}/incidents/x/ack", content=b" " * (1024 * 1024 + 10), headers=auth, timeout=10)
+    too_big = HTTP.post(f"{responder.url}/incidents/x/ack", content=b" " * (1024 * 1024 + 10), headers=auth, timeout=10)
     assert too_big.status_code == 413
-    assert httpx.post(f"{responder.url}/incidents/no-such-incident/ack", json={"by": "me"}, headers=auth).status_code == 404
+    assert HTTP.post(f"{responder.url}/incidents/no-such-incident/ack", json={"by": "me"}, headers=auth).status_code == 404
 
 
 def test_a_cut_group_is_stored_and_its_incident_says_so(responder, store_db):
@@ -163,7 +164,7 @@ def test_unreachable_store_is_503_and_the_retry_is_stored_once(responder, store_
         refused = responder.post(body)
         assert refused.status_code == 503, refused.text
         assert refused.headers.get("retry-after")
-        assert httpx.get(f"{responder.url}/healthz").status_code == 503
+        assert HTTP.get(f"{responder.url}/healthz").status_code == 503
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
@@ -189,7 +190,7 @@ def test_unrouted_alert_is_stored_and_answered_200(responder, store_db):
 
 
 def test_metrics_are_prometheus_text(responder):
-    response = httpx.get(f"{responder.url}/metrics")
+    response = HTTP.get(f"{responder.url}/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     codes = {line.split('"')[1] for line in response.text.splitlines() if line.startswith("responder_intake_requests_total{")}
     assert {"401", "422"} <= codes, codes

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from support.capture import CaptureServer
-from support.common import BIN, ROOT, wait_for
+from support.common import BIN, HTTP, ROOT, wait_for
 from support.prefect import events, resume, runs_for_incident, wait_run_final
 from support.responder import ResponderProcess, make_config
 
@@ -148,7 +148,7 @@ def test_approval_from_the_cli_lets_the_drill_pass(responder, receivers, prefect
     assert out.returncode == 0, out.stderr
     final = wait_run_final(prefect_server.api_url, incident)
     assert final["state"]["name"] == "Resolved"
-    artifacts = wait_for(lambda: httpx.post(f"{prefect_server.api_url}/artifacts/filter", json={
+    artifacts = wait_for(lambda: HTTP.post(f"{prefect_server.api_url}/artifacts/filter", json={
         "artifacts": {"key": {"any_": [f"postmortem-{incident}"]}}}).json(), 20, what="the post-mortem artifact")
     assert "dave (CLI)" in artifacts[0]["data"] and "## Timeline" in artifacts[0]["data"]
     # What the response kept at its close reaches the post-mortem `responder up` publishes.
@@ -163,7 +163,7 @@ def _slack_post(responder, payload: dict, secret: str = SIGNING_SECRET, age: int
     body = urlencode({"payload": json.dumps(payload)})
     ts = str(int(time.time()) - age)
     signature = "v0=" + hmac.new(secret.encode(), f"v0:{ts}:{body}".encode(), hashlib.sha256).hexdigest()
-    return httpx.post(f"{responder.url}/slack/actions", content=body, headers={
+    return HTTP.post(f"{responder.url}/slack/actions", content=body, headers={
         "content-type": "application/x-www-form-urlencoded",
         "x-slack-request-timestamp": ts, "x-slack-signature": signature})
 
@@ -175,7 +175,7 @@ def test_slack_button_approves_only_when_signed(responder, receivers, prefect_se
                "actions": [{"action_id": "approve", "value": run["id"]}]}
     assert _slack_post(responder, payload, secret="wrong-secret").status_code == 401
     assert _slack_post(responder, payload, age=600).status_code == 401  # stale: replay refused
-    unsigned = httpx.post(f"{responder.url}/slack/actions", content=urlencode({"payload": json.dumps(payload)}))
+    unsigned = HTTP.post(f"{responder.url}/slack/actions", content=urlencode({"payload": json.dumps(payload)}))
     assert unsigned.status_code == 401
     assert runs_for_incident(prefect_server.api_url, incident)[0]["state"]["type"] == "PAUSED"
     answer = _slack_post(responder, payload)
@@ -209,7 +209,7 @@ def test_critical_incident_pages_level_one_at_once_and_triggers_pagerduty(respon
 
 def test_slack_down_never_stops_the_response(responder, receivers, prefect_server):
     def failure_recorded() -> list[dict]:  # the timeline published at the close holds the courier's failed attempt
-        artifacts = httpx.post(f"{prefect_server.api_url}/artifacts/filter", json={
+        artifacts = HTTP.post(f"{prefect_server.api_url}/artifacts/filter", json={
             "artifacts": {"key": {"any_": [f"timeline-{incident}"]}}, "sort": "UPDATED_DESC"}).json()
         rows = artifacts[0]["data"] if artifacts else []
         rows = json.loads(rows) if isinstance(rows, str) else rows
@@ -228,7 +228,7 @@ def test_slack_down_never_stops_the_response(responder, receivers, prefect_serve
 
 
 def test_ack_of_unknown_incident_is_404(responder):
-    response = httpx.post(f"{responder.url}/incidents/{uuid.uuid4()}/ack", headers={"Authorization": f"Bearer {responder.token}"})
+    response = HTTP.post(f"{responder.url}/incidents/{uuid.uuid4()}/ack", headers={"Authorization": f"Bearer {responder.token}"})
     assert response.status_code == 404
 
 

@@ -13,10 +13,9 @@ import signal
 import time
 import uuid
 
-import httpx
 
 from support.alerts import load_fixture
-from support.common import wait_for
+from support.common import HTTP, wait_for
 from support.prefect import PrefectServer, wait_run_final
 from support.responder import ResponderProcess, make_config, running_responder
 
@@ -28,24 +27,24 @@ def test_alert_posted_while_prefect_is_down_runs_after_it_returns(tmp_path):
     try:
         with running_responder(tmp_path, server.api_url, config) as responder:
             server.stop()
-            wait_for(lambda: httpx.get(f"{responder.url}/healthz").status_code == 503, 30,
+            wait_for(lambda: HTTP.get(f"{responder.url}/healthz").status_code == 503, 30,
                      what="/healthz to report the Prefect server gone")
 
             answer = responder.post(load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6]))
             assert answer.status_code == 200, answer.text  # stored, although Prefect is down
             [incident_id] = answer.json()["incidents_opened"]
-            metrics = httpx.get(f"{responder.url}/metrics").text
+            metrics = HTTP.get(f"{responder.url}/metrics").text
             assert "responder_outbox_backlog 1.0" in metrics or "responder_outbox_backlog 2.0" in metrics
             time.sleep(1.1)
             oldest = float(re.search(r"^responder_outbox_oldest_undelivered_seconds (\S+)$",
-                                     httpx.get(f"{responder.url}/metrics").text, re.M).group(1))
+                                     HTTP.get(f"{responder.url}/metrics").text, re.M).group(1))
             assert oldest >= 1.0  # what an alert on a stuck delivery reads
 
             server.start()
             run = wait_run_final(server.api_url, incident_id, timeout=120)
             assert run["state"]["name"] == "Resolved"
             assert run["created_by"]["type"] == "AUTOMATION"
-            wait_for(lambda: httpx.get(f"{responder.url}/healthz").status_code == 200, 30, what="ready again")
+            wait_for(lambda: HTTP.get(f"{responder.url}/healthz").status_code == 200, 30, what="ready again")
     finally:
         server.stop()
 

@@ -34,7 +34,7 @@ from responder.maintenance import MaintenanceKeeper
 from responder.pager import Pager
 from support.capture import CaptureServer
 from support.delivery import delivering
-from support.common import BIN, wait_for
+from support.common import BIN, HTTP, wait_for
 from support.executor import InProcessResponder, drill_alert, suspended, timeline
 from support.prefect import form_description, prefect_post, resume, runs_for_incident, wait_run_final
 from support.prometheus import AlertmanagerServer
@@ -203,7 +203,7 @@ def test_an_alertmanager_silence_made_after_the_alert_fired_is_a_window(tmp_path
     try:
         services = services_for(tmp_path, webhook, targets={"monitoring": {"alertmanager_url": alertmanager.url}})
         now = datetime.now(timezone.utc)
-        created = httpx.post(f"{alertmanager.url}/api/v2/silences", json={
+        created = HTTP.post(f"{alertmanager.url}/api/v2/silences", json={
             "matchers": [{"name": "service", "value": "billing", "isRegex": False, "isEqual": True},
                          {"name": "instance", "value": "db-.*", "isRegex": True, "isEqual": True}],
             "startsAt": now.isoformat(), "endsAt": (now + timedelta(hours=2)).isoformat(),
@@ -220,7 +220,7 @@ def test_an_alertmanager_silence_made_after_the_alert_fired_is_a_window(tmp_path
         assert held_by.scope.covers("any", {"service": "billing", "instance": "db-2"})
         assert not held_by.scope.covers("any", {"service": "billing", "instance": "app-2"})
         assert asyncio.run(sync()) == 1  # unchanged: stored once, not rewritten
-        httpx.delete(f"{alertmanager.url}/api/v2/silence/{created}").raise_for_status()
+        HTTP.delete(f"{alertmanager.url}/api/v2/silence/{created}").raise_for_status()
         assert asyncio.run(sync()) == 0
         assert in_force(services.store, services.catalog) == []
     finally:
@@ -341,7 +341,7 @@ def test_a_window_started_from_the_cli_holds_the_response_and_its_end_starts_a_f
         assert final["state"]["name"] == "Resolved", final["state"]
 
         headers = {"Authorization": f"Bearer {responder.token}"}
-        trail = wait_for(lambda: (t := httpx.get(f"{responder.url}/audit", params={"incident": incident},
+        trail = wait_for(lambda: (t := HTTP.get(f"{responder.url}/audit", params={"incident": incident},
                                                   headers=headers).json()) and t[-1]["kind"] != "response"
                          and any(row["kind"] == "closed" for row in t) and t, 30, what="the close in the audit trail")
         kinds = [row["kind"] for row in trail]
@@ -355,9 +355,9 @@ def test_a_window_started_from_the_cli_holds_the_response_and_its_end_starts_a_f
         held_row = next(row for row in trail if row["kind"] == "action")
         assert "held by maintenance window" in held_row["what"] and held_row["who"] == "responder"
         assert next(row for row in trail if row["kind"] == "approved")["who"] == "ivy (not verified)"  # the API, as the UI
-        assert httpx.get(f"{responder.url}/audit").status_code == 401
-        assert httpx.get(f"{responder.url}/audit", params={"since": "yesterday"}, headers=headers).status_code == 422
-        assert httpx.delete(f"{responder.url}/audit", headers=headers).status_code == 405  # read only
+        assert HTTP.get(f"{responder.url}/audit").status_code == 401
+        assert HTTP.get(f"{responder.url}/audit", params={"since": "yesterday"}, headers=headers).status_code == 422
+        assert HTTP.delete(f"{responder.url}/audit", headers=headers).status_code == 405  # read only
 
     everything = json.loads(subprocess.run([str(BIN / "responder"), "audit", "--json"], capture_output=True, text=True,
                                            env={**os.environ, "RESPONDER_HOME": str(tmp_path / "home"),
@@ -394,17 +394,17 @@ def test_acknowledging_in_pagerduty_stops_the_responders_pages(prefect_server, t
                            "data": {"id": "Q1", "type": "incident", "status": "acknowledged",
                                     "incident_key": f"responder-{incident}"}}}
         url = f"{responder.url}/pagerduty"
-        assert httpx.post(url, **signed(event, key="not-the-secret")).status_code == 401
-        assert httpx.post(url, content=json.dumps(event), headers={"Content-Type": "application/json"}).status_code == 401
-        assert httpx.post(url, **signed({"event": "nonsense"})).status_code == 422
+        assert HTTP.post(url, **signed(event, key="not-the-secret")).status_code == 401
+        assert HTTP.post(url, content=json.dumps(event), headers={"Content-Type": "application/json"}).status_code == 401
+        assert HTTP.post(url, **signed({"event": "nonsense"})).status_code == 422
         other = {"event": {**event["event"], "data": {**event["event"]["data"], "incident_key": "someone-elses"}}}
-        assert "ignored" in httpx.post(url, **signed(other)).json()
+        assert "ignored" in HTTP.post(url, **signed(other)).json()
 
-        answered = httpx.post(url, **signed(event))
+        answered = HTTP.post(url, **signed(event))
         assert answered.status_code == 200, answered.text
         assert answered.json()["acknowledged_by"] == "Jo Oncall (PagerDuty, acknowledged)"
-        assert "ignored" in httpx.post(url, **signed(event)).json()  # PagerDuty re-delivers: nothing changes
-        incidents = httpx.get(f"{responder.url}/incidents", headers={"Authorization": f"Bearer {responder.token}"}).json()
+        assert "ignored" in HTTP.post(url, **signed(event)).json()  # PagerDuty re-delivers: nothing changes
+        incidents = HTTP.get(f"{responder.url}/incidents", headers={"Authorization": f"Bearer {responder.token}"}).json()
         record = next(i for i in incidents if i["id"] == incident)
         assert record["acknowledged_by"] == "Jo Oncall (PagerDuty, acknowledged)"
         assert record["waiting_on"]  # still open: acknowledged is not resolved
@@ -479,17 +479,17 @@ def test_approve_from_the_cli_with_a_personal_token_is_verified(prefect_server, 
         mine = {"Authorization": f"Bearer {token}"}
         window_url = f"{responder.url}/maintenance"
         body = {"runbook": "responder-drill", "for": "2h", "reason": "API window"}
-        assert httpx.post(window_url, json=body, headers={"Authorization": f"Bearer {responder.token}"}).status_code == 401
-        bad = httpx.post(window_url, json={**body, "runbook": "nope"}, headers=mine)
+        assert HTTP.post(window_url, json=body, headers={"Authorization": f"Bearer {responder.token}"}).status_code == 401
+        bad = HTTP.post(window_url, json={**body, "runbook": "nope"}, headers=mine)
         assert bad.status_code == 422 and "unknown runbook 'nope'" in bad.text
-        assert httpx.post(window_url, json={**body, "for": "forever"}, headers=mine).status_code == 422
-        made = httpx.post(window_url, json=body, headers=mine)
+        assert HTTP.post(window_url, json={**body, "for": "forever"}, headers=mine).status_code == 422
+        made = HTTP.post(window_url, json=body, headers=mine)
         assert made.status_code == 201, made.text
-        listed = httpx.get(window_url, headers=mine).json()
+        listed = HTTP.get(window_url, headers=mine).json()
         assert [(w["id"], w["by"]) for w in listed] == [(made.json()["id"], "alice (API)")]
-        assert httpx.delete(f"{window_url}/{made.json()['id']}", headers=mine).json()["ended_by"] == "alice (API)"
-        assert httpx.delete(f"{window_url}/mw-nosuch", headers=mine).status_code == 404
-        assert httpx.get(window_url, headers=mine).json() == []
+        assert HTTP.delete(f"{window_url}/{made.json()['id']}", headers=mine).json()["ended_by"] == "alice (API)"
+        assert HTTP.delete(f"{window_url}/mw-nosuch", headers=mine).status_code == 404
+        assert HTTP.get(window_url, headers=mine).json() == []
         drill = drill_alert(drill_id=uuid.uuid4().hex[:8])
         body = AlertmanagerPayload(version="4", groupKey=f"drill:{drill.fingerprint}", status="firing", alerts=[drill])
         incident = fire(responder, json.loads(body.model_dump_json()))
@@ -506,7 +506,7 @@ def test_approve_from_the_cli_with_a_personal_token_is_verified(prefect_server, 
         assert answered.returncode == 0 and "as alice (verified)" in answered.stdout, answered.stderr
         final = wait_run_final(api, incident)
         assert final["state"]["name"] == "Resolved", final["state"]
-        trail = httpx.get(f"{responder.url}/audit", params={"incident": incident},
+        trail = HTTP.get(f"{responder.url}/audit", params={"incident": incident},
                           headers={"Authorization": f"Bearer {responder.token}"}).json()
         assert [row["who"] for row in trail if row["kind"] == "approved"] == ["alice (CLI)"]
         assert subprocess.run([str(BIN / "responder"), "tokens", "revoke", "alice"], env=env).returncode == 0
@@ -561,7 +561,7 @@ def test_slack_buttons_approve_only_for_allowed_people_by_their_slack_id(prefect
                                                  "actions": [{"action_id": "approve", "value": run_id}]})})
         ts = str(int(clock.time()))
         signature = "v0=" + hmac.new(secret.encode(), f"v0:{ts}:{body}".encode(), hashlib.sha256).hexdigest()
-        return httpx.post(f"{responder.url}/slack/actions", content=body, headers={
+        return HTTP.post(f"{responder.url}/slack/actions", content=body, headers={
             "content-type": "application/x-www-form-urlencoded", "x-slack-request-timestamp": ts,
             "x-slack-signature": signature})
 
@@ -577,7 +577,7 @@ def test_slack_buttons_approve_only_for_allowed_people_by_their_slack_id(prefect
             pressed = press(responder, user_id, name, run["id"])
             assert pressed.status_code == 200, pressed.text
         assert wait_run_final(api, incident)["state"]["name"] == "Resolved"
-        trail = httpx.get(f"{responder.url}/audit", params={"incident": incident},
+        trail = HTTP.get(f"{responder.url}/audit", params={"incident": incident},
                           headers={"Authorization": f"Bearer {responder.token}"}).json()
     assert [r["who"] for r in trail if r["kind"] == "approval-refused"] == ["bob (Slack)", "slack:U0ZED99 (Slack)"]
     assert [r["who"] for r in trail if r["kind"] == "approved"] == ["alice (Slack)"]  # her name in oncall.yaml

@@ -25,12 +25,11 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
 from support.capture import CaptureServer
-from support.common import wait_for
+from support.common import HTTP, wait_for
 from support.prefect import report, resume, runs_for_incident, wait_run_final
 from support.prometheus import AlertmanagerServer, AppTarget, PrometheusServer, seed_rules
 from support.responder import ResponderProcess, make_config
@@ -105,7 +104,7 @@ def world(prefect_server, redis_url, postgres_url, tmp_path_factory):
 
 
 def _incident(w: World, runbook: str) -> dict | None:
-    incidents = httpx.get(f"{w.responder.url}/incidents", headers={"Authorization": f"Bearer {w.responder.token}"}).json()
+    incidents = HTTP.get(f"{w.responder.url}/incidents", headers={"Authorization": f"Bearer {w.responder.token}"}).json()
     return next((i for i in incidents if i["runbook"] == runbook and w.test_id in i["group_key"]), None)
 
 
@@ -142,7 +141,7 @@ def fired(world):
 
 
 def _deployment_id(api: str, flow: str, name: str) -> str:
-    return httpx.get(f"{api}/deployments/name/{flow}/{name}").json()["id"]
+    return HTTP.get(f"{api}/deployments/name/{flow}/{name}").json()["id"]
 
 
 def test_high_error_rate_from_prometheus_is_assessed_and_escalated(world, fired, prefect_server):

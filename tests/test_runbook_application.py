@@ -23,12 +23,11 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-import httpx
 import pytest
 import redis
 
 from support.alerts import alert_body
-from support.common import wait_for
+from support.common import HTTP, wait_for
 from support.prefect import prefect_post, report, resume, runs_for_incident, wait_run_final
 from support.prometheus import AppTarget, PrometheusServer
 from support.queues import bullmq_queue
@@ -127,7 +126,7 @@ def _approve_next(api: str, incident_id: str, approve: bool = True, after: str |
 
 
 def _deployment(api: str, name: str) -> str:
-    return httpx.get(f"{api}/deployments/name/{name}/{name}").json()["id"]
+    return HTTP.get(f"{api}/deployments/name/{name}/{name}").json()["id"]
 
 
 def test_slow_responses_are_assessed_and_verified_after_they_recover(env, prefect_server):

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from support.alerts import load_fixture
-from support.common import free_port, wait_for
+from support.common import HTTP, free_port, wait_for
 from support.prefect import answer, form_description, paused_run, report, wait_run_final
 from support.responder import fire, make_config, running_responder
 
@@ -77,7 +77,7 @@ class Service:
 
     def healthy(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+            return HTTP.get(f"{self.url}/health", timeout=1).status_code == 200
         except httpx.TransportError:
             return False
 

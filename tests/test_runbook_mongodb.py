@@ -18,10 +18,9 @@ import sys
 import uuid
 from datetime import datetime, timezone
 
-import httpx
 import pytest
 
-from support.common import free_port, wait_for
+from support.common import HTTP, free_port, wait_for
 from support.prefect import report, runs_for_incident, wait_run_final
 from support.responder import fire, make_config, running_responder
 
@@ -67,14 +66,14 @@ def test_lost_connection_is_evidence_restart_waits_for_approval_and_escalates(re
     run = wait_for(lambda: (runs := runs_for_incident(api, incident_id)) and runs[0]["state"]["type"] == "PAUSED"
                    and runs[0], 60, what="the run to pause for approval")
     key = run["state"]["state_details"]["run_input_keyset"]["description"]
-    description = wait_for(lambda: (r := httpx.get(f"{api}/flow_runs/{run['id']}/input/{key}")).is_success and r.json(),
+    description = wait_for(lambda: (r := HTTP.get(f"{api}/flow_runs/{run['id']}/input/{key}")).is_success and r.json(),
                            10, what="the approval form")
     assert "Approve: restart_service on mongodb" in description, description
     assert "MongoDB connection lost: MongoDB unreachable" in description and "mongodb://" not in description
     assert not marker.exists(), "nothing may be restarted before approval"
 
     body = {"run_input": {"approve": True, "reason": "mongod is down", "approver": "dba-gina"}}
-    wait_for(lambda: httpx.post(f"{api}/flow_runs/{run['id']}/resume", json=body).status_code in (200, 201),
+    wait_for(lambda: HTTP.post(f"{api}/flow_runs/{run['id']}/resume", json=body).status_code in (200, 201),
              20, interval=0.5, what="the resume to be accepted")
     final = wait_run_final(api, incident_id)
     assert marker.exists()

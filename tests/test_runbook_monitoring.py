@@ -19,13 +19,12 @@ import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 import redis
 
 from support.alerts import alert_body
 from support.capture import CaptureServer
-from support.common import free_port, wait_for
+from support.common import HTTP, free_port, wait_for
 from support.prefect import prefect_post, report, resume, runs_for_incident, wait_run_final
 from support.prometheus import AlertmanagerServer, AppTarget, GrafanaStub, PrometheusServer
 from support.responder import make_config, running_responder
@@ -83,7 +82,7 @@ def _fire(env, alertname: str, **labels: str) -> str:
 
 
 def _deployment(api: str, name: str) -> str:
-    return httpx.get(f"{api}/deployments/name/{name}/{name}").json()["id"]
+    return HTTP.get(f"{api}/deployments/name/{name}/{name}").json()["id"]
 
 
 def _serve_metrics(port: int) -> ThreadingHTTPServer:

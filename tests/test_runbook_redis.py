@@ -13,11 +13,10 @@ import subprocess
 import uuid
 from datetime import datetime, timezone
 
-import httpx
 import pytest
 import redis
 
-from support.common import free_port, wait_for
+from support.common import HTTP, free_port, wait_for
 from support.prefect import report, runs_for_incident, wait_run_final
 from support.responder import fire, make_config, running_responder
 
@@ -105,14 +104,14 @@ def test_stopped_redis_is_restarted_after_approval_and_answers_again(responder, 
     run = wait_for(lambda: (runs := runs_for_incident(api, incident_id)) and runs[0]["state"]["type"] == "PAUSED"
                    and runs[0], 60, what="the run to pause for approval")
     key = run["state"]["state_details"]["run_input_keyset"]["description"]
-    description = wait_for(lambda: (r := httpx.get(f"{api}/flow_runs/{run['id']}/input/{key}")).is_success and r.json(),
+    description = wait_for(lambda: (r := HTTP.get(f"{api}/flow_runs/{run['id']}/input/{key}")).is_success and r.json(),
                            10, what="the approval form")
     assert "Approve: restart_service on redis" in description and "Redis unreachable" in description, description
     assert "redis://" not in description
     assert not pings(port), "nothing may be restarted before approval"
 
     body = {"run_input": {"approve": True, "reason": "redis is down", "approver": "ops-dana"}}
-    wait_for(lambda: httpx.post(f"{api}/flow_runs/{run['id']}/resume", json=body).status_code in (200, 201),
+    wait_for(lambda: HTTP.post(f"{api}/flow_runs/{run['id']}/resume", json=body).status_code in (200, 201),
              20, interval=0.5, what="the resume to be accepted")
     final = wait_run_final(api, incident_id)
     assert final["state"]["name"] == "Resolved", final["state"]

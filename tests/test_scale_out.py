@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlparse
 
-import httpx
 import psycopg
 import pytest
 import redis
@@ -26,7 +25,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from core.results import register_result_storage
 from support.alerts import alert_body, load_fixture
 from support.capture import CaptureServer
-from support.common import wait_for
+from support.common import HTTP, wait_for
 from support.databases import temporary_database
 from support.prefect import PrefectServer, paused_run, prefect_post, resume, wait_run_final
 from support.responder import ResponderProcess, fire, make_config
@@ -122,7 +121,7 @@ def test_two_responders_share_one_prefect_server_and_one_takes_over_when_the_oth
         os.kill(pid, signal.SIGKILL)
         final = wait_run_final(api, incident, timeout=150)
         assert final["state"]["name"] == "Escalated", final["state"]  # never verified, finished by the survivor
-        history = httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": run["id"]}).json()
+        history = HTTP.get(f"{api}/flow_run_states/", params={"flow_run_id": run["id"]}).json()
         assert any("Taken over from" in (s.get("message") or "") for s in history), [s["message"] for s in history]
         runs = [r for r in prefect_post(api, "/flow_runs/filter", {"limit": 50})
                 if (r["parameters"].get("incident") or {}).get("id") == incident]

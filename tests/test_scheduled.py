@@ -17,11 +17,10 @@ import os
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from support.capture import CaptureServer
-from support.common import wait_for
+from support.common import HTTP, wait_for
 from support.prefect import prefect_post
 from support.prometheus import AlertmanagerServer, AppTarget, PrometheusServer
 from support.responder import make_config, running_responder
@@ -92,7 +91,7 @@ def env(prefect_server, postgres_url, tmp_path_factory):
 def _create_run(api: str, deployment_id: str) -> str:
     """``POST /deployments/{id}/create_flow_run``; a busy SQLite Prefect server may answer 503 for a moment."""
     def created():
-        response = httpx.post(f"{api}/deployments/{deployment_id}/create_flow_run", json={}, timeout=10)
+        response = HTTP.post(f"{api}/deployments/{deployment_id}/create_flow_run", json={}, timeout=10)
         if response.status_code >= 500:
             return None
         response.raise_for_status()
@@ -105,11 +104,11 @@ def runs(env):
     """One run of every scheduled deployment, created through the API and executed by the responder."""
     api, created = env["api"], {}
     for name in SCHEDULED:
-        deployment = httpx.get(f"{api}/deployments/name/{name}/{name}").json()
+        deployment = HTTP.get(f"{api}/deployments/name/{name}/{name}").json()
         created[name] = _create_run(api, deployment["id"])
 
     def finished():
-        states = {n: httpx.get(f"{api}/flow_runs/{rid}").json() for n, rid in created.items()}
+        states = {n: HTTP.get(f"{api}/flow_runs/{rid}").json() for n, rid in created.items()}
         return states if all(s["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED") for s in states.values()) else None
     return wait_for(finished, 90, interval=0.5, what="the scheduled runs to finish")
 
@@ -127,7 +126,7 @@ def _notified(env, name: str) -> list[dict]:
 
 @pytest.mark.parametrize("name", sorted(SCHEDULED))
 def test_deployment_shows_its_cron_schedule_and_no_trigger(env, name):
-    deployment = httpx.get(f"{env['api']}/deployments/name/{name}/{name}").json()
+    deployment = HTTP.get(f"{env['api']}/deployments/name/{name}/{name}").json()
     schedules = [s["schedule"]["cron"] for s in deployment["schedules"] if s.get("active")]
     assert schedules == [SCHEDULED[name]]
     assert "runbook" in deployment["tags"]

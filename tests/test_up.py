@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import uuid
 
-import httpx
 
 import json
 
@@ -19,7 +18,7 @@ import psutil
 
 from support.alerts import alert_body, load_fixture
 from support.capture import CaptureServer
-from support.common import BIN, ROOT, free_port, wait_for
+from support.common import BIN, HTTP, ROOT, free_port, wait_for
 from support.prefect import login, paused_run, resume, seed_database, wait_run_final
 from support.responder import make_config
 
@@ -50,7 +49,7 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path):
                          runbook_overrides={"high-cpu-usage": {"verify": {"budget_seconds": 5, "interval_seconds": 1}}})
     proc = _make_run(tmp_path, _make_run_env(tmp_path, config, prefect_port, intake_port, token))
     try:
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{intake_port}/healthz").status_code == 200, 120,
+        wait_for(lambda: HTTP.get(f"http://127.0.0.1:{intake_port}/healthz").status_code == 200, 120,
                  what="the embedded stack to be ready")
         printed = (tmp_path / "up.log").read_text()
         assert f"http://127.0.0.1:{prefect_port}" in printed and f"http://127.0.0.1:{intake_port}/alerts" in printed
@@ -61,12 +60,12 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path):
         api = f"http://127.0.0.1:{prefect_port}/api"
         auth_file = tmp_path / "prefect-home" / "api-auth"
         assert auth_file.stat().st_mode & 0o777 == 0o600 and f"login: {auth_file}" in printed
-        assert httpx.post(f"{api}/flow_runs/filter", json={}).status_code == 401
-        assert httpx.post(f"{api}/flow_runs/filter", json={}, auth=("responder", "guess")).status_code == 401
-        assert httpx.get(f"{api}/health").status_code == 200
+        assert HTTP.post(f"{api}/flow_runs/filter", json={}).status_code == 401
+        assert HTTP.post(f"{api}/flow_runs/filter", json={}, auth=("responder", "guess")).status_code == 401
+        assert HTTP.get(f"{api}/health").status_code == 200
         login(api, auth_file.read_text())
 
-        answer = httpx.post(f"http://127.0.0.1:{intake_port}/alerts", headers={"Authorization": f"Bearer {token}"},
+        answer = HTTP.post(f"http://127.0.0.1:{intake_port}/alerts", headers={"Authorization": f"Bearer {token}"},
                             json=load_fixture("high_cpu_firing.json", unique=uuid.uuid4().hex[:6]))
         [incident] = answer.json()["incidents_opened"]
         run = wait_run_final(f"http://127.0.0.1:{prefect_port}/api", incident)
@@ -96,8 +95,8 @@ def test_after_kill_9_make_run_comes_back_by_itself_and_the_response_carries_on(
     first = _make_run(tmp_path, env, "first.log")
     second = None
     try:
-        wait_for(lambda: httpx.get(f"{intake}/healthz").status_code == 200, 120, what="the first start to be ready")
-        answer = httpx.post(f"{intake}/alerts", headers={"Authorization": f"Bearer {token}"},
+        wait_for(lambda: HTTP.get(f"{intake}/healthz").status_code == 200, 120, what="the first start to be ready")
+        answer = HTTP.post(f"{intake}/alerts", headers={"Authorization": f"Bearer {token}"},
                             json=alert_body("ResponderDrill", uuid.uuid4().hex[:8]))
         [incident] = answer.json()["incidents_opened"]
         login(api, (tmp_path / "prefect-home" / "api-auth").read_text())
@@ -111,7 +110,7 @@ def test_after_kill_9_make_run_comes_back_by_itself_and_the_response_carries_on(
                  30, what="the orphaned embedded server to stop")
 
         second = _make_run(tmp_path, env, "second.log")
-        wait_for(lambda: httpx.get(f"{intake}/healthz").status_code == 200, 120, what="the second start to be ready")
+        wait_for(lambda: HTTP.get(f"{intake}/healthz").status_code == 200, 120, what="the second start to be ready")
         # The run was suspended for approval when the responder died: it holds nothing, so nothing is lost; it is
         # still the same question, answerable now.
         still = paused_run(api, incident)

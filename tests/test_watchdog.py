@@ -18,7 +18,6 @@ import asyncio
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import httpx
 import pytest
 
 from flows.registry import load_catalog
@@ -27,7 +26,7 @@ from core.settings import ResponderSettings
 from core.store import open_store
 from responder.watchdog import FINGERPRINT, HEARTBEAT, RAISED_ALERTNAME, AlertmanagerWatchdog
 from support.capture import CaptureServer
-from support.common import wait_for
+from support.common import HTTP, wait_for
 from support.prefect import runs_for_incident
 from support.prometheus import AlertmanagerServer
 from support.responder import make_config, running_responder
@@ -133,12 +132,12 @@ def _start_alertmanager(directory: Path, responder) -> AlertmanagerServer:
 
 
 def _incidents(responder) -> list[dict]:
-    response = httpx.get(f"{responder.url}/incidents", headers={"Authorization": f"Bearer {responder.token}"})
+    response = HTTP.get(f"{responder.url}/incidents", headers={"Authorization": f"Bearer {responder.token}"})
     return [i for i in response.json() if i["runbook"] == "alertmanager-not-sending"]
 
 
 def _metric(responder, name: str) -> float:
-    for line in httpx.get(f"{responder.url}/metrics").text.splitlines():
+    for line in HTTP.get(f"{responder.url}/metrics").text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} is not in /metrics")

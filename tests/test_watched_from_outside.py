@@ -40,7 +40,7 @@ import pytest
 import yaml
 
 from support.capture import CaptureServer
-from support.common import ROOT, wait_for
+from support.common import HTTP, ROOT, wait_for
 from support.prometheus import AlertmanagerServer, PrometheusServer, divide_duration, watch_rules
 from support.responder import ResponderProcess, make_config
 
@@ -78,7 +78,7 @@ def pass_through(responder: ResponderProcess):
     def respond(request: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         headers = {key.lower(): value for key, value in request["headers"].items()}
         try:
-            answer = httpx.post(f"{responder.url}{request['path']}", json=request["body"],
+            answer = HTTP.post(f"{responder.url}{request['path']}", json=request["body"],
                                 headers={"authorization": headers.get("authorization", "")}, timeout=10)
         except httpx.TransportError:
             request["answered"] = 503
@@ -141,7 +141,7 @@ def test_a_dead_responder_is_paged_by_alertmanager_around_it(stack):
 
     # -- healthy -----------------------------------------------------------------------------------
     # Every metric the rules read is one the responder exports (a misspelt name would never fire).
-    exposition = httpx.get(f"{responder.url}/metrics", timeout=5).text
+    exposition = HTTP.get(f"{responder.url}/metrics", timeout=5).text
     used = {name for rule in watch_rules(SPEED_UP) for name in re.findall(r"\bresponder_[a-z_]+\b", rule["expr"])}
     assert used, "the rules read no responder_* metric"
     missing = {name for name in used if f"# TYPE {name} " not in exposition}
@@ -150,7 +150,7 @@ def test_a_dead_responder_is_paged_by_alertmanager_around_it(stack):
     # The chain is live: Prometheus scrapes the responder, its rules evaluate without error, and
     # the Watchdog reaches the real intake (twice, so at least one group interval went by).
     prom.wait_scraped("responder", scrapes=5)
-    rules = [rule for group in httpx.get(f"{prom.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
+    rules = [rule for group in HTTP.get(f"{prom.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
              for rule in group["rules"]]
     assert len(rules) == len(watch_rules(SPEED_UP)) and all(rule["health"] == "ok" for rule in rules), rules
     wait_for(lambda: watchdogs_answered(intake, 200) >= 2, 30, what="two Watchdogs answered 200 by the responder")
@@ -186,5 +186,5 @@ def test_a_dead_responder_is_paged_by_alertmanager_around_it(stack):
                        if labels.get("watch") == "responder"]
     assert about_responder == [], f"alerts about the responder were sent to the responder: {about_responder}"
     # Alertmanager's own account agrees: ResponderDown's only receiver is responder-watch.
-    down = httpx.get(f"{am.url}/api/v2/alerts", params={"filter": 'alertname="ResponderDown"'}, timeout=5).json()
+    down = HTTP.get(f"{am.url}/api/v2/alerts", params={"filter": 'alertname="ResponderDown"'}, timeout=5).json()
     assert [[receiver["name"] for receiver in alert["receivers"]] for alert in down] == [["responder-watch"]]

@@ -60,13 +60,14 @@ def clear_cache_namespace(
         raise ResponderError(ErrorCode.CONFIG, f"clear_cache_namespace: batch must be 1..10000, not {batch!r}")
 
     pattern = _match_pattern(prefix)
-    found = unlinked = 0
+    unlinked = 0
+    seen: set[str] = set()  # SCAN may return a key more than once (Redis documents it): count it once
     pending: list[str] = []
     with _client(url) as client:
         for key in client.scan_iter(match=pattern, count=batch):
-            if not key.startswith(prefix):  # SCAN MATCH already filters; this guards the escaping
+            if not key.startswith(prefix) or key in seen:  # SCAN MATCH already filters; this guards the escaping
                 continue
-            found += 1
+            seen.add(key)
             if dry_run:
                 continue
             pending.append(key)
@@ -76,6 +77,7 @@ def clear_cache_namespace(
         if pending:
             unlinked += int(client.unlink(*pending))
 
+    found = len(seen)
     if found == 0:
         return ActionOutcome(**base, status="not_needed", detail=f"no keys start with {prefix!r}")
     if dry_run:

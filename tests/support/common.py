@@ -8,8 +8,15 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+
+# The tests' own HTTP requests go through one kept client. ``httpx.get``/``httpx.post`` build a client
+# per call, and each loads the CA bundle: 32 ms of CPU per request against 1.4 ms through a kept
+# client (measured on a local server), which the tests' polling (every 0.2 s) paid on every call.
+HTTP = httpx.Client(timeout=10)
 
 
 def free_port() -> int:

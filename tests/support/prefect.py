@@ -18,7 +18,7 @@ import httpx
 
 from responder.embedded import server_command
 
-from .common import free_port, wait_for
+from .common import HTTP, free_port, wait_for
 
 
 class PrefectServer:
@@ -39,7 +39,8 @@ class PrefectServer:
 
     def start(self) -> "PrefectServer":
         self.home.mkdir(parents=True, exist_ok=True)
-        if not self.database_url:
+        new_database = not self.database_url and not (self.home / "prefect.db").exists()
+        if new_database:
             seed_database(self.home)
         env = {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                "PREFECT_UI_API_URL": self.api_url}
@@ -54,7 +55,9 @@ class PrefectServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_for(lambda: httpx.get(f"{self.api_url}/health", timeout=1).status_code == 200, 90, what="Prefect server")
+        wait_for(lambda: HTTP.get(f"{self.api_url}/health", timeout=1).status_code == 200, 90, what="Prefect server")
+        if new_database:
+            keep_migrated_database(self)
         return self
 
     def stop(self) -> None:
@@ -67,7 +70,7 @@ class PrefectServer:
                 self.process.wait(5)
 
 
-# A copy of the first SQLite Prefect database this test process started, taken once its server
+# A copy of the first new SQLite Prefect database this test process started, taken once its server
 # answered: Prefect's migrations applied and its block types registered, nothing else. A new server
 # on SQLite starts from it instead of an empty file: 4 s of CPU instead of 11 s (migrating a new
 # database takes 7), for the same server code on the same schema.
@@ -96,7 +99,6 @@ def keep_migrated_database(server: PrefectServer) -> None:
 def sqlite_prefect_server(home: Path) -> Iterator[PrefectServer]:
     """A Prefect server of its own on SQLite (the embedded default's database), as PREFECT_API_URL."""
     with serving(PrefectServer(home)) as server:
-        keep_migrated_database(server)
         yield server
 
 
@@ -131,7 +133,7 @@ def _auth(api_url: str) -> httpx.BasicAuth | None:
 
 
 def prefect_post(api_url: str, path: str, body: dict | None = None) -> Any:
-    response = httpx.post(f"{api_url}{path}", json=body or {}, timeout=10, auth=_auth(api_url))
+    response = HTTP.post(f"{api_url}{path}", json=body or {}, timeout=10, auth=_auth(api_url))
     response.raise_for_status()
     return response.json()
 
@@ -188,7 +190,7 @@ def resume(api_url: str, flow_run_id: str, approve: bool, reason: str, approver:
     body = {"run_input": {"approve": approve, "reason": reason, "approver": approver}}
 
     def accepted() -> bool:
-        response = httpx.post(f"{api_url}/flow_runs/{flow_run_id}/resume", json=body, timeout=10, auth=_auth(api_url))
+        response = HTTP.post(f"{api_url}/flow_runs/{flow_run_id}/resume", json=body, timeout=10, auth=_auth(api_url))
         if response.status_code not in (200, 201):
             return False  # busy: ask again
         result = response.json()
@@ -224,7 +226,7 @@ def paused_run(api: str, incident_id: str, not_state: str | None = None) -> dict
 def form_description(api: str, run: dict) -> str:
     """The approval form's description, as the UI shows it above the Resume form."""
     key = run["state"]["state_details"]["run_input_keyset"]["description"]
-    return wait_for(lambda: (r := httpx.get(f"{api}/flow_runs/{run['id']}/input/{key}", auth=_auth(api))).is_success
+    return wait_for(lambda: (r := HTTP.get(f"{api}/flow_runs/{run['id']}/input/{key}", auth=_auth(api))).is_success
                     and r.json(),
                     10, what="the approval form")
 

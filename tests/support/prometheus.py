@@ -23,11 +23,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
-import httpx
 import pytest
 import yaml
 
-from .common import ROOT, free_port, wait_for
+from .common import HTTP, ROOT, free_port, wait_for
 
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, math.inf)
 Labels = tuple[tuple[str, str], ...]
@@ -208,10 +207,10 @@ class PrometheusServer:
              "--rules.alert.resend-delay=2s"],
             stdout=open(tmp / "prometheus.log", "wb"), stderr=subprocess.STDOUT,
         )
-        wait_for(lambda: httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200, 30, what="Prometheus ready")
+        wait_for(lambda: HTTP.get(f"{self.url}/-/ready", timeout=1).status_code == 200, 30, what="Prometheus ready")
 
     def query(self, promql: str) -> list[dict[str, Any]]:
-        return httpx.get(f"{self.url}/api/v1/query", params={"query": promql}).json()["data"]["result"]
+        return HTTP.get(f"{self.url}/api/v1/query", params={"query": promql}).json()["data"]["result"]
 
     def wait_scraped(self, job: str, scrapes: int = 3) -> None:
         """Until the job's targets have been scraped ``scrapes`` times (rates need two samples)."""
@@ -255,14 +254,14 @@ class AlertmanagerServer:
              f"--storage.path={tmp / 'am-data'}", f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="],
             stdout=open(tmp / "alertmanager.log", "wb"), stderr=subprocess.STDOUT,
         )
-        wait_for(lambda: httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200, 30, what="Alertmanager ready")
+        wait_for(lambda: HTTP.get(f"{self.url}/-/ready", timeout=1).status_code == 200, 30, what="Alertmanager ready")
 
     def post_alert(self, labels: dict[str, str], minutes: float | None = None, summary: str = "test alert") -> None:
         alert: dict[str, Any] = {"labels": labels, "annotations": {"summary": summary},
                                  "startsAt": datetime.now(timezone.utc).isoformat()}
         if minutes is not None:
             alert["endsAt"] = (datetime.now(timezone.utc) + timedelta(minutes=minutes)).isoformat()
-        httpx.post(f"{self.url}/api/v2/alerts", json=[alert], timeout=5).raise_for_status()
+        HTTP.post(f"{self.url}/api/v2/alerts", json=[alert], timeout=5).raise_for_status()
 
     def stop(self) -> None:
         stop_process(self.process)

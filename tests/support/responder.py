@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import httpx
 import yaml
 
-from .common import BIN, ROOT, free_port, wait_for
+from .common import BIN, HTTP, ROOT, free_port, wait_for
 
 
 # Every responder a test started; a failing test's report carries the tail of their logs.
@@ -60,7 +60,7 @@ class ResponderProcess:
         def ready():
             if self.process.poll() is not None:
                 raise AssertionError(f"responder exited {self.process.returncode}:\n{self.log()}")
-            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+            return HTTP.get(f"{self.url}/healthz", timeout=2).status_code == 200
         wait_for(ready, timeout, what="responder /healthz 200")
 
     def log(self) -> str:
@@ -69,8 +69,8 @@ class ResponderProcess:
     def post(self, body: Any, token: str | None = None, raw: bytes | None = None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token if token is not None else self.token}"}
         if raw is not None:
-            return httpx.post(f"{self.url}/alerts", content=raw, headers={**headers, "content-type": "application/json"}, timeout=30)
-        return httpx.post(f"{self.url}/alerts", json=body, headers=headers, timeout=30)
+            return HTTP.post(f"{self.url}/alerts", content=raw, headers={**headers, "content-type": "application/json"}, timeout=30)
+        return HTTP.post(f"{self.url}/alerts", json=body, headers=headers, timeout=30)
 
     def stop(self) -> None:
         if self in LIVE_RESPONDERS:
