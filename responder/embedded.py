@@ -162,17 +162,18 @@ class EmbeddedPrefectServer:
             "responder": os.getpid(), "responder_started": psutil.Process().create_time(),
         }))
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"the embedded Prefect server exited with code {self.process.returncode}; see {self.home / 'server.log'}"
-                )
-            try:
-                if httpx.get(f"{self.api_url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        with httpx.Client(timeout=1) as http:  # one client for the whole wait: each new one loads the CA bundle
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"the embedded Prefect server exited with code {self.process.returncode}; see {self.home / 'server.log'}"
+                    )
+                try:
+                    if http.get(f"{self.api_url}/health").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.3)
         self.stop()
         raise RuntimeError(f"the embedded Prefect server did not answer on {self.api_url} within {timeout:.0f} s")
 
