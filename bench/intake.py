@@ -8,7 +8,8 @@ ports), then posts from 16 client threads on the same machine:
    firing ones that start a response (`ResponderDrill`, which touches nothing);
 2. 50-alert group bodies of the same mix.
 
-For each it prints alerts/s, posts/s and the p50/p99/max latency of a post, then how long the
+For each it prints alerts/s, posts/s, the p50/p99/max latency of a post and the CPU that the clients,
+the responder and its Prefect server used while posting, then how long the
 event delivery to the Prefect server took to drain the outbox (events/s). With `--postgres URL`
 the store is PostgreSQL (`RESPONDER_DATABASE_URL`) instead of the SQLite default.
 
@@ -20,6 +21,7 @@ Options: --posts N (single-alert posts, default 3000), --groups N (50-alert post
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import re
 import statistics
@@ -124,10 +126,20 @@ def drain(bench: Bench, timeout: float = 600) -> tuple[int, float]:
     return first, time.monotonic() - started
 
 
-def report(label: str, alerts: int, posts: int, elapsed: float, latencies: list[float], failures: int) -> None:
+def cpu(bench: Bench) -> dict[str, float]:
+    """CPU seconds used so far by this process (the clients), the responder and its Prefect server."""
+    used = os.times()
+    return {"clients": used.user + used.system, **bench.cpu_seconds()}
+
+
+def report(label: str, alerts: int, posts: int, elapsed: float, latencies: list[float], failures: int,
+           before: dict[str, float], after: dict[str, float]) -> None:
     print(f"{label}: {alerts / elapsed:,.0f} alerts/s, {posts / elapsed:,.0f} posts/s over {elapsed:.1f} s; "
           f"latency p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {pct(latencies, 0.99) * 1000:.1f} ms, "
           f"max {max(latencies) * 1000:.1f} ms; non-2xx {failures}")
+    print("  CPU while posting: " + ", ".join(
+        f"{name} {after[name] - before[name]:.1f} s ({(after[name] - before[name]) / posts * 1000:.2f} ms per post)"
+        for name in after))
 
 
 def main() -> None:
@@ -151,13 +163,15 @@ def main() -> None:
         drain(bench)
         mix = Mix(known)
         singles = [body([mix.one()], f"single-{i % 400}") for i in range(args.posts)]
+        before = cpu(bench)
         elapsed, latencies, failures = load(bench, singles, args.clients)
-        report("single-alert posts", args.posts, args.posts, elapsed, latencies, failures)
+        report("single-alert posts", args.posts, args.posts, elapsed, latencies, failures, before, cpu(bench))
         events, took = drain(bench)
         print(f"  delivery: {events} events waiting when the posts ended, drained in {took:.1f} s")
         groups = [body([mix.one() for _ in range(50)], f"group-{i % 100}") for i in range(args.groups)]
+        before = cpu(bench)
         elapsed, latencies, failures = load(bench, groups, args.clients)
-        report("50-alert group posts", args.groups * 50, args.groups, elapsed, latencies, failures)
+        report("50-alert group posts", args.groups * 50, args.groups, elapsed, latencies, failures, before, cpu(bench))
         events, took = drain(bench)
         print(f"  delivery: {events} events waiting when the posts ended, drained in {took:.1f} s"
               + (f" ({events / took:,.0f} events/s)" if took > 0.5 else ""))
