@@ -15,7 +15,7 @@ the store is PostgreSQL (`RESPONDER_DATABASE_URL`) instead of the SQLite default
 
 Prints the figures; asserts nothing. Run: `make bench` or `.venv/bin/python bench/intake.py`.
 Options: --posts N (single-alert posts, default 3000), --groups N (50-alert posts, default 300),
---clients N (default 16), --postgres URL, --env KEY=VALUE (repeatable).
+--clients N (default 16), --firing SHARE (default 0.03), --postgres URL, --env KEY=VALUE (repeatable).
 """
 
 from __future__ import annotations
@@ -60,10 +60,12 @@ def body(alerts: list[dict], group: str) -> dict:
 
 
 class Mix:
-    """70 % re-sends of stored alerts, 12 % resolved, 15 % new unrouted, 3 % new firing (a drill)."""
+    """70 % re-sends of stored alerts, 12 % resolved, 15 % new unrouted, 3 % new firing (a drill), by default;
+    ``firing``: the share of new firing ones (each starts a response), taken from the unrouted ones."""
 
-    def __init__(self, known: list[str]) -> None:
+    def __init__(self, known: list[str], firing: float = 0.03) -> None:
         self.known = known
+        self.new_unrouted_below = 1.0 - firing
         self.rng = random.Random(7)
         self.lock = threading.Lock()
 
@@ -75,7 +77,7 @@ class Mix:
             return alert("BenchUnrouted", fingerprint)
         if roll < 0.82:
             return alert("BenchUnrouted", fingerprint, status="resolved")
-        if roll < 0.97:
+        if roll < self.new_unrouted_below:
             return alert("BenchUnrouted", uuid.uuid4().hex)
         return alert("ResponderDrill", uuid.uuid4().hex)
 
@@ -147,6 +149,8 @@ def main() -> None:
     parser.add_argument("--posts", type=int, default=3000)
     parser.add_argument("--groups", type=int, default=300)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--firing", type=float, default=0.03,
+                        help="share of new firing alerts, each starting a response (default 0.03; 0: the intake alone)")
     parser.add_argument("--postgres", help="postgresql://… for the responder's store")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for `responder up`")
     args = parser.parse_args()
@@ -161,7 +165,7 @@ def main() -> None:
         warm = [body([alert("BenchUnrouted", fp)], f"known-{fp}") for fp in known]
         load(bench, warm, args.clients)  # the alerts the mix re-sends are stored before the clock starts
         drain(bench)
-        mix = Mix(known)
+        mix = Mix(known, args.firing)
         singles = [body([mix.one()], f"single-{i % 400}") for i in range(args.posts)]
         before = cpu(bench)
         elapsed, latencies, failures = load(bench, singles, args.clients)

@@ -158,7 +158,7 @@ def test_retention_deletes_only_history(tmp_path):
     store.close_incident(result.incidents_opened[0], "test")
     firing, closed = store.pending_events()
     store.mark_delivered([firing["id"], closed["id"]])
-    store.mark_followed_up(firing["id"])  # the close event is delivered but not yet followed up
+    store.mark_followed_up([firing["id"]])  # the close event is delivered but not yet followed up
     store.put_result("step-1", b"a step's result record")
     delivered, waiting = (new_message(None, "webhook", "t", "scheduled-check", {"n": n}) for n in (1, 2))
     store.enqueue_messages([delivered, waiting])
@@ -237,3 +237,40 @@ def test_a_run_claims_its_incident_and_says_so_once_even_when_it_runs_again(tmp_
     assert (claim, record.flow_run_id) == ("taken", "run-1")
     assert [e["text"] for e in store.timeline(incident.id)] == ["fired", "run-1 started"]
     assert [m.body for m in store.messages(incident.id)] == [{"run": "run-1"}]
+
+
+def test_a_follow_up_pass_marks_its_events_in_one_go_and_keeps_what_it_could_not_do(tmp_path, monkeypatch):
+    """Delivered events with no local consequence (an unrouted alert, a routed one firing) are marked
+    followed up without asking Prefect; an incident's close, which needs the Prefect server (artifacts,
+    releasing a waiting run), stays pending while that server cannot be reached. No Prefect server
+    here: PREFECT_API_URL points at a closed port."""
+    import asyncio
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from core.services import build
+    from core.settings import ResponderSettings
+    from flows.registry import load_catalog
+    from responder.runtime import Responder
+    from support.common import free_port
+    from support.responder import make_config
+
+    store = open_store(None, tmp_path / "responder.db")
+    services = build(ResponderSettings(home=tmp_path / "home"), load_catalog(make_config(tmp_path)), store)
+    routes = {"HIGH_CPU_USAGE": Route("high-cpu-usage", "warning")}
+    for name, group in (("NobodyRoutesThis", "unrouted"), ("HIGH_CPU_USAGE", "routed")):
+        body = alert_body(name, group)
+        store.ingest(AlertmanagerPayload.model_validate(body), json.dumps(body).encode(), routes)
+    [incident] = [i.id for i in store.incidents("open")]
+    store.close_incident(incident, "test")
+    events = store.pending_events()
+    assert sorted(e["kind"] for e in events) == ["alert.firing", "alert.unrouted", "incident.closed"]
+    store.mark_delivered([e["id"] for e in events])
+
+    commits = []
+    real_mark = store.mark_followed_up
+    monkeypatch.setattr(store, "mark_followed_up", lambda ids: (commits.append(list(ids)), real_mark(ids))[1])
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+        asyncio.run(Responder(services)._follow_up())
+    assert [sorted(ids) for ids in commits] == [sorted(e["id"] for e in events if e["kind"] != "incident.closed")]
+    assert [e["kind"] for e in store.pending_followups()] == ["incident.closed"]  # tried again on the next pass

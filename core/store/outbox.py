@@ -100,9 +100,13 @@ class Outbox(StoreBase):
             ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
-    def mark_followed_up(self, event_id: str) -> None:
+    def mark_followed_up(self, event_ids: list[str]) -> None:
+        """Mark a pass's followed-up events in one statement (one commit, not one per event)."""
+        if not event_ids:
+            return
         with self._tx() as cur:
-            self._exec(cur, "UPDATE outbox SET followed_up_at = %s WHERE id = %s", (iso(utcnow()), event_id))
+            self._exec(cur, "UPDATE outbox SET followed_up_at = %s WHERE id IN ("
+                       + ", ".join(["%s"] * len(event_ids)) + ")", (iso(utcnow()), *event_ids))
 
     def mark_failed(self, event_ids: list[str], error: str) -> None:
         if not event_ids:
