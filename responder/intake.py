@@ -102,7 +102,10 @@ def parse_json(raw: bytes) -> Any:
         raise BodyError("JSON nested too deeply") from None
     except ValueError as exc:  # an integer of more than 4,300 digits
         raise BodyError(f"not JSON this responder can keep: {exc}") from None
-    if _holds_nul(data):  # PostgreSQL's text cannot keep it: refused for both stores alike
+    # PostgreSQL's text cannot keep a NUL: refused for both stores alike. Strict JSON has no raw control
+    # character in a string, so in UTF-8 a NUL can only come from the escape "\u0000": a body with neither
+    # that escape nor a zero byte (UTF-16 and UTF-32 bodies have zero bytes) needs no walk.
+    if (b"\\u0000" in raw or b"\x00" in raw) and _holds_nul(data):
         raise BodyError("a string holds a NUL character (\\u0000)")
     return data
 
@@ -197,7 +200,7 @@ def create_app(responder: "Responder") -> FastAPI:
             return _error(503, f"the responder is behind ({exc}); retry later", {"Retry-After": "2"})
         metrics.INGEST_SECONDS.observe(time.perf_counter() - started)
         metrics.INTAKE_REQUESTS.labels("200").inc()
-        return {
+        return JSONResponse({  # plain JSON types: no need for FastAPI's encoder (a tenth of a post's CPU)
             "receipt": result.receipt_id,
             "firing": result.new_firing,
             "resolved": result.resolved,
@@ -205,7 +208,7 @@ def create_app(responder: "Responder") -> FastAPI:
             "unrouted": result.unrouted,
             "incidents_opened": result.incidents_opened,
             "incidents_closed": result.incidents_closed,
-        }
+        })
 
     @app.get("/healthz")
     async def healthz():
