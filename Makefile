@@ -20,8 +20,8 @@ run: $(STAMP)
 # Installs what the tests need (Alertmanager, Prometheus, node_exporter, docker-compose v1) when missing, starts
 # PostgreSQL and Redis when they are installed but stopped, then runs the whole suite.
 # Test modules run on TEST_WORKERS processes (pytest-xdist), a module's tests on one of them: most of the
-# suite waits on real processes (responder up, Prefect, Alertmanager), so 3 workers fit 2 cores.
-TEST_WORKERS ?= 3
+# suite waits on real processes (responder up, Prefect, Alertmanager), so 4 workers fit 2 cores (README: Tests).
+TEST_WORKERS ?= 4
 test: $(STAMP)
 	./scripts/test-services
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder

@@ -127,16 +127,22 @@ def config_copy(dest: Path, webhook_url: str, approval_timeout: float) -> float:
     """config/ copied to ``dest`` with the drill's approval deadline and the capture webhook;
     returns the default policy's level-1 delay in minutes."""
     shutil.copytree(ROOT / "config", dest)
-    found = False
-    for path in sorted((dest / "runbooks").glob("*.yaml")):
-        data = yaml.safe_load(path.read_text())
-        for entry in (data or {}).get("runbooks") or []:
-            if entry.get("name") == DRILL:
-                entry["approval_timeout_seconds"] = approval_timeout
-                path.write_text(yaml.safe_dump(data, sort_keys=False))
-                found = True
-    if not found:
-        raise SystemExit(f"no {DRILL} runbook in {ROOT / 'config' / 'runbooks'}")
+    # The drill is declared in its module (flows/drill.py); an installation changes it with an entry in
+    # config/runbooks/*.yaml: the copy's own entry for it is changed, or one is added.
+    files = sorted((dest / "runbooks").glob("*.yaml"))
+    if not files:
+        raise SystemExit(f"no runbooks file in {ROOT / 'config' / 'runbooks'}")
+    for path in files:
+        data = yaml.safe_load(path.read_text()) or {}
+        entry = next((e for e in data.get("runbooks") or [] if e.get("name") == DRILL), None)
+        if entry is not None:
+            break
+    else:
+        path, data = files[0], yaml.safe_load(files[0].read_text()) or {}
+        entry = {"name": DRILL}
+        data["runbooks"] = [*(data.get("runbooks") or []), entry]
+    entry["approval_timeout_seconds"] = approval_timeout
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     notify = yaml.safe_load((dest / "notify.yaml").read_text()) or {}
     notify["webhooks"] = [webhook_url]
     (dest / "notify.yaml").write_text(yaml.safe_dump(notify, sort_keys=False))
