@@ -26,6 +26,7 @@ import time
 import httpx
 
 from tasks.base import ActionOutcome, ErrorCode, ResponderError
+from tasks.http_client import http_client
 from tasks.probes import clip
 from tasks.probes.external import public_url
 
@@ -50,7 +51,7 @@ def trigger_job(
         headers["Idempotency-Key"] = idempotency_key
     started = time.perf_counter()
     try:
-        with httpx.Client(timeout=timeout_s, follow_redirects=False, headers=headers) as client:
+        with http_client(timeout=timeout_s, follow_redirects=False, headers=headers) as client:
             response = client.request(method, url)
     except httpx.TimeoutException:
         return ActionOutcome(**base, status="failed",

@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 
 from tasks.base import ErrorCode, ProbeResult, ResponderError
+from tasks.http_client import http_client
 from tasks.probes import clip
 
 HEALTHY = {"ok", "healthy", "up", "pass", "passing", "green", "operational", "ready"}
@@ -73,7 +74,7 @@ def check(name: str, url: str, timeout_s: float = 5.0, slow_ms: float | None = N
     shown = public_url(url)
     started = time.perf_counter()
     try:
-        with httpx.Client(timeout=timeout_s, follow_redirects=True, headers={"User-Agent": "runbook-responder"}) as client:
+        with http_client(timeout=timeout_s, follow_redirects=True, headers={"User-Agent": "runbook-responder"}) as client:
             response = client.get(url)
     except httpx.TimeoutException as exc:
         return {"name": name, "url": shown, "state": "down", "detail": f"no answer within {timeout_s:g} s ({type(exc).__name__})",

@@ -34,6 +34,7 @@ import httpx
 from pydantic import SecretStr
 
 from tasks.base import ErrorCode, ProbeResult, ResponderError
+from tasks.http_client import http_client
 from tasks.probes import clip, reveal
 
 BODY_LIMIT = 16_384
@@ -55,7 +56,7 @@ def _client(timeout_s: float, bearer_token: SecretStr | str | None = None) -> It
     headers = {"User-Agent": "runbook-responder"}
     if bearer_token is not None:
         headers["Authorization"] = f"Bearer {reveal(bearer_token)}"
-    with httpx.Client(timeout=timeout_s, headers=headers, follow_redirects=False) as client:
+    with http_client(timeout=timeout_s, headers=headers, follow_redirects=False) as client:
         yield client
 
 

@@ -51,6 +51,7 @@ import httpx
 import yaml
 
 from tasks.base import ErrorCode, ProbeResult, ResponderError
+from tasks.http_client import http_client
 from tasks.probes import clip
 
 # seed 003 HighErrorRate: rate(http_requests_total{status=~"5.."}[5m]) / rate(http_requests_total[5m])
@@ -90,7 +91,7 @@ def _client(url: str, timeout_s: float) -> Iterator[httpx.Client]:
         raise ResponderError(ErrorCode.CONFIG, "monitoring URL cannot be parsed") from None
     auth = (parsed.username, parsed.password) if parsed.username else None
     base = parsed.copy_with(username=None, password=None)
-    with httpx.Client(base_url=str(base).rstrip("/"), auth=auth, timeout=timeout_s,
+    with http_client(base_url=str(base).rstrip("/"), auth=auth, timeout=timeout_s,
                       headers={"User-Agent": "runbook-responder"}) as client:
         yield client
 
