@@ -521,10 +521,23 @@ def collect(args, api: str, sender: Sender, capture: CaptureServer, watch: Watch
                          {"deployments": {"id": {"any_": [drill_id]}}, "sort": "ID_DESC"})
         page_runs = api_pages(http, f"{api}/flow_runs/filter",
                               {"deployments": {"id": {"any_": [page_id]}}, "sort": "ID_DESC"}) if page_id else []
-        tasks: list[dict] = []
+        # Task runs reach the server's tables through its events (the task-run recorder), which a busy
+        # server writes late: read again until every run that got past Pending shows a task run, or
+        # nothing new came in a minute. The figures are the server's own start times, so waiting for
+        # them changes none of them.
         ids = [r["id"] for r in runs]
-        for i in range(0, len(ids), 50):
-            tasks.extend(api_pages(http, f"{api}/task_runs/filter", {"flow_runs": {"id": {"any_": ids[i:i + 50]}}}))
+        beyond_pending = {r["id"] for r in runs if r.get("state_type") not in (None, "SCHEDULED", "PENDING")}
+        deadline, last_seen = time.monotonic() + 60, -1
+        while True:
+            tasks: list[dict] = []
+            for i in range(0, len(ids), 50):
+                tasks.extend(api_pages(http, f"{api}/task_runs/filter", {"flow_runs": {"id": {"any_": ids[i:i + 50]}}}))
+            seen = {t["flow_run_id"] for t in tasks if t.get("start_time")}
+            if beyond_pending <= seen or time.monotonic() > deadline:
+                break
+            if len(seen) > last_seen:
+                deadline, last_seen = time.monotonic() + 60, len(seen)
+            time.sleep(5)
 
     runs_per_group: Counter = Counter()
     run_group: dict[str, int] = {}

@@ -50,6 +50,11 @@ class ResponderSettings(BaseSettings):
                     "the runs of a responder that stopped are taken over by another this long after.",
     )
     delivery_retry_seconds: float = Field(default=1.0, gt=0)
+    response_start_grace_seconds: float = Field(
+        default=180.0, gt=0,
+        description="An open incident that no run has claimed this long after it opened, its opening event "
+                    "delivered, gets that event sent to Prefect again (the server's in-memory messaging drops "
+                    "events when a consumer falls 10,000 behind): at most 3 times, this far apart.")
     dry_run: bool = Field(default=False, description="Every mitigation only reports what it would do.")
     slack_token: SecretStr | None = Field(default=None, description="Bot token (xoxb-…); Slack is off without it.")
     slack_api_url: str = Field(default="https://slack.com/api/", description="Slack Web API base URL.")

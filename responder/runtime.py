@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Mapping
 
 import httpx
@@ -45,6 +45,7 @@ STORE_OUTAGE_PAUSE_SECONDS = 2.0  # a loop stopped by a store outage starts agai
 DUTY_LEASE_SECONDS = 10.0  # delivery and follow-ups move to a stand-by responder this long after their holder stops
 MAINTENANCE_EVERY_SECONDS = 2.0  # how soon a held incident gets its fresh response after its window is over
 COURIER_EVERY_SECONDS = 0.25  # how soon a message written now starts on its way
+UNANSWERED_EVERY_SECONDS = 15.0  # how often open incidents that no run claimed are looked for
 DEPLOY_LEASE_SECONDS = 120.0  # applying 30 deployments takes seconds; a start that died holding it frees it after this
 
 
@@ -227,9 +228,13 @@ class Responder:
     async def follow_up_forever(self) -> None:
         """Runs beside delivery, so a slow follow-up never delays the next alert's event."""
         self._follow_up_wake = asyncio.Event()
+        checked = time.monotonic()
         while True:
             if self.triggers_ready and await self._leads("follow-ups"):
                 await self._follow_up()
+                if time.monotonic() - checked >= min(UNANSWERED_EVERY_SECONDS, self.settings.response_start_grace_seconds):
+                    checked = time.monotonic()
+                    await self._resend_unanswered()
             try:
                 await asyncio.wait_for(self._follow_up_wake.wait(), 1.0)
             except asyncio.TimeoutError:
@@ -271,6 +276,21 @@ class Responder:
                 await asyncio.to_thread(self.store.mark_followed_up, done)
             except StoreUnavailable as exc:  # done again on the next pass: every step is idempotent
                 logger.warning("Follow-ups done but not recorded (%s); they will be repeated", exc)
+
+    async def _resend_unanswered(self) -> None:
+        """An incident whose opening event Prefect accepted but no run claimed gets the event again
+        (``Store.resend_unanswered``). Prefect's in-memory messaging drops events when one of its
+        consumers falls 10,000 behind, as in an alert storm; this is what brings such a response back."""
+        grace = timedelta(seconds=self.settings.response_start_grace_seconds)
+        now = datetime.now(timezone.utc)
+        try:
+            resent = await asyncio.to_thread(self.store.resend_unanswered, now - grace, now - grace)
+        except StoreUnavailable:
+            return
+        if resent:
+            logger.warning("No run claimed %d incident(s) %.0f s after their opening event was delivered; sent it "
+                           "again: %s", len(resent), grace.total_seconds(), ", ".join(resent))
+            self.wake_delivery()
 
     async def _follow_up_one(self, event: dict[str, Any]) -> None:
         kind = event["kind"]

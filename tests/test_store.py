@@ -274,3 +274,41 @@ def test_a_follow_up_pass_marks_its_events_in_one_go_and_keeps_what_it_could_not
         asyncio.run(Responder(services)._follow_up())
     assert [sorted(ids) for ids in commits] == [sorted(e["id"] for e in events if e["kind"] != "incident.closed")]
     assert [e["kind"] for e in store.pending_followups()] == ["incident.closed"]  # tried again on the next pass
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_incident_no_run_claimed_gets_its_opening_event_again_a_few_times(tmp_path, backend, request):
+    """Prefect accepted the opening event and lost it (its in-memory messaging drops events when a consumer
+    falls 10,000 behind): once delivery is idle and the grace is over, the event is queued again, with
+    `opens`, at most three times and not sooner than the grace; never for an incident a run claimed."""
+    from datetime import datetime, timedelta, timezone
+
+    url = request.getfixturevalue("fresh_database") if backend == "postgresql" else None
+    store = open_store(url, tmp_path / "responder.db")
+    routes = {"HIGH_CPU_USAGE": Route("high-cpu-usage", "warning")}
+    opened = []
+    for group in ("lost", "answered"):
+        body = alert_body("HIGH_CPU_USAGE", group)
+        opened += store.ingest(AlertmanagerPayload.model_validate(body), json.dumps(body).encode(), routes).incidents_opened
+    lost, answered = opened
+    assert store.respond(answered, "run-1", [("response", "run-1 started")], [])[0] == "claimed"
+    now = datetime.now(timezone.utc)
+    later = now + timedelta(seconds=1)  # both incidents opened before it
+
+    assert store.resend_unanswered(later, later) == []  # their events still wait for delivery
+    store.mark_delivered([e["id"] for e in store.pending_events()])
+    assert store.resend_unanswered(now - timedelta(hours=1), later) == []  # within the grace
+    assert store.resend_unanswered(later, later) == [lost]
+    [event] = store.pending_events()
+    assert (event["kind"], event["opens"], event["incident"]["id"], event["incident"]["flow_run_id"]) == \
+        ("alert.firing", True, lost, None)
+    assert event["alert"]["labels"]["test_id"] == "lost"
+    store.mark_delivered([event["id"]])
+    assert store.resend_unanswered(later, now - timedelta(seconds=1)) == []  # resent after that: not yet again
+    for _ in range(2):
+        store.mark_delivered([e["id"] for e in store.pending_events()])
+        assert store.resend_unanswered(later, datetime.now(timezone.utc) + timedelta(seconds=1)) == [lost]
+    store.mark_delivered([e["id"] for e in store.pending_events()])
+    assert store.resend_unanswered(later, datetime.now(timezone.utc) + timedelta(seconds=1)) == []  # three tries
+    said = [t for t in store.timeline(lost) if t["kind"] == "response-resent"]
+    assert [t["text"].endswith(f"(try {n} of 3)") for n, t in enumerate(said, start=1)] == [True] * 3

@@ -167,6 +167,51 @@ class Episodes(Runs):
             self._close(cur, incident, "alerts-resolved", now)
             result.incidents_closed.append(incident_id)
 
+    def _queue_opening(self, cur: Any, incident: Any, kind: str, why: str) -> bool:
+        """Queue a firing event with ``opens`` for the incident's latest alert still firing, so the
+        runbook's trigger starts a run (which claims the incident), and say why on its timeline as
+        ``kind``; False, and nothing written, when none of its alerts fires any more."""
+        row = self._exec(cur, "SELECT fingerprint, starts_at, status, labels, annotations FROM alerts "
+                              "WHERE incident_id = %s AND status = 'firing' ORDER BY starts_at DESC",
+                         (incident.id,)).fetchone()
+        if row is None:
+            return False
+        alert = Alert(status="firing", labels=json.loads(row[3]), annotations=json.loads(row[4]),
+                      startsAt=row[1], fingerprint=row[0])
+        group = AlertmanagerPayload(version="4", groupKey=incident.group_key, status="firing", alerts=[alert])
+        self._exec(cur, "INSERT INTO timeline (id, incident_id, at, kind, text, actor) VALUES (%s, %s, %s, %s, %s, %s)",
+                   (str(uuid.uuid4()), incident.id, iso(utcnow()), kind, why, None))
+        self._enqueue(cur, alert_record("alert.firing", alert, group, incident, opens=True))
+        return True
+
+    def resend_unanswered(self, opened_before: datetime, resent_before: datetime, max_tries: int = 3,
+                          limit: int = 20) -> list[str]:
+        """Open incidents that no run has claimed, opened before ``opened_before``: their opening event
+        is queued again (``response-resent`` on the timeline), at most ``max_tries`` times each and not
+        again before ``resent_before``; up to ``limit`` per call, the newest first. Nothing while any
+        event waits for delivery (the Prefect server is down, or delivery is behind: the opening event
+        may not have gone out yet). A second run for an incident that a first one claims meanwhile
+        ends as a duplicate, acting on nothing. Returns the incidents whose event was queued."""
+        resent: list[str] = []
+        with self._tx() as cur:
+            if self._exec(cur, "SELECT 1 FROM outbox WHERE delivered_at IS NULL LIMIT 1").fetchone():
+                return resent
+            rows = self._exec(cur, "SELECT id FROM incidents WHERE status = 'open' AND flow_run_id IS NULL "
+                                   "AND opened_at < %s ORDER BY opened_at DESC LIMIT 500",
+                              (iso(opened_before),)).fetchall()
+            for (incident_id,) in rows:
+                tries, last = self._exec(cur, "SELECT COUNT(*), MAX(at) FROM timeline WHERE incident_id = %s "
+                                              "AND kind = 'response-resent'", (incident_id,)).fetchone()
+                if tries >= max_tries or (last is not None and last >= iso(resent_before)):
+                    continue
+                why = (f"no run has claimed this incident since it opened: its opening event was sent to Prefect "
+                       f"again (try {tries + 1} of {max_tries})")
+                if self._queue_opening(cur, self._incident(cur, incident_id), "response-resent", why):
+                    resent.append(incident_id)
+                if len(resent) >= limit:
+                    break
+        return resent
+
     def _insert_alert(self, cur, payload, alert, starts_at, incident_id, now, status, resolved_at=None) -> None:
         self._exec(
             cur,

@@ -14,10 +14,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from core.alerts import Alert, AlertmanagerPayload
 from core.store.base import iso, utcnow
 from core.store.episodes import Heartbeats
-from core.store.outbox import alert_record
 
 _COLUMNS = "id, source, service, runbook, matchers, starts_at, ends_at, reason, created_by, created_at, ended_at, ended_by"
 
@@ -99,18 +97,9 @@ class Maintenance(Heartbeats):
             incident = self._incident(cur, incident_id)
             if incident.status != "open":
                 return False
-            row = self._exec(cur, "SELECT fingerprint, starts_at, status, labels, annotations FROM alerts "
-                                  "WHERE incident_id = %s AND status = 'firing' ORDER BY starts_at DESC",
-                             (incident_id,)).fetchone()
-            if row is None:
+            incident.flow_run_id = None  # as the event says: no run yet (the new one claims the incident)
+            if not self._queue_opening(cur, incident, "maintenance-over", why):
                 return False
-            alert = Alert(status="firing", labels=json.loads(row[3]), annotations=json.loads(row[4]),
-                          startsAt=row[1], fingerprint=row[0])
-            group = AlertmanagerPayload(version="4", groupKey=incident.group_key, status="firing", alerts=[alert])
             self._exec(cur, "UPDATE incidents SET flow_run_id = NULL WHERE id = %s", (incident_id,))
-            incident.flow_run_id = None
-            self._exec(cur, "INSERT INTO timeline (id, incident_id, at, kind, text, actor) VALUES (%s, %s, %s, %s, %s, %s)",
-                       (str(uuid.uuid4()), incident_id, iso(utcnow()), "maintenance-over", why, None))
-            self._enqueue(cur, alert_record("alert.firing", alert, group, incident, opens=True))
         return True
 
