@@ -24,10 +24,30 @@ def _incident_ref(incident: dict[str, Any]) -> dict[str, str]:
     return {key: incident[key] for key in ("id", "runbook", "group_key", "severity")}
 
 
+def _group_payload(group: dict[str, Any]) -> dict[str, Any]:
+    return {"group_key": group["key"], "group_labels": group["labels"], "external_url": group["external_url"],
+            "truncated_alerts": group["truncated_alerts"]}
+
+
+def _alert_related(alert: dict[str, Any]) -> dict[str, str]:
+    return {"prefect.resource.id": f"responder.alert.{alert['fingerprint']}", "prefect.resource.role": "alert",
+            "prefect.resource.name": alert["labels"].get("alertname", "")}
+
+
 def prefect_event(record: dict[str, Any]) -> dict[str, Any]:
     if "prefect_event" in record:  # written before the outbox kept records (store migration 2): as it was
         return record["prefect_event"]
     incident = record.get("incident")
+    if "alerts" in record:  # alerts.joined: the alerts of one body that joined an open incident
+        return {
+            "id": record["id"],
+            "occurred": record["occurred"],
+            "event": f"responder.{record['kind']}",
+            "resource": _incident_resource(incident),
+            "related": [_alert_related(alert) for alert in record["alerts"]],
+            "payload": {"alerts": record["alerts"], "count": record["count"], "incident": _incident_ref(incident),
+                        **_group_payload(record["group"])},
+        }
     if "alert" in record:
         alert = record["alert"]
         fingerprint, alertname = alert["fingerprint"], alert["labels"].get("alertname", "")
@@ -43,16 +63,8 @@ def prefect_event(record: dict[str, Any]) -> dict[str, Any]:
             "occurred": record["occurred"],
             "event": f"responder.{record['kind']}",
             "resource": resource,
-            "related": [{"prefect.resource.id": f"responder.alert.{fingerprint}", "prefect.resource.role": "alert",
-                         "prefect.resource.name": alertname}],
-            "payload": {
-                "alert": alert,
-                "incident": _incident_ref(incident) if incident else None,
-                "group_key": group["key"],
-                "group_labels": group["labels"],
-                "external_url": group["external_url"],
-                "truncated_alerts": group["truncated_alerts"],
-            },
+            "related": [_alert_related(alert)],
+            "payload": {"alert": alert, "incident": _incident_ref(incident) if incident else None, **_group_payload(group)},
         }
     return {
         "id": record["id"],

@@ -139,12 +139,13 @@ def test_the_server_schedules_the_cron_deployments(responder, prefect_server):
     wait_for(scheduled, 120, interval=2, what="scheduled runs for every cron deployment")
 
 
-def test_an_opening_event_prefect_lost_is_sent_again_and_the_response_starts(prefect_server, tmp_path):
+def test_an_opening_event_prefect_lost_is_sent_again_and_the_response_starts(tmp_path):
     """Prefect's in-memory messaging drops events when a consumer falls 10,000 behind (seen in the storm
     bench: 11,890 dropped, 56 of 200 responses without a task run in the UI). Here the loss is made
     exact: the incident's opening event is marked delivered in the store without being sent, as if the
     server had accepted and dropped it. The real `responder up` (grace 2 s) sends it again, and the
-    runbook's trigger starts the run that claims the incident."""
+    runbook's trigger starts the run that claims the incident. On a Prefect server of its own: this
+    module's responder, with a store of its own, would take runs from the same server."""
     import json
 
     from core.alerts import AlertmanagerPayload
@@ -156,10 +157,10 @@ def test_an_opening_event_prefect_lost_is_sent_again_and_the_response_starts(pre
     [incident] = store.ingest(AlertmanagerPayload.model_validate(body), json.dumps(body).encode(),
                               {"ResponderDrill": Route("responder-drill", "warning")}).incidents_opened
     store.mark_delivered([e["id"] for e in store.pending_events()])  # "delivered", never sent
-    with running_responder(tmp_path, prefect_server.api_url, make_config(tmp_path),
-                           RESPONDER_RESPONSE_START_GRACE_SECONDS="2"):
+    with sqlite_prefect_server(tmp_path / "prefect") as server, \
+            running_responder(tmp_path, server.api_url, make_config(tmp_path), RESPONDER_RESPONSE_START_GRACE_SECONDS="2"):
         wait_for(lambda: store.incident(incident).flow_run_id, 60, what="a run to claim the incident")
-        [run] = wait_for(lambda: runs_for_incident(prefect_server.api_url, incident), 30, what="the run on the server")
+        [run] = wait_for(lambda: runs_for_incident(server.api_url, incident), 30, what="the run on the server")
         assert store.incident(incident).flow_run_id == run["id"]
         resent = [t for t in store.timeline(incident) if t["kind"] == "response-resent"]
         assert len(resent) == 1 and resent[0]["text"].endswith("(try 1 of 3)"), resent

@@ -312,3 +312,34 @@ def test_an_incident_no_run_claimed_gets_its_opening_event_again_a_few_times(tmp
     assert store.resend_unanswered(later, datetime.now(timezone.utc) + timedelta(seconds=1)) == []  # three tries
     said = [t for t in store.timeline(lost) if t["kind"] == "response-resent"]
     assert [t["text"].endswith(f"(try {n} of 3)") for n, t in enumerate(said, start=1)] == [True] * 3
+
+
+def test_the_alerts_of_a_body_that_join_an_open_incident_are_one_event(tmp_path):
+    """A 50-alert group used to make 50 events, and a storm of such groups overflowed the Prefect server's
+    in-memory messaging. The alert that opens the incident keeps its own event (the runbook's trigger
+    matches it); the others of the same body are one `responder.alerts.joined` event, listing up to 20."""
+    store = open_store(None, tmp_path / "responder.db")
+    routes = {"HIGH_CPU_USAGE": Route("high-cpu-usage", "warning")}
+    body = alert_body("HIGH_CPU_USAGE", "joined")
+    first = body["alerts"][0]
+    body["alerts"] = [{**first, "fingerprint": f"fp{n:02d}", "labels": {**first["labels"], "instance": f"web-{n}"}}
+                      for n in range(25)]
+    result = store.ingest(AlertmanagerPayload.model_validate(body), json.dumps(body).encode(), routes)
+    [incident] = result.incidents_opened
+    assert result.new_firing == 25
+    opening, joined = (prefect_event(e) for e in store.pending_events())
+    assert (opening["event"], opening["resource"]["responder.opens"]) == ("responder.alert.firing", "true")
+    assert opening["payload"]["alert"]["fingerprint"] == "fp00"
+    assert joined["event"] == "responder.alerts.joined"
+    assert joined["resource"]["prefect.resource.id"] == f"responder.incident.{incident}"
+    assert joined["payload"]["count"] == 24 and len(joined["payload"]["alerts"]) == 20  # 24 joined, 20 listed
+    assert [r["prefect.resource.id"] for r in joined["related"]][:2] == ["responder.alert.fp01", "responder.alert.fp02"]
+    assert joined["payload"]["incident"]["id"] == incident and joined["payload"]["group_key"] == body["groupKey"]
+    store.mark_delivered([e["id"] for e in store.pending_events()])
+
+    body["alerts"] += [{**first, "fingerprint": "fp99", "labels": {**first["labels"], "instance": "web-99"}}]
+    again = store.ingest(AlertmanagerPayload.model_validate(body), json.dumps(body).encode(), routes)
+    assert (again.new_firing, again.duplicates, again.incidents_opened) == (1, 25, [])
+    [grown] = [prefect_event(e) for e in store.pending_events()]  # the group re-sent as it grew: one event
+    assert grown["event"] == "responder.alerts.joined" and grown["payload"]["count"] == 1
+    assert grown["payload"]["alerts"][0]["fingerprint"] == "fp99"

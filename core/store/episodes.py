@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from core.alerts import Alert, AlertmanagerPayload, Route
 from core.store.base import iso, utcnow
-from core.store.outbox import alert_record
+from core.store.outbox import alert_record, joined_record
 from core.store.runs import Runs
 
 
@@ -68,8 +68,11 @@ class Episodes(Runs):
             "INSERT INTO receipts (id, received_at, group_key, body) VALUES (%s, %s, %s, %s)",
             (result.receipt_id, now, payload.groupKey, raw.decode("utf-8", "replace")),
         )
+        joined: dict[str, list[Alert]] = {}  # incident id → this body's alerts that joined it
         for alert in payload.alerts:
-            self._ingest_alert(cur, payload, alert, now, routes.get(alert.alertname), result)
+            self._ingest_alert(cur, payload, alert, now, routes.get(alert.alertname), result, joined)
+        for incident_id, alerts in joined.items():
+            self._enqueue(cur, joined_record(alerts, payload, self._incident(cur, incident_id)))
         if payload.truncatedAlerts:
             self._note_truncation(cur, payload, now)
         return result
@@ -93,7 +96,8 @@ class Episodes(Runs):
                         "see Alertmanager for the whole group", "alertmanager"))
 
     def _ingest_alert(
-        self, cur: Any, payload: AlertmanagerPayload, alert: Alert, now: str, runbook: Route | None, result: IngestResult
+        self, cur: Any, payload: AlertmanagerPayload, alert: Alert, now: str, runbook: Route | None, result: IngestResult,
+        joined: dict[str, list[Alert]],
     ) -> None:
         starts_at = iso(alert.startsAt)
         row = self._exec(
@@ -134,8 +138,11 @@ class Episodes(Runs):
                 self._enqueue(cur, alert_record("alert.unrouted", alert, payload, None))
                 return
             result.new_firing += 1
+            if not opens:  # one event for all of this body's alerts that join the incident, after the loop
+                joined.setdefault(incident_id, []).append(alert)
+                return
             incident = self._incident(cur, incident_id)
-            self._enqueue(cur, alert_record("alert.firing", alert, payload, incident, opens=opens))
+            self._enqueue(cur, alert_record("alert.firing", alert, payload, incident, opens=True))
             return
 
         # resolved

@@ -2,10 +2,15 @@
 
 A record is the responder's own shape, not Prefect's::
 
-    {"id", "occurred", "kind": "alert.firing" | "alert.resolved" | "alert.unrouted" | "incident.<what>",
+    {"id", "occurred",
+     "kind": "alert.firing" | "alert.resolved" | "alert.unrouted" | "alerts.joined" | "incident.<what>",
      "incident": {id, runbook, group_key, severity, title, status, close_reason, flow_run_id} | None,
      "alert": {...}, "opens": bool, "group": {key, labels, external_url, truncated_alerts},   (alert events)
+     "alerts": [{...}, …], "count": int, "group": {…},    (alerts.joined: one per body and incident)
      "details": {...}}                                                                         (incident events)
+
+An alert that opens an incident, or fires with no runbook, or resolves, is a record of its own; the
+alerts of one body that join an open incident are one ``alerts.joined`` record.
 
 ``responder/events.py`` turns a record into a Prefect event when it is delivered (the id is kept,
 so a re-delivery is the same event).
@@ -38,6 +43,11 @@ def incident_record(kind: str, incident: "Incident", details: dict[str, Any] | N
             "incident": incident_fields(incident), "details": details or {}}
 
 
+def _group_fields(group: AlertmanagerPayload) -> dict[str, Any]:
+    return {"key": group.groupKey, "labels": group.groupLabels, "external_url": group.externalURL,
+            "truncated_alerts": group.truncatedAlerts}
+
+
 def alert_record(kind: str, alert: Alert, group: AlertmanagerPayload, incident: "Incident | None",
                  opens: bool = False) -> dict[str, Any]:
     return {
@@ -47,8 +57,25 @@ def alert_record(kind: str, alert: Alert, group: AlertmanagerPayload, incident: 
         "alert": alert.model_dump(mode="json"),
         "incident": incident_fields(incident) if incident is not None else None,
         "opens": opens,
-        "group": {"key": group.groupKey, "labels": group.groupLabels, "external_url": group.externalURL,
-                  "truncated_alerts": group.truncatedAlerts},
+        "group": _group_fields(group),
+    }
+
+
+JOINED_LISTED = 20  # the alerts an ``alerts.joined`` record lists; its ``count`` says how many joined
+
+
+def joined_record(alerts: list[Alert], group: AlertmanagerPayload, incident: "Incident") -> dict[str, Any]:
+    """The alerts of one Alertmanager body that joined an incident already open (or opened by an earlier
+    alert of the same body): one record, where each used to be an event of its own (a 50-alert group
+    made 50; Prefect's in-memory messaging drops events when a consumer falls 10,000 behind)."""
+    return {
+        "id": str(uuid.uuid4()),
+        "occurred": iso(utcnow()),
+        "kind": "alerts.joined",
+        "alerts": [alert.model_dump(mode="json") for alert in alerts[:JOINED_LISTED]],
+        "count": len(alerts),
+        "incident": incident_fields(incident),
+        "group": _group_fields(group),
     }
 
 
