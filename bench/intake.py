@@ -112,7 +112,13 @@ async def _load_asyncio(bench: Bench, bodies: list[bytes], clients: int) -> tupl
                 body = queue.pop()
                 started = time.perf_counter()
                 writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
-                status = int((await reader.readline()).split()[1])
+                status_line = await reader.readline()
+                if not status_line:  # the intake closed the connection: count it, and post on a new one
+                    failures[0] += 1
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, int(port))
+                    continue
+                status = int(status_line.split()[1])
                 length = 0
                 while (line := await reader.readline()) not in (b"\r\n", b""):
                     name, _, value = line.partition(b":")
