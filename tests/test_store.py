@@ -314,10 +314,11 @@ def test_an_incident_no_run_claimed_gets_its_opening_event_again_a_few_times(tmp
     assert [t["text"].endswith(f"(try {n} of 3)") for n, t in enumerate(said, start=1)] == [True] * 3
 
 
-def test_the_alerts_of_a_body_that_join_an_open_incident_are_one_event(tmp_path):
+def test_the_alerts_of_a_body_that_join_or_resolve_an_incident_are_one_event(tmp_path):
     """A 50-alert group used to make 50 events, and a storm of such groups overflowed the Prefect server's
     in-memory messaging. The alert that opens the incident keeps its own event (the runbook's trigger
-    matches it); the others of the same body are one `responder.alerts.joined` event, listing up to 20."""
+    matches it); the others of the same body are one `responder.alerts.joined` event, listing up to 20,
+    and the alerts of a body that resolve are one `responder.alerts.resolved` event per incident."""
     store = open_store(None, tmp_path / "responder.db")
     routes = {"HIGH_CPU_USAGE": Route("high-cpu-usage", "warning")}
     body = alert_body("HIGH_CPU_USAGE", "joined")
@@ -343,3 +344,17 @@ def test_the_alerts_of_a_body_that_join_an_open_incident_are_one_event(tmp_path)
     [grown] = [prefect_event(e) for e in store.pending_events()]  # the group re-sent as it grew: one event
     assert grown["event"] == "responder.alerts.joined" and grown["payload"]["count"] == 1
     assert grown["payload"]["alerts"][0]["fingerprint"] == "fp99"
+    store.mark_delivered([e["id"] for e in store.pending_events()])
+
+    # Resolved alerts likewise: one event per post and incident, before the close they cause.
+    resolved = {**body, "status": "resolved", "alerts": [{**a, "status": "resolved"} for a in body["alerts"]]}
+    some = {**resolved, "alerts": resolved["alerts"][:3]}
+    assert store.ingest(AlertmanagerPayload.model_validate(some), json.dumps(some).encode(), routes).resolved == 3
+    [three] = [prefect_event(e) for e in store.pending_events()]
+    assert (three["event"], three["payload"]["count"]) == ("responder.alerts.resolved", 3)
+    assert store.incident(incident).status == "open"
+    store.mark_delivered([e["id"] for e in store.pending_events()])
+    rest = store.ingest(AlertmanagerPayload.model_validate(resolved), json.dumps(resolved).encode(), routes)
+    assert (rest.resolved, rest.duplicates, rest.incidents_closed) == (23, 3, [incident])
+    assert [(e["event"], e["payload"].get("count")) for e in map(prefect_event, store.pending_events())] == \
+        [("responder.alerts.resolved", 23), ("responder.incident.closed", None)]

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from core.alerts import Alert, AlertmanagerPayload, Route
 from core.store.base import iso, utcnow
-from core.store.outbox import alert_record, joined_record
+from core.store.outbox import alert_record, alerts_record
 from core.store.runs import Runs
 
 
@@ -68,11 +68,12 @@ class Episodes(Runs):
             "INSERT INTO receipts (id, received_at, group_key, body) VALUES (%s, %s, %s, %s)",
             (result.receipt_id, now, payload.groupKey, raw.decode("utf-8", "replace")),
         )
-        joined: dict[str, list[Alert]] = {}  # incident id → this body's alerts that joined it
+        # (alerts.joined | alerts.resolved, incident id) → this body's alerts of that kind: one event each
+        batched: dict[tuple[str, str], list[Alert]] = {}
         for alert in payload.alerts:
-            self._ingest_alert(cur, payload, alert, now, routes.get(alert.alertname), result, joined)
-        for incident_id, alerts in joined.items():
-            self._enqueue(cur, joined_record(alerts, payload, self._incident(cur, incident_id)))
+            self._ingest_alert(cur, payload, alert, now, routes.get(alert.alertname), result, batched)
+        for kind, incident_id in list(batched):
+            self._flush_alerts(cur, payload, batched, kind, incident_id)
         if payload.truncatedAlerts:
             self._note_truncation(cur, payload, now)
         return result
@@ -97,7 +98,7 @@ class Episodes(Runs):
 
     def _ingest_alert(
         self, cur: Any, payload: AlertmanagerPayload, alert: Alert, now: str, runbook: Route | None, result: IngestResult,
-        joined: dict[str, list[Alert]],
+        batched: dict[tuple[str, str], list[Alert]],
     ) -> None:
         starts_at = iso(alert.startsAt)
         row = self._exec(
@@ -139,7 +140,7 @@ class Episodes(Runs):
                 return
             result.new_firing += 1
             if not opens:  # one event for all of this body's alerts that join the incident, after the loop
-                joined.setdefault(incident_id, []).append(alert)
+                batched.setdefault(("alerts.joined", incident_id), []).append(alert)
                 return
             incident = self._incident(cur, incident_id)
             self._enqueue(cur, alert_record("alert.firing", alert, payload, incident, opens=True))
@@ -163,16 +164,26 @@ class Episodes(Runs):
         result.resolved += 1
         if incident_id is None:
             return
-        incident = self._incident(cur, incident_id)
-        self._enqueue(cur, alert_record("alert.resolved", alert, payload, incident))
+        batched.setdefault(("alerts.resolved", incident_id), []).append(alert)
         still_firing = self._exec(
             cur,
             "SELECT COUNT(*) FROM alerts WHERE incident_id = %s AND status = 'firing'",
             (incident_id,),
         ).fetchone()[0]
-        if still_firing == 0 and incident.status == "open":
-            self._close(cur, incident, "alerts-resolved", now)
-            result.incidents_closed.append(incident_id)
+        if still_firing == 0:
+            incident = self._incident(cur, incident_id)
+            if incident.status == "open":
+                # the resolved alerts' event goes before the close it causes, as they happened
+                self._flush_alerts(cur, payload, batched, "alerts.resolved", incident_id)
+                self._close(cur, incident, "alerts-resolved", now)
+                result.incidents_closed.append(incident_id)
+
+    def _flush_alerts(self, cur: Any, payload: AlertmanagerPayload, batched: dict[tuple[str, str], list[Alert]],
+                      kind: str, incident_id: str) -> None:
+        """Queue the one event for this body's alerts of ``kind`` (joined, resolved) of an incident."""
+        alerts = batched.pop((kind, incident_id), None)
+        if alerts:
+            self._enqueue(cur, alerts_record(kind, alerts, payload, self._incident(cur, incident_id)))
 
     def _queue_opening(self, cur: Any, incident: Any, kind: str, why: str) -> bool:
         """Queue a firing event with ``opens`` for the incident's latest alert still firing, so the
