@@ -214,20 +214,19 @@ class Episodes(Runs):
         with self._tx() as cur:
             if self._exec(cur, "SELECT 1 FROM outbox WHERE delivered_at IS NULL LIMIT 1").fetchone():
                 return resent
-            rows = self._exec(cur, "SELECT id FROM incidents WHERE status = 'open' AND flow_run_id IS NULL "
-                                   "AND opened_at < %s ORDER BY opened_at DESC LIMIT 500",
-                              (iso(opened_before),)).fetchall()
-            for (incident_id,) in rows:
-                tries, last = self._exec(cur, "SELECT COUNT(*), MAX(at) FROM timeline WHERE incident_id = %s "
-                                              "AND kind = 'response-resent'", (incident_id,)).fetchone()
-                if tries >= max_tries or (last is not None and last >= iso(resent_before)):
-                    continue
+            # One statement finds them with their tries so far (an incident past its tries is not read again).
+            rows = self._exec(
+                cur,
+                "SELECT i.id, COUNT(t.id) FROM incidents i LEFT JOIN timeline t ON t.incident_id = i.id "
+                "AND t.kind = 'response-resent' WHERE i.status = 'open' AND i.flow_run_id IS NULL AND i.opened_at < %s "
+                "GROUP BY i.id, i.opened_at HAVING COUNT(t.id) < %s AND (MAX(t.at) IS NULL OR MAX(t.at) < %s) "
+                "ORDER BY i.opened_at DESC LIMIT %s",
+                (iso(opened_before), max_tries, iso(resent_before), limit)).fetchall()
+            for incident_id, tries in rows:
                 why = (f"no run has claimed this incident since it opened: its opening event was sent to Prefect "
                        f"again (try {tries + 1} of {max_tries})")
                 if self._queue_opening(cur, self._incident(cur, incident_id), "response-resent", why):
                     resent.append(incident_id)
-                if len(resent) >= limit:
-                    break
         return resent
 
     def _insert_alert(self, cur, payload, alert, starts_at, incident_id, now, status, resolved_at=None) -> None:
