@@ -188,9 +188,11 @@ def resume(api_url: str, flow_run_id: str, approve: bool, reason: str, approver:
     retry those. The server answers 200 even when it refuses (run not paused, input invalid):
     that fails here, with its reason."""
     body = {"run_input": {"approve": approve, "reason": reason, "approver": approver}}
+    last: list[str] = ["no answer yet"]
 
     def accepted() -> bool:
         response = HTTP.post(f"{api_url}/flow_runs/{flow_run_id}/resume", json=body, timeout=10, auth=_auth(api_url))
+        last[0] = f"HTTP {response.status_code}: {response.text[:300]}"
         if response.status_code not in (200, 201):
             return False  # busy: ask again
         result = response.json()
@@ -199,17 +201,21 @@ def resume(api_url: str, flow_run_id: str, approve: bool, reason: str, approver:
         if result.get("status") != "ACCEPT":
             raise AssertionError(f"the server refused the answer for run {flow_run_id}: {result}")
         return True
-    deadline = time.monotonic() + 20
-    while not _attempt(accepted):
+    # A responder that has just started keeps its SQLite-backed server busy for a while (deployments,
+    # recovery), and a loaded CI machine runs four such tests at once: wait as long as a person would.
+    deadline = time.monotonic() + 60
+    while not _attempt(accepted, last):
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after 20 s waiting for the server to take the answer for run {flow_run_id}")
+            raise AssertionError(f"timed out after 60 s waiting for the server to take the answer for run "
+                                 f"{flow_run_id}; its last answer: {last[0]}")
         time.sleep(0.3)
 
 
-def _attempt(call) -> bool:
+def _attempt(call, last: list[str]) -> bool:
     try:
         return call()
-    except httpx.HTTPError:
+    except httpx.HTTPError as exc:
+        last[0] = f"{type(exc).__name__}: {exc}"
         return False
 
 
