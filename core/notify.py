@@ -31,6 +31,7 @@ from core.catalog import Catalog
 from core.settings import ResponderSettings
 from core.store import Incident, Store, utcnow
 from core.store.messages import Message, new_message
+from tasks.http_client import http_client
 
 log = logging.getLogger("responder.notify")
 
@@ -236,7 +237,7 @@ class Channels:
         self.settings, self.catalog, self.store = settings, catalog, store
         # One client for every request, kept: building one per request loads the CA bundle each time
         # (about 25 ms of CPU), which made the storm's 200 pages wait for each other.
-        self.http = httpx.Client(timeout=10, limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
+        self.http = http_client(timeout=10, limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
         self._slack: WebClient | None = None
         self._thread_channels: dict[str, str] = {}  # incident → its Slack thread's channel
 

@@ -28,6 +28,7 @@ from core.store import IngestResult, StoreUnavailable
 from deployments import apply_deployments
 from flows.registry import flows_of
 from responder.executor import Executor
+from tasks.http_client import async_http_client
 from responder.ingest import GroupCommit
 from responder.leases import known_dead, new_holder
 from responder.deadlines import ApprovalDeadlines
@@ -107,7 +108,7 @@ class Responder:
         if self._health_http is not None:
             server_ok = await server_healthy(self._health_http)
         else:
-            async with httpx.AsyncClient() as http:
+            async with async_http_client() as http:
                 server_ok = await server_healthy(http)
         if not server_ok:
             # After an outage the server reloads its automations: prove triggers again before delivering.
@@ -185,7 +186,7 @@ class Responder:
         """Send stored events to Prefect, oldest first, until each one is accepted."""
         self._deliver_wake = asyncio.Event()
         retry = self.settings.delivery_retry_seconds
-        async with httpx.AsyncClient() as http:
+        async with async_http_client() as http:
             while True:
                 if not self.triggers_ready:
                     self.prefect_ready = await server_healthy(http)
@@ -350,7 +351,7 @@ class Responder:
 
     async def keep_maintenance_forever(self) -> None:
         """Silences in, held incidents out (``responder/maintenance.py``); one responder does it."""
-        async with httpx.AsyncClient() as http:
+        async with async_http_client() as http:
             while True:
                 try:
                     if await self._leads("maintenance"):
@@ -381,7 +382,7 @@ class Responder:
                 ("executor", self.executor.run), ("approval deadlines", self.deadlines.run),
                 ("maintenance", self.keep_maintenance_forever))))
 
-        self._health_http = httpx.AsyncClient()
+        self._health_http = async_http_client()
         intake = asyncio.create_task(server.serve(), name="intake")
         # Pages need only the store: they go out while the Prefect side starts, or is down.
         pager = asyncio.create_task(through_store_outages("pager", self.pager.run), name="pager")

@@ -1,4 +1,4 @@
-"""HTTP clients for probes and actions, sharing one TLS trust store per process.
+"""HTTP clients for probes, actions and the responder's own loops, sharing one TLS trust store per process.
 
 httpx builds an SSL context and loads certifi's CA bundle for every new client (about 21 ms of CPU,
 against 0.08 ms with a context it is given), even for a plain-HTTP URL, and a response runs several
@@ -24,3 +24,8 @@ def _trust() -> ssl.SSLContext:
 def http_client(**options: Any) -> httpx.Client:
     """``httpx.Client(**options)`` with the shared trust store; use it as a context manager."""
     return httpx.Client(verify=_trust(), **options)
+
+
+def async_http_client(**options: Any) -> httpx.AsyncClient:
+    """``httpx.AsyncClient(**options)`` with the shared trust store."""
+    return httpx.AsyncClient(verify=_trust(), **options)

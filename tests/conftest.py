@@ -63,7 +63,10 @@ def prefect_server(tmp_path_factory, postgres_url) -> Iterator[PrefectServer]:
     timeout and failed tests at random (README, "Measured")."""
     choice = os.environ.get("RESPONDER_TEST_PREFECT_DATABASE", "sqlite")
     if choice == "sqlite":
-        with sqlite_prefect_server(tmp_path_factory.mktemp("prefect-home")) as server:
+        # pytest-xdist's workers share the session's base directory: one migrated database for all of them.
+        base = tmp_path_factory.getbasetemp()
+        shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+        with sqlite_prefect_server(tmp_path_factory.mktemp("prefect-home"), shared=shared) as server:
             yield server
         return
     if choice != "postgresql":

@@ -3,6 +3,7 @@ incident, a run's final state, events, the approval form, the response artifact.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -96,16 +97,50 @@ def keep_migrated_database(server: PrefectServer) -> None:
 
 
 @contextmanager
-def sqlite_prefect_server(home: Path) -> Iterator[PrefectServer]:
-    """A Prefect server of its own on SQLite (the embedded default's database), as PREFECT_API_URL."""
-    with serving(PrefectServer(home)) as server:
+def sqlite_prefect_server(home: Path, shared: Path | None = None) -> Iterator[PrefectServer]:
+    """A Prefect server of its own on SQLite (the embedded default's database), as PREFECT_API_URL.
+
+    With ``shared``, a directory every test process of the session can see, the processes migrate one
+    database between them (see :func:`migrated_once`)."""
+    server = PrefectServer(home)
+    with migrated_once(shared):
+        server.start()
+    with serving(server) as server:
         yield server
 
 
 @contextmanager
+def migrated_once(shared: Path | None) -> Iterator[None]:
+    """Under ``shared``, one migrated database for every test process of the session.
+
+    pytest-xdist's workers each start a session server at the same moment, and each migrated a new
+    database (7 of its 11 s of CPU) on the same 2 cores. The first process to take the lock starts
+    its server on a new database and leaves a copy of it migrated in ``shared``; the others wait for
+    the lock (the server has started when it is released) and start from that copy."""
+    global _MIGRATED
+    if shared is None:
+        yield
+        return
+    shared.mkdir(parents=True, exist_ok=True)
+    seed = shared / "prefect-migrated.db"
+    with open(shared / "prefect-migrated.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if _MIGRATED is None and seed.exists():
+                _MIGRATED = seed
+            yield  # the server starts, and answers, inside the lock
+            if _MIGRATED is not None and not seed.exists():
+                shutil.copyfile(_MIGRATED, seed.with_suffix(".partial"))
+                seed.with_suffix(".partial").rename(seed)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextmanager
 def serving(server: PrefectServer) -> Iterator[PrefectServer]:
-    """Start the server and make it PREFECT_API_URL; stop it and put the old value back afterwards."""
-    server.start()
+    """Start the server (unless it runs) and make it PREFECT_API_URL; stop it and put the old value back afterwards."""
+    if server.process is None:
+        server.start()
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
