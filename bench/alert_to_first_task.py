@@ -13,6 +13,9 @@ first task) and the CPU the responder and the Prefect server used meanwhile.
 
 Prints the figures; asserts nothing. Run: `make bench` or `.venv/bin/python bench/alert_to_first_task.py`.
 Options: --single N (default 20), --burst N (default 30), --runbook-config DIR,
+--responders N (default 1; with 2 or more, the others run on the first one's embedded Prefect server,
+all share a store on PostgreSQL, a fresh database on --store-url's server, and alerts are posted
+to each intake in turn),
 --prefect-database-url postgresql+asyncpg://… (the same, with the Prefect server on PostgreSQL),
 --env KEY=VALUE (a setting for `responder up` and its server, repeatable), --keep (keep the
 temporary PREFECT_HOME, database and logs, and print where).
@@ -40,6 +43,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -80,9 +84,30 @@ PREFECT_LOGIN = f"bench:{uuid.uuid4().hex}"
 PREFECT_AUTH = httpx.BasicAuth(*PREFECT_LOGIN.split(":", 1))  # for the bench's own calls to the Prefect API
 
 
+class Database:
+    """A fresh PostgreSQL database on the server ``url`` names, dropped by drop()."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        from sqlalchemy.engine import make_url
+
+        base = make_url(url)
+        self.name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        self.admin = base.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+        self.url = base.set(drivername="postgresql", database=self.name).render_as_string(hide_password=False)
+        with psycopg.connect(self.admin, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+
+    def drop(self) -> None:
+        try:
+            with psycopg.connect(self.admin, autocommit=True, connect_timeout=10) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        except psycopg.Error as exc:
+            print(f"could not drop database {self.name}: {exc}", file=sys.stderr)
+
+
 class Bench:
     def __init__(self, config_dir: Path | None, prefect_database_url: str | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, store_url: str | None = None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="responder-bench-"))
         self.prefect_port = free_port()
         self.intake_port = free_port()
@@ -103,26 +128,49 @@ class Bench:
             env["RESPONDER_CONFIG_DIR"] = str(config_dir)
         if prefect_database_url:  # the embedded server on PostgreSQL instead of SQLite
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_database_url
+        if store_url:  # the store on PostgreSQL, which several responders can share
+            env["RESPONDER_DATABASE_URL"] = store_url
         env.update(extra_env or {})
+        self.env = env
         self.proc = subprocess.Popen([str(BIN / "responder"), "up"], env=env, cwd=ROOT,
                                      stdout=open(self.tmp / "responder.log", "wb"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
         started = time.monotonic()
-        while True:
-            try:
-                if httpx.get(f"{self.intake}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() - started > 120:
-                raise SystemExit(f"responder did not become ready; see {self.tmp / 'responder.log'}")
-            time.sleep(0.2)
+        self._wait_ready(self.proc, self.intake, self.tmp / "responder.log")
         self.startup = time.monotonic() - started
+        self.intakes = [self.intake]  # posts go to each in turn
+        self.others: list[subprocess.Popen] = []
         self.http = httpx.Client(timeout=30, auth=PREFECT_AUTH)  # the Prefect API
         self.intake_http = httpx.Client(timeout=30)  # the intake (its own bearer token)
 
+    @staticmethod
+    def _wait_ready(proc: subprocess.Popen, intake: str, log: Path) -> None:
+        started = time.monotonic()
+        while True:
+            try:
+                if httpx.get(f"{intake}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() - started > 120:
+                raise SystemExit(f"responder did not become ready; see {log}")
+            time.sleep(0.2)
+
+    def add_responder(self) -> None:
+        """Another `responder up` on the same Prefect server (the first one's embedded server) and store."""
+        port = free_port()
+        home = self.tmp / f"responder-{len(self.others) + 2}"
+        env = {**self.env, "PREFECT_API_URL": self.api, "RESPONDER_HOME": str(home), "RESPONDER_INTAKE_PORT": str(port)}
+        home.mkdir()
+        proc = subprocess.Popen([str(BIN / "responder"), "up"], env=env, cwd=ROOT, stdout=open(home / "responder.log", "wb"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.others.append(proc)
+        self._wait_ready(proc, f"http://127.0.0.1:{port}", home / "responder.log")
+        self.intakes.append(f"http://127.0.0.1:{port}")
+
     def post(self, body: dict) -> str:
-        response = self.intake_http.post(f"{self.intake}/alerts", json=body,
+        self.intakes.append(intake := self.intakes.pop(0))
+        response = self.intake_http.post(f"{intake}/alerts", json=body,
                                          headers={"Authorization": f"Bearer {self.token}"})
         response.raise_for_status()
         return response.json()["incidents_opened"][0]
@@ -180,12 +228,15 @@ class Bench:
         return out
 
     def cpu_seconds(self) -> dict[str, float]:
-        """CPU time used so far by the responder process and by the Prefect server it started."""
+        """CPU time used so far by the responder processes and by the Prefect server the first one started."""
         import psutil
 
         out = {"responder": 0.0, "prefect server": 0.0}
-        root = psutil.Process(self.proc.pid)
-        for proc in [root, *root.children(recursive=True)]:
+        procs = []
+        for pid in [self.proc.pid, *(p.pid for p in self.others)]:
+            root = psutil.Process(pid)
+            procs += [root, *root.children(recursive=True)]
+        for proc in procs:
             try:
                 times = proc.cpu_times()
                 key = "prefect server" if "server" in " ".join(proc.cmdline()) else "responder"
@@ -195,11 +246,12 @@ class Bench:
         return out
 
     def close(self, keep: bool = False) -> None:
-        os.killpg(self.proc.pid, signal.SIGINT)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        for proc in [*self.others, self.proc]:  # the first one last: it runs the Prefect server
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
         if keep:
             print(f"kept: {self.tmp}")
         else:
@@ -220,12 +272,29 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting for `responder up` and its server (repeatable), e.g. RESPONDER_MAX_CONCURRENT_RUNS=8")
     parser.add_argument("--keep", action="store_true", help="keep the temporary PREFECT_HOME and logs; print where")
+    parser.add_argument("--responders", type=int, default=1,
+                        help="responders on the one Prefect server, alerts posted to each in turn (2+: store on PostgreSQL)")
+    parser.add_argument("--store-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="with --responders 2+, the PostgreSQL server for their shared store (a fresh database)")
     args = parser.parse_args()
 
-    bench = Bench(args.runbook_config, args.prefect_database_url, dict(kv.split("=", 1) for kv in args.env))
+    store = Database(args.store_url, "bench_first_task") if args.responders > 1 else None
+    bench = None
+    try:
+        bench = Bench(args.runbook_config, args.prefect_database_url, dict(kv.split("=", 1) for kv in args.env),
+                      store_url=store.url if store else None)
+        for _ in range(args.responders - 1):
+            bench.add_responder()
+    except BaseException:
+        if bench:
+            bench.close()
+        if store:
+            store.drop()
+        raise
     try:
         backend = "PostgreSQL" if args.prefect_database_url else "SQLite"
-        print(f"responder up → /healthz 200: {bench.startup:.1f} s (embedded Prefect server on {backend})")
+        print(f"responder up → /healthz 200: {bench.startup:.1f} s (embedded Prefect server on {backend})"
+              + (f"; {args.responders} responders, store on PostgreSQL" if store else ""))
         bench.first_task_starts(set(), timeout=0)
         latencies: list[float] = []
         for i in range(args.single):
@@ -274,6 +343,8 @@ def main() -> None:
                           "burst_p50": statistics.median(relative), "burst_last": relative[-1]}))
     finally:
         bench.close(keep=args.keep)
+        if store:
+            store.drop()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,11 @@ def known_dead(holder: str) -> bool:
     """True when ``holder`` ran on this host and its process is gone (another host's: only by expiry)."""
     host, _, rest = holder.partition("/")
     pid = rest.partition("/")[0]
-    if host != HOST or not pid.isdigit():
+    if host != HOST or not pid.isdigit() or int(pid) == os.getpid():
         return False
-    return int(pid) != os.getpid() and not psutil.pid_exists(int(pid))
+    try:  # a zombie is dead too: killed, and not yet reaped by its parent (a supervisor, a shell, a test)
+        return psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # not ours to inspect: leave it to the lease's expiry
+        return False

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 
@@ -21,7 +23,9 @@ from core.store import LATEST_VERSION, SchemaError, open_store
 from core.store.messages import new_message
 from core.store.schema import LAYOUT_1
 from responder.events import prefect_event
+from responder.leases import HOST, known_dead
 from support.alerts import alert_body
+from support.common import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -205,6 +209,22 @@ def test_a_lease_has_one_holder_until_it_expires_or_its_holder_is_known_dead(tmp
     assert store.take_lease("run:1", "third/1/z", 60)  # expired: free for a live responder
     store.release_lease("run:1", "third/1/z")
     assert store.lease("run:1") is None
+
+
+def test_a_holder_on_this_host_is_known_dead_once_its_process_is_gone_or_a_zombie():
+    """A killed responder whose parent has not reaped it yet (a zombie) is dead: its runs are taken over at
+    once, not after its leases expire. A live process, this process and another host's are not known dead."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not known_dead(f"{HOST}/{child.pid}/x")  # alive
+        os.kill(child.pid, signal.SIGKILL)
+        wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, 10, what="a zombie")
+        assert known_dead(f"{HOST}/{child.pid}/x")  # killed, not reaped
+    finally:
+        child.wait(10)
+    assert known_dead(f"{HOST}/{child.pid}/x")  # reaped: no such process
+    assert not known_dead(f"{HOST}/{os.getpid()}/x")
+    assert not known_dead(f"another-host/{child.pid}/x")  # only its lease's expiry tells
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
