@@ -7,6 +7,7 @@ A record keeps its id, so delivering it twice is the same event.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 
@@ -34,19 +35,30 @@ def _alert_related(alert: dict[str, Any]) -> dict[str, str]:
             "prefect.resource.name": alert["labels"].get("alertname", "")}
 
 
+def _group_resource(record: dict[str, Any]) -> dict[str, str]:
+    """Alerts of no incident (unrouted): the Alertmanager group they came in, named by its alert names.
+    A group key is Alertmanager's label-set text (quotes, braces), so the resource id carries its hash."""
+    names = record.get("alertnames") or sorted({alert["labels"].get("alertname", "") for alert in record["alerts"]})
+    digest = hashlib.sha256(record["group"]["key"].encode()).hexdigest()[:16]
+    resource = {"prefect.resource.id": f"responder.alert-group.{digest}", "prefect.resource.name": ", ".join(names)[:200]}
+    if len(names) == 1:
+        resource["responder.alertname"] = names[0]
+    return resource
+
+
 def prefect_event(record: dict[str, Any]) -> dict[str, Any]:
     if "prefect_event" in record:  # written before the outbox kept records (store migration 2): as it was
         return record["prefect_event"]
     incident = record.get("incident")
-    if "alerts" in record:  # alerts.joined: the alerts of one body that joined an open incident
+    if "alerts" in record:  # alerts.*: the alerts of one body that joined or resolved an incident, or no runbook routes
         return {
             "id": record["id"],
             "occurred": record["occurred"],
             "event": f"responder.{record['kind']}",
-            "resource": _incident_resource(incident),
+            "resource": _incident_resource(incident) if incident else _group_resource(record),
             "related": [_alert_related(alert) for alert in record["alerts"]],
-            "payload": {"alerts": record["alerts"], "count": record["count"], "incident": _incident_ref(incident),
-                        **_group_payload(record["group"])},
+            "payload": {"alerts": record["alerts"], "count": record["count"],
+                        "incident": _incident_ref(incident) if incident else None, **_group_payload(record["group"])},
         }
     if "alert" in record:
         alert = record["alert"]

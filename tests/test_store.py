@@ -125,8 +125,11 @@ def test_routing_is_the_callers_and_the_event_shape_is_prefects(tmp_path):
     assert firing["payload"]["incident"] == {"id": incident_id, "runbook": "high-cpu-usage", "group_key": body["groupKey"],
                                              "severity": "warning"}
     assert firing["payload"]["alert"]["fingerprint"] == "f1"
-    assert unrouted["event"] == "responder.alert.unrouted" and unrouted["payload"]["incident"] is None
-    assert unrouted["resource"]["prefect.resource.id"] == "responder.alert.f2"
+    assert unrouted["event"] == "responder.alerts.unrouted" and unrouted["payload"]["incident"] is None
+    assert unrouted["payload"]["count"] == 1 and [a["fingerprint"] for a in unrouted["payload"]["alerts"]] == ["f2"]
+    assert unrouted["resource"]["prefect.resource.id"].startswith("responder.alert-group.")
+    assert unrouted["resource"]["responder.alertname"] == "NoRunbookForThis"
+    assert [r["prefect.resource.id"] for r in unrouted["related"]] == ["responder.alert.f2"]
     store.close_incident(incident_id, "test")
     closed = prefect_event(store.pending_events()[-1])
     assert closed["event"] == "responder.incident.closed" and closed["payload"]["close_reason"] == "test"
@@ -284,7 +287,7 @@ def test_a_follow_up_pass_marks_its_events_in_one_go_and_keeps_what_it_could_not
     [incident] = [i.id for i in store.incidents("open")]
     store.close_incident(incident, "test")
     events = store.pending_events()
-    assert sorted(e["kind"] for e in events) == ["alert.firing", "alert.unrouted", "incident.closed"]
+    assert sorted(e["kind"] for e in events) == ["alert.firing", "alerts.unrouted", "incident.closed"]
     store.mark_delivered([e["id"] for e in events])
 
     commits = []
@@ -334,11 +337,12 @@ def test_an_incident_no_run_claimed_gets_its_opening_event_again_a_few_times(tmp
     assert [t["text"].endswith(f"(try {n} of 3)") for n, t in enumerate(said, start=1)] == [True] * 3
 
 
-def test_the_alerts_of_a_body_that_join_or_resolve_an_incident_are_one_event(tmp_path):
+def test_the_alerts_of_a_body_that_join_or_resolve_an_incident_or_go_unrouted_are_one_event(tmp_path):
     """A 50-alert group used to make 50 events, and a storm of such groups overflowed the Prefect server's
     in-memory messaging. The alert that opens the incident keeps its own event (the runbook's trigger
     matches it); the others of the same body are one `responder.alerts.joined` event, listing up to 20,
-    and the alerts of a body that resolve are one `responder.alerts.resolved` event per incident."""
+    the alerts of a body that resolve are one `responder.alerts.resolved` event per incident, and those
+    no runbook routes one `responder.alerts.unrouted` event per body."""
     store = open_store(None, tmp_path / "responder.db")
     routes = {"HIGH_CPU_USAGE": Route("high-cpu-usage", "warning")}
     body = alert_body("HIGH_CPU_USAGE", "joined")
@@ -378,3 +382,16 @@ def test_the_alerts_of_a_body_that_join_or_resolve_an_incident_are_one_event(tmp
     assert (rest.resolved, rest.duplicates, rest.incidents_closed) == (23, 3, [incident])
     assert [(e["event"], e["payload"].get("count")) for e in map(prefect_event, store.pending_events())] == \
         [("responder.alerts.resolved", 23), ("responder.incident.closed", None)]
+    store.mark_delivered([e["id"] for e in store.pending_events()])
+
+    # Alerts no runbook routes: one event per body, named by the group, whatever their names.
+    nobody = alert_body("NobodyRoutesThis", "unrouted")
+    other = alert_body("NorThis", "unrouted")["alerts"][0]
+    nobody["alerts"] = [{**nobody["alerts"][0], "fingerprint": f"un{n:02d}"} for n in range(30)] + [other]
+    unrouted = store.ingest(AlertmanagerPayload.model_validate(nobody), json.dumps(nobody).encode(), routes)
+    assert (unrouted.unrouted, unrouted.incidents_opened) == (31, [])
+    [event] = [prefect_event(e) for e in store.pending_events()]
+    assert (event["event"], event["payload"]["count"], len(event["payload"]["alerts"])) == ("responder.alerts.unrouted", 31, 20)
+    assert event["payload"]["incident"] is None and event["payload"]["group_key"] == nobody["groupKey"]
+    assert event["resource"]["prefect.resource.name"] == "NobodyRoutesThis, NorThis"
+    assert "responder.alertname" not in event["resource"]  # two names: neither is the group's

@@ -68,8 +68,9 @@ class Episodes(Runs):
             "INSERT INTO receipts (id, received_at, group_key, body) VALUES (%s, %s, %s, %s)",
             (result.receipt_id, now, payload.groupKey, raw.decode("utf-8", "replace")),
         )
-        # (alerts.joined | alerts.resolved, incident id) → this body's alerts of that kind: one event each
-        batched: dict[tuple[str, str], list[Alert]] = {}
+        # (alerts.joined | alerts.resolved, incident id) or (alerts.unrouted, None) → this body's alerts
+        # of that kind: one event each
+        batched: dict[tuple[str, str | None], list[Alert]] = {}
         for alert in payload.alerts:
             self._ingest_alert(cur, payload, alert, now, routes.get(alert.alertname), result, batched)
         for kind, incident_id in list(batched):
@@ -98,7 +99,7 @@ class Episodes(Runs):
 
     def _ingest_alert(
         self, cur: Any, payload: AlertmanagerPayload, alert: Alert, now: str, runbook: Route | None, result: IngestResult,
-        batched: dict[tuple[str, str], list[Alert]],
+        batched: dict[tuple[str, str | None], list[Alert]],
     ) -> None:
         starts_at = iso(alert.startsAt)
         row = self._exec(
@@ -134,9 +135,9 @@ class Episodes(Runs):
                 else:
                     incident_id = open_row[0]
             self._insert_alert(cur, payload, alert, starts_at, incident_id, now, status="firing")
-            if runbook is None:
+            if runbook is None:  # one event for all of this body's alerts that no runbook routes, after the loop
                 result.unrouted += 1
-                self._enqueue(cur, alert_record("alert.unrouted", alert, payload, None))
+                batched.setdefault(("alerts.unrouted", None), []).append(alert)
                 return
             result.new_firing += 1
             if not opens:  # one event for all of this body's alerts that join the incident, after the loop
@@ -178,12 +179,14 @@ class Episodes(Runs):
                 self._close(cur, incident, "alerts-resolved", now)
                 result.incidents_closed.append(incident_id)
 
-    def _flush_alerts(self, cur: Any, payload: AlertmanagerPayload, batched: dict[tuple[str, str], list[Alert]],
-                      kind: str, incident_id: str) -> None:
-        """Queue the one event for this body's alerts of ``kind`` (joined, resolved) of an incident."""
+    def _flush_alerts(self, cur: Any, payload: AlertmanagerPayload, batched: dict[tuple[str, str | None], list[Alert]],
+                      kind: str, incident_id: str | None) -> None:
+        """Queue the one event for this body's alerts of ``kind`` (joined, resolved) of an incident, or
+        (unrouted) of none."""
         alerts = batched.pop((kind, incident_id), None)
         if alerts:
-            self._enqueue(cur, alerts_record(kind, alerts, payload, self._incident(cur, incident_id)))
+            incident = self._incident(cur, incident_id) if incident_id is not None else None
+            self._enqueue(cur, alerts_record(kind, alerts, payload, incident))
 
     def _queue_opening(self, cur: Any, incident: Any, kind: str, why: str) -> bool:
         """Queue a firing event with ``opens`` for the incident's latest alert still firing, so the

@@ -3,16 +3,17 @@
 A record is the responder's own shape, not Prefect's::
 
     {"id", "occurred",
-     "kind": "alert.firing" | "alert.unrouted" | "alerts.joined" | "alerts.resolved" | "incident.<what>",
+     "kind": "alert.firing" | "alerts.joined" | "alerts.resolved" | "alerts.unrouted" | "incident.<what>",
      "incident": {id, runbook, group_key, severity, title, status, close_reason, flow_run_id} | None,
      "alert": {...}, "opens": bool, "group": {key, labels, external_url, truncated_alerts},   (alert events)
-     "alerts": [{...}, …], "count": int, "group": {…},    (alerts.*: one per body and incident)
+     "alerts": [{...}, …], "count": int, "alertnames": [...], "group": {…},   (alerts.*: per body and incident, or body)
      "details": {...}}                                                                         (incident events)
 
-An alert that opens an incident, or has no runbook, is a record of its own; the alerts of one body
-that join an open incident are one ``alerts.joined`` record, those that resolve one ``alerts.resolved``
-record per incident (written before the incident's close when they close it). Records of kind
-``alert.resolved`` (one alert each) written by earlier releases are delivered as they are.
+An alert that opens an incident is a record of its own; the alerts of one body that join an open
+incident are one ``alerts.joined`` record, those that resolve one ``alerts.resolved`` record per
+incident (written before the incident's close when they close it), those no runbook routes one
+``alerts.unrouted`` record. Records of kind ``alert.resolved`` and ``alert.unrouted`` (one alert each)
+written by earlier releases are delivered as they are.
 
 ``responder/events.py`` turns a record into a Prefect event when it is delivered (the id is kept,
 so a re-delivery is the same event).
@@ -66,18 +67,21 @@ def alert_record(kind: str, alert: Alert, group: AlertmanagerPayload, incident: 
 ALERTS_LISTED = 20  # the alerts an ``alerts.*`` record lists; its ``count`` says how many there were
 
 
-def alerts_record(kind: str, alerts: list[Alert], group: AlertmanagerPayload, incident: "Incident") -> dict[str, Any]:
+def alerts_record(kind: str, alerts: list[Alert], group: AlertmanagerPayload, incident: "Incident | None") -> dict[str, Any]:
     """The alerts of one Alertmanager body that joined an incident already open (``alerts.joined``) or
-    resolved (``alerts.resolved``): one record per incident, where each alert used to be an event of its
-    own (a 50-alert group made 50; Prefect's in-memory messaging drops events when a consumer falls
-    10,000 behind)."""
+    resolved (``alerts.resolved``): one record per incident; those no runbook routes
+    (``alerts.unrouted``, ``incident`` None): one record per body. Each alert used to be an event of
+    its own (a 50-alert group made 50; Prefect's in-memory messaging drops events when a consumer
+    falls 10,000 behind, and a storm of alerts nobody routes must not crowd out an incident's opening
+    event)."""
     return {
         "id": str(uuid.uuid4()),
         "occurred": iso(utcnow()),
         "kind": kind,
         "alerts": [alert.model_dump(mode="json") for alert in alerts[:ALERTS_LISTED]],
         "count": len(alerts),
-        "incident": incident_fields(incident),
+        "alertnames": sorted({alert.alertname for alert in alerts})[:ALERTS_LISTED],
+        "incident": incident_fields(incident) if incident is not None else None,
         "group": _group_fields(group),
     }
 
