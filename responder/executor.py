@@ -55,6 +55,7 @@ from prefect.states import Pending, Scheduled
 
 from core import metrics
 from core.services import Services, bound
+from responder.approvals import FORM_GRACE_SECONDS, restore_lost_form
 from responder.leases import LEASE_SECONDS, known_dead, new_holder
 
 logger = logging.getLogger("responder.executor")
@@ -80,6 +81,7 @@ class Executor:
         self.poll_seconds = poll_seconds
         self._slots = threading.BoundedSemaphore(max_concurrent_runs)
         self._inflight: set[UUID] = set()
+        self._forms_checked: set[tuple[UUID, UUID]] = set()  # (run, its Suspended state) whose form is there
         self._inflight_lock = threading.Lock()
         self._wake: asyncio.Event | None = None
         self.polling_ok = False
@@ -114,7 +116,8 @@ class Executor:
 
         A run counts as left when its lease expired (its holder stopped renewing it) or its holder is
         known dead (same host, process gone), or it has no lease at all (left by a release without
-        leases). A run suspended for approval holds nothing and is left alone: its answer schedules it.
+        leases). A run suspended for approval holds nothing and is left alone: its answer schedules it
+        (its form is checked once, and written again when its responder died before writing it).
         Taking the lease first means only one live responder takes each run over; it starts again
         from its first step, and the steps it had done return their kept results.
         """
@@ -129,9 +132,13 @@ class Executor:
                 ),
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(self.flows_by_deployment))),
             )
+            suspended = {(run.id, run.state.id) for run in runs
+                         if run.state.is_paused() and run.state.state_details.pause_reschedule}
+            self._forms_checked &= suspended  # forget questions answered since
             for run in runs:
-                if run.state.is_paused() and run.state.state_details.pause_reschedule:
-                    continue  # suspended for approval
+                if (run.id, run.state.id) in suspended:  # suspended for approval: held by nobody
+                    await self._keep_form(client, run)
+                    continue
                 if run.id in self._inflight:
                     continue
                 lease = await asyncio.to_thread(store.lease, f"run:{run.id}")
@@ -152,6 +159,18 @@ class Executor:
         if taken:
             self.wake()
         return taken
+
+    async def _keep_form(self, client: Any, run: Any) -> None:
+        """Check a suspended run's approval form once (a question whose form was lost when its
+        responder died is written again: ``responder/approvals.py``); one request per question, not
+        per pass, so runs waiting for people cost the server nothing after that."""
+        if (run.id, run.state.id) in self._forms_checked:
+            return
+        if await restore_lost_form(client, self.services.store, run):
+            logger.warning("Run %s (%s) was suspended without its approval form (its responder stopped "
+                           "in between): the form was written again", run.name, run.id)
+        if (datetime.now(timezone.utc) - run.state.timestamp).total_seconds() >= FORM_GRACE_SECONDS:
+            self._forms_checked.add((run.id, run.state.id))
 
     async def _poll_loop(self) -> None:
         assert self._wake is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -21,7 +22,7 @@ import pytest
 
 from support.capture import CaptureServer
 from support.common import BIN, HTTP, ROOT, wait_for
-from support.prefect import events, resume, runs_for_incident, wait_run_final
+from support.prefect import events, form_description, resume, runs_for_incident, wait_run_final
 from support.responder import ResponderProcess, make_config
 
 SIGNING_SECRET = "test-signing-secret"
@@ -157,6 +158,36 @@ def test_approval_from_the_cli_lets_the_drill_pass(responder, receivers, prefect
     again = subprocess.run([str(BIN / "responder"), "approve", run["id"], "--reason", "twice"], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=30)
     assert again.returncode == 1 and "not waiting for approval" in again.stderr
+
+
+def test_a_question_whose_form_was_lost_is_written_again_and_can_be_answered(responder, prefect_server):
+    """Prefect suspends a run first and writes its approval form just after, from the process running
+    it. A responder killed in that instant left a question nobody could answer ("Run input schema not
+    found.", for the UI, the CLI, Slack and the deadline's own "no" alike), and the response waited
+    forever. Here the form is deleted through Prefect's API, the state such a kill leaves; the
+    responder's lease heartbeat (every 10 s) finds it missing and writes it again, and the answer then
+    carries the response on."""
+    api = prefect_server.api_url
+    incident = drill(responder)
+    run = paused_run(api, incident)
+    keyset = run["state"]["state_details"]["run_input_keyset"]
+    form_description(api, run)  # written by the run itself: now lose it
+    for key in (keyset["schema"], keyset["description"]):
+        assert HTTP.delete(f"{api}/flow_runs/{run['id']}/input/{key}").status_code == 204
+    refused = HTTP.post(f"{api}/flow_runs/{run['id']}/resume",
+                        json={"run_input": {"approve": True, "reason": "too early", "approver": "tester"}}).json()
+    assert refused["details"]["reason"] == "Run input schema not found."
+
+    described = form_description(api, run, timeout=45)  # written again
+    with sqlite3.connect(responder.home / "responder.db") as db:
+        [(asked,)] = db.execute("SELECT text FROM timeline WHERE incident_id = ? AND kind = 'approval-asked'",
+                                (incident,)).fetchall()
+    assert asked in described and "another responder wrote it again" in described
+    resume(api, run["id"], True, "the form came back", "tester")
+    assert wait_run_final(api, incident)["state"]["name"] == "Resolved"
+    with sqlite3.connect(responder.home / "responder.db") as db:
+        [(acted,)] = db.execute("SELECT COUNT(*) FROM timeline WHERE incident_id = ? AND kind = 'action'", (incident,))
+    assert acted == 1
 
 
 def _slack_post(responder, payload: dict, secret: str = SIGNING_SECRET, age: int = 0) -> httpx.Response:

@@ -264,12 +264,12 @@ def paused_run(api: str, incident_id: str, not_state: str | None = None) -> dict
     return wait_for(paused, 120, what="the run to pause for approval")  # generous: test workers share 2 cores
 
 
-def form_description(api: str, run: dict) -> str:
+def form_description(api: str, run: dict, timeout: float = 10) -> str:
     """The approval form's description, as the UI shows it above the Resume form."""
     key = run["state"]["state_details"]["run_input_keyset"]["description"]
     return wait_for(lambda: (r := HTTP.get(f"{api}/flow_runs/{run['id']}/input/{key}", auth=_auth(api))).is_success
                     and r.json(),
-                    10, what="the approval form")
+                    timeout, what="the approval form")
 
 
 def answer(api: str, run: dict, approve: bool, who: str) -> None:
