@@ -136,17 +136,23 @@ class Executor:
                          if run.state.is_paused() and run.state.state_details.pause_reschedule}
             self._forms_checked &= suspended  # forget questions answered since
             for run in runs:
-                if (run.id, run.state.id) in suspended:  # suspended for approval: held by nobody
-                    await self._keep_form(client, run)
-                    continue
-                if run.id in self._inflight:
-                    continue
+                if (run.id, run.state.id) in suspended or run.id in self._inflight:
+                    continue  # suspended for approval (held by nobody), or running here
                 lease = await asyncio.to_thread(store.lease, f"run:{run.id}")
                 holder = lease[0] if lease else None
                 if lease and lease[1] > datetime.now(timezone.utc) and not known_dead(lease[0]):
                     continue  # a live responder runs it
                 if not await asyncio.to_thread(store.take_lease, f"run:{run.id}", self.holder, self.lease_seconds, holder):
                     continue  # another live responder took it over first
+                # The list is a moment old: a run seen Running may have been suspended for approval (and let go
+                # of its lease) since, or claimed here. Forcing it Scheduled then would start it again under
+                # its own question. Only a run still in the state the list showed is taken over.
+                current = await client.read_flow_run(run.id)
+                if run.id in self._inflight:
+                    continue  # claimed here meanwhile: the lease just taken is this responder's own
+                if current.state is None or current.state.id != run.state.id:
+                    await asyncio.to_thread(store.release_lease, f"run:{run.id}", self.holder)
+                    continue
                 logger.warning("Run %s (%s) was left %s by %s: taking it over", run.name, run.id, run.state_name,
                                holder or "a stopped responder")
                 await client.set_flow_run_state(
@@ -156,6 +162,9 @@ class Executor:
                     force=True,
                 )
                 taken += 1
+            for run in runs:  # after the take-overs: checking forms asks the server once per question
+                if (run.id, run.state.id) in suspended:
+                    await self._keep_form(client, run)
         if taken:
             self.wake()
         return taken
