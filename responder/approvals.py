@@ -64,7 +64,9 @@ async def answer(flow_run_id: str, approve: bool, reason: str, approver: str, ve
             raise ApprovalError(f"the server refused the answer: {detail}")
 
 
-FORM_GRACE_SECONDS = 10.0  # the run writes its form milliseconds after suspending; a form still missing after this was lost
+# The run writes its form milliseconds after suspending, and its responder lets go of the run's lease
+# only after that (the caller checks the lease first); this is a margin on top.
+FORM_GRACE_SECONDS = 2.0
 
 
 async def restore_lost_form(client: Any, store: Store, run: Any) -> bool:

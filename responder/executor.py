@@ -175,6 +175,9 @@ class Executor:
         per pass, so runs waiting for people cost the server nothing after that."""
         if (run.id, run.state.id) in self._forms_checked:
             return
+        lease = await asyncio.to_thread(self.services.store.lease, f"run:{run.id}")
+        if lease and lease[1] > datetime.now(timezone.utc) and not known_dead(lease[0]):
+            return  # its responder still holds it: it is writing the form itself (it lets go after)
         if await restore_lost_form(client, self.services.store, run):
             logger.warning("Run %s (%s) was suspended without its approval form (its responder stopped "
                            "in between): the form was written again", run.name, run.id)
