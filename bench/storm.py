@@ -736,10 +736,15 @@ def main() -> None:
         if external is not None:
             external.drop()
         capture.close()
-        if args.keep:
-            print(f"kept: {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        keep_or_remove(tmp, args.keep)
+
+
+def keep_or_remove(tmp: Path, keep: bool) -> None:
+    """A bench's temporary directory: kept (and said where) with --keep, else removed."""
+    if keep:
+        print(f"kept: {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def report(f: dict[str, Any], args: argparse.Namespace) -> None:

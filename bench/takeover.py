@@ -54,7 +54,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from alert_to_first_task import BIN, PREFECT_AUTH, PREFECT_LOGIN, ROOT, Database, alert_body, free_port  # noqa: E402
-from storm import CaptureServer, ExternalServer, stop_group  # noqa: E402
+from storm import CaptureServer, ExternalServer, keep_or_remove, stop_group  # noqa: E402
 
 from responder.embedded import server_command  # noqa: E402  (the server `make run` embeds)
 
@@ -263,10 +263,7 @@ def main() -> None:
             server.drop()
         store.drop()
         capture.close()
-        if args.keep:
-            print(f"kept: {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        keep_or_remove(tmp, args.keep)
 
 
 if __name__ == "__main__":
