@@ -124,14 +124,7 @@ class Executor:
         store = self.services.store
         taken = 0
         async with get_client() as client:
-            runs = await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(
-                        type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING, StateType.PAUSED])
-                    )
-                ),
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(self.flows_by_deployment))),
-            )
+            runs = await self._unfinished_runs(client)
             suspended = {(run.id, run.state.id) for run in runs
                          if run.state.is_paused() and run.state.state_details.pause_reschedule}
             self._forms_checked &= suspended  # forget questions answered since
@@ -168,6 +161,17 @@ class Executor:
         if taken:
             self.wake()
         return taken
+
+    async def _unfinished_runs(self, client: Any) -> list[Any]:
+        """The runbook deployments' runs that are Running, Pending or Paused, as the server lists them now."""
+        return await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING, StateType.PAUSED])
+                )
+            ),
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(self.flows_by_deployment))),
+        )
 
     async def _keep_form(self, client: Any, run: Any) -> None:
         """Check a suspended run's approval form once (a question whose form was lost when its
