@@ -56,7 +56,7 @@ from prefect.states import Pending, Scheduled
 from core import metrics
 from core.services import Services, bound
 from responder.approvals import FORM_GRACE_SECONDS, restore_lost_form
-from responder.leases import LEASE_SECONDS, known_dead, new_holder
+from responder.leases import LEASE_SECONDS, held_by_live, new_holder
 
 logger = logging.getLogger("responder.executor")
 
@@ -133,7 +133,7 @@ class Executor:
                     continue  # suspended for approval (held by nobody), or running here
                 lease = await asyncio.to_thread(store.lease, f"run:{run.id}")
                 holder = lease[0] if lease else None
-                if lease and lease[1] > datetime.now(timezone.utc) and not known_dead(lease[0]):
+                if held_by_live(lease):
                     continue  # a live responder runs it
                 if not await asyncio.to_thread(store.take_lease, f"run:{run.id}", self.holder, self.lease_seconds, holder):
                     continue  # another live responder took it over first
@@ -180,7 +180,7 @@ class Executor:
         if (run.id, run.state.id) in self._forms_checked:
             return
         lease = await asyncio.to_thread(self.services.store.lease, f"run:{run.id}")
-        if lease and lease[1] > datetime.now(timezone.utc) and not known_dead(lease[0]):
+        if held_by_live(lease):
             return  # its responder still holds it: it is writing the form itself (it lets go after)
         if await restore_lost_form(client, self.services.store, run):
             logger.warning("Run %s (%s) was suspended without its approval form (its responder stopped "

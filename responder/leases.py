@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from datetime import datetime, timezone
 
 import psutil
 
@@ -33,3 +34,9 @@ def known_dead(holder: str) -> bool:
         return True
     except psutil.Error:  # not ours to inspect: leave it to the lease's expiry
         return False
+
+
+def held_by_live(lease: tuple[str, datetime] | None) -> bool:
+    """True when ``lease`` (holder, expiry; as the store gives it) is held by a responder still alive:
+    not expired, and its holder not known dead."""
+    return lease is not None and lease[1] > datetime.now(timezone.utc) and not known_dead(lease[0])

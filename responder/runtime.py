@@ -28,7 +28,6 @@ from core.store import IngestResult, StoreUnavailable
 from deployments import apply_deployments
 from flows.registry import flows_of
 from responder.executor import Executor
-from tasks.http_client import async_http_client
 from responder.ingest import GroupCommit
 from responder.leases import known_dead, new_holder
 from responder.deadlines import ApprovalDeadlines
@@ -39,6 +38,7 @@ from responder.events import prefect_event
 from responder.prefect_api import (ensure_canary, post_events, probe_triggers, release_waiting_run,
                                    retire_page_deployment, server_healthy)
 from responder.reports import publish_incident_artifact, publish_postmortem
+from tasks.http_client import async_http_client
 
 logger = logging.getLogger("responder")
 
