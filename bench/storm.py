@@ -70,7 +70,7 @@ import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from alert_to_first_task import BIN, PREFECT_AUTH, PREFECT_LOGIN, ROOT, Bench, free_port, pct  # noqa: E402  (the same `responder up`)
+from alert_to_first_task import BIN, PREFECT_AUTH, PREFECT_LOGIN, ROOT, Bench, Database, free_port, pct  # noqa: E402  (the same `responder up`)
 
 ALERTNAME = "ResponderDrill"
 DRILL = "responder-drill"
@@ -203,22 +203,22 @@ def plan_posts(args: argparse.Namespace, storm: str, starts_at: str) -> list[tup
 
 
 class ExternalServer:
-    """`prefect server start` on a fresh PostgreSQL database (created here, dropped by close())."""
+    """`prefect server start` on a fresh PostgreSQL database (created here, dropped by drop())."""
 
     def __init__(self, url: str) -> None:
-        from sqlalchemy.engine import make_url
-
-        base = make_url(url)
-        self.database = f"bench_storm_{uuid.uuid4().hex[:10]}"
-        self.admin = base.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-        self.url = base.set(drivername="postgresql+asyncpg", database=self.database).render_as_string(hide_password=False)
+        self.base_url = url
+        self.db: Database | None = None
+        self.database = ""
+        self.url = ""
         self.proc: subprocess.Popen | None = None
-        self.created = False
         self.startup = 0.0
 
     def start(self, tmp: Path) -> None:
-        self._sql(f'CREATE DATABASE "{self.database}"')
-        self.created = True
+        from sqlalchemy.engine import make_url
+
+        self.db = Database(self.base_url, "bench_storm")
+        self.database = self.db.name
+        self.url = make_url(self.db.url).set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
         self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
         home = tmp / "prefect-server"
@@ -243,12 +243,6 @@ class ExternalServer:
             time.sleep(0.3)
         self.startup = time.monotonic() - started
 
-    def _sql(self, statement: str) -> None:
-        import psycopg
-
-        with psycopg.connect(self.admin, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(statement)
-
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             stop_group(self.proc.pid)
@@ -260,12 +254,8 @@ class ExternalServer:
         self.proc = None
 
     def drop(self) -> None:
-        if not self.created:
-            return
-        try:
-            self._sql(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-        except Exception as exc:  # reported, the rest of the clean-up goes on
-            print(f"could not drop database {self.database}: {exc}", file=sys.stderr)
+        if self.db is not None:
+            self.db.drop()
 
 
 def stop_group(pid: int, sig: int = signal.SIGTERM) -> None:
