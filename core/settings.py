@@ -78,11 +78,12 @@ class ResponderSettings(BaseSettings):
         secret would otherwise verify signatures anyone can compute."""
         return None if isinstance(value, str) and not value.strip() else value
 
-    embedded_server: Literal["tuned", "stock"] = Field(
+    embedded_server: Literal["tuned", "stock", "split"] = Field(
         default="tuned",
         description=(
             "How `responder up` runs the embedded Prefect server: `tuned` (the stock app with SQLite "
-            "writes queued; see responder/prefect_server.py) or `stock` (`prefect server start`)."
+            "writes queued; see responder/prefect_server.py), `split` (the same, with Prefect's services "
+            "in a second process; needs Prefect's messaging on Redis) or `stock` (`prefect server start`)."
         ),
     )
     watchdog_alertname: str = Field(

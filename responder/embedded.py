@@ -29,7 +29,7 @@ def server_command(kind: str = "tuned") -> list[str]:
     ``python -m responder.prefect_server``, ``stock`` is ``prefect server start``."""
     if kind == "stock":
         return [str(Path(sys.executable).with_name("prefect")), "server", "start"]
-    return [sys.executable, "-m", "responder.prefect_server"]
+    return [sys.executable, "-m", "responder.prefect_server", *(["--split"] if kind == "split" else [])]
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

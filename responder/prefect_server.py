@@ -20,17 +20,28 @@ measured (README, "Measured") and each only inside this process:
    stock configuration is used unchanged.
 
 2. The server's own in-process clients get the served app directly (``serve_one_app``).
+
+With ``--split`` (``RESPONDER_EMBEDDED_SERVER=split``) this process serves the API and UI only and
+runs Prefect's services in a child process (``--services-only``), the two joined by Prefect's
+messaging on Redis. Measured on 2 cores it does not win (README, "The embedded Prefect server").
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import ctypes
 import logging
+import os
+import signal
+import subprocess
+import sys
 import time
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import AsyncGenerator
 
+import httpx
 import uvicorn
 from prefect.server.database.configurations import SQLITE_BEGIN_MODE, AioSqliteConfiguration
 from prefect.server.database.dependencies import set_database_config
@@ -39,6 +50,11 @@ from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, get_current_se
 
 
 logger = logging.getLogger("responder.prefect_server")
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 # Open write transactions of the current task (and of tasks it started): a transaction opened while
 # one is held waits for the first one's lock, so if the first waits for it, both wait out SQLite's
@@ -101,13 +117,73 @@ def serve_one_app():
     return app
 
 
+def messaging_crosses_processes() -> bool:
+    """Whether Prefect's messaging (events, task-run records, triggers) can reach another process:
+    its in-memory broker cannot, prefect-redis's can."""
+    settings = get_current_settings()
+    return settings.server.events.messaging_broker != "prefect.server.utilities.messaging.memory" \
+        and settings.server.events.messaging_cache != "prefect.server.utilities.messaging.memory"
+
+
+async def run_services() -> None:
+    """Prefect's services alone (what ``prefect server services start`` runs): the event persister,
+    task-run recorder, triggers and actions, and the periodic services."""
+    # heavy: Prefect's docket worker and services (imported only in the services process)
+    from datetime import timedelta
+
+    from docket import Docket
+    from prefect.server.api.background_workers import background_worker
+    from prefect.server.services.base import Service
+
+    settings = get_current_settings()
+    async with Docket(name=settings.server.docket.name, url=settings.server.docket.url,
+                      execution_ttl=timedelta(0)) as docket:
+        async with background_worker(docket, ephemeral=False, webserver_only=False):
+            await Service.run_services()
+
+
+def _start_services_process(host: str, port: int) -> subprocess.Popen:
+    """The services as a child process of this one (same process group: stopping the server stops both).
+    It starts them once this process's API answers, so the database is migrated first."""
+    return subprocess.Popen([sys.executable, "-m", "responder.prefect_server", "--services-only",
+                             "--host", host, "--port", str(port)], preexec_fn=_die_with_parent)
+
+
+def _wait_for_api(host: str, port: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=2) as http:
+        while time.monotonic() < deadline:
+            try:
+                if http.get(f"http://{host}:{port}/api/health").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+    raise SystemExit(f"runbook-responder: the Prefect API on {host}:{port} did not answer; services not started")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m responder.prefect_server", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4200)
+    parser.add_argument("--split", action="store_true",
+                        help="API and UI in this process, Prefect's services in a second one (needs Redis messaging)")
+    parser.add_argument("--services-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.split and not messaging_crosses_processes():
+        raise SystemExit("runbook-responder: --split needs Prefect's messaging on Redis (PREFECT_MESSAGING_BROKER and "
+                         "PREFECT_MESSAGING_CACHE = prefect_redis.messaging): the in-memory broker does not reach "
+                         "another process")
     print(f"runbook-responder: embedded Prefect server, database configuration: {configure_database()}", flush=True)
+    if args.services_only:
+        _wait_for_api(args.host, args.port)
+        serve_one_app()  # the actions' in-process clients get this app (see serve_one_app)
+        asyncio.run(run_services())
+        return
+    if args.split:
+        os.environ["PREFECT__SERVER_WEBSERVER_ONLY"] = "1"
+        _start_services_process(args.host, args.port)
     server = get_current_settings().server  # what `prefect server start` reads for these two
     uvicorn.run(
         app=serve_one_app(),

@@ -6,9 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import os
 import subprocess
 import sys
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlparse
 
 import psutil
 
@@ -18,7 +22,8 @@ from prefect.server.database.configurations import AioSqliteConfiguration
 
 from responder.embedded import EmbeddedPrefectServer
 from responder.prefect_server import QueuedWritesSqliteConfiguration
-from support.common import free_port
+from support.common import HTTP, free_port, wait_for
+from support.databases import empty_redis_database
 from support.prefect import seed_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,3 +165,48 @@ def test_a_server_a_dead_responder_left_running_is_replaced_and_a_live_ones_is_r
     finally:
         other_responder.kill()
         leftover.stop()
+
+
+def test_split_runs_prefects_services_in_a_second_process_only_with_redis_messaging(tmp_path, monkeypatch, redis_url):
+    """``RESPONDER_EMBEDDED_SERVER=split``: the API and UI in one process, Prefect's services in a child of
+    it, the two joined by Prefect's messaging on the real local Redis. An event posted to the API is
+    persisted by the services process; stopping the server stops both. Without Redis messaging the
+    split is refused, naming what is missing (Prefect's in-memory broker does not reach another process)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_MESSAGING")}
+    refused = subprocess.run([sys.executable, "-m", "responder.prefect_server", "--split", "--port", str(free_port())],
+                             env={**env, "PREFECT_HOME": str(tmp_path / "refused")}, cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0
+    assert "--split needs Prefect's messaging on Redis (PREFECT_MESSAGING_BROKER" in refused.stderr, refused.stderr
+
+    url = urlparse(redis_url)
+    with empty_redis_database(redis_url) as redis_db:
+        for key, value in {"PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+                           "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+                           "PREFECT_REDIS_MESSAGING_HOST": url.hostname or "127.0.0.1",
+                           "PREFECT_REDIS_MESSAGING_PORT": str(url.port or 6379),
+                           "PREFECT_REDIS_MESSAGING_DB": str(redis_db)}.items():
+            monkeypatch.setenv(key, value)
+        home = tmp_path / "prefect-home"
+        seed_database(home)
+        server = EmbeddedPrefectServer(home, free_port(), kind="split")
+        server.start()
+        try:
+            services = [p for p in psutil.Process(server.process.pid).children()
+                        if "--services-only" in p.cmdline()]
+            assert len(services) == 1
+            auth = tuple(server.auth_string().split(":", 1))
+            event_id = str(uuid.uuid4())
+            posted = HTTP.post(f"{server.api_url}/events", auth=auth, json=[{
+                "id": event_id, "occurred": datetime.now(timezone.utc).isoformat(), "event": "responder.test.split",
+                "resource": {"prefect.resource.id": "responder.test.split"}}])
+            assert posted.status_code == 204, posted.text
+
+            def persisted() -> bool:
+                found = HTTP.post(f"{server.api_url}/events/filter", auth=auth, json={
+                    "filter": {"event": {"name": ["responder.test.split"]}}, "limit": 5})
+                return found.status_code == 200 and [e["id"] for e in found.json()["events"]] == [event_id]
+            wait_for(persisted, 60, what="the event persisted by the services process")
+        finally:
+            server.stop()
+        assert not services[0].is_running() or services[0].status() == psutil.STATUS_ZOMBIE

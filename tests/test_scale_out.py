@@ -12,13 +12,10 @@ import asyncio
 import os
 import signal
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import psycopg
 import pytest
-import redis
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -26,32 +23,9 @@ from core.results import register_result_storage
 from support.alerts import alert_body, load_fixture
 from support.capture import CaptureServer
 from support.common import HTTP, wait_for
-from support.databases import temporary_database
+from support.databases import empty_redis_database, temporary_database
 from support.prefect import PrefectServer, paused_run, prefect_post, resume, wait_run_final
 from support.responder import ResponderProcess, fire, make_config
-
-
-@contextmanager
-def empty_redis_database(redis_url: str) -> Iterator[int]:
-    """A Redis database number (1-15) holding nothing, emptied again afterwards.
-
-    Prefect's Redis messaging keeps its streams (``events``, ``actions``) and consumer groups in
-    the database it is given, and they outlive the server: a new Prefect server on a database an
-    earlier one used reads that one's unacknowledged messages, so its triggers started runs for
-    alerts of another test (an incident its store never had) and a second run for an alert already
-    answered. Each stack gets a database of its own."""
-    url = urlparse(redis_url)
-    for number in range(1, 16):
-        client = redis.Redis(host=url.hostname or "127.0.0.1", port=url.port or 6379, db=number)
-        # Empty, and ours: another test session looking at the same moment does not get the marker.
-        if client.dbsize() == 0 and client.set("runbook-responder-test", "taken", nx=True, ex=3600):
-            try:
-                yield number
-            finally:
-                client.flushdb()
-            return
-    pytest.fail(f"no empty Redis database (1-15) on {url.hostname}:{url.port}: left by crashed test runs? "
-                "FLUSHDB the ones you know are test leftovers")
 
 
 @pytest.fixture

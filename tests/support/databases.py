@@ -11,6 +11,10 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlparse
+
+import pytest
+import redis
 
 from support.common import free_port
 
@@ -68,3 +72,26 @@ def private_postgres() -> Iterator[str]:
     finally:
         subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(data, ignore_errors=True)
+
+
+@contextmanager
+def empty_redis_database(redis_url: str) -> Iterator[int]:
+    """A Redis database number (1-15) holding nothing, emptied again afterwards.
+
+    Prefect's Redis messaging keeps its streams (``events``, ``actions``) and consumer groups in
+    the database it is given, and they outlive the server: a new Prefect server on a database an
+    earlier one used reads that one's unacknowledged messages, so its triggers started runs for
+    alerts of another test (an incident its store never had) and a second run for an alert already
+    answered. Each stack gets a database of its own."""
+    url = urlparse(redis_url)
+    for number in range(1, 16):
+        client = redis.Redis(host=url.hostname or "127.0.0.1", port=url.port or 6379, db=number)
+        # Empty, and ours: another test session looking at the same moment does not get the marker.
+        if client.dbsize() == 0 and client.set("runbook-responder-test", "taken", nx=True, ex=3600):
+            try:
+                yield number
+            finally:
+                client.flushdb()
+            return
+    pytest.fail(f"no empty Redis database (1-15) on {url.hostname}:{url.port}: left by crashed test runs? "
+                "FLUSHDB the ones you know are test leftovers")
