@@ -32,7 +32,13 @@ It watches for --observe (180) seconds from the storm's start, then prints (figu
   peak during it (sampled every second); CPU seconds of the server and of the responder over the
   storm and the observation;
 * at the end: the drill runs by state; when pages are runs of an `escalation-page` deployment (older
-  responders), those runs by state and how many are still Scheduled past their time.
+  responders), those runs by state and how many are still Scheduled past their time;
+* while the responses wait for approval: after the observation this bench stops asking the server
+  anything for --wait-window (60) seconds and prints what the waiting runs cost then: the requests
+  the Prefect server answered (counted in its access log: the server runs with
+  PREFECT_SERVER_LOGGING_LEVEL=INFO so uvicorn logs each request; nothing else asks it then), the
+  CPU of the server and of the responder, and the RSS of the whole tree against the idle RSS before
+  the storm.
 
 With --prefect-database-url the Prefect server runs on PostgreSQL: a plain `prefect server start`
 started here as a separate process, on a fresh database `bench_storm_<random>` created on the
@@ -40,7 +46,7 @@ server that URL names (its database part is not used) and dropped at the end; th
 through PREFECT_API_URL. Every process started here is stopped at the end, also on Ctrl-C or failure.
 
 Run: `.venv/bin/python bench/storm.py [--groups N] [--alerts-per-group N] [--posts-per-group N]
-[--duration S] [--observe S] [--time-scale F] [--clients N] [--prefect-database-url
+[--duration S] [--observe S] [--wait-window S] [--time-scale F] [--clients N] [--prefect-database-url
 postgresql+asyncpg://postgres@127.0.0.1:5432/postgres] [--env KEY=VALUE] [--json] [--keep]`.
 """
 
@@ -50,6 +56,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -226,7 +233,8 @@ class ExternalServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RESPONDER_"))}
         env.update(PREFECT_HOME=str(home), PREFECT_API_DATABASE_CONNECTION_URL=self.url,
                    PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_API_URL=self.api,
-                   PREFECT_SERVER_API_AUTH_STRING=PREFECT_LOGIN)
+                   PREFECT_SERVER_API_AUTH_STRING=PREFECT_LOGIN,
+                   PREFECT_SERVER_LOGGING_LEVEL="INFO")  # its access log counts the requests while runs wait
         self.log = tmp / "prefect-server.log"
         self.proc = subprocess.Popen(
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
@@ -623,6 +631,9 @@ def main() -> None:
     parser.add_argument("--posts-per-group", type=int, default=5)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds over which all posts are spread")
     parser.add_argument("--observe", type=float, default=180.0, help="seconds watched from the storm's start")
+    parser.add_argument("--wait-window", type=float, default=60.0,
+                        help="seconds after the observation, with no request from this bench, measuring what the "
+                             "runs waiting for approval cost")
     parser.add_argument("--time-scale", type=float, default=0.1, help="RESPONDER_TIME_SCALE")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--approval-timeout", type=float, default=36000.0,
@@ -646,7 +657,8 @@ def main() -> None:
     me = psutil.Process()
     try:
         level1_delay = config_copy(tmp / "config", capture.url, args.approval_timeout)
-        env = dict(kv.split("=", 1) for kv in args.env)
+        env = {"PREFECT_SERVER_LOGGING_LEVEL": "INFO"}  # uvicorn's access log: the requests while runs wait
+        env.update(kv.split("=", 1) for kv in args.env)
         env["RESPONDER_TIME_SCALE"] = str(args.time_scale)
         if args.prefect_database_url:
             external = ExternalServer(args.prefect_database_url)
@@ -693,7 +705,10 @@ def main() -> None:
         watch.stop()
         if not sender.done():
             print(f"posts still in flight at the end of the observation: {len(posts) - len(sender.results)}")
+        server_log = external.log if external else bench.tmp / "prefect" / "server.log"
+        waiting = measure_waiting(watch, server_log, args.wait_window, idle_rss)
         figures = collect(args, api, sender, capture, watch, drill_id, page_id, level1_delay, t_end)
+        figures["waiting"] = waiting
         figures["memory"] = {"idle_rss_mib": idle_rss / 2**20, "peak_rss_mib": watch.peak_rss / 2**20}
         figures["cpu_s"] = {k: cpu1[k] - cpu0[k] for k in cpu0}
         figures["config"] = {k: getattr(args, k) for k in ("groups", "alerts_per_group", "posts_per_group", "duration",
@@ -729,6 +744,30 @@ def main() -> None:
         keep_or_remove(tmp, args.keep)
 
 
+ACCESS_LINE = re.compile(r'"(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS|WebSocket) (/[^ ?"]*)')
+
+
+def measure_waiting(watch: Watch, server_log: Path, seconds: float, idle_rss: float) -> dict[str, Any]:
+    """What the runs waiting for approval cost while nothing else happens: requests the Prefect server
+    answered (its access log between two offsets; this bench asks nothing meanwhile), CPU of the server
+    and the responder, and RSS of the tree (sampled every 5 s, without any request)."""
+    start_offset = server_log.stat().st_size if server_log.exists() else 0
+    cpu0, rss = watch.cpu(), []
+    started = time.monotonic()
+    while (left := seconds - (time.monotonic() - started)) > 0:
+        rss.append(watch.rss())
+        time.sleep(min(5.0, left))
+    cpu1 = watch.cpu()
+    elapsed = time.monotonic() - started
+    with open(server_log, "rb") as log:
+        log.seek(start_offset)
+        text = log.read().decode(errors="replace")
+    requests = Counter(f"{m.group(1)} {m.group(2)}" for m in ACCESS_LINE.finditer(text))
+    return {"seconds": elapsed, "requests": sum(requests.values()), "requests_per_s": sum(requests.values()) / elapsed,
+            "top_requests": requests.most_common(5), "cpu_s": {k: cpu1[k] - cpu0[k] for k in cpu0},
+            "rss_mib": statistics.median(rss) / 2**20, "added_to_idle_mib": (statistics.median(rss) - idle_rss) / 2**20}
+
+
 def keep_or_remove(tmp: Path, keep: bool) -> None:
     """A bench's temporary directory: kept (and said where) with --keep, else removed."""
     if keep:
@@ -762,6 +801,12 @@ def report(f: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"RSS (responder + Prefect server tree): idle {m['idle_rss_mib']:.0f} MiB, peak {m['peak_rss_mib']:.0f} MiB")
     print(f"CPU over the storm and observation ({args.observe:.0f} s): server {c['server']:.1f} s, "
           f"responder {c['responder']:.1f} s")
+    w = f["waiting"]
+    print(f"while {r['states_at_end'].get('Suspended', 0) + r['states_at_end'].get('Paused', 0)} runs waited for "
+          f"approval ({w['seconds']:.0f} s, this bench asking nothing): {w['requests']} requests to the Prefect server "
+          f"({w['requests_per_s']:.2f}/s){': ' + ', '.join(f'{k} ×{n}' for k, n in w['top_requests']) if w['top_requests'] else ''}; "
+          f"CPU server {w['cpu_s']['server']:.1f} s, responder {w['cpu_s']['responder']:.1f} s; RSS {w['rss_mib']:.0f} MiB "
+          f"({w['added_to_idle_mib']:+.0f} MiB against idle before the storm)")
     print(f"at the end: drill runs {r['states_at_end']}"
           + (f"; page runs {pg['page_runs_by_state']}, {pg['page_runs_overdue']} Scheduled past their time"
              if pg["page_runs_by_state"] is not None else "; pages are not Prefect runs in this responder"))
