@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install services bench clean
+.PHONY: run test install bytecode services bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: $(STAMP)
+# The project's own modules compiled once: with PYTHONDONTWRITEBYTECODE set (as on CI machines) every
+# process would compile them again on import (about 0.27 s of a `responder up` start, measured with py-spy).
+# Only changed files are compiled again; a stale one is simply not used.
+PACKAGES := core deployments flows responder tasks
+bytecode: $(STAMP)
+	$(BIN)/python -m compileall -q $(PACKAGES) >/dev/null
+
+run: bytecode
 	$(BIN)/responder up
 
 # Installs what the tests need (Alertmanager, Prometheus, node_exporter, docker-compose v1) when missing, starts
@@ -22,7 +29,7 @@ run: $(STAMP)
 # Test modules run on TEST_WORKERS processes (pytest-xdist), a module's tests on one of them: most of the
 # suite waits on real processes (responder up, Prefect, Alertmanager), so 4 workers fit 2 cores (README: Tests).
 TEST_WORKERS ?= 4
-test: $(STAMP)
+test: bytecode
 	./scripts/test-services
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
