@@ -2,14 +2,19 @@
 
 A response that needs approval suspends its flow run (``flows/lifecycle.py``): no thread, slot or
 server request while it waits. The answer makes Prefect schedule the same run again, and it runs
-from its first step; every step done before returns its kept result instead of running again
-(the Prefect UI shows it *Cached*), so nothing is measured, notified or done twice.
+from its first step; every step done before returns its kept result instead of running again,
+so nothing is measured, notified or done twice.
 
 * :data:`RESUMABLE` is the steps' cache policy: a step's key is its run, the step, its position
   among that step's calls in this execution of the run, and its inputs. The position keeps a
   verification that measures the same thing five times from reading one measurement five times;
   the inputs keep a run whose path changed (an incident closed meanwhile) from taking another
   call's result.
+* :class:`ResumableTask` (made with :func:`resumable`) is a step with that policy that, when its run
+  is executed again, gives its kept result back *without a new task run*: Prefect would create one
+  per kept step and show it *Cached* (a second copy of every step before the question on the run
+  page, and its events and records on the server). Each execution looks up kept results until the
+  first step that has none; from there on steps run as usual (a later kept one is still Cached).
 * :class:`StoreResults` is where the results live: the responder's store (``core/store/runs.py``),
   which every responder on a shared PostgreSQL store reads. A result is what a step returns
   (evidence, plans, outcomes): the runbooks keep secrets out of those (a plan names its target;
@@ -22,11 +27,15 @@ import asyncio
 import hashlib
 import json
 from dataclasses import asdict, dataclass, is_dataclass
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from prefect import Task
 from prefect.cache_policies import CachePolicy
-from prefect.context import FlowRunContext
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.results import get_result_store
+from prefect.states import Completed
+from prefect.utilities.callables import get_call_parameters
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.filesystems import WritableFileSystem
 from pydantic import BaseModel
@@ -49,13 +58,21 @@ class Resumable(CachePolicy):
         positions = flow_run.task_run_dynamic_keys  # Prefect's per-execution counters; ours are prefixed
         retry_of = f"responder:run:{run.id}"
         if retry_of in positions:  # a retry of the same call keeps its position
-            position = positions[retry_of]
+            position = int(positions[retry_of])
         else:
-            counter = f"responder:position:{task_ctx.task.task_key}"
-            position = int(positions.get(counter, -1)) + 1
-            positions[counter] = positions[retry_of] = position
-        digest = hashlib.sha256(json.dumps(_stable(inputs), sort_keys=True, default=repr).encode()).hexdigest()
-        return hashlib.sha256(f"{run.flow_run_id}/{task_ctx.task.task_key}/{position}/{digest}".encode()).hexdigest()
+            position = positions[retry_of] = _next_position(positions, task_ctx.task.task_key)
+        return step_key(run.flow_run_id, task_ctx.task.task_key, position, inputs)
+
+
+def _next_position(positions: dict[str, Any], task_key: str) -> int:
+    counter = f"responder:position:{task_key}"
+    position = positions[counter] = int(positions.get(counter, -1)) + 1
+    return position
+
+
+def step_key(flow_run_id: Any, task_key: str, position: int, inputs: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(_stable(inputs), sort_keys=True, default=repr).encode()).hexdigest()
+    return hashlib.sha256(f"{flow_run_id}/{task_key}/{position}/{digest}".encode()).hexdigest()
 
 
 def _stable(value: Any) -> Any:
@@ -77,6 +94,64 @@ def _stable(value: Any) -> Any:
 
 
 RESUMABLE = Resumable()
+
+_NOT_KEPT = object()
+_LOOKING = "responder:restoring"  # in an execution's counters: False once a step had no kept result
+
+
+class ResumableTask(Task):
+    """A step kept with :data:`RESUMABLE` that an execution of its run after the first gives back
+    from the store without creating a task run (see the module doc)."""
+
+    def __call__(self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any) -> Any:
+        if wait_for is None:
+            kept = _kept_result(self, args, kwargs)
+            if kept is not _NOT_KEPT:
+                return Completed(data=kept) if return_state else kept
+        return super().__call__(*args, return_state=return_state, wait_for=wait_for, **kwargs)
+
+    def with_options(self, **options: Any) -> "ResumableTask":
+        made = super().with_options(**options)  # Prefect builds a plain Task
+        made.__class__ = type(self)
+        return made
+
+
+def resumable(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
+    """``@task`` for a step whose result is kept: ``@resumable(name="acknowledge", retries=3)``."""
+    options.setdefault("cache_policy", RESUMABLE)
+
+    def make(function: Callable[..., Any]) -> ResumableTask:
+        return ResumableTask(fn=function, **options)
+
+    return make(fn) if fn is not None else make
+
+
+def _kept_result(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The step's kept result from an earlier execution of this run, or ``_NOT_KEPT``.
+
+    Keyed exactly as :meth:`Resumable.compute_key` keys the call (its position among the step's
+    calls in this execution, its inputs as Prefect binds them); when nothing is kept the position
+    is given back, so the task run Prefect then creates takes the same one."""
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None or TaskRunContext.get() is not None \
+            or task.cache_policy is not RESUMABLE:
+        return _NOT_KEPT
+    positions = context.task_run_dynamic_keys
+    if positions.get(_LOOKING) is False:
+        return _NOT_KEPT
+    counter = f"responder:position:{task.task_key}"
+    before = positions.get(counter)
+    key = step_key(context.flow_run.id, task.task_key, _next_position(positions, task.task_key),
+                   get_call_parameters(task.fn, args, kwargs))
+    try:
+        return get_result_store().update_for_task(task).read(key).result
+    except Exception:  # noqa: BLE001 - not kept (the first execution, or a step that had not finished): run it
+        positions[_LOOKING] = False
+        if before is None:
+            positions.pop(counter, None)
+        else:
+            positions[counter] = before
+        return _NOT_KEPT
 
 
 class StoreResults(WritableFileSystem):

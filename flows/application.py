@@ -24,8 +24,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from prefect import task
-from core.results import RESUMABLE
+from core.results import resumable
 
 from flows import checks
 from flows.checks import collect, compact, measured
@@ -42,7 +41,7 @@ ENDPOINTS = ("job", *checks.ENDPOINT_LABELS)  # sum by these: whichever label th
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9/_.\-]{0,200}$")
 
 
-@task(name="check-database-performance", **checks.PROBE)
+@resumable(name="check-database-performance", **checks.PROBE)
 def check_database_performance(slow_query_ms: float, connections_ratio: float) -> ProbeResult:
     """Seed 000 "SELECT query, mean_time, calls FROM pg_stat_statements ...", seed 001 "check connection pool usage"."""
     entry = checks.targets().postgres.get("default")
@@ -54,7 +53,7 @@ def check_database_performance(slow_query_ms: float, connections_ratio: float) -
     ])
 
 
-@task(name="check-service-dependencies", **checks.PROBE)
+@resumable(name="check-service-dependencies", **checks.PROBE)
 def check_service_dependencies() -> ProbeResult:
     """Seed 000 "pg_isready", "redis-cli ping", "curl -I https://api.themoviedb.org/..." (externals separately)."""
     results = []
@@ -101,7 +100,7 @@ check_system_resources = checks.system_resources.with_options(name="check-system
 check_heap_usage = checks.prometheus_query.with_options(name="check-memory-pressure")
 
 
-@task(name="restart-or-scale-horizontally", cache_policy=RESUMABLE)
+@resumable(name="restart-or-scale-horizontally")
 def plan_response_time(alert: Alert, p95: ProbeResult, resources: ProbeResult, heap: ProbeResult) -> list[PlannedAction]:
     """Seed 002 "Temporary: Restart to clear memory", seeds 001/003 "If CPU bound: Scale horizontally"."""
     if p95.ok:
@@ -205,7 +204,7 @@ check_circuit_breakers = checks.log_probe.with_options(name="check-circuit-break
 verify_external_service_status = checks.external_services.with_options(name="verify-external-service-status")
 
 
-@task(name="degrade-gracefully-or-roll-back", cache_policy=RESUMABLE)
+@resumable(name="degrade-gracefully-or-roll-back")
 def plan_error_rate(alert: Alert, rate: ProbeResult, dependencies: ProbeResult, externals: ProbeResult,
                     database: ProbeResult) -> list[PlannedAction]:
     """Seed 003 "graceful degradation (if external API down)"; seed 001 "If code issue: Rollback"."""
@@ -301,7 +300,7 @@ class EndpointBrokenLimits(Thresholds):
     log_window_minutes: float = seed(15, "chosen: how far back the logs are read", gt=0)
 
 
-@task(name="verify-endpoint", cache_policy=RESUMABLE, retries=1, retry_delay_seconds=1)
+@resumable(name="verify-endpoint", retries=1, retry_delay_seconds=1)
 def verify_endpoint(alert: Alert) -> ProbeResult:
     """Seed 003 ``curl -i http://localhost:3000/api/broken-endpoint``: GET it on the configured service.
 
@@ -379,7 +378,7 @@ confirm_memory_leak = checks.prometheus_query.with_options(name="confirm-memory-
 check_heap_ratio = checks.prometheus_query.with_options(name="check-heap-usage")
 
 
-@task(name="identify-memory-consumers", **checks.PROBE)
+@resumable(name="identify-memory-consumers", **checks.PROBE)
 def identify_memory_consumers(instance: str) -> ProbeResult:
     return hosts.top_processes(locate(instance), prometheus_url(), by="memory")
 
@@ -455,7 +454,7 @@ check_worker_logs = checks.log_probe.with_options(name="check-worker-status")
 check_processing_times = checks.prometheus_query.with_options(name="check-processing-times")
 
 
-@task(name="clear-stuck-jobs-or-scale-workers", cache_policy=RESUMABLE)
+@resumable(name="clear-stuck-jobs-or-scale-workers")
 def plan_queue(alert: Alert, queue: ProbeResult, stuck_minutes: float) -> list[PlannedAction]:
     """Seed 001: "If stuck jobs: Clear stuck jobs, restart workers"; "If workers overloaded: Scale up workers"."""
     if queue.ok or not measured(queue):
@@ -546,7 +545,7 @@ def _names(*words: str) -> list[str]:
     return [s.name for s in checks.targets().external if any(w in s.name.lower() for w in words)]
 
 
-@task(name="clean-up-or-restart-workers", cache_policy=RESUMABLE)
+@resumable(name="clean-up-or-restart-workers")
 def plan_uploads(alert: Alert, disk: ProbeResult, queue: ProbeResult, stuck_minutes: float) -> list[PlannedAction]:
     """Seed 001: "If disk space full: clean up temp files"; "If worker stuck: restart workers, clear stuck jobs"."""
     plans: list[PlannedAction | None] = []
@@ -561,7 +560,7 @@ def plan_uploads(alert: Alert, disk: ProbeResult, queue: ProbeResult, stuck_minu
     return compact(plans)
 
 
-@task(name="check-upload-pipeline", **checks.PROBE)
+@resumable(name="check-upload-pipeline", **checks.PROBE)
 def check_upload_pipeline(queue_only: list[str] | None, stall: float, stuck: float, since_minutes: float) -> ProbeResult:
     """Verification: the worker queue progresses and no upload error was logged in the last minutes."""
     queue = checks.queue_statuses.fn("default", queue_only, None, stall, stuck, required=False)

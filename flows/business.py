@@ -16,8 +16,7 @@ Each runbook's spec (``FAILED_MEDIA_REQUESTS`` ...) is declared next to its flow
 
 from __future__ import annotations
 
-from prefect import task
-from core.results import RESUMABLE
+from core.results import resumable
 
 from flows import checks
 from flows.checks import collect, compact, measured
@@ -51,7 +50,7 @@ def _media_failure_query(match: dict[str, str] | None, window: str) -> str:
             f" / sum by (job) (rate(media_requests_total{{{m}}}[{window}]))")
 
 
-@task(name="recover-services-clear-queue-or-fall-back", cache_policy=RESUMABLE)
+@resumable(name="recover-services-clear-queue-or-fall-back")
 def plan_media(alert: Alert, failures: ProbeResult, externals: ProbeResult, queue: ProbeResult,
                stuck_minutes: float) -> list[PlannedAction]:
     """Seed 000 resolutions: "Service recovery", "Queue clearing", "Fallback activation"."""
@@ -141,7 +140,7 @@ def _failed_login_query(match: dict[str, str] | None, window: str) -> str:
             f" / sum by (job) (rate(auth_login_attempts_total{{{m}}}[{window}]))")
 
 
-@task(name="plan-security-actions", cache_policy=RESUMABLE)
+@resumable(name="plan-security-actions")
 def plan_security_actions(logins: ProbeResult, blocked: ProbeResult, block_seconds: float, limit: int) -> list[PlannedAction]:
     """Seed 000 "Block IPs: Add malicious IPs to blocklist", for addresses over the threshold not yet blocked."""
     entry = checks.targets().redis.get("default")

@@ -31,8 +31,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from prefect import Task, task
-from core.results import RESUMABLE
+from prefect import Task
+from core.results import resumable
 from pydantic import SecretStr
 
 from flows.host import locate, prometheus_url
@@ -45,7 +45,7 @@ from tasks.probes import backups, external, hosts, http, logs, prometheus, queue
 ENDPOINT_LABELS = ("path", "route", "handler", "endpoint")
 
 
-PROBE = dict(cache_policy=RESUMABLE, retries=2, retry_delay_seconds=1, retry_condition_fn=transient)
+PROBE = dict(retries=2, retry_delay_seconds=1, retry_condition_fn=transient)
 
 
 def targets():
@@ -104,7 +104,7 @@ def combine(probe: str, results: Sequence[ProbeResult], unit: str = "") -> Probe
 # -- Prometheus, Alertmanager, Grafana -------------------------------------------------
 
 
-@task(name="prometheus-query", **PROBE)
+@resumable(name="prometheus-query", **PROBE)
 def prometheus_query(promql: str, threshold: float | None = None, bad_when: prometheus.BadWhen = "above",
                      probe: str = "prometheus_query", unit: str = "", no_data_ok: bool = True,
                      required: bool = True) -> ProbeResult:
@@ -114,7 +114,7 @@ def prometheus_query(promql: str, threshold: float | None = None, bad_when: prom
     return prometheus.instant_query(url, promql, threshold, bad_when, probe=probe, unit=unit, no_data_ok=no_data_ok)
 
 
-@task(name="check-error-ratio", **PROBE)
+@resumable(name="check-error-ratio", **PROBE)
 def error_ratio(threshold: float, window: str, by: Sequence[str] = ("job",), match: dict[str, str] | None = None,
                 required: bool = True, no_data_ok: bool = True) -> ProbeResult:
     url = targets().monitoring.prometheus_url
@@ -123,7 +123,7 @@ def error_ratio(threshold: float, window: str, by: Sequence[str] = ("job",), mat
     return _no_data(prometheus.error_ratio(url, threshold, window, by, match), no_data_ok)
 
 
-@task(name="check-p95-latency", **PROBE)
+@resumable(name="check-p95-latency", **PROBE)
 def p95_latency(threshold_s: float, window: str, by: Sequence[str] = ("job",), match: dict[str, str] | None = None,
                 required: bool = True, no_data_ok: bool = True) -> ProbeResult:
     url = targets().monitoring.prometheus_url
@@ -161,7 +161,7 @@ _GRAFANA_API: dict[str, Callable[..., ProbeResult]] = {
 }
 
 
-@task(name="check-prometheus", **PROBE)
+@resumable(name="check-prometheus", **PROBE)
 def prometheus_api(check: str, required: bool = True, **kwargs: Any) -> ProbeResult:
     url = targets().monitoring.prometheus_url
     if not url:
@@ -169,7 +169,7 @@ def prometheus_api(check: str, required: bool = True, **kwargs: Any) -> ProbeRes
     return _PROMETHEUS_API[check](url, **kwargs)
 
 
-@task(name="check-alertmanager", **PROBE)
+@resumable(name="check-alertmanager", **PROBE)
 def alertmanager_api(check: str, required: bool = True, **kwargs: Any) -> ProbeResult:
     url = targets().monitoring.alertmanager_url
     if not url:
@@ -177,13 +177,13 @@ def alertmanager_api(check: str, required: bool = True, **kwargs: Any) -> ProbeR
     return _ALERTMANAGER_API[check](url, **kwargs)
 
 
-@task(name="read-notification-counters", **PROBE)
+@resumable(name="read-notification-counters", **PROBE)
 def alertmanager_counters() -> dict[str, dict[str, float]]:
     url = targets().monitoring.alertmanager_url
     return prometheus.notification_counters(url) if url else {}
 
 
-@task(name="check-grafana", **PROBE)
+@resumable(name="check-grafana", **PROBE)
 def grafana_api(check: str, required: bool = True) -> ProbeResult:
     url = targets().monitoring.grafana_url
     if not url:
@@ -202,7 +202,7 @@ _LOG_PROBES: dict[str, Callable[..., ProbeResult]] = {
 }
 
 
-@task(name="check-logs", **PROBE)
+@resumable(name="check-logs", **PROBE)
 def log_probe(kind: str, sources: Sequence[str], probe: str | None = None, **kwargs: Any) -> ProbeResult:
     """The first configured log source among ``sources`` (role names), probed by ``kind``."""
     configured = targets().logs
@@ -219,7 +219,7 @@ def log_probe(kind: str, sources: Sequence[str], probe: str | None = None, **kwa
 # -- external services, Redis queues, rate limits -----------------------------------------
 
 
-@task(name="check-external-services", **PROBE)
+@resumable(name="check-external-services", **PROBE)
 def external_services(names: Sequence[str] | None = None, slow_ms: float | None = None,
                       probe: str = "external_services", required: bool = False) -> ProbeResult:
     services = [s.model_dump() for s in targets().external]
@@ -233,7 +233,7 @@ def _redis(name: str) -> tuple[SecretStr | None, Any]:
     return (entry.url if entry is not None else None), entry
 
 
-@task(name="check-queue-status", **PROBE)
+@resumable(name="check-queue-status", **PROBE)
 def queue_statuses(redis_name: str = "default", only: Sequence[str] | None = None, backlog: int | None = None,
                    stall_minutes: float = 10, stuck_minutes: float = 10, required: bool = True) -> ProbeResult:
     """Every configured queue (or those named in ``only``) of one Redis target, combined."""
@@ -250,7 +250,7 @@ def queue_statuses(redis_name: str = "default", only: Sequence[str] | None = Non
     return combined
 
 
-@task(name="check-rate-limits", **PROBE)
+@resumable(name="check-rate-limits", **PROBE)
 def ratelimits(redis_name: str = "default", threshold: float | None = None) -> ProbeResult:
     url, entry = _redis(redis_name)
     if url is None or not entry.ratelimit_prefix:
@@ -258,7 +258,7 @@ def ratelimits(redis_name: str = "default", threshold: float | None = None) -> P
     return queues.ratelimit_keys(url, entry.ratelimit_prefix, threshold)
 
 
-@task(name="check-blocklist", **PROBE)
+@resumable(name="check-blocklist", **PROBE)
 def blocklist(addresses: list[str], redis_name: str = "default") -> ProbeResult:
     url, entry = _redis(redis_name)
     if url is None or not entry.blocklist_key:
@@ -271,7 +271,7 @@ def blocklist(addresses: list[str], redis_name: str = "default") -> ProbeResult:
 # -- this host, backups -------------------------------------------------------------------
 
 
-@task(name="check-system-resources", **PROBE)
+@resumable(name="check-system-resources", **PROBE)
 def system_resources(instance: str, cpu_percent: float = 80.0, memory_percent: float = 85.0) -> ProbeResult:
     """Seed 001 "Check System Resources: CPU usage, Memory usage" of the machine that alerted."""
     host = locate(instance)
@@ -279,12 +279,12 @@ def system_resources(instance: str, cpu_percent: float = 80.0, memory_percent: f
                                         hosts.memory(host, prometheus_url(), memory_percent)])
 
 
-@task(name="check-disk-space", **PROBE)
+@resumable(name="check-disk-space", **PROBE)
 def disk_space(threshold: float = 85.0) -> ProbeResult:
     return system.disk_usage(targets().paths.disk, threshold)
 
 
-@task(name="check-backups", **PROBE)
+@resumable(name="check-backups", **PROBE)
 def backup_freshness() -> ProbeResult:
     return backups.freshness([b.model_dump() for b in targets().backups])
 

@@ -63,8 +63,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
-from core.results import RESUMABLE
+from core.results import resumable
 from pydantic import SecretStr
 
 from flows import checks
@@ -118,7 +117,7 @@ class ConnectionFailureLimits(Thresholds):
 # -- probes -----------------------------------------------------------------------------------
 
 
-@task(name="select-postgres-target", cache_policy=RESUMABLE)
+@resumable(name="select-postgres-target")
 def select_postgres_target(alert: Alert) -> tuple[str, SecretStr] | ProbeResult:
     """The configured PostgreSQL the alert's labels point at, or a result saying there is none."""
     return checks.data_store("postgres", alert)
@@ -135,12 +134,12 @@ identify_slow_queries = step("identify-slow-queries", postgres.slow_statements, 
 check_database_readiness = step("check-database-readiness", postgres.readiness, retries=1)
 
 
-@task(name="check-disk-usage", cache_policy=RESUMABLE, retries=1, retry_delay_seconds=1)
+@resumable(name="check-disk-usage", retries=1, retry_delay_seconds=1)
 def check_disk_usage(instance: str, paths: list[str], threshold: float) -> ProbeResult:
     return hosts.disk_usage(locate(instance), prometheus_url(), paths, threshold)
 
 
-@task(name="verify-connections", cache_policy=RESUMABLE, retries=2, retry_delay_seconds=2)
+@resumable(name="verify-connections", retries=2, retry_delay_seconds=2)
 def verify_connections(dsn: SecretStr, ratio: float, long_query_minutes: float) -> ProbeResult:
     """Seed 001's two figures at once: connections below the ratio and no query over the limit."""
     connections = postgres.connections(dsn, threshold=ratio)
@@ -178,7 +177,7 @@ def _backend_plans(action: str, target_name: str, queries: ProbeResult, limit: i
     return plans
 
 
-@task(name="plan-query-terminations", cache_policy=RESUMABLE)
+@resumable(name="plan-query-terminations")
 def plan_query_terminations(target_name: str, long_queries: ProbeResult, limit: int) -> list[PlannedAction]:
     """Seed 001 "Kill Long-Running Queries if Safe": one risky terminate per long query, longest first."""
     if long_queries.ok:
@@ -186,7 +185,7 @@ def plan_query_terminations(target_name: str, long_queries: ProbeResult, limit: 
     return _backend_plans("terminate_backend", target_name, long_queries, limit, "long-running query")
 
 
-@task(name="plan-idle-transaction-terminations", cache_policy=RESUMABLE)
+@resumable(name="plan-idle-transaction-terminations")
 def plan_idle_transaction_terminations(
     target_name: str, connections: ProbeResult, holders: ProbeResult, limit: int
 ) -> list[PlannedAction]:
@@ -210,7 +209,7 @@ def plan_idle_transaction_terminations(
     ) for s in idle[: max(0, limit)]]
 
 
-@task(name="plan-query-cancellations", cache_policy=RESUMABLE)
+@resumable(name="plan-query-cancellations")
 def plan_query_cancellations(target_name: str, long_queries: ProbeResult, limit: int) -> list[PlannedAction]:
     """Cancel (not terminate) queries active longer than ``cancel_after_minutes``."""
     if long_queries.ok:
@@ -218,7 +217,7 @@ def plan_query_cancellations(target_name: str, long_queries: ProbeResult, limit:
     return _backend_plans("cancel_backend", target_name, long_queries, limit, "query running too long")
 
 
-@task(name="plan-database-restart", cache_policy=RESUMABLE)
+@resumable(name="plan-database-restart")
 def plan_database_restart(readiness: ProbeResult) -> list[PlannedAction] | ProbeResult:
     """Seed 003 "If hung, force restart": the configured ``postgres`` service, only while unreachable."""
     return checks.data_store_restart("postgres", DATABASE_SERVICE, readiness)

@@ -47,8 +47,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from prefect import task
-from core.results import RESUMABLE
+from core.results import resumable
 
 from flows.host import host_step, locate_host
 from flows.lifecycle import Assessment, cannot_measure, runbook_flow, runtime, step
@@ -115,7 +114,7 @@ def _not_configured(probe: str, what: str) -> ProbeResult:
     return ProbeResult(probe=probe, ok=True, summary=f"not checked: no {what} configured (config/targets.yaml paths)")
 
 
-@task(name="plan-cleanup", cache_policy=RESUMABLE)
+@resumable(name="plan-cleanup")
 def plan_cleanup(disk: ProbeResult, paths: PathTargets) -> list[PlannedAction]:
     """Seed 002's resolution steps on the configured directories, only while the disk is over its threshold."""
     if disk.ok:

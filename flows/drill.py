@@ -8,8 +8,7 @@ escalation policy, Slack set-up and approval paths can be rehearsed for real.
 
 from __future__ import annotations
 
-from prefect import task
-from core.results import RESUMABLE
+from core.results import resumable
 
 from flows.lifecycle import acknowledge, conclude, held, mitigate, runbook_composition, runtime, verify_until_ok
 from core.alerts import Alert, IncidentRef
@@ -46,13 +45,13 @@ class Limits(Thresholds):
     """None: a drill measures nothing, so an entry's ``thresholds:`` override is an error."""
 
 
-@task(name="assess-drill", cache_policy=RESUMABLE)
+@resumable(name="assess-drill")
 def assess_drill(alert: Alert) -> ProbeResult:
     return ProbeResult(probe="drill", ok=False, summary="this is a drill: nothing is wrong, nothing will be touched",
                        evidence={"labels": alert.labels, "drill": True})
 
 
-@task(name="plan-drill-step", cache_policy=RESUMABLE)
+@resumable(name="plan-drill-step")
 def plan_drill_step(alert: Alert) -> list[PlannedAction]:
     # Each drill has its own target (so repeated drills are not taken for a loop) unless the alert
     # names one with a `target` label: then the loop guard can be rehearsed too.

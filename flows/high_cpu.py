@@ -17,8 +17,7 @@ steps, in the seed's order:
 
 from __future__ import annotations
 
-from prefect import task
-from core.results import RESUMABLE
+from core.results import resumable
 
 from flows.host import host_service, host_step, locate_host
 from flows.lifecycle import Assessment, cannot_measure, runbook_flow, runtime
@@ -68,7 +67,7 @@ identify_top_processes = host_step("identify-top-processes", hosts.top_processes
 check_system_load = host_step("check-system-load", hosts.load_average)
 
 
-@task(name="plan-immediate-actions", cache_policy=RESUMABLE)
+@resumable(name="plan-immediate-actions")
 def plan_immediate_actions(alert: Alert, host: Host, cpu: ProbeResult, top: ProbeResult) -> list[PlannedAction]:
     """Seed 000 "Immediate Actions", within what the configuration allows, on the machine that alerted."""
     if cpu.ok:

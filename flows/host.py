@@ -22,8 +22,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from prefect import Task, task
-from core.results import RESUMABLE
+from prefect import Task
+from core.results import resumable
 
 from flows.lifecycle import runtime, step
 from core.alerts import Alert
@@ -40,7 +40,7 @@ def locate(instance: str) -> hosts.Host:
     return hosts.locate(instance, runtime()[1].targets.hosts, prometheus_url())
 
 
-@task(name="locate-host", cache_policy=RESUMABLE, retries=1, retry_delay_seconds=1)
+@resumable(name="locate-host", retries=1, retry_delay_seconds=1)
 def locate_host(alert: Alert) -> hosts.Host:
     """The machine the alert is about, and how its figures are read."""
     return locate(alert.instance)

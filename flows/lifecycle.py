@@ -41,7 +41,7 @@ from core.catalog import Catalog, Runbook, RunbookSpec, Thresholds
 from core.collected import LEAD, Collected, chart_markdown, chart_svg, collect, keep, section
 from core.maintenance import covering, in_force
 from core.notify import Notifier
-from core.results import RESULTS_BLOCK, RESUMABLE
+from core.results import RESULTS_BLOCK, resumable
 from core.services import current
 from core.settings import ResponderSettings
 from core.store import Store
@@ -173,14 +173,14 @@ def step(name: str, probe: Callable[..., ProbeResult], retries: int = 2,
         check_lock_waits = step("check-lock-waits", postgres.lock_waits, retry_delay_seconds=2)
         check_lock_waits(dsn)
     """
-    return task(probe, name=name, cache_policy=RESUMABLE, retries=retries, retry_delay_seconds=retry_delay_seconds,
+    return resumable(probe, name=name, retries=retries, retry_delay_seconds=retry_delay_seconds,
                 retry_condition_fn=transient)
 
 
 # -- acknowledge ------------------------------------------------------------------
 
 
-@task(name="acknowledge", cache_policy=RESUMABLE, retries=3, retry_delay_seconds=1)
+@resumable(name="acknowledge", retries=3, retry_delay_seconds=1)
 def acknowledge(runbook_name: str, alert: Alert, incident: IncidentRef | None) -> IncidentRef | None:
     """Claim the incident for this run. Returns None when another run already responds to it."""
     _, catalog, store = runtime()
@@ -257,7 +257,7 @@ def next_question(plan: PlannedAction) -> str:
     return f"approve-{position}-{plan.action.replace('_', '-')}"
 
 
-@task(name="ask-approval", cache_policy=RESUMABLE, retries=2, retry_delay_seconds=1)
+@resumable(name="ask-approval", retries=2, retry_delay_seconds=1)
 def announce_approval(plan: PlannedAction, key: str, deadline_seconds: float, because: str | None = None,
                       deadline_of: str | None = None) -> str:
     """Say who must answer what by when (timeline, Slack, webhooks), and keep the deadline in the store,
@@ -319,7 +319,7 @@ def held_by_window(plan: PlannedAction, incident: IncidentRef | None, runbook: s
     return outcome
 
 
-@task(name="check-approver", cache_policy=RESUMABLE)
+@resumable(name="check-approver")
 def check_approver(plan: PlannedAction, runbook: str, answer: Approval, question: str,
                    earlier: list[str] | None = None) -> tuple[str, str | None]:
     """Who answered, and why the answer cannot approve (None: it can). Checked here, in the response,
@@ -377,7 +377,7 @@ def ask_until_allowed(plan: PlannedAction, runbook: Runbook, evidence: list[Prob
         answer = ask_approval(plan, runbook, evidence, deadline, question, because=refusal, deadline_of=first)
 
 
-@task(name="check-loop-guard", cache_policy=RESUMABLE)
+@resumable(name="check-loop-guard")
 def check_guards(plan: PlannedAction, incident: IncidentRef | None, dry_run: bool, runbook: str = "",
                  labels: dict[str, str] | None = None) -> ActionOutcome | None:
     """Before acting or asking: is the incident already over, does a maintenance window hold it, or was
@@ -403,7 +403,7 @@ def check_guards(plan: PlannedAction, incident: IncidentRef | None, dry_run: boo
     return None
 
 
-@task(name="run-mitigation", cache_policy=RESUMABLE)
+@resumable(name="run-mitigation")
 def run_mitigation(plan: PlannedAction, dry_run: bool, incident: IncidentRef | None = None,
                    answer: Approval | None = None, question: str | None = None, runbook: str = "",
                    labels: dict[str, str] | None = None, limit_named: bool = False) -> ActionOutcome:
@@ -693,7 +693,7 @@ def _report(
     return "\n".join(lines)
 
 
-@task(name="escalate", cache_policy=RESUMABLE)
+@resumable(name="escalate")
 def escalate(runbook: Runbook, alert: Alert, incident: IncidentRef, reason: str, outcomes: list[ActionOutcome]) -> None:
     """Tell people the responder could not fix it (the notification outbox delivers it, however long
     a channel is down)."""

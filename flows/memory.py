@@ -34,8 +34,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from prefect import task
-from core.results import RESUMABLE
+from core.results import resumable
 
 from flows import checks
 from flows.host import host_service, host_step, locate_host
@@ -100,7 +99,7 @@ identify_memory_processes = host_step("identify-memory-processes", hosts.top_pro
 check_swap_usage = host_step("check-swap-usage", hosts.swap)
 
 
-@task(name="await-alert-resolution", cache_policy=RESUMABLE)
+@resumable(name="await-alert-resolution")
 def await_alert_resolution(alertname: str) -> ProbeResult:
     """For a heap alert the responder has no figure of its own: only the alert resolving verifies."""
     return ProbeResult(
@@ -109,7 +108,7 @@ def await_alert_resolution(alertname: str) -> ProbeResult:
     )
 
 
-@task(name="plan-resolutions", cache_policy=RESUMABLE)
+@resumable(name="plan-resolutions")
 def plan_resolutions(alert: Alert, host: Host, memory: ProbeResult, top: ProbeResult,
                      heap_alert: bool) -> list[PlannedAction]:
     """Seed 000 "Resolutions" within what the configuration allows: killable processes, else a restart."""

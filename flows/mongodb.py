@@ -38,8 +38,7 @@ from __future__ import annotations
 
 import time
 
-from prefect import task
-from core.results import RESUMABLE
+from core.results import resumable
 from pydantic import SecretStr
 
 from flows import checks
@@ -86,12 +85,12 @@ class Limits(Thresholds):
     stay_up_seconds: float = seed(30, "seed 002 \"Check if it stays up: sleep 30; sudo systemctl status mongod\"", ge=0)
 
 
-@task(name="select-mongodb-target", cache_policy=RESUMABLE)
+@resumable(name="select-mongodb-target")
 def select_mongodb_target(alert: Alert) -> tuple[str, SecretStr] | ProbeResult:
     return checks.data_store("mongodb", alert)
 
 
-@task(name="check-mongodb-ping", cache_policy=RESUMABLE, retries=1, retry_delay_seconds=1)
+@resumable(name="check-mongodb-ping", retries=1, retry_delay_seconds=1)
 def check_mongodb_ping(url: SecretStr) -> ProbeResult:
     result = mongo.ping(url)
     if not result.ok:
@@ -104,7 +103,7 @@ identify_mongodb_connection_holders = step("identify-mongodb-connection-holders"
                                            retry_delay_seconds=2)
 
 
-@task(name="verify-mongodb-stays-up", cache_policy=RESUMABLE)
+@resumable(name="verify-mongodb-stays-up")
 def verify_mongodb_stays_up(url: SecretStr, stay_up_seconds: float) -> ProbeResult:
     """Seed 002 "Check if it stays up: sleep 30": ping, wait, ping again."""
     first = mongo.ping(url)
@@ -118,7 +117,7 @@ def verify_mongodb_stays_up(url: SecretStr, stay_up_seconds: float) -> ProbeResu
     })
 
 
-@task(name="start-mongodb-or-restart-application", cache_policy=RESUMABLE)
+@resumable(name="start-mongodb-or-restart-application")
 def plan_resolution(
     alert: Alert, ping: ProbeResult, connections: ProbeResult | None, app_health: ProbeResult | None
 ) -> list[PlannedAction] | ProbeResult:

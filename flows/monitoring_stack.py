@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from prefect import task
+from core.results import resumable
 
 from flows import checks
 from flows.checks import collect, compact, measured
@@ -106,7 +106,7 @@ check_configuration = checks.prometheus_api.with_options(name="check-configurati
 check_rule_evaluation = checks.prometheus_api.with_options(name="check-rule-evaluation")
 
 
-@task(name="verify-network-connectivity", **checks.PROBE)
+@resumable(name="verify-network-connectivity", **checks.PROBE)
 def verify_network_connectivity(targets: ProbeResult) -> ProbeResult:
     """Seed 004 ``docker exec prometheus ping medianest-backend``: TCP connect to each down target.
 
@@ -143,7 +143,7 @@ def _job_targets(result: ProbeResult, job: str | None) -> ProbeResult:
     })
 
 
-@task(name="check-job-targets", **checks.PROBE)
+@resumable(name="check-job-targets", **checks.PROBE)
 def check_job_targets(job: str | None) -> ProbeResult:
     return _job_targets(checks.prometheus_api.fn("scrape_targets"), job)
 
@@ -198,7 +198,7 @@ verify_prometheus_queries = checks.prometheus_query.with_options(name="verify-pr
 check_grafana_logs = checks.log_probe.with_options(name="check-grafana-logs")
 
 
-@task(name="check-grafana-serving", **checks.PROBE)
+@resumable(name="check-grafana-serving", **checks.PROBE)
 def check_grafana_serving() -> ProbeResult:
     health = checks.grafana_api.fn("health")
     if not health.ok:
@@ -259,7 +259,7 @@ check_prometheus_to_alertmanager = checks.prometheus_api.with_options(name="chec
 read_counters = checks.alertmanager_counters
 
 
-@task(name="check-notifications-flowing", **checks.PROBE)
+@resumable(name="check-notifications-flowing", **checks.PROBE)
 def check_notifications_flowing(baseline: dict[str, dict[str, float]], require_delivery: bool) -> ProbeResult:
     """Verification: Alertmanager up and no notification failed since the first reading (and, when
     failures had been seen, at least one delivered since)."""

@@ -26,8 +26,7 @@ or the application that noticed, and restarting that would not bring Redis back:
 
 from __future__ import annotations
 
-from prefect import task
-from core.results import RESUMABLE
+from core.results import resumable
 from pydantic import SecretStr
 
 from flows import checks
@@ -73,7 +72,7 @@ class Limits(Thresholds):
         0.8, "connected clients / maxclients; ours (seed 001's 80 % connection warning for PostgreSQL)", gt=0)
 
 
-@task(name="select-redis-target", cache_policy=RESUMABLE)
+@resumable(name="select-redis-target")
 def select_redis_target(alert: Alert) -> tuple[str, SecretStr] | ProbeResult:
     return checks.data_store("redis", alert)
 
@@ -83,7 +82,7 @@ identify_redis_clients = step("identify-redis-clients", redis.connection_holders
 check_redis_memory = step("check-redis-memory", redis.memory)
 
 
-@task(name="plan-redis-restart", cache_policy=RESUMABLE)
+@resumable(name="plan-redis-restart")
 def plan_redis_restart(ping: ProbeResult) -> list[PlannedAction] | ProbeResult:
     """Seed 001 "If Redis down: Restart Redis service", only while it does not answer."""
     return checks.data_store_restart("redis", DATABASE_SERVICE, ping)

@@ -45,8 +45,8 @@ def declared_in(module: Any) -> list[Any]:
             if isinstance(step, Task) and not isinstance(step.cache_policy, Resumable):
                 raise CatalogError(
                     f"{module.__name__}: step {step.name!r} ({name}) is not resumable: a response that waited for "
-                    "approval would run it again. Make it with flows.lifecycle.step(name, probe) or give it "
-                    "cache_policy=core.results.RESUMABLE")
+                    "approval would run it again. Make it with flows.lifecycle.step(name, probe) or "
+                    "@core.results.resumable(name=...) instead of @task")
     return found
 
 

@@ -25,9 +25,9 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from core.results import RESULTS_BLOCK, RESUMABLE
+from core.results import RESULTS_BLOCK, resumable
 from prefect.states import Completed, State
 
 from flows import checks
@@ -98,7 +98,7 @@ def table(title: str, columns: list[str], rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-@task(name="notify", cache_policy=RESUMABLE)
+@resumable(name="notify")
 def notify(runbook: Runbook, problems: list[str], artifact_key: str) -> None:
     """Tell people what is wrong (the same notification outbox as every response)."""
     text = f":clipboard: *{runbook.title}* needs attention:\n" + "\n".join(f"• {p}" for p in problems)
@@ -158,7 +158,7 @@ def _runbook(spec: RunbookSpec) -> Runbook:
 # -- shared checks ---------------------------------------------------------------------------
 
 
-@task(name="check-overall-health", **checks.PROBE)
+@resumable(name="check-overall-health", **checks.PROBE)
 def check_overall_health() -> ProbeResult:
     """Seed 003 daily "curl http://localhost:3000/health | jq '.status'" for every configured service."""
     services = {n: s for n, s in checks.targets().services.items() if s.health_url}
@@ -169,7 +169,7 @@ def check_overall_health() -> ProbeResult:
     return checks.combine("overall_health", results)
 
 
-@task(name="check-monitoring-stack", **checks.PROBE)
+@resumable(name="check-monitoring-stack", **checks.PROBE)
 def check_monitoring_stack() -> ProbeResult:
     """Seed 003 "Monitoring Stack Status", seed 004 troubleshooting: each configured part answers and works."""
     monitoring = checks.targets().monitoring
@@ -189,7 +189,7 @@ def check_monitoring_stack() -> ProbeResult:
     return checks.combine("monitoring_stack", results)
 
 
-@task(name="review-logs", **checks.PROBE)
+@resumable(name="review-logs", **checks.PROBE)
 def review_logs(since_minutes: float) -> ProbeResult:
     """Seed 004 "Log Review: Check for errors and security events": every configured log, evidence only."""
     sources = checks.targets().logs
@@ -283,7 +283,7 @@ verify_prometheus_retention = checks.prometheus_api.with_options(name="verify-pr
 capacity_disk = checks.disk_space.with_options(name="capacity-planning-disk")
 
 
-@task(name="review-past-week-incidents", cache_policy=RESUMABLE)
+@resumable(name="review-past-week-incidents")
 def past_week_incidents(days: float = 7) -> ProbeResult:
     """The responder's own record: incidents opened in the window, by runbook and how they closed."""
     _, _, store = runtime()
@@ -299,7 +299,7 @@ def past_week_incidents(days: float = 7) -> ProbeResult:
                        or "no incidents", evidence={"incidents": items[-100:], "by_runbook": by_runbook})
 
 
-@task(name="check-log-retention-applied", cache_policy=RESUMABLE)
+@resumable(name="check-log-retention-applied")
 def log_retention_applied() -> ProbeResult:
     """Seed 004 "Logs: 7 days local, 30 days compressed": no uncompressed log older than the local days."""
     paths = checks.targets().paths
@@ -382,7 +382,7 @@ metrics_cleanup = checks.prometheus_api.with_options(name="metrics-cleanup")
 check_backups_for_restore = checks.backup_freshness.with_options(name="disaster-recovery-backups")
 
 
-@task(name="capacity-planning-database-size", **checks.PROBE)
+@resumable(name="capacity-planning-database-size", **checks.PROBE)
 def database_size() -> ProbeResult:
     entry = checks.targets().postgres.get("default")
     if entry is None or entry.url is None:
@@ -446,7 +446,7 @@ def monthly_checks() -> State:
 measure_log_directories = checks.disk_space.with_options(name="check-disk-usage")
 
 
-@task(name="measure-log-directories", **checks.PROBE)
+@resumable(name="measure-log-directories", **checks.PROBE)
 def log_directories() -> ProbeResult:
     paths = checks.targets().paths
     if not paths.logs:
@@ -510,7 +510,7 @@ class StoreRetentionLimits(Thresholds):
             "compressed); incidents, their alerts and timelines are kept", gt=0)
 
 
-@task(name="prune-responder-store", cache_policy=RESUMABLE, retries=2, retry_delay_seconds=5)
+@resumable(name="prune-responder-store", retries=2, retry_delay_seconds=5)
 def prune_responder_store(keep_days: float) -> ProbeResult:
     """Delete history older than ``keep_days``: raw bodies and events delivered and followed up."""
     deleted = runtime()[2].prune(datetime.now(timezone.utc) - timedelta(days=keep_days))

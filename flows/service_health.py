@@ -49,8 +49,7 @@ and escalates; so does an alert whose labels select no service.
 from __future__ import annotations
 
 import httpx
-from prefect import task
-from core.results import RESUMABLE
+from core.results import resumable
 from pydantic import SecretStr
 
 from flows import checks
@@ -106,13 +105,13 @@ class Limits(Thresholds):
     health_timeout_seconds: float = seed(5, "seed 003 \"Connection refused or timeout\" gives no figure: ours", gt=0)
 
 
-@task(name="check-health-endpoint", cache_policy=RESUMABLE)
+@resumable(name="check-health-endpoint")
 def check_health_endpoint(url: str, attempts: int, timeout_s: float) -> ProbeResult:
     """Seed 002 "3 consecutive failures": not healthy only when every try fails (the tries are the retries)."""
     return http.health_check(url, timeout_s=timeout_s, attempts=attempts, delay_s=1.0)
 
 
-@task(name="check-port", cache_policy=RESUMABLE)
+@resumable(name="check-port")
 def check_port(url: str) -> ProbeResult:
     parsed = httpx.URL(url)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -122,7 +121,7 @@ def check_port(url: str) -> ProbeResult:
 check_detailed_health = step("check-detailed-health", http.health_detailed, retries=1)
 
 
-@task(name="check-dependencies", cache_policy=RESUMABLE)
+@resumable(name="check-dependencies")
 def check_dependencies(alert: Alert) -> list[ProbeResult]:
     """Seed 001 "Check Service Status: Database connection, Redis connection"; seed 002 "Check MongoDB status"."""
     _, catalog, _ = runtime()
@@ -142,7 +141,7 @@ def _plan(action: str, name: str, argv: list[str], why: str) -> list[PlannedActi
     return [PlannedAction(action=action, target=name, params={"service": name, "argv": argv}, why=why)]
 
 
-@task(name="plan-restart", cache_policy=RESUMABLE)
+@resumable(name="plan-restart")
 def plan_restart(name: str, service: ServiceTarget, health: ProbeResult, dependencies: list[ProbeResult]) -> list[PlannedAction]:
     """Seed 000 "Graceful restart" of the alert's service, while its health check fails."""
     if health.ok or not service.restart:
@@ -152,7 +151,7 @@ def plan_restart(name: str, service: ServiceTarget, health: ProbeResult, depende
     return _plan("restart_service", name, service.restart, why)
 
 
-@task(name="plan-rollback", cache_policy=RESUMABLE)
+@resumable(name="plan-rollback")
 def plan_rollback(name: str, service: ServiceTarget, last: ProbeResult) -> list[PlannedAction]:
     """Seed 000 "Application rollback", the last resort: the service's configured rollback argv."""
     if not service.rollback:
