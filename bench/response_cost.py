@@ -63,7 +63,7 @@ Prints a table (median, min, max per response and the total over N; the whole re
 and breakdowns; --json prints the figures as JSON too. Asserts nothing. Every process started here
 is stopped at the end, also on Ctrl-C or failure.
 
-Run: `.venv/bin/python bench/response_cost.py [--alerts N] [--idle S] [--json] [--keep]`.
+Run: `.venv/bin/python bench/response_cost.py [--alerts N] [--idle S] [--env KEY=VALUE] [--json] [--keep]`.
 """
 
 from __future__ import annotations
@@ -416,6 +416,8 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=20.0, help="seconds the idle responder is watched first (0: not)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directories and logs; print where")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for responder up (e.g. PYTHONPATH=<a worktree> to measure other code)")
     args = parser.parse_args()
     if args.alerts < 1:
         parser.error("--alerts must be at least 1")
@@ -430,7 +432,8 @@ def main() -> None:
     known: list[psutil.Process] = []
     try:
         config_copy(tmp / "config", capture.url, APPROVAL_TIMEOUT)
-        bench = Bench(tmp / "config", extra_env={"RESPONDER_TIME_SCALE": str(TIME_SCALE)})
+        bench = Bench(tmp / "config", extra_env={**dict(kv.split("=", 1) for kv in args.env),
+                                                  "RESPONDER_TIME_SCALE": str(TIME_SCALE)})
         known += me.children(recursive=True)
         api = bench.api
         print(f"responder up → /healthz 200: {bench.startup:.1f} s (embedded Prefect server, SQLite; "
