@@ -55,6 +55,12 @@ class InProcessResponder:
             except BaseException as exc:  # reported by the constructor or stop()
                 self._error = exc
                 self._ready.set()
+            finally:  # every task of the loop ends before it closes (none is left to be collected half-run)
+                left = asyncio.all_tasks(self._loop)
+                for task in left:
+                    task.cancel()
+                self._loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+                self._loop.close()
 
     async def _run(self) -> None:
         await register_result_storage([self.flow])
