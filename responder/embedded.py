@@ -35,7 +35,7 @@ def server_command(kind: str = "tuned") -> list[str]:
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the server's child process, before exec: SIGTERM it when the responder dies, also by SIGKILL."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -155,25 +155,14 @@ class EmbeddedPrefectServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self.pid_file.write_text(json.dumps({
             "pid": self.process.pid, "started": psutil.Process(self.process.pid).create_time(),
             "responder": os.getpid(), "responder_started": psutil.Process().create_time(),
         }))
-        deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=1) as http:  # one client for the whole wait: each new one loads the CA bundle
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"the embedded Prefect server exited with code {self.process.returncode}; see {self.home / 'server.log'}"
-                    )
-                try:
-                    if http.get(f"{self.api_url}/health").status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.3)
+        if health_answers(self.api_url, timeout, self.process, self.home / "server.log"):
+            return
         self.stop()
         raise RuntimeError(f"the embedded Prefect server did not answer on {self.api_url} within {timeout:.0f} s")
 
@@ -187,6 +176,24 @@ class EmbeddedPrefectServer:
                 self.process.wait(5)
         if self.process:
             self.pid_file.unlink(missing_ok=True)
+
+
+def health_answers(api_url: str, timeout: float, process: subprocess.Popen | None = None,
+                   log: Path | None = None) -> bool:
+    """Whether ``{api_url}/health`` answers 200 within ``timeout`` seconds; raises when ``process``
+    (the server being waited for) exits first."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=1) as http:  # one client for the whole wait: each new one loads the CA bundle
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the embedded Prefect server exited with code {process.returncode}; see {log}")
+            try:
+                if http.get(f"{api_url}/health").status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+    return False
 
 
 def default_prefect_home() -> Path:

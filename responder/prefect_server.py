@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -41,20 +39,17 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import AsyncGenerator
 
-import httpx
 import uvicorn
 from prefect.server.database.configurations import SQLITE_BEGIN_MODE, AioSqliteConfiguration
 from prefect.server.database.dependencies import set_database_config
 from prefect.server.utilities.database import get_dialect
 from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, get_current_settings
 
+from responder.embedded import die_with_parent, health_answers
+
 
 logger = logging.getLogger("responder.prefect_server")
 
-
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 # Open write transactions of the current task (and of tasks it started): a transaction opened while
 # one is held waits for the first one's lock, so if the first waits for it, both wait out SQLite's
@@ -146,20 +141,7 @@ def _start_services_process(host: str, port: int) -> subprocess.Popen:
     """The services as a child process of this one (same process group: stopping the server stops both).
     It starts them once this process's API answers, so the database is migrated first."""
     return subprocess.Popen([sys.executable, "-m", "responder.prefect_server", "--services-only",
-                             "--host", host, "--port", str(port)], preexec_fn=_die_with_parent)
-
-
-def _wait_for_api(host: str, port: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=2) as http:
-        while time.monotonic() < deadline:
-            try:
-                if http.get(f"http://{host}:{port}/api/health").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-    raise SystemExit(f"runbook-responder: the Prefect API on {host}:{port} did not answer; services not started")
+                             "--host", host, "--port", str(port)], preexec_fn=die_with_parent)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -177,7 +159,9 @@ def main(argv: list[str] | None = None) -> None:
                          "another process")
     print(f"runbook-responder: embedded Prefect server, database configuration: {configure_database()}", flush=True)
     if args.services_only:
-        _wait_for_api(args.host, args.port)
+        if not health_answers(f"http://{args.host}:{args.port}/api", 120):
+            raise SystemExit(f"runbook-responder: the Prefect API on {args.host}:{args.port} did not answer; "
+                             "services not started")
         serve_one_app()  # the actions' in-process clients get this app (see serve_one_app)
         asyncio.run(run_services())
         return
