@@ -51,6 +51,8 @@ from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventFilter, EventNameFilter
 from prefect.exceptions import Pause
 from prefect.flow_engine import run_flow
+from prefect.context import SettingsContext, get_settings_context
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 from prefect.states import Pending, Scheduled
 
 from core import metrics
@@ -87,6 +89,7 @@ class Executor:
         self.polling_ok = False
         self.last_poll: float | None = None
         self.on_run_started = on_run_started
+        self._run_settings: tuple[Any, Any] | None = None
 
     @property
     def inflight(self) -> int:
@@ -324,11 +327,24 @@ class Executor:
         if slot:
             self._slots.release()
 
+    def _settings_for_runs(self) -> SettingsContext:
+        """The Prefect settings runs execute with: the executor's own (its thread's context), without
+        flow-run heartbeats (see _execute). Copied once: a copy costs about 50 ms of CPU."""
+        if self._run_settings is None:
+            context = get_settings_context()
+            self._run_settings = (context.profile,
+                                  context.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}))
+        return SettingsContext(profile=self._run_settings[0], settings=self._run_settings[1])
+
     def _execute(self, flow: Any, flow_run: Any, runbook: str) -> None:
         try:
             if self.on_run_started:
                 self.on_run_started(runbook)
-            with bound(self.services):  # the run's steps use the process's store and notifier
+            # The run's steps use the process's store and notifier. No Prefect flow-run heartbeats: each
+            # execution would start a thread of its own for them and send one event at once (then one
+            # every 180 s), and nothing here reads them: a run's liveness is its lease in the store
+            # (responder/leases.py), which a dead responder's runs are taken over by.
+            with bound(self.services), self._settings_for_runs():
                 run_flow(flow, flow_run=flow_run, return_type="state")
         except Pause:  # suspended for approval: the answer schedules it again; until then it holds nothing
             logger.info("Run %s of %s waits for approval (suspended)", flow_run.id, runbook)

@@ -102,6 +102,14 @@ def test_approved_step_runs_once_and_the_run_carries_on_from_its_kept_steps(resp
     assert all(states[name] == ["Completed"] for name in asked_first), states
     assert states["run-mitigation"] == ["Completed"], states
     assert not any("Cached" in names for names in states.values()), states
+    # Liveness is the run's lease in the store: the executor runs flows without Prefect's flow-run
+    # heartbeats (a thread and an event per execution otherwise, the first one at its start).
+    def run_events() -> list[str] | None:
+        found = [e["event"] for e in prefect_post(api, "/events/filter", {"filter": {
+            "resource": {"id": [f"prefect.flow-run.{run_id}"]}, "event": {"prefix": ["prefect.flow-run."]}}, "limit": 50})["events"]]
+        return found if "prefect.flow-run.Resolved" in found else None
+    names = wait_for(run_events, 30, what="the run's own events on the server")
+    assert "prefect.flow-run.Running" in names and "prefect.flow-run.heartbeat" not in names, names
 
 
 def test_rejected_step_does_not_run_and_the_incident_escalates(responder, services, prefect_server):
