@@ -32,8 +32,10 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -139,9 +141,21 @@ async def run_services() -> None:
 
 def _start_services_process(host: str, port: int) -> subprocess.Popen:
     """The services as a child process of this one (same process group: stopping the server stops both).
-    It starts them once this process's API answers, so the database is migrated first."""
-    return subprocess.Popen([sys.executable, "-m", "responder.prefect_server", "--services-only",
-                             "--host", host, "--port", str(port)], preexec_fn=die_with_parent)
+    It starts them once this process's API answers, so the database is migrated first. When it
+    exits, this process stops too: an API without its services would accept alerts' events and
+    start no run, while looking healthy."""
+    services = subprocess.Popen([sys.executable, "-m", "responder.prefect_server", "--services-only",
+                                 "--host", host, "--port", str(port)], preexec_fn=die_with_parent)
+
+    def stop_with_services() -> None:
+        code = services.wait()
+        if code in (0, -signal.SIGTERM):  # the server's process group is being stopped: nothing to add
+            return
+        logger.error("Prefect's services process exited (code %s): stopping the API as well", code)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_with_services, name="services-process", daemon=True).start()
+    return services
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -170,7 +170,7 @@ def test_a_server_a_dead_responder_left_running_is_replaced_and_a_live_ones_is_r
 def test_split_runs_prefects_services_in_a_second_process_only_with_redis_messaging(tmp_path, monkeypatch, redis_url):
     """``RESPONDER_EMBEDDED_SERVER=split``: the API and UI in one process, Prefect's services in a child of
     it, the two joined by Prefect's messaging on the real local Redis. An event posted to the API is
-    persisted by the services process; stopping the server stops both. Without Redis messaging the
+    persisted by the services process; when the services process dies, the API stops too. Without Redis messaging the
     split is refused, naming what is missing (Prefect's in-memory broker does not reach another process)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_MESSAGING")}
     refused = subprocess.run([sys.executable, "-m", "responder.prefect_server", "--split", "--port", str(free_port())],
@@ -207,6 +207,8 @@ def test_split_runs_prefects_services_in_a_second_process_only_with_redis_messag
                     "filter": {"event": {"name": ["responder.test.split"]}}, "limit": 5})
                 return found.status_code == 200 and [e["id"] for e in found.json()["events"]] == [event_id]
             wait_for(persisted, 60, what="the event persisted by the services process")
+            # An API whose services died would look healthy and start no run: it stops with them.
+            services[0].kill()
+            assert server.process.wait(30) is not None
         finally:
             server.stop()
-        assert not services[0].is_running() or services[0].status() == psutil.STATUS_ZOMBIE
