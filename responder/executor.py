@@ -105,16 +105,18 @@ class Executor:
         await asyncio.gather(self._poll_loop(), self._watch_loop(), self._heartbeat_loop())
 
     async def _heartbeat_loop(self) -> None:
-        """Renew this responder's leases, and take over the runs of responders that stopped."""
-        while True:
-            await asyncio.sleep(self.lease_seconds / 3)
-            try:
-                await asyncio.to_thread(self.services.store.renew_leases, self.holder, self.lease_seconds)
-                await self.take_over()
-            except Exception as exc:  # the store or the server may be down: the next beat tries again
-                logger.warning("Lease heartbeat failed (%s: %s)", type(exc).__name__, exc)
+        """Renew this responder's leases, and take over the runs of responders that stopped. One
+        Prefect client for all the beats: a new one per beat asked the server for a CSRF token too."""
+        async with get_client() as client:
+            while True:
+                await asyncio.sleep(self.lease_seconds / 3)
+                try:
+                    await asyncio.to_thread(self.services.store.renew_leases, self.holder, self.lease_seconds)
+                    await self.take_over(client)
+                except Exception as exc:  # the store or the server may be down: the next beat tries again
+                    logger.warning("Lease heartbeat failed (%s: %s)", type(exc).__name__, exc)
 
-    async def take_over(self) -> int:
+    async def take_over(self, client: Any = None) -> int:
         """Schedule again the runs a stopped responder left Running or Pending; returns how many.
 
         A run counts as left when its lease expired (its holder stopped renewing it) or its holder is
@@ -124,43 +126,45 @@ class Executor:
         Taking the lease first means only one live responder takes each run over; it starts again
         from its first step, and the steps it had done return their kept results.
         """
+        if client is None:
+            async with get_client() as client:
+                return await self.take_over(client)
         store = self.services.store
         taken = 0
-        async with get_client() as client:
-            runs = await self._unfinished_runs(client)
-            suspended = {(run.id, run.state.id) for run in runs
-                         if run.state.is_paused() and run.state.state_details.pause_reschedule}
-            self._forms_checked &= suspended  # forget questions answered since
-            for run in runs:
-                if (run.id, run.state.id) in suspended or run.id in self._inflight:
-                    continue  # suspended for approval (held by nobody), or running here
-                lease = await asyncio.to_thread(store.lease, f"run:{run.id}")
-                holder = lease[0] if lease else None
-                if held_by_live(lease):
-                    continue  # a live responder runs it
-                if not await asyncio.to_thread(store.take_lease, f"run:{run.id}", self.holder, self.lease_seconds, holder):
-                    continue  # another live responder took it over first
-                # The list is a moment old: a run seen Running may have been suspended for approval (and let go
-                # of its lease) since, or claimed here. Forcing it Scheduled then would start it again under
-                # its own question. Only a run still in the state the list showed is taken over.
-                current = await client.read_flow_run(run.id)
-                if run.id in self._inflight:
-                    continue  # claimed here meanwhile: the lease just taken is this responder's own
-                if current.state is None or current.state.id != run.state.id:
-                    await asyncio.to_thread(store.release_lease, f"run:{run.id}", self.holder)
-                    continue
-                logger.warning("Run %s (%s) was left %s by %s: taking it over", run.name, run.id, run.state_name,
-                               holder or "a stopped responder")
-                await client.set_flow_run_state(
-                    run.id,
-                    Scheduled(message=f"Taken over from {holder or 'a stopped responder'}: this response starts "
-                                      "again from its first step; the steps it had done keep their results."),
-                    force=True,
-                )
-                taken += 1
-            for run in runs:  # after the take-overs: checking forms asks the server once per question
-                if (run.id, run.state.id) in suspended:
-                    await self._keep_form(client, run)
+        runs = await self._unfinished_runs(client)
+        suspended = {(run.id, run.state.id) for run in runs
+                     if run.state.is_paused() and run.state.state_details.pause_reschedule}
+        self._forms_checked &= suspended  # forget questions answered since
+        for run in runs:
+            if (run.id, run.state.id) in suspended or run.id in self._inflight:
+                continue  # suspended for approval (held by nobody), or running here
+            lease = await asyncio.to_thread(store.lease, f"run:{run.id}")
+            holder = lease[0] if lease else None
+            if held_by_live(lease):
+                continue  # a live responder runs it
+            if not await asyncio.to_thread(store.take_lease, f"run:{run.id}", self.holder, self.lease_seconds, holder):
+                continue  # another live responder took it over first
+            # The list is a moment old: a run seen Running may have been suspended for approval (and let go
+            # of its lease) since, or claimed here. Forcing it Scheduled then would start it again under
+            # its own question. Only a run still in the state the list showed is taken over.
+            current = await client.read_flow_run(run.id)
+            if run.id in self._inflight:
+                continue  # claimed here meanwhile: the lease just taken is this responder's own
+            if current.state is None or current.state.id != run.state.id:
+                await asyncio.to_thread(store.release_lease, f"run:{run.id}", self.holder)
+                continue
+            logger.warning("Run %s (%s) was left %s by %s: taking it over", run.name, run.id, run.state_name,
+                           holder or "a stopped responder")
+            await client.set_flow_run_state(
+                run.id,
+                Scheduled(message=f"Taken over from {holder or 'a stopped responder'}: this response starts "
+                                  "again from its first step; the steps it had done keep their results."),
+                force=True,
+            )
+            taken += 1
+        for run in runs:  # after the take-overs: checking forms asks the server once per question
+            if (run.id, run.state.id) in suspended:
+                await self._keep_form(client, run)
         if taken:
             self.wake()
         return taken
