@@ -39,6 +39,7 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from datetime import timedelta
 from typing import AsyncGenerator
 
 import uvicorn
@@ -126,8 +127,6 @@ async def run_services() -> None:
     """Prefect's services alone (what ``prefect server services start`` runs): the event persister,
     task-run recorder, triggers and actions, and the periodic services."""
     # heavy: Prefect's docket worker and services (imported only in the services process)
-    from datetime import timedelta
-
     from docket import Docket
     from prefect.server.api.background_workers import background_worker
     from prefect.server.services.base import Service
