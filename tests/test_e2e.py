@@ -21,13 +21,6 @@ from support.responder import make_config, running_responder
 
 
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """This module runs on a SQLite Prefect server of its own: the embedded default's database."""
-    with sqlite_prefect_server(tmp_path_factory.mktemp("prefect-sqlite")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def responder(prefect_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     config = make_config(tmp, thresholds={"high-cpu-usage": {"cpu_percent": 100}},
