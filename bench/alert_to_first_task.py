@@ -49,6 +49,24 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+def machine_speed() -> float:
+    """CPU seconds a pure-Python loop of 10 million additions takes, the best of three: this machine's
+    speed now. On the 2-core machine these figures come from, the same loop (run at module level) took
+    0.87 to 1.31 s on one day: a spread larger than most changes a bench measures. So every bench
+    prints it when it starts and when it ends; compare figures only between runs of similar speed."""
+    best = float("inf")
+    for _ in range(3):
+        started, total = time.process_time(), 0
+        for i in range(10_000_000):
+            total += i
+        best = min(best, time.process_time() - started)
+    return best
+
+
+def say_machine_speed(when: str) -> None:
+    print(f"machine speed {when}: 10 million additions in {machine_speed():.2f} s of CPU (lower is faster)", flush=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -108,6 +126,7 @@ class Database:
 class Bench:
     def __init__(self, config_dir: Path | None, prefect_database_url: str | None = None,
                  extra_env: dict[str, str] | None = None, store_url: str | None = None) -> None:
+        say_machine_speed("before the bench")
         self.tmp = Path(tempfile.mkdtemp(prefix="responder-bench-"))
         self.prefect_port = free_port()
         self.intake_port = free_port()
@@ -256,6 +275,7 @@ class Bench:
             print(f"kept: {self.tmp}")
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
+        say_machine_speed("after the bench")
 
 
 def pct(values: list[float], q: float) -> float:
