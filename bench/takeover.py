@@ -53,7 +53,8 @@ import psycopg
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from alert_to_first_task import BIN, PREFECT_AUTH, PREFECT_LOGIN, ROOT, Database, alert_body, free_port  # noqa: E402
+from alert_to_first_task import (BIN, PREFECT_AUTH, PREFECT_LOGIN, ROOT, Database, alert_body, free_port,  # noqa: E402
+                                 say_machine_speed)
 from storm import CaptureServer, ExternalServer, keep_or_remove, stop_group  # noqa: E402
 
 from responder.embedded import server_command  # noqa: E402  (the server `make run` embeds)
@@ -140,6 +141,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory and logs; print where")
     args = parser.parse_args()
 
+    say_machine_speed("before the bench")
     tmp = Path(tempfile.mkdtemp(prefix="responder-takeover-"))
     capture = CaptureServer()
     store = Database(args.store_url, "bench_takeover")
@@ -264,6 +266,7 @@ def main() -> None:
         store.drop()
         capture.close()
         keep_or_remove(tmp, args.keep)
+        say_machine_speed("after the bench")
 
 
 if __name__ == "__main__":
