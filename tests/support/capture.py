@@ -51,3 +51,4 @@ class CaptureServer:
 
     def close(self) -> None:
         self.server.shutdown()
+        self.server.server_close()  # the listening socket too: otherwise it stays bound until collected
