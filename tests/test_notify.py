@@ -90,7 +90,8 @@ def test_an_outage_then_rate_limits_every_message_arrives_once_in_order(tmp_path
         courier.drain(timeout=40)
         taken = [r for r in slack.requests if r["at"] >= outage_ends and r is not limited[0]]
         # Only what the notifier posted to its webhook: the capture server's port came from the kernel and
-        # may have served an earlier test, whose stray requests (a GET once, in the suite) are not ours.
+        # may have served an earlier test, whose stray requests (once in the suite, one whose body was not JSON)
+        # are not ours.
         posted_to_hook = [r for r in webhook.requests if r["method"] == "POST" and r["path"] == "/hook"]
         assert len(posted_to_hook) == sum(map(len, written.values()))
         for incident in incidents:
