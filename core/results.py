@@ -64,8 +64,13 @@ class Resumable(CachePolicy):
         return step_key(run.flow_run_id, task_ctx.task.task_key, position, inputs)
 
 
+def _position_counter(task_key: str) -> str:
+    """Where an execution counts a step's calls, among Prefect's own counters (ours are prefixed)."""
+    return f"responder:position:{task_key}"
+
+
 def _next_position(positions: dict[str, Any], task_key: str) -> int:
-    counter = f"responder:position:{task_key}"
+    counter = _position_counter(task_key)
     position = positions[counter] = int(positions.get(counter, -1)) + 1
     return position
 
@@ -139,7 +144,7 @@ def _kept_result(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> A
     positions = context.task_run_dynamic_keys
     if positions.get(_LOOKING) is False:
         return _NOT_KEPT
-    counter = f"responder:position:{task.task_key}"
+    counter = _position_counter(task.task_key)
     before = positions.get(counter)
     key = step_key(context.flow_run.id, task.task_key, _next_position(positions, task.task_key),
                    get_call_parameters(task.fn, args, kwargs))
