@@ -246,6 +246,9 @@ def test_the_report_s_chart_is_drawn_in_the_prefect_ui(closed, prefect_server, t
                 page.goto(f"{api.removesuffix('/api')}{ui}/artifacts/artifact/{found['id']}", wait_until="networkidle")
                 image = page.locator('img[alt="ResponderDrill around the incident"]')
                 image.wait_for(timeout=30000)
+                # The V2 UI may render the report again after it first shows it (the image is briefly
+                # detached, with no box): wait until it has been laid out before reading it.
+                wait_for(lambda: image.bounding_box() is not None, 15, interval=0.2, what=f"the chart laid out in {ui or 'v1'}")
                 name = ui.strip("/") or "v1"
                 drawn[name] = (image.evaluate("img => [img.complete, img.naturalWidth, img.naturalHeight]"),
                                image.bounding_box())
