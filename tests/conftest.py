@@ -21,7 +21,7 @@ import pytest
 from support.capture import CaptureServer
 from support.common import free_port, wait_for
 from support.databases import _pg_ok, private_postgres, temporary_database
-from support.prefect import PrefectServer, serving, sqlite_prefect_server
+from support.prefect import PrefectServer, serving, share_migrated_database, sqlite_prefect_server
 from support.responder import LIVE_RESPONDERS
 
 
@@ -53,6 +53,14 @@ def pytest_runtest_makereport(item, call):
 # -- Prefect server -----------------------------------------------------------------
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_migrated_prefect_database(tmp_path_factory) -> None:
+    """Every new SQLite Prefect database of the session starts as a copy of one migrated database
+    (support/prefect.py); pytest-xdist's workers share the session's base directory, so they share it."""
+    base = tmp_path_factory.getbasetemp()
+    share_migrated_database((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "prefect-migrated")
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory, postgres_url) -> Iterator[PrefectServer]:
     """The suite's shared Prefect server: the one `make run` embeds, on SQLite (the default users get).
@@ -63,10 +71,7 @@ def prefect_server(tmp_path_factory, postgres_url) -> Iterator[PrefectServer]:
     timeout and failed tests at random (README, "Measured")."""
     choice = os.environ.get("RESPONDER_TEST_PREFECT_DATABASE", "sqlite")
     if choice == "sqlite":
-        # pytest-xdist's workers share the session's base directory: one migrated database for all of them.
-        base = tmp_path_factory.getbasetemp()
-        shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-        with sqlite_prefect_server(tmp_path_factory.mktemp("prefect-home"), shared=shared) as server:
+        with sqlite_prefect_server(tmp_path_factory.mktemp("prefect-home")) as server:
             yield server
         return
     if choice != "postgresql":

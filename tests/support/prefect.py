@@ -40,9 +40,16 @@ class PrefectServer:
 
     def start(self) -> "PrefectServer":
         self.home.mkdir(parents=True, exist_ok=True)
-        new_database = not self.database_url and not (self.home / "prefect.db").exists()
-        if new_database:
-            seed_database(self.home)
+        if self.database_url or (self.home / "prefect.db").exists() or seed_database(self.home):
+            return self._launch()
+        with _seed_lock():  # no migrated copy yet: this start makes the session's, the others wait for it
+            if seed_database(self.home):
+                return self._launch()
+            self._launch()
+            keep_migrated_database(self)
+        return self
+
+    def _launch(self) -> "PrefectServer":
         env = {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                "PREFECT_UI_API_URL": self.api_url}
         env.pop("PREFECT_API_URL", None)
@@ -57,8 +64,6 @@ class PrefectServer:
             start_new_session=True,
         )
         wait_for(lambda: HTTP.get(f"{self.api_url}/health", timeout=1).status_code == 200, 90, what="Prefect server")
-        if new_database:
-            keep_migrated_database(self)
         return self
 
     def stop(self) -> None:
@@ -71,69 +76,77 @@ class PrefectServer:
                 self.process.wait(5)
 
 
-# A copy of the first new SQLite Prefect database this test process started, taken once its server
-# answered: Prefect's migrations applied and its block types registered, nothing else. A new server
-# on SQLite starts from it instead of an empty file: 4 s of CPU instead of 11 s (migrating a new
-# database takes 7), for the same server code on the same schema.
+# A copy of the session's first new SQLite Prefect database, taken once its server answered: Prefect's
+# migrations applied and its block types registered, nothing else. A new server on SQLite (a test's own
+# PrefectServer, or the one `responder up` embeds) starts from it instead of an empty file: 4 s of CPU
+# instead of 11 s (migrating a new database takes 7), for the same server code on the same schema.
+# It is kept in a directory every test process of the session sees (`share_migrated_database`, called
+# by conftest), so a pytest-xdist worker whose first module starts servers of its own finds the copy
+# another worker made; ``_MIGRATED`` is this process's path to it once known.
 _MIGRATED: Path | None = None
+_SHARED: Path | None = None
+_LOCK_HELD = False
 
 
-def seed_database(prefect_home: Path) -> None:
-    """Give a Prefect home without a database a copy of the migrated one, when there is one."""
+def share_migrated_database(directory: Path) -> None:
+    global _SHARED
+    directory.mkdir(parents=True, exist_ok=True)
+    _SHARED = directory
+
+
+@contextmanager
+def _seed_lock() -> Iterator[None]:
+    """Held by the process making the session's migrated copy while its server migrates and starts; a
+    process that wants the copy waits for it instead of migrating a database of its own on the same cores."""
+    global _LOCK_HELD
+    if _SHARED is None or _LOCK_HELD:
+        yield
+        return
+    with open(_SHARED / "prefect-migrated.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _LOCK_HELD = True
+        try:
+            yield
+        finally:
+            _LOCK_HELD = False
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def seed_database(prefect_home: Path) -> bool:
+    """Give a Prefect home without a database a copy of the migrated one; False when there is none yet."""
+    global _MIGRATED
     target = prefect_home / "prefect.db"
-    if _MIGRATED is not None and not target.exists():
-        prefect_home.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(_MIGRATED, target)
+    if target.exists():
+        return True
+    if _MIGRATED is None and _SHARED is not None:
+        with _seed_lock():
+            if (_SHARED / "prefect-migrated.db").exists():
+                _MIGRATED = _SHARED / "prefect-migrated.db"
+    if _MIGRATED is None:
+        return False
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_MIGRATED, target)
+    return True
 
 
 def keep_migrated_database(server: PrefectServer) -> None:
-    """Snapshot a freshly started SQLite server's database (SQLite's online backup: consistent while it runs)."""
+    """Snapshot a freshly started SQLite server's database (SQLite's online backup: consistent while it
+    runs) as the session's migrated copy."""
     global _MIGRATED
-    if _MIGRATED is None and not server.database_url and (server.home / "prefect.db").exists():
-        copy = server.home.parent / f"{server.home.name}-migrated.db"
-        with closing(sqlite3.connect(server.home / "prefect.db")) as source, closing(sqlite3.connect(copy)) as target:
-            source.backup(target)
-        _MIGRATED = copy
-
-
-@contextmanager
-def sqlite_prefect_server(home: Path, shared: Path | None = None) -> Iterator[PrefectServer]:
-    """A Prefect server of its own on SQLite (the embedded default's database), as PREFECT_API_URL.
-
-    With ``shared``, a directory every test process of the session can see, the processes migrate one
-    database between them (see :func:`migrated_once`)."""
-    server = PrefectServer(home)
-    with migrated_once(shared):
-        server.start()
-    with serving(server) as server:
-        yield server
-
-
-@contextmanager
-def migrated_once(shared: Path | None) -> Iterator[None]:
-    """Under ``shared``, one migrated database for every test process of the session.
-
-    pytest-xdist's workers each start a session server at the same moment, and each migrated a new
-    database (7 of its 11 s of CPU) on the same 2 cores. The first process to take the lock starts
-    its server on a new database and leaves a copy of it migrated in ``shared``; the others wait for
-    the lock (the server has started when it is released) and start from that copy."""
-    global _MIGRATED
-    if shared is None:
-        yield
+    if _MIGRATED is not None or server.database_url or not (server.home / "prefect.db").exists():
         return
-    shared.mkdir(parents=True, exist_ok=True)
-    seed = shared / "prefect-migrated.db"
-    with open(shared / "prefect-migrated.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if _MIGRATED is None and seed.exists():
-                _MIGRATED = seed
-            yield  # the server starts, and answers, inside the lock
-            if _MIGRATED is not None and not seed.exists():
-                shutil.copyfile(_MIGRATED, seed.with_suffix(".partial"))
-                seed.with_suffix(".partial").rename(seed)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    folder = _SHARED or server.home.parent
+    partial = folder / f"{server.home.name}-migrated.partial"
+    with closing(sqlite3.connect(server.home / "prefect.db")) as source, closing(sqlite3.connect(partial)) as target:
+        source.backup(target)
+    _MIGRATED = partial.rename(folder / "prefect-migrated.db" if _SHARED else folder / f"{server.home.name}-migrated.db")
+
+
+@contextmanager
+def sqlite_prefect_server(home: Path) -> Iterator[PrefectServer]:
+    """A Prefect server of its own on SQLite (the embedded default's database), as PREFECT_API_URL."""
+    with serving(PrefectServer(home)) as server:
+        yield server
 
 
 @contextmanager
