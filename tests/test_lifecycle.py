@@ -2,8 +2,10 @@
 built-in ResponderDrill runbook (it touches no system).
 
 Slack, PagerDuty and webhook receivers are unreachable from here: a local capture server stands
-in for each and the tests assert what was sent. Delays are scaled by RESPONDER_TIME_SCALE=0.01,
-so the default policy's 5/15/30 minutes become 3/9/18 seconds (no time is patched).
+in for each and the tests assert what was sent. Delays are scaled by RESPONDER_TIME_SCALE=0.01 (no
+time is patched), and this module's installation pages the default policy's levels at 5/10/15 minutes
+(the seed's 5/15/30 would make each paging test wait 18 s for its level 3): 3/6/9 seconds. The
+critical policy keeps the seed's "immediately, then +5 min".
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+import yaml
 
 from support.capture import CaptureServer
 from support.common import BIN, HTTP, ROOT, wait_for
@@ -81,6 +84,10 @@ def responder(prefect_server, tmp_path_factory, receivers):
                 "pagerduty": {"routing_key": "${RESPONDER_TEST_PD_KEY}", "events_url": f"{receivers.pagerduty.url}/v2/enqueue",
                               "severities": ["critical"]}},
     )
+    escalation = yaml.safe_load((config / "escalation.yaml").read_text())
+    escalation["policies"]["default"] = [{"level": 1, "after_minutes": 5}, {"level": 2, "after_minutes": 10},
+                                         {"level": 3, "after_minutes": 15}]
+    (config / "escalation.yaml").write_text(yaml.safe_dump(escalation))
     proc = ResponderProcess(tmp / "home", config, prefect_server.api_url, {
         "RESPONDER_TIME_SCALE": "0.01",
         "RESPONDER_SLACK_TOKEN": "xoxb-test-token",
@@ -112,7 +119,7 @@ def test_pages_go_out_per_level_in_order_once_across_a_restart(responder, receiv
     wait_for(lambda: receivers.pages(incident) == [1], 20, what="the level 1 page (+3 s)")
     responder.stop()  # the responder goes away while the incident is open …
     responder.start()  # … and comes back: pages still go out once, in order (levels due meanwhile at once)
-    wait_for(lambda: len(receivers.pages(incident)) >= 3, 40, what="the level 2 (+9 s) and level 3 (+18 s) pages")
+    wait_for(lambda: len(receivers.pages(incident)) >= 3, 40, what="the level 2 (+6 s) and level 3 (+9 s) pages")
     time.sleep(2)
     assert receivers.pages(incident) == [1, 2, 3]
     # The Event Feed shows each page once, with when it was due.
@@ -133,7 +140,7 @@ def test_acknowledging_stops_further_pages(responder, receivers, prefect_server)
     out = subprocess.run([str(BIN / "responder"), "ack", incident, "--by", "carol"], env=responder.env, cwd=ROOT,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
-    time.sleep(20)  # past the level 2 (+9 s) and level 3 (+18 s) times
+    time.sleep(8)  # acknowledged after the level 1 page (+3 s): past the level 2 (+6 s) and level 3 (+9 s) times
     assert receivers.pages(incident) == [1]
     assert [e["payload"]["level"] for e in _paged_events(prefect_server.api_url, incident)] == [1]
     assert any("acknowledged by carol" in r["body"].get("text", "").lower() or "carol" in r["body"].get("text", "")

@@ -2,7 +2,8 @@
 responder was killed with SIGKILL right after accepting them.
 
 This module has its own Prefect server (SQLite in a temporary PREFECT_HOME) so that it can stop
-and restart it on the same port and data without disturbing the other tests.
+and restart it on the same port and data without disturbing the other tests. Its tests share it: each
+stops it and starts it again, and each leaves it running.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 import time
 import uuid
 
+import pytest
 
 from support.alerts import load_fixture
 from support.common import HTTP, wait_for
@@ -20,8 +22,14 @@ from support.prefect import PrefectServer, wait_run_final
 from support.responder import ResponderProcess, make_config, running_responder
 
 
-def test_alert_posted_while_prefect_is_down_runs_after_it_returns(tmp_path):
-    server = PrefectServer(tmp_path / "prefect").start()
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = PrefectServer(tmp_path_factory.mktemp("outage") / "prefect").start()
+    yield server
+    server.stop()
+
+
+def test_alert_posted_while_prefect_is_down_runs_after_it_returns(tmp_path, server):
     config = make_config(tmp_path, thresholds={"high-cpu-usage": {"cpu_percent": 100}},
                          runbook_overrides={"high-cpu-usage": {"verify": {"budget_seconds": 5, "interval_seconds": 1}}})
     try:
@@ -46,14 +54,14 @@ def test_alert_posted_while_prefect_is_down_runs_after_it_returns(tmp_path):
             assert run["created_by"]["type"] == "AUTOMATION"
             wait_for(lambda: HTTP.get(f"{responder.url}/healthz").status_code == 200, 30, what="ready again")
     finally:
-        server.stop()
+        if server.process.poll() is not None:
+            server.start()
 
 
-def test_an_accepted_alert_survives_kill_9_of_the_responder(tmp_path):
+def test_an_accepted_alert_survives_kill_9_of_the_responder(tmp_path, server):
     """A 2xx means the body is in the store: the responder killed with SIGKILL right after answering,
     then started again on the same store, runs the alert. The Prefect server is stopped meanwhile, so
     the alert can reach it only through what the second process reads from the store."""
-    server = PrefectServer(tmp_path / "prefect").start()
     config = make_config(tmp_path, thresholds={"high-cpu-usage": {"cpu_percent": 100}},
                          runbook_overrides={"high-cpu-usage": {"verify": {"budget_seconds": 5, "interval_seconds": 1}}})
     first = ResponderProcess(tmp_path / "home", config, server.api_url).start()
@@ -73,4 +81,5 @@ def test_an_accepted_alert_survives_kill_9_of_the_responder(tmp_path):
     finally:
         second.stop()
         first.stop()
-        server.stop()
+        if server.process.poll() is not None:
+            server.start()
