@@ -21,7 +21,6 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-import yaml
 
 from support.capture import CaptureServer
 from support.common import BIN, HTTP, ROOT, wait_for
@@ -83,11 +82,8 @@ def responder(prefect_server, tmp_path_factory, receivers):
                 "delivery": {"slack_per_second": 50, "storm_incidents": 1000},
                 "pagerduty": {"routing_key": "${RESPONDER_TEST_PD_KEY}", "events_url": f"{receivers.pagerduty.url}/v2/enqueue",
                               "severities": ["critical"]}},
+        default_pages_after_minutes=(5, 15, 20),
     )
-    escalation = yaml.safe_load((config / "escalation.yaml").read_text())
-    escalation["policies"]["default"] = [{"level": 1, "after_minutes": 5}, {"level": 2, "after_minutes": 15},
-                                         {"level": 3, "after_minutes": 20}]
-    (config / "escalation.yaml").write_text(yaml.safe_dump(escalation))
     proc = ResponderProcess(tmp / "home", config, prefect_server.api_url, {
         "RESPONDER_TIME_SCALE": "0.01",
         "RESPONDER_SLACK_TOKEN": "xoxb-test-token",

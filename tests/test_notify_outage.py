@@ -60,9 +60,9 @@ def drill(responder: ResponderProcess) -> str:
 
 def test_every_message_arrives_once_in_order_after_an_outage_and_a_restart(tmp_path, prefect_server, slack, webhook):
     config = make_config(tmp_path, runbook_overrides={"responder-drill": {"approval_timeout_seconds": 60000}},
-                         notify={"webhooks": [f"{webhook.url}/hook"]})
+                         notify={"webhooks": [f"{webhook.url}/hook"]}, default_pages_after_minutes=(5, 10, 15))
     responder = ResponderProcess(tmp_path / "home", config, prefect_server.api_url, {
-        "RESPONDER_TIME_SCALE": "0.01",  # pages at 3, 9 and 18 s
+        "RESPONDER_TIME_SCALE": "0.01",  # pages at 3, 6 and 9 s
         "RESPONDER_SLACK_TOKEN": "xoxb-test-token",
         "RESPONDER_SLACK_API_URL": f"{slack.server.url}/api/",
     })

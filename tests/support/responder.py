@@ -85,8 +85,12 @@ class ResponderProcess:
 
 
 def make_config(tmp: Path, thresholds: dict[str, dict[str, float]] | None = None, targets: dict | None = None,
-                notify: dict | None = None, runbook_overrides: dict[str, dict] | None = None) -> Path:
-    """A copy of config/ with test overrides (thresholds, targets, notify) applied; app-1 is this machine."""
+                notify: dict | None = None, runbook_overrides: dict[str, dict] | None = None,
+                default_pages_after_minutes: tuple[float, float, float] | None = None) -> Path:
+    """A copy of config/ with test overrides (thresholds, targets, notify) applied; app-1 is this machine.
+
+    ``default_pages_after_minutes``: when the default escalation policy pages levels 1, 2 and 3 (the
+    seed's 5/15/30), for a module that waits for its level 3 page."""
     config = tmp / "config"
     shutil.copytree(ROOT / "config", config, dirs_exist_ok=True)
     changes: dict[str, dict] = {}
@@ -104,6 +108,11 @@ def make_config(tmp: Path, thresholds: dict[str, dict[str, float]] | None = None
     (config / "targets.yaml").write_text(yaml.safe_dump(targets))
     if notify is not None:
         (config / "notify.yaml").write_text(yaml.safe_dump(notify))
+    if default_pages_after_minutes is not None:
+        escalation = yaml.safe_load((config / "escalation.yaml").read_text())
+        escalation["policies"]["default"] = [{"level": level, "after_minutes": minutes}
+                                             for level, minutes in enumerate(default_pages_after_minutes, start=1)]
+        (config / "escalation.yaml").write_text(yaml.safe_dump(escalation))
     return config
 
 
