@@ -78,8 +78,8 @@ class PrefectServer:
 
 # A copy of the session's first new SQLite Prefect database, taken once its server answered: Prefect's
 # migrations applied and its block types registered, nothing else. A new server on SQLite (a test's own
-# PrefectServer, or the one `responder up` embeds) starts from it instead of an empty file: 4 s of CPU
-# instead of 11 s (migrating a new database takes 7), for the same server code on the same schema.
+# PrefectServer, or the one `responder up` embeds) starts from it instead of an empty file: 6.7-6.9 s
+# of CPU instead of 11.6-12.1 s (measured 2026-12-07), for the same server code on the same schema.
 # It is kept in a directory every test process of the session sees (`share_migrated_database`, called
 # by conftest), so a pytest-xdist worker whose first module starts servers of its own finds the copy
 # another worker made; ``_MIGRATED`` is this process's path to it once known.
