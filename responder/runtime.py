@@ -215,10 +215,9 @@ class Responder:
                         await asyncio.to_thread(self.store.mark_failed, ids, str(exc))
                         self.triggers_ready = False  # the server may have restarted: prove triggers again
                         continue
-                    await asyncio.to_thread(self.store.mark_delivered, ids,
-                                            [e["id"] for e in events if not _has_follow_up(e)])
+                    await asyncio.to_thread(self.store.mark_delivered, ids)
                     metrics.EVENTS_DELIVERED.inc(len(ids))
-                    if self._follow_up_wake is not None and any(_has_follow_up(e) for e in events):
+                    if self._follow_up_wake is not None:
                         self._follow_up_wake.set()
                     continue
                 try:

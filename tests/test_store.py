@@ -262,36 +262,6 @@ def test_a_run_claims_its_incident_and_says_so_once_even_when_it_runs_again(tmp_
     assert [m.body for m in store.messages(incident.id)] == [{"run": "run-1"}]
 
 
-def _unrouted_firing_and_closed(store) -> list[dict]:
-    """An alert no runbook routes, a routed one whose incident is then closed: their three events."""
-    routes = {"HIGH_CPU_USAGE": Route("high-cpu-usage", "warning")}
-    for name, group in (("NobodyRoutesThis", "unrouted"), ("HIGH_CPU_USAGE", "routed")):
-        body = alert_body(name, group)
-        store.ingest(AlertmanagerPayload.model_validate(body), json.dumps(body).encode(), routes)
-    [incident] = [i.id for i in store.incidents("open")]
-    store.close_incident(incident, "test")
-    return store.pending_events()
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_delivered_events_with_nothing_to_follow_up_are_marked_in_the_delivery_commit(tmp_path, backend, request):
-    """Delivery marks the events with no local follow-up followed up in the same commit, so the follow-up
-    pass reads only those that have one (an incident's close), through an index of its own."""
-    url = request.getfixturevalue("fresh_database") if backend == "postgresql" else None
-    store = open_store(url, tmp_path / "responder.db")
-    events = _unrouted_firing_and_closed(store)
-    quiet = [e["id"] for e in events if e["kind"] != "incident.closed"]
-    assert len(quiet) == 2
-    store.mark_delivered([e["id"] for e in events], quiet)
-    assert store.pending_events() == []
-    assert [e["kind"] for e in store.pending_followups()] == ["incident.closed"]
-    if backend == "sqlite":
-        with sqlite3.connect(tmp_path / "responder.db") as conn:
-            plan = conn.execute("EXPLAIN QUERY PLAN SELECT body FROM outbox WHERE delivered_at IS NOT NULL "
-                                "AND followed_up_at IS NULL ORDER BY seq LIMIT 100").fetchall()
-        assert "outbox_to_follow_up" in str(plan), plan
-
-
 def test_a_follow_up_pass_marks_its_events_in_one_go_and_keeps_what_it_could_not_do(tmp_path, monkeypatch):
     """Delivered events with no local consequence (an unrouted alert, a routed one firing) are marked
     followed up without asking Prefect; an incident's close, which needs the Prefect server (artifacts,
@@ -310,7 +280,13 @@ def test_a_follow_up_pass_marks_its_events_in_one_go_and_keeps_what_it_could_not
 
     store = open_store(None, tmp_path / "responder.db")
     services = build(ResponderSettings(home=tmp_path / "home"), load_catalog(make_config(tmp_path)), store)
-    events = _unrouted_firing_and_closed(store)
+    routes = {"HIGH_CPU_USAGE": Route("high-cpu-usage", "warning")}
+    for name, group in (("NobodyRoutesThis", "unrouted"), ("HIGH_CPU_USAGE", "routed")):
+        body = alert_body(name, group)
+        store.ingest(AlertmanagerPayload.model_validate(body), json.dumps(body).encode(), routes)
+    [incident] = [i.id for i in store.incidents("open")]
+    store.close_incident(incident, "test")
+    events = store.pending_events()
     assert sorted(e["kind"] for e in events) == ["alert.firing", "alerts.unrouted", "incident.closed"]
     store.mark_delivered([e["id"] for e in events])
 

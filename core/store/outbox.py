@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Collection
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -117,23 +116,13 @@ class Outbox(StoreBase):
             ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
-    def mark_delivered(self, event_ids: list[str], nothing_to_follow_up: Collection[str] = ()) -> None:
-        """One statement for the whole batch (its ids bound as parameters: only their count shapes the SQL).
-
-        ``nothing_to_follow_up``: those of them with no local follow-up (most: alerts that fired, joined,
-        resolved or went unrouted), marked followed up in the same commit, so the follow-up pass never
-        reads them back (:meth:`pending_followups`)."""
+    def mark_delivered(self, event_ids: list[str]) -> None:
+        """One statement for the whole batch (its ids bound as parameters: only their count shapes the SQL)."""
         if not event_ids:
             return
-        now = iso(utcnow())
-        nothing = set(nothing_to_follow_up)
-        quiet = [event_id for event_id in event_ids if event_id in nothing]
         with self._tx() as cur:
             self._exec(cur, "UPDATE outbox SET delivered_at = %s, attempts = attempts + 1 WHERE id IN ("
-                       + ", ".join(["%s"] * len(event_ids)) + ")", (now, *event_ids))
-            if quiet:
-                self._exec(cur, "UPDATE outbox SET followed_up_at = %s WHERE id IN ("
-                           + ", ".join(["%s"] * len(quiet)) + ")", (now, *quiet))
+                       + ", ".join(["%s"] * len(event_ids)) + ")", (iso(utcnow()), *event_ids))
 
     def pending_followups(self, limit: int = 100) -> list[dict[str, Any]]:
         """Delivered events whose local follow-up (pages, notifications, artifacts) has not completed."""

@@ -258,12 +258,6 @@ MIGRATIONS = [
         "CREATE INDEX IF NOT EXISTS messages_by_incident ON messages (incident_id, seq)",
         "CREATE INDEX IF NOT EXISTS messages_recent ON messages (channel, kind, created_at)",
     ]),
-    # The follow-up pass read the delivered events not yet followed up through the delivery index,
-    # scanning every delivered row it kept (7.6 % of the responder's samples at 1,450 posts/s, py-spy);
-    # most are now marked followed up when they are delivered, and the few left are found directly.
-    Migration(11, "index the delivered events that wait for a follow-up", [
-        "CREATE INDEX IF NOT EXISTS outbox_to_follow_up ON outbox (seq) WHERE delivered_at IS NOT NULL AND followed_up_at IS NULL",
-    ]),
 ]
 LATEST_VERSION = MIGRATIONS[-1].version
 
