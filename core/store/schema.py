@@ -258,6 +258,14 @@ MIGRATIONS = [
         "CREATE INDEX IF NOT EXISTS messages_by_incident ON messages (incident_id, seq)",
         "CREATE INDEX IF NOT EXISTS messages_recent ON messages (channel, kind, created_at)",
     ]),
+    # The follow-up pass (``Outbox.pending_followups``) read the delivered events not yet followed up
+    # through the delivery index, so it scanned every delivered row the outbox keeps (until retention),
+    # on every pass: 7.6 % of the responder's samples in py-spy at about 1,800 single-alert posts/s.
+    # This index holds only the rows that wait for a follow-up; a row leaves it when it is marked.
+    Migration(11, "index the delivered events that wait for a follow-up", [
+        "CREATE INDEX IF NOT EXISTS outbox_awaiting_follow_up ON outbox (seq) "
+        "WHERE delivered_at IS NOT NULL AND followed_up_at IS NULL",
+    ]),
 ]
 LATEST_VERSION = MIGRATIONS[-1].version
 
