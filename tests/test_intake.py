@@ -68,6 +68,8 @@ def test_not_json_is_422(responder):
     (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),          # 400 KB, under the 1 MiB limit
     (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, "nested too deeply"),
     (b'{"version": "4", "groupKey": "\\ud800"}', "lone surrogate"),
+    (b'{"version": "4", "groupKey": "\\ud83d\\ude00 \\uDFFF"}', "lone surrogate"),  # a pair, then a lone one
+    ('{"version": "4", "groupKey": "\\ud800"}'.encode("utf-16"), "lone surrogate"),  # UTF-16: zero bytes
     (b'{"version": "4", "truncatedAlerts": NaN}', "NaN is not JSON"),
     (b'{"version": "4", "truncatedAlerts": -Infinity}', "-Infinity is not JSON"),
     (b'{"version": "4", "truncatedAlerts": 1e999}', "too large for a double"),
