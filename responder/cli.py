@@ -37,7 +37,8 @@ from core.services import build
 from core.settings import ResponderSettings
 from core.store import SchemaError, StoreUnavailable, open_store
 from responder.docs import runbooks_markdown
-from responder.embedded import EmbeddedPrefectServer, default_prefect_home, limit_malloc_arenas, small_ca_file_for_plain_http
+from responder.embedded import (EmbeddedPrefectServer, default_prefect_home, limit_malloc_arenas,
+                                no_csrf_tokens_when_unprotected, small_ca_file_for_plain_http)
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -380,6 +381,7 @@ def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
             return _fail(str(exc))
         os.environ["PREFECT_API_URL"] = embedded.api_url
         os.environ["PREFECT_API_AUTH_STRING"] = embedded.auth_string()  # this process's Prefect clients log in
+        no_csrf_tokens_when_unprotected(embedded.api_url, embedded.auth_string())
         ui = f"{embedded.ui_url}   (login: {embedded.auth_file if not os.environ.get('PREFECT_SERVER_API_AUTH_STRING') else 'PREFECT_SERVER_API_AUTH_STRING'})"
     else:
         ui = os.environ["PREFECT_API_URL"].rstrip("/").removesuffix("/api")

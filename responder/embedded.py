@@ -219,6 +219,32 @@ def limit_malloc_arenas() -> None:
         pass
 
 
+CSRF_DISABLED = "CSRF protection is disabled"  # the Prefect server's answer to a token request when it is off
+
+
+def no_csrf_tokens_when_unprotected(api_url: str, auth_string: str) -> bool:
+    """Tell this process's Prefect clients not to ask the embedded server for CSRF tokens when it has
+    CSRF protection off (Prefect's default); True when it is off.
+
+    Each new Prefect client asks ``/csrf-token`` before its first change request and turns its support
+    off only when the server answers 422 "CSRF protection is disabled": about one request per response
+    (241 in a 200-response storm), for nothing. The server is asked once here instead; a server with
+    the protection on, one that does not answer, or ``PREFECT_CLIENT_CSRF_SUPPORT_ENABLED`` set by you
+    leaves the clients as they are."""
+    if "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED" in os.environ:
+        return False
+    user, _, password = auth_string.partition(":")
+    try:
+        with httpx.Client(timeout=5, auth=(user, password)) as http:
+            answer = http.get(f"{api_url}/csrf-token", params={"client": "runbook-responder-start"})
+    except httpx.HTTPError:
+        return False
+    if answer.status_code == 422 and CSRF_DISABLED in answer.text:
+        os.environ["PREFECT_CLIENT_CSRF_SUPPORT_ENABLED"] = "false"
+        return True
+    return False
+
+
 def small_ca_file_for_plain_http(api_url: str, home: Path) -> None:
     """For a plain-HTTP Prefect API, point Prefect's clients at a CA file of one certificate.
 

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from prefect.server.database.configurations import AioSqliteConfiguration
 
-from responder.embedded import EmbeddedPrefectServer
+from responder.embedded import EmbeddedPrefectServer, no_csrf_tokens_when_unprotected
 from responder.prefect_server import QueuedWritesSqliteConfiguration
 from support.common import HTTP, free_port, wait_for
 from support.databases import empty_redis_database
@@ -212,3 +212,34 @@ def test_split_runs_prefects_services_in_a_second_process_only_with_redis_messag
             assert server.process.wait(30) is not None
         finally:
             server.stop()
+
+
+def test_prefect_clients_ask_no_csrf_tokens_only_of_a_server_with_the_protection_off(tmp_path, monkeypatch, prefect_server):
+    """``responder up`` asks its embedded server once whether it checks CSRF tokens; only when it does
+    not (Prefect's default) are this process's Prefect clients told not to ask for one each (a request
+    per response). A server with the protection on, one that does not answer, or the clients' setting
+    given by the user: nothing is changed."""
+    monkeypatch.setenv("PREFECT_CLIENT_CSRF_SUPPORT_ENABLED", "restored after the test")
+    monkeypatch.delenv("PREFECT_CLIENT_CSRF_SUPPORT_ENABLED")
+
+    monkeypatch.setenv("PREFECT_SERVER_CSRF_PROTECTION_ENABLED", "true")  # the embedded server started below
+    home = tmp_path / "prefect-home"
+    seed_database(home)
+    protected = EmbeddedPrefectServer(home, free_port())
+    protected.start()
+    try:
+        user, _, password = protected.auth_string().partition(":")
+        token = HTTP.get(f"{protected.api_url}/csrf-token", params={"client": "test"}, auth=(user, password))
+        assert token.status_code == 200 and token.json()["token"], token.text  # the protection is on
+        assert not no_csrf_tokens_when_unprotected(protected.api_url, protected.auth_string())
+        assert "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED" not in os.environ
+    finally:
+        protected.stop()
+    assert not no_csrf_tokens_when_unprotected(protected.api_url, protected.auth_string())  # stopped: no answer
+    assert "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED" not in os.environ
+
+    assert no_csrf_tokens_when_unprotected(prefect_server.api_url, "admin:unused")  # the suite's server: off
+    assert os.environ["PREFECT_CLIENT_CSRF_SUPPORT_ENABLED"] == "false"
+    monkeypatch.setenv("PREFECT_CLIENT_CSRF_SUPPORT_ENABLED", "true")  # the user's own choice wins
+    assert not no_csrf_tokens_when_unprotected(prefect_server.api_url, "admin:unused")
+    assert os.environ["PREFECT_CLIENT_CSRF_SUPPORT_ENABLED"] == "true"
