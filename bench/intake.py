@@ -15,7 +15,8 @@ the store is PostgreSQL (`RESPONDER_DATABASE_URL`) instead of the SQLite default
 
 Prints the figures; asserts nothing. Run: `make bench` or `.venv/bin/python bench/intake.py`.
 Options: --posts N (single-alert posts, default 3000), --groups N (50-alert posts, default 300),
---clients N (default 16), --client asyncio|httpx, --firing SHARE (default 0.03), --postgres URL, --env KEY=VALUE (repeatable).
+--clients N (default 16), --client asyncio|httpx, --firing SHARE (default 0.03), --all-new-unrouted (every
+alert new and routed by no runbook, as the issue that set the goals measured), --postgres URL, --env KEY=VALUE (repeatable).
 """
 
 from __future__ import annotations
@@ -65,9 +66,10 @@ class Mix:
     """70 % re-sends of stored alerts, 12 % resolved, 15 % new unrouted, 3 % new firing (a drill), by default;
     ``firing``: the share of new firing ones (each starts a response), taken from the unrouted ones."""
 
-    def __init__(self, known: list[str], firing: float = 0.03) -> None:
+    def __init__(self, known: list[str], firing: float = 0.03, all_new_unrouted: bool = False) -> None:
         self.known = known
         self.new_unrouted_below = 1.0 - firing
+        self.all_new_unrouted = all_new_unrouted
         self.rng = random.Random(7)
         self.lock = threading.Lock()
 
@@ -75,6 +77,8 @@ class Mix:
         with self.lock:
             roll = self.rng.random()
             fingerprint = self.rng.choice(self.known)
+        if self.all_new_unrouted:  # the issue's own measure: distinct alerts no runbook routes
+            return alert("BenchUnrouted", uuid.uuid4().hex)
         if roll < 0.70:
             return alert("BenchUnrouted", fingerprint)
         if roll < 0.82:
@@ -207,6 +211,9 @@ def main() -> None:
                              "client per connection, as figures before 2026-12-07 were measured")
     parser.add_argument("--firing", type=float, default=0.03,
                         help="share of new firing alerts, each starting a response (default 0.03; 0: the intake alone)")
+    parser.add_argument("--all-new-unrouted", action="store_true",
+                        help="every alert new and routed by no runbook (stored, answered, an unrouted event each) "
+                             "instead of the mix")
     parser.add_argument("--postgres", help="postgresql://… for the responder's store")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for `responder up`")
     args = parser.parse_args()
@@ -216,12 +223,13 @@ def main() -> None:
     bench = Bench(None, extra_env=env)
     try:
         print(f"responder ready in {bench.startup:.1f} s; store: {'PostgreSQL' if args.postgres else 'SQLite'}; "
-              f"{args.clients} {args.client} clients; {args.firing:.0%} of alerts new and firing")
+              f"{args.clients} {args.client} clients; "
+              + ("every alert new and unrouted" if args.all_new_unrouted else f"{args.firing:.0%} of alerts new and firing"))
         known = [uuid.uuid4().hex for _ in range(200)]
         warm = [body([alert("BenchUnrouted", fp)], f"known-{fp}") for fp in known]
         load(bench, warm, args.clients, args.client)  # the alerts the mix re-sends are stored before the clock starts
         drain(bench)
-        mix = Mix(known, args.firing)
+        mix = Mix(known, args.firing, args.all_new_unrouted)
         singles = [body([mix.one()], f"single-{i % 400}") for i in range(args.posts)]
         before = cpu(bench)
         elapsed, latencies, failures = load(bench, singles, args.clients, args.client)

@@ -34,7 +34,7 @@ from responder.deadlines import ApprovalDeadlines
 from responder.pager import Pager
 from responder.maintenance import MaintenanceKeeper
 from responder.watchdog import AlertmanagerWatchdog
-from responder.events import prefect_event
+from responder.events import prefect_events
 from responder.prefect_api import (ensure_canary, post_events, probe_triggers, release_waiting_run,
                                    retire_page_deployment, server_healthy)
 from responder.reports import publish_incident_artifact, publish_postmortem
@@ -47,6 +47,8 @@ DUTY_LEASE_SECONDS = 10.0  # delivery and follow-ups move to a stand-by responde
 MAINTENANCE_EVERY_SECONDS = 2.0  # how soon a held incident gets its fresh response after its window is over
 COURIER_EVERY_SECONDS = 0.25  # how soon a message written now starts on its way
 UNANSWERED_EVERY_SECONDS = 15.0  # how often open incidents that no run claimed are looked for
+DELIVERY_BATCH = 100  # outbox records one delivery pass sends at most (one request, one commit)
+DELIVERY_GATHER_SECONDS = 0.01  # after a pass that was not full, wait this long for more before the next
 DEPLOY_LEASE_SECONDS = 120.0  # applying 30 deployments takes seconds; a start that died holding it frees it after this
 
 
@@ -200,7 +202,7 @@ class Responder:
                     if not await self._leads("delivery"):
                         await asyncio.sleep(1.0)  # another responder delivers; this one stands by
                         continue
-                    events = await asyncio.to_thread(self.store.pending_events)
+                    events = await asyncio.to_thread(self.store.pending_events, DELIVERY_BATCH)
                 except StoreUnavailable as exc:
                     logger.error("Cannot read the outbox: %s", exc)
                     await asyncio.sleep(retry)
@@ -208,7 +210,7 @@ class Responder:
                 if events:
                     ids = [e["id"] for e in events]
                     try:
-                        await post_events(http, [prefect_event(e) for e in events])
+                        await post_events(http, prefect_events(events))
                     except (httpx.HTTPError, OSError) as exc:
                         metrics.DELIVERY_FAILURES.inc()
                         logger.warning("Delivering %d events failed (%s); retrying", len(events), exc)
@@ -219,6 +221,11 @@ class Responder:
                     metrics.EVENTS_DELIVERED.inc(len(ids))
                     if self._follow_up_wake is not None:
                         self._follow_up_wake.set()
+                    if len(events) < DELIVERY_BATCH:
+                        # Alerts are arriving: the next pass carries what comes meanwhile, so a busy intake
+                        # makes fewer passes (a commit and a request each) of more events. An alert after a
+                        # quiet spell is not delayed: an idle loop wakes at once.
+                        await asyncio.sleep(DELIVERY_GATHER_SECONDS)
                     continue
                 try:
                     await asyncio.wait_for(self._deliver_wake.wait(), 1.0)
