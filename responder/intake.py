@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import inspect
 import json
 import logging
 import re
@@ -147,8 +146,7 @@ NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_sp
 
 
 def create_app(responder: "Responder") -> FastAPI:
-    telemetry = {"telemetry": NO_TELEMETRY} if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {}
-    app = FastAPI(title="runbook-responder intake", docs_url=None, redoc_url=None, **telemetry)
+    app = FastAPI(title="runbook-responder intake", docs_url=None, redoc_url=None, telemetry=NO_TELEMETRY)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
