@@ -192,6 +192,9 @@ def test_unrouted_alert_is_stored_and_answered_200(responder, store_db):
 
 
 def test_metrics_are_prometheus_text(responder):
+    """The answers the intake gave are counted by status code (this test makes a 401 and a 422 itself)."""
+    assert responder.post(load_fixture("high_cpu_firing.json"), token="not-the-token").status_code == 401
+    assert responder.post(None, raw=b"{not json").status_code == 422
     response = HTTP.get(f"{responder.url}/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     codes = {line.split('"')[1] for line in response.text.splitlines() if line.startswith("responder_intake_requests_total{")}

@@ -154,6 +154,89 @@ def test_a_group_commit_stores_each_body_or_none_of_it(tmp_path, backend, reques
     assert kinds == ["alert.firing", "alert.firing"]  # nothing of the failed body reached the outbox
 
 
+def test_a_write_that_must_not_wait_says_so_when_the_lock_is_held_and_writes_nothing(tmp_path, fresh_database):
+    """The intake writes small batches on its event loop only when SQLite's write lock is free at once:
+    held by another connection or by another thread of this process, ``wait=False`` raises StoreBusy and
+    writes nothing, and a waiting write afterwards still waits (the busy timeout is put back)."""
+    import threading
+
+    from core.store import StoreBusy
+
+    path = tmp_path / "responder.db"
+    store = open_store(None, path)
+    body = alert_body("HIGH_CPU_USAGE", "must-not-wait")
+    item = (AlertmanagerPayload.model_validate(body), json.dumps(body).encode(),
+            {"HIGH_CPU_USAGE": Route("high-cpu-usage", "warning")})
+
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another connection (a CLI command, say) is writing
+    with pytest.raises(StoreBusy, match="another connection"):
+        store.ingest_many([item], wait=False)
+    threading.Timer(0.3, lambda: other.execute("ROLLBACK")).start()
+    with store._tx() as cur:  # a waiting write waits for it: the 30 s busy timeout is back
+        assert cur.execute("PRAGMA busy_timeout").fetchone() == (30000,)
+
+    holding, release = threading.Event(), threading.Event()
+
+    def writer() -> None:  # another thread of this process is in a transaction
+        with store._tx():
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert holding.wait(10)
+    with pytest.raises(StoreBusy, match="another thread"):
+        store.ingest_many([item], wait=False)
+    release.set()
+    thread.join()
+    assert store.incidents() == [] and store.pending_events() == []
+
+    [result] = store.ingest_many([item], wait=False)  # the lock free: written at once
+    assert result.incidents_opened and [i.id for i in store.incidents()] == result.incidents_opened
+
+    postgres = open_store(fresh_database, tmp_path / "unused.db")
+    with pytest.raises(StoreBusy, match="PostgreSQL"):  # never written without waiting: each statement is a round trip
+        postgres.ingest_many([item], wait=False)
+    assert postgres.incidents() == []
+
+
+def test_the_group_commit_writes_small_batches_on_its_loop_and_waits_in_a_thread_otherwise(tmp_path):
+    """A lone post with the lock free is written on the loop; one that finds the lock held, or a batch of more
+    alerts than ``inline_alerts``, is written by a worker thread once the lock is free: each stored once."""
+    import asyncio
+    import threading
+
+    from responder.ingest import GroupCommit
+
+    path = tmp_path / "responder.db"
+    store = open_store(None, path)
+    routes = {"HIGH_CPU_USAGE": Route("high-cpu-usage", "warning")}
+
+    def item(name: str, alerts: int = 1):
+        body = alert_body("HIGH_CPU_USAGE", name)
+        body["alerts"] = [dict(body["alerts"][0], fingerprint=f"{name}{n}") for n in range(alerts)]
+        return AlertmanagerPayload.model_validate(body), json.dumps(body).encode(), routes
+
+    async def scenario() -> None:
+        commit = GroupCommit(store, inline_alerts=2)
+        first = await commit.ingest(*item("lockfree"))
+        assert first.new_firing == 1 and commit.inline_batches == 1
+
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        threading.Timer(0.5, lambda: other.execute("ROLLBACK")).start()
+        held = await commit.ingest(*item("lockheld"))  # the loop was not blocked: the thread waited
+        assert held.new_firing == 1 and commit.inline_batches == 1
+
+        large = await commit.ingest(*item("threealerts", alerts=3))
+        assert large.new_firing == 3 and commit.inline_batches == 1
+
+    asyncio.run(scenario())
+    stored = sqlite3.connect(path).execute("SELECT fingerprint FROM alerts ORDER BY fingerprint").fetchall()
+    assert [f for (f,) in stored] == ["lockfree0", "lockheld0", "threealerts0", "threealerts1", "threealerts2"]
+
+
 def test_retention_deletes_only_history(tmp_path):
     """Raw bodies and delivered, followed-up events older than the cut go; a waiting event stays, however old."""
     from datetime import datetime, timedelta, timezone

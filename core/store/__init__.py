@@ -25,12 +25,12 @@ All SQL is static text with bound parameters: nothing from an alert is ever spli
 """
 
 from core.store.backends import PostgresStore, SQLiteStore, Store, open_store
-from core.store.base import StoreUnavailable, utcnow
+from core.store.base import StoreBusy, StoreUnavailable, utcnow
 from core.store.episodes import IngestResult, Route
 from core.store.incidents import Incident
 from core.store.schema import LATEST_VERSION, SchemaError
 
 __all__ = [
     "LATEST_VERSION", "Incident", "IngestResult", "PostgresStore", "Route", "SQLiteStore", "SchemaError", "Store",
-    "StoreUnavailable", "open_store", "utcnow",
+    "StoreBusy", "StoreUnavailable", "open_store", "utcnow",
 ]

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import psycopg
 
-from core.store.base import StoreUnavailable
+from core.store.base import StoreBusy, StoreUnavailable
 from core.store.messages import Messages
 from core.store.schema import migrate
 
@@ -58,11 +58,13 @@ class SQLiteStore(Store):
         return f"SQLite store {self.path}"
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Cursor]:
+    def _tx(self, wait: bool = True) -> Iterator[sqlite3.Cursor]:
         try:
             conn = self._conn()
-            with self._lock:
-                conn.execute("BEGIN IMMEDIATE")
+            if not self._lock.acquire(blocking=wait):
+                raise StoreBusy(f"SQLite store {self.path}: another thread of this process is writing")
+            try:
+                self._begin(conn, wait)
                 cur = conn.cursor()
                 try:
                     yield cur
@@ -71,8 +73,24 @@ class SQLiteStore(Store):
                     raise
                 else:
                     conn.execute("COMMIT")
+            finally:
+                self._lock.release()
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
+
+    def _begin(self, conn: sqlite3.Connection, wait: bool) -> None:
+        if wait:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        conn.execute("PRAGMA busy_timeout=0")  # another connection (a CLI command, a backup) holds the lock: say so at once
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StoreBusy(f"SQLite store {self.path}: another connection is writing") from exc
+            raise
+        finally:
+            conn.execute("PRAGMA busy_timeout=30000")
 
 
 class PostgresStore(Store):
@@ -116,7 +134,9 @@ class PostgresStore(Store):
         return "PostgreSQL store (RESPONDER_DATABASE_URL)"
 
     @contextmanager
-    def _tx(self) -> Iterator[Any]:
+    def _tx(self, wait: bool = True) -> Iterator[Any]:
+        if not wait:  # every statement is a round trip to the server: never on a thread that must not wait
+            raise StoreBusy("PostgreSQL store: writes that must not wait are not made on it")
         try:
             conn = self._conn()
         except psycopg.Error as exc:

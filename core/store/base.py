@@ -12,6 +12,11 @@ class StoreUnavailable(Exception):
     """The store cannot take writes right now (the intake answers 503)."""
 
 
+class StoreBusy(Exception):
+    """A write asked not to wait found the store's write lock held (or the backend never writes without
+    waiting): nothing was written; do it again where waiting is fine."""
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -29,7 +34,8 @@ class StoreBase:
         self._lock = threading.RLock()
 
     @contextmanager
-    def _tx(self) -> Iterator[Any]:  # pragma: no cover - overridden
+    def _tx(self, wait: bool = True) -> Iterator[Any]:  # pragma: no cover - overridden
+        """One transaction. ``wait=False``: raise :class:`StoreBusy` instead of waiting for the write lock."""
         raise NotImplementedError
         yield
 
