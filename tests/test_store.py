@@ -237,6 +237,42 @@ def test_the_group_commit_writes_small_batches_on_its_loop_and_waits_in_a_thread
     assert [f for (f,) in stored] == ["lockfree0", "lockheld0", "threealerts0", "threealerts1", "threealerts2"]
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_one_body_reads_its_stored_alerts_once_and_writes_its_new_ones_together(tmp_path, backend, request):
+    """A body's alerts are looked up in one query and its new rows written in one INSERT (pieces of 64, 4, 2
+    here), and what comes later in the same body still sees what came before: a repeat is a duplicate, a
+    resolve of an alert that fired earlier in it closes the incident, and a firing alert after that close
+    opens a new incident."""
+    url = request.getfixturevalue("fresh_database") if backend == "postgresql" else None
+    store = open_store(url, tmp_path / "responder.db")
+    body = alert_body("HIGH_CPU_USAGE", "one-body")
+    template = body["alerts"][0]
+
+    def alert(fingerprint: str, status: str = "firing", name: str = "HIGH_CPU_USAGE") -> dict:
+        return dict(template, fingerprint=fingerprint, status=status, labels=dict(template["labels"], alertname=name))
+
+    unrouted = [alert(f"u{n}", name="NoRunbookForThis") for n in range(70)]
+    body["alerts"] = [alert("a1"), alert("a1"), alert("a2"), alert("a1", "resolved"), alert("a2", "resolved"),
+                      alert("a3"), *unrouted, alert("r1", "resolved")]
+    routes = {"HIGH_CPU_USAGE": Route("high-cpu-usage", "warning")}
+    result = store.ingest(AlertmanagerPayload.model_validate(body), json.dumps(body).encode(), routes)
+
+    assert (result.new_firing, result.duplicates, result.resolved, result.unrouted) == (3, 1, 3, 70)
+    first, second = result.incidents_opened
+    assert result.incidents_closed == [first]
+    assert {(i.id, i.status) for i in store.incidents()} == {(first, "closed"), (second, "open")}
+    with store._tx() as cur:
+        rows = store._exec(cur, "SELECT fingerprint, status, incident_id FROM alerts").fetchall()
+    assert len(rows) == 74
+    assert {(f, status, incident) for f, status, incident in rows if not f.startswith("u")} == {
+        ("a1", "resolved", first), ("a2", "resolved", first), ("a3", "firing", second), ("r1", "resolved", None)}
+    assert {(status, incident) for f, status, incident in rows if f.startswith("u")} == {("firing", None)}
+
+    again = dict(body, alerts=[alert("a3"), unrouted[0], alert("a1", "resolved")])
+    resent = store.ingest(AlertmanagerPayload.model_validate(again), json.dumps(again).encode(), routes)
+    assert (resent.new_firing, resent.duplicates, resent.resolved, resent.incidents_opened) == (0, 3, 0, [])
+
+
 def test_retention_deletes_only_history(tmp_path):
     """Raw bodies and delivered, followed-up events older than the cut go; a waiting event stays, however old."""
     from datetime import datetime, timedelta, timezone

@@ -7,7 +7,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from core.alerts import Alert, AlertmanagerPayload, Route
 from core.store.base import iso, utcnow
@@ -25,6 +25,39 @@ class IngestResult:
     incidents_opened: list[str] = field(default_factory=list)
     runbooks_opened: list[str] = field(default_factory=list)
     incidents_closed: list[str] = field(default_factory=list)
+
+
+_SORTED_JSON = json.JSONEncoder(sort_keys=True).encode  # json.dumps(..., sort_keys=True) without a new encoder per call
+_ALERT_ROW = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_INSERT_ALERTS = {n: "INSERT INTO alerts (fingerprint, starts_at, alertname, status, labels, annotations, group_key, "
+                     "incident_id, received_at, resolved_at) VALUES " + ", ".join([_ALERT_ROW] * n) for n in (1, 2, 4, 8, 16, 32, 64)}
+_STORED_ALERTS = {n: "SELECT fingerprint, starts_at, status, incident_id FROM alerts WHERE fingerprint IN ("
+                     + ", ".join(["%s"] * n) + ")" for n in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)}
+
+
+def _pieces(items: list, sizes: Mapping[int, str], pad: bool) -> Iterator[tuple[str, list]]:
+    """``items`` cut into pieces whose lengths are among ``sizes`` (powers of two), so that a few statement texts
+    serve every length and SQLite's statement cache keeps them: the largest that fits first, or, with ``pad``
+    (for an ``IN`` list, where a repeated value changes nothing), one piece padded with its last item."""
+    largest = max(sizes)
+    while items:
+        if pad:
+            n = min(size for size in sizes if size >= min(len(items), largest))
+        else:
+            n = max(size for size in sizes if size <= len(items))
+        piece, items = items[:n], items[n:]
+        yield sizes[n], piece + [piece[-1]] * (n - len(piece))
+
+
+@dataclass
+class _Body:
+    """What the ingest of one body has read and holds back: its alerts already stored, (fingerprint,
+    starts_at) → [status, incident id], read in one query; the rows of its new alerts, written together;
+    the open incident of each runbook in its group as far as this body has looked."""
+
+    stored: dict[tuple[str, str], list]
+    new_rows: list[tuple] = field(default_factory=list)
+    open_incidents: dict[str, str] = field(default_factory=dict)
 
 
 class Episodes(Runs):
@@ -72,8 +105,10 @@ class Episodes(Runs):
         # (alerts.joined | alerts.resolved, incident id) or (alerts.unrouted, None) → this body's alerts
         # of that kind: one event each
         batched: dict[tuple[str, str | None], list[Alert]] = {}
+        body = _Body(self._stored_alerts(cur, payload.alerts))
         for alert in payload.alerts:
-            self._ingest_alert(cur, payload, alert, now, routes.get(alert.alertname), result, batched)
+            self._ingest_alert(cur, payload, alert, now, routes.get(alert.alertname), result, batched, body)
+        self._insert_new_alerts(cur, body)
         for kind, incident_id in list(batched):
             self._flush_alerts(cur, payload, batched, kind, incident_id)
         if payload.truncatedAlerts:
@@ -98,16 +133,24 @@ class Episodes(Runs):
                         f"Alertmanager cut this group: {said} more alert(s) were not sent (its max_alerts); "
                         "see Alertmanager for the whole group", "alertmanager"))
 
+    def _stored_alerts(self, cur: Any, alerts: Sequence[Alert]) -> dict[tuple[str, str], list]:
+        stored: dict[tuple[str, str], list] = {}
+        for sql, fingerprints in _pieces(sorted({alert.fingerprint for alert in alerts}), _STORED_ALERTS, pad=True):
+            for fingerprint, starts_at, status, incident_id in self._exec(cur, sql, tuple(fingerprints)).fetchall():
+                stored[(fingerprint, starts_at)] = [status, incident_id]
+        return stored
+
+    def _insert_new_alerts(self, cur: Any, body: _Body) -> None:
+        for sql, rows in _pieces(body.new_rows, _INSERT_ALERTS, pad=False):
+            self._exec(cur, sql, tuple(value for row in rows for value in row))
+        body.new_rows = []
+
     def _ingest_alert(
         self, cur: Any, payload: AlertmanagerPayload, alert: Alert, now: str, runbook: Route | None, result: IngestResult,
-        batched: dict[tuple[str, str | None], list[Alert]],
+        batched: dict[tuple[str, str | None], list[Alert]], body: _Body,
     ) -> None:
         starts_at = iso(alert.startsAt)
-        row = self._exec(
-            cur,
-            "SELECT status, incident_id FROM alerts WHERE fingerprint = %s AND starts_at = %s",
-            (alert.fingerprint, starts_at),
-        ).fetchone()
+        row = body.stored.get((alert.fingerprint, starts_at))
 
         if alert.status == "firing":
             if row is not None:
@@ -116,12 +159,15 @@ class Episodes(Runs):
             incident_id = None
             opens = False
             if runbook is not None:
-                open_row = self._exec(
-                    cur,
-                    "SELECT id FROM incidents WHERE group_key = %s AND runbook = %s AND status = 'open'",
-                    (payload.groupKey, runbook.runbook),
-                ).fetchone()
-                if open_row is None:
+                incident_id = body.open_incidents.get(runbook.runbook)
+                if incident_id is None:
+                    open_row = self._exec(
+                        cur,
+                        "SELECT id FROM incidents WHERE group_key = %s AND runbook = %s AND status = 'open'",
+                        (payload.groupKey, runbook.runbook),
+                    ).fetchone()
+                    incident_id = open_row[0] if open_row is not None else None
+                if incident_id is None:
                     incident_id = str(uuid.uuid4())
                     opens = True
                     severity = alert.labels.get("severity") or runbook.severity
@@ -133,9 +179,8 @@ class Episodes(Runs):
                     )
                     result.incidents_opened.append(incident_id)
                     result.runbooks_opened.append(runbook.runbook)
-                else:
-                    incident_id = open_row[0]
-            self._insert_alert(cur, payload, alert, starts_at, incident_id, now, status="firing")
+                body.open_incidents[runbook.runbook] = incident_id
+            self._insert_alert(body, payload, alert, starts_at, incident_id, now, status="firing")
             if runbook is None:  # one event for all of this body's alerts that no runbook routes, after the loop
                 result.unrouted += 1
                 batched.setdefault(("alerts.unrouted", None), []).append(alert)
@@ -154,15 +199,17 @@ class Episodes(Runs):
             return
         if row is None:
             # Never saw it fire (sent before we existed, or silenced); keep the record only.
-            self._insert_alert(cur, payload, alert, starts_at, None, now, status="resolved", resolved_at=now)
+            self._insert_alert(body, payload, alert, starts_at, None, now, status="resolved", resolved_at=now)
             result.resolved += 1
             return
         incident_id = row[1]
+        self._insert_new_alerts(cur, body)  # the rows held back go in before this alert's incident is counted
         self._exec(
             cur,
             "UPDATE alerts SET status = 'resolved', resolved_at = %s WHERE fingerprint = %s AND starts_at = %s",
             (now, alert.fingerprint, starts_at),
         )
+        row[0] = "resolved"
         result.resolved += 1
         if incident_id is None:
             return
@@ -179,6 +226,8 @@ class Episodes(Runs):
                 self._flush_alerts(cur, payload, batched, "alerts.resolved", incident_id)
                 self._close(cur, incident, "alerts-resolved", now)
                 result.incidents_closed.append(incident_id)
+                body.open_incidents = {name: open_id for name, open_id in body.open_incidents.items()
+                                       if open_id != incident_id}
 
     def _flush_alerts(self, cur: Any, payload: AlertmanagerPayload, batched: dict[tuple[str, str | None], list[Alert]],
                       kind: str, incident_id: str | None) -> None:
@@ -233,24 +282,11 @@ class Episodes(Runs):
                     resent.append(incident_id)
         return resent
 
-    def _insert_alert(self, cur, payload, alert, starts_at, incident_id, now, status, resolved_at=None) -> None:
-        self._exec(
-            cur,
-            "INSERT INTO alerts (fingerprint, starts_at, alertname, status, labels, annotations, group_key, "
-            "incident_id, received_at, resolved_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                alert.fingerprint,
-                starts_at,
-                alert.alertname,
-                status,
-                json.dumps(alert.labels, sort_keys=True),
-                json.dumps(alert.annotations, sort_keys=True),
-                payload.groupKey,
-                incident_id,
-                now,
-                resolved_at,
-            ),
-        )
+    def _insert_alert(self, body: _Body, payload, alert, starts_at, incident_id, now, status, resolved_at=None) -> None:
+        """Hold the alert's row back for the body's one INSERT; the body knows it is stored from now on."""
+        body.new_rows.append((alert.fingerprint, starts_at, alert.alertname, status, _SORTED_JSON(alert.labels),
+                              _SORTED_JSON(alert.annotations), payload.groupKey, incident_id, now, resolved_at))
+        body.stored[(alert.fingerprint, starts_at)] = [status, incident_id]
 
 
 
