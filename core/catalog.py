@@ -689,6 +689,7 @@ class MaintenanceConfig(_Strict):
 class Catalog(BaseModel):
     runbooks: list[Runbook]
     _partial: bool = PrivateAttr(default=False)  # read without its runbooks (load_configuration)
+    _by_alertname: dict[str, Runbook] | None = PrivateAttr(default=None)  # route()'s index of the runbooks' alert names
     targets: Targets = Field(default_factory=Targets)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     escalation: EscalationConfig = Field(default_factory=_default_escalation)
@@ -705,15 +706,18 @@ class Catalog(BaseModel):
             raise ValueError(f"unknown service {scope.service!r} (services in targets.yaml: {known})")
 
     def route(self, alertname: str) -> Runbook | None:
-        for runbook in self.runbooks:
-            if alertname in runbook.alertnames:
-                return runbook
-        return None
+        if self._by_alertname is None:  # built on first use: a 50-alert post asked every runbook for each alert
+            by_alertname: dict[str, Runbook] = {}
+            for runbook in self.runbooks:
+                for name in runbook.alertnames:
+                    by_alertname.setdefault(name, runbook)
+            self._by_alertname = by_alertname
+        return self._by_alertname.get(alertname)
 
     def routes(self, alertnames: list[str]) -> dict[str, Route]:
         """Each routed alert name → its runbook and default severity (unrouted names are left out)."""
         found: dict[str, Route] = {}
-        for alertname in alertnames:
+        for alertname in dict.fromkeys(alertnames):
             runbook = self.route(alertname)
             if runbook is not None:
                 found[alertname] = Route(runbook.name, runbook.severity)

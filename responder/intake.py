@@ -69,11 +69,13 @@ class BodyError(ValueError):
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in found:
-            raise BodyError(f"the key {key!r} appears twice in one object")
-        found[key] = value
+    found = dict(pairs)  # built in C; only a body with a repeated key is walked to name it
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BodyError(f"the key {key!r} appears twice in one object")
+            seen.add(key)
     return found
 
 
