@@ -20,11 +20,15 @@ at once (:class:`Overloaded`) instead of queueing without bound.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from core import metrics
 from core.alerts import AlertmanagerPayload, Route
 from core.store import IngestResult, Store, StoreBusy
+
+
+T = TypeVar("T")
 
 
 class Overloaded(Exception):
@@ -86,10 +90,22 @@ class GroupCommit:
     async def _write(self, items: list[tuple[AlertmanagerPayload, bytes, Mapping[str, Route]]]) -> list:
         if sum(len(payload.alerts) for payload, _, _ in items) <= self.inline_alerts:
             try:
-                results = self.store.ingest_many(items, wait=False)
+                with self.store.without_waiting():
+                    results = self.store.ingest_many(items)
             except StoreBusy:  # nothing written: the worker thread waits for the lock instead
                 pass
             else:
                 self.inline_batches += 1
                 return results
         return await asyncio.to_thread(self.store.ingest_many, items)
+
+
+async def store_call(store: Store, call: Callable[..., T], *args: Any) -> T:
+    """A short store call, on the event loop's own thread when SQLite's write lock is free at once, else (and
+    always on PostgreSQL) in a worker thread; see the module's docstring for why. ``call`` makes ONE
+    transaction: a StoreBusy from it means it wrote nothing, so the worker thread can make it again."""
+    try:
+        with store.without_waiting():
+            return call(*args)
+    except StoreBusy:
+        return await asyncio.to_thread(call, *args)

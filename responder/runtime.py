@@ -28,7 +28,7 @@ from core.store import IngestResult, StoreUnavailable
 from deployments import apply_deployments
 from flows.registry import flows_of
 from responder.executor import Executor
-from responder.ingest import GroupCommit
+from responder.ingest import GroupCommit, store_call
 from responder.leases import known_dead, new_holder
 from responder.deadlines import ApprovalDeadlines
 from responder.pager import Pager
@@ -202,7 +202,7 @@ class Responder:
                     if not await self._leads("delivery"):
                         await asyncio.sleep(1.0)  # another responder delivers; this one stands by
                         continue
-                    events = await asyncio.to_thread(self.store.pending_events, DELIVERY_BATCH)
+                    events = await store_call(self.store, self.store.pending_events, DELIVERY_BATCH)
                 except StoreUnavailable as exc:
                     logger.error("Cannot read the outbox: %s", exc)
                     await asyncio.sleep(retry)
@@ -217,7 +217,7 @@ class Responder:
                         await asyncio.to_thread(self.store.mark_failed, ids, str(exc))
                         self.triggers_ready = False  # the server may have restarted: prove triggers again
                         continue
-                    await asyncio.to_thread(self.store.mark_delivered, ids)
+                    await store_call(self.store, self.store.mark_delivered, ids)
                     metrics.EVENTS_DELIVERED.inc(len(ids))
                     if self._follow_up_wake is not None:
                         self._follow_up_wake.set()
@@ -256,7 +256,7 @@ class Responder:
         approval, notify, incident and post-mortem artifacts. Each step is idempotent (keys, versioned artifacts), notifications never raise.
         """
         try:
-            events = await asyncio.to_thread(self.store.pending_followups)
+            events = await store_call(self.store, self.store.pending_followups)
         except StoreUnavailable:
             return
         if not events:
@@ -281,7 +281,7 @@ class Responder:
             logger.warning("Follow-ups paused (%s: %s); will retry", type(exc).__name__, exc)
         finally:
             try:
-                await asyncio.to_thread(self.store.mark_followed_up, done)
+                await store_call(self.store, self.store.mark_followed_up, done)
             except StoreUnavailable as exc:  # done again on the next pass: every step is idempotent
                 logger.warning("Follow-ups done but not recorded (%s); they will be repeated", exc)
 

@@ -156,8 +156,9 @@ def test_a_group_commit_stores_each_body_or_none_of_it(tmp_path, backend, reques
 
 def test_a_write_that_must_not_wait_says_so_when_the_lock_is_held_and_writes_nothing(tmp_path, fresh_database):
     """The intake writes small batches on its event loop only when SQLite's write lock is free at once:
-    held by another connection or by another thread of this process, ``wait=False`` raises StoreBusy and
-    writes nothing, and a waiting write afterwards still waits (the busy timeout is put back)."""
+    held by another connection or by another thread of this process, a write inside ``without_waiting``
+    raises StoreBusy and writes nothing, and a waiting write afterwards still waits (the busy timeout is put
+    back)."""
     import threading
 
     from core.store import StoreBusy
@@ -170,8 +171,8 @@ def test_a_write_that_must_not_wait_says_so_when_the_lock_is_held_and_writes_not
 
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")  # another connection (a CLI command, say) is writing
-    with pytest.raises(StoreBusy, match="another connection"):
-        store.ingest_many([item], wait=False)
+    with pytest.raises(StoreBusy, match="another connection"), store.without_waiting():
+        store.ingest_many([item])
     threading.Timer(0.3, lambda: other.execute("ROLLBACK")).start()
     with store._tx() as cur:  # a waiting write waits for it: the 30 s busy timeout is back
         assert cur.execute("PRAGMA busy_timeout").fetchone() == (30000,)
@@ -186,18 +187,19 @@ def test_a_write_that_must_not_wait_says_so_when_the_lock_is_held_and_writes_not
     thread = threading.Thread(target=writer)
     thread.start()
     assert holding.wait(10)
-    with pytest.raises(StoreBusy, match="another thread"):
-        store.ingest_many([item], wait=False)
+    with pytest.raises(StoreBusy, match="another thread"), store.without_waiting():
+        store.ingest_many([item])
     release.set()
     thread.join()
     assert store.incidents() == [] and store.pending_events() == []
 
-    [result] = store.ingest_many([item], wait=False)  # the lock free: written at once
+    with store.without_waiting():
+        [result] = store.ingest_many([item])  # the lock free: written at once
     assert result.incidents_opened and [i.id for i in store.incidents()] == result.incidents_opened
 
     postgres = open_store(fresh_database, tmp_path / "unused.db")
-    with pytest.raises(StoreBusy, match="PostgreSQL"):  # never written without waiting: each statement is a round trip
-        postgres.ingest_many([item], wait=False)
+    with pytest.raises(StoreBusy, match="PostgreSQL"), postgres.without_waiting():  # each statement a round trip
+        postgres.ingest_many([item])
     assert postgres.incidents() == []
 
 

@@ -58,7 +58,8 @@ class SQLiteStore(Store):
         return f"SQLite store {self.path}"
 
     @contextmanager
-    def _tx(self, wait: bool = True) -> Iterator[sqlite3.Cursor]:
+    def _tx(self) -> Iterator[sqlite3.Cursor]:
+        wait = self._waits()
         try:
             conn = self._conn()
             if not self._lock.acquire(blocking=wait):
@@ -134,8 +135,8 @@ class PostgresStore(Store):
         return "PostgreSQL store (RESPONDER_DATABASE_URL)"
 
     @contextmanager
-    def _tx(self, wait: bool = True) -> Iterator[Any]:
-        if not wait:  # every statement is a round trip to the server: never on a thread that must not wait
+    def _tx(self) -> Iterator[Any]:
+        if not self._waits():  # every statement is a round trip to the server: never on a thread that must not wait
             raise StoreBusy("PostgreSQL store: writes that must not wait are not made on it")
         try:
             conn = self._conn()

@@ -32,10 +32,25 @@ class StoreBase:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        self._no_wait = threading.local()
 
     @contextmanager
-    def _tx(self, wait: bool = True) -> Iterator[Any]:  # pragma: no cover - overridden
-        """One transaction. ``wait=False``: raise :class:`StoreBusy` instead of waiting for the write lock."""
+    def without_waiting(self) -> Iterator[None]:
+        """Transactions of this thread inside the block raise :class:`StoreBusy`, having written nothing, where
+        they would wait for the write lock (and always on PostgreSQL, where every statement is a round trip)."""
+        before = getattr(self._no_wait, "on", False)
+        self._no_wait.on = True
+        try:
+            yield
+        finally:
+            self._no_wait.on = before
+
+    def _waits(self) -> bool:
+        return not getattr(self._no_wait, "on", False)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:  # pragma: no cover - overridden
+        """One transaction; inside :meth:`without_waiting`, StoreBusy instead of a wait for the write lock."""
         raise NotImplementedError
         yield
 

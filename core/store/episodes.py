@@ -71,17 +71,16 @@ class Episodes(Runs):
             raise result
         return result
 
-    def ingest_many(self, bodies: Sequence[tuple[AlertmanagerPayload, bytes, Mapping[str, Route]]],
-                    wait: bool = True) -> list[IngestResult | Exception]:
+    def ingest_many(self, bodies: Sequence[tuple[AlertmanagerPayload, bytes, Mapping[str, Route]]]
+                    ) -> list[IngestResult | Exception]:
         """Several bodies in one transaction (the intake's group commit), each all or nothing on its own.
 
         Each body is stored under a savepoint: one that fails (its error is its result) is rolled back
         alone, the others commit together. The groups' locks are taken first, in order, so two responders
         sharing a PostgreSQL store never wait on each other in a cycle. A failure of the transaction
-        itself (the store unreachable) raises for all of them; ``wait=False`` raises :class:`StoreBusy`, having
-        written nothing, when the write lock is held (and always on PostgreSQL)."""
+        itself (the store unreachable) raises for all of them."""
         results: list[IngestResult | Exception] = []
-        with self._tx(wait=wait) as cur:
+        with self._tx() as cur:
             for group_key in sorted({payload.groupKey for payload, _, _ in bodies}):
                 self._lock_group(cur, group_key)
             for payload, raw, routes in bodies:
