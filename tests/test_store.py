@@ -275,6 +275,18 @@ def test_one_body_reads_its_stored_alerts_once_and_writes_its_new_ones_together(
     assert (resent.new_firing, resent.duplicates, resent.resolved, resent.incidents_opened) == (0, 3, 0, [])
 
 
+@pytest.mark.parametrize("labels", [
+    {}, {"alertname": "HIGH_CPU_USAGE", "severity": "warning", "instance": "app-1:9100"},
+    {"z": "last", "a": "first", "ü": "é\n\"quoted\"\t\u2028", "emoji": "\U0001F525", "back\\slash": "</script>"},
+    {"not": 1, "all": ["strings"]},  # never from a validated alert: the general encoder
+])
+def test_labels_are_stored_as_the_json_module_writes_them(labels):
+    """The store writes labels and annotations with a faster encoder of its own: the same text as json.dumps."""
+    from core.store.episodes import _labels_json
+
+    assert _labels_json(labels) == json.dumps(labels, sort_keys=True)
+
+
 def test_retention_deletes_only_history(tmp_path):
     """Raw bodies and delivered, followed-up events older than the cut go; a waiting event stays, however old."""
     from datetime import datetime, timedelta, timezone

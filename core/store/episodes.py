@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from json.encoder import encode_basestring_ascii as _escape
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterator, Mapping, Sequence
@@ -28,6 +29,15 @@ class IngestResult:
 
 
 _SORTED_JSON = json.JSONEncoder(sort_keys=True).encode  # json.dumps(..., sort_keys=True) without a new encoder per call
+
+
+def _labels_json(labels: Mapping[str, str]) -> str:
+    """``json.dumps(labels, sort_keys=True)``, the same text, for the str → str maps of labels and annotations:
+    each string escaped by the json module's C function, half the time of the general encoder (two per alert)."""
+    try:
+        return "{" + ", ".join([_escape(key) + ": " + _escape(value) for key, value in sorted(labels.items())]) + "}"
+    except TypeError:  # not all strings (never from a validated alert): the general encoder
+        return _SORTED_JSON(labels)
 _ALERT_ROW = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _INSERT_ALERTS = {n: "INSERT INTO alerts (fingerprint, starts_at, alertname, status, labels, annotations, group_key, "
                      "incident_id, received_at, resolved_at) VALUES " + ", ".join([_ALERT_ROW] * n) for n in (1, 2, 4, 8, 16, 32, 64)}
@@ -283,8 +293,8 @@ class Episodes(Runs):
 
     def _insert_alert(self, body: _Body, payload, alert, starts_at, incident_id, now, status, resolved_at=None) -> None:
         """Hold the alert's row back for the body's one INSERT; the body knows it is stored from now on."""
-        body.new_rows.append((alert.fingerprint, starts_at, alert.alertname, status, _SORTED_JSON(alert.labels),
-                              _SORTED_JSON(alert.annotations), payload.groupKey, incident_id, now, resolved_at))
+        body.new_rows.append((alert.fingerprint, starts_at, alert.alertname, status, _labels_json(alert.labels),
+                              _labels_json(alert.annotations), payload.groupKey, incident_id, now, resolved_at))
         body.stored[(alert.fingerprint, starts_at)] = [status, incident_id]
 
 
