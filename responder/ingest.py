@@ -89,12 +89,8 @@ class GroupCommit:
 
     async def _write(self, items: list[tuple[AlertmanagerPayload, bytes, Mapping[str, Route]]]) -> list:
         if sum(len(payload.alerts) for payload, _, _ in items) <= self.inline_alerts:
-            try:
-                with self.store.without_waiting():
-                    results = self.store.ingest_many(items)
-            except StoreBusy:  # nothing written: the worker thread waits for the lock instead
-                pass
-            else:
+            results = _now_or_busy(self.store, self.store.ingest_many, items)
+            if results is not _BUSY:
                 self.inline_batches += 1
                 return results
         return await asyncio.to_thread(self.store.ingest_many, items)
@@ -104,8 +100,17 @@ async def store_call(store: Store, call: Callable[..., T], *args: Any) -> T:
     """A short store call, on the event loop's own thread when SQLite's write lock is free at once, else (and
     always on PostgreSQL) in a worker thread; see the module's docstring for why. ``call`` makes ONE
     transaction: a StoreBusy from it means it wrote nothing, so the worker thread can make it again."""
+    result = _now_or_busy(store, call, *args)
+    return await asyncio.to_thread(call, *args) if result is _BUSY else result
+
+
+_BUSY = object()
+
+
+def _now_or_busy(store: Store, call: Callable[..., T], *args: Any) -> Any:
+    """``call`` on this thread if it need not wait for the write lock, else ``_BUSY`` (nothing written)."""
     try:
         with store.without_waiting():
             return call(*args)
     except StoreBusy:
-        return await asyncio.to_thread(call, *args)
+        return _BUSY
