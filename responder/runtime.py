@@ -378,6 +378,7 @@ class Responder:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            proxy_headers=False,  # nothing reads the client's address: no X-Forwarded-* parsing per request
         )
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # the CLI owns Ctrl-C
