@@ -239,6 +239,87 @@ def test_the_group_commit_writes_small_batches_on_its_loop_and_waits_in_a_thread
     assert [f for (f,) in stored] == ["lockfree0", "lockheld0", "threealerts0", "threealerts1", "threealerts2"]
 
 
+def test_a_write_that_must_not_wait_leaves_its_fsync_to_sync(tmp_path, monkeypatch):
+    """Inside ``without_waiting`` SQLite commits without its own fsync (synchronous NORMAL); elsewhere each
+    commit is fsynced (FULL). ``sync`` fsyncs the write-ahead log, and says so when the disk refuses."""
+    from core.store import StoreUnavailable
+
+    store = open_store(None, tmp_path / "responder.db")
+    with store.without_waiting(), store._tx() as cur:
+        assert cur.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    with store._tx() as cur:
+        assert cur.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL again for a write that may wait
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    store.sync()
+    assert synced == [str(tmp_path / "responder.db-wal")]
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(StoreUnavailable, match="fsync of responder.db-wal failed"):
+        store.sync()
+
+
+def test_the_group_commit_answers_a_batch_written_on_its_loop_only_after_its_fsync(tmp_path, monkeypatch):
+    """A post committed on the loop (without its fsync) is answered once ``sync`` has returned, not before; when
+    the fsync fails the post gets the store's error (503, so Alertmanager sends it again) and the re-send is
+    stored once."""
+    import asyncio
+    import threading
+
+    from core.store import StoreUnavailable
+    from responder.ingest import GroupCommit
+
+    path = tmp_path / "responder.db"
+    store = open_store(None, path)
+    routes = {"HIGH_CPU_USAGE": Route("high-cpu-usage", "warning")}
+
+    def item(name: str):
+        body = alert_body("HIGH_CPU_USAGE", name)
+        return AlertmanagerPayload.model_validate(body), json.dumps(body).encode(), routes
+
+    disk, calls = threading.Event(), []
+    real_sync = store.sync
+
+    def slow_sync() -> None:
+        calls.append("sync")
+        assert disk.wait(10)
+        real_sync()
+
+    async def scenario() -> None:
+        commit = GroupCommit(store)
+        monkeypatch.setattr(store, "sync", slow_sync)
+        post = asyncio.ensure_future(commit.ingest(*item("held")))
+        await asyncio.sleep(0.3)
+        assert calls == ["sync"] and not post.done()  # committed, waiting for the disk
+        disk.set()
+        assert (await post).new_firing == 1 and commit.inline_batches == 1
+
+        def failing_sync() -> None:
+            raise StoreUnavailable("fsync of responder.db-wal failed: [Errno 5] Input/output error")
+
+        monkeypatch.setattr(store, "sync", failing_sync)
+        unsure = item("unsure")
+        with pytest.raises(StoreUnavailable, match="fsync"):
+            await commit.ingest(*unsure)
+        monkeypatch.setattr(store, "sync", real_sync)
+        again = await commit.ingest(*unsure)  # Alertmanager's retry
+        assert again.new_firing == 0 and again.duplicates == 1
+
+    asyncio.run(scenario())
+    stored = sqlite3.connect(path).execute("SELECT fingerprint FROM alerts ORDER BY fingerprint").fetchall()
+    assert len(stored) == 2
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_one_body_reads_its_stored_alerts_once_and_writes_its_new_ones_together(tmp_path, backend, request):
     """A body's alerts are looked up in one query and its new rows written in one INSERT (pieces of 64, 4, 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -46,7 +47,33 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
+            self._local.synchronous = "FULL"
         return conn
+
+    def _synchronous(self, conn: sqlite3.Connection, level: str) -> None:
+        """FULL: each commit fsyncs the write-ahead log. NORMAL (inside ``without_waiting``): the commit
+        leaves it to :meth:`sync`. A connection's own setting, changed only outside a transaction."""
+        if self._local.synchronous != level:
+            conn.execute(f"PRAGMA synchronous={level}")
+            self._local.synchronous = level
+
+    def sync(self) -> None:
+        """An fsync of the write-ahead log, which holds every commit that no checkpoint has copied into the
+        database file yet (a checkpoint syncs the log before it copies, and the database file after)."""
+        for path in (self.path.with_name(self.path.name + "-wal"), self.path):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # no log: the last connection checkpointed it into the database file and removed it
+            except OSError as exc:
+                raise StoreUnavailable(f"SQLite store {self.path}: cannot open {path.name} to sync it: {exc}") from exc
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                raise StoreUnavailable(f"SQLite store {self.path}: fsync of {path.name} failed: {exc}") from exc
+            finally:
+                os.close(fd)
+            return
 
     def _q(self, sql: str) -> str:
         return sql.replace("%s", "?")
@@ -65,6 +92,7 @@ class SQLiteStore(Store):
             if not self._lock.acquire(blocking=wait):
                 raise StoreBusy(f"SQLite store {self.path}: another thread of this process is writing")
             try:
+                self._synchronous(conn, "FULL" if wait else "NORMAL")
                 self._begin(conn, wait)
                 cur = conn.cursor()
                 try:
