@@ -49,6 +49,7 @@ COURIER_EVERY_SECONDS = 0.25  # how soon a message written now starts on its way
 UNANSWERED_EVERY_SECONDS = 15.0  # how often open incidents that no run claimed are looked for
 DELIVERY_BATCH = 100  # outbox records one delivery pass sends at most (one request, one commit)
 DELIVERY_GATHER_SECONDS = 0.01  # after a pass that was not full, wait this long for more before the next
+UNROUTED_GATHER_SECONDS = 0.5  # the same after a pass of only unrouted alerts, unless one that matters arrives
 DEPLOY_LEASE_SECONDS = 120.0  # applying 30 deployments takes seconds; a start that died holding it frees it after this
 
 
@@ -75,6 +76,7 @@ class Responder:
         self.prefect_ready = False
         self.triggers_ready = False
         self._deliver_wake: asyncio.Event | None = None
+        self._deliver_urgent: asyncio.Event | None = None
         self._follow_up_wake: asyncio.Event | None = None
         self.deployment_ids: dict[str, Any] = {}
         self.holder = new_holder()  # this responder in the store's leases (several may share a store)
@@ -94,12 +96,19 @@ class Responder:
         metrics.ALERTS.labels("unrouted").inc(result.unrouted)
         for runbook in result.runbooks_opened:
             metrics.INCIDENTS_OPENED.labels(runbook).inc()
-        if self._deliver_wake is not None:
-            self._deliver_wake.set()
+        self._wake_delivery(urgent=bool(result.new_firing or result.resolved or result.incidents_opened
+                                        or result.incidents_closed))
 
     def wake_delivery(self) -> None:
-        if self._deliver_wake is not None:
+        self._wake_delivery(urgent=True)
+
+    def _wake_delivery(self, urgent: bool) -> None:
+        """Something to deliver; ``urgent``: it starts, joins or ends a response (anything but alerts no
+        runbook routes), so it does not wait for the gathering of unrouted alerts."""
+        if self._deliver_wake is not None and self._deliver_urgent is not None:
             self._deliver_wake.set()
+            if urgent:
+                self._deliver_urgent.set()
 
     async def readiness(self) -> dict[str, bool]:
         try:
@@ -187,6 +196,7 @@ class Responder:
     async def deliver_forever(self) -> None:
         """Send stored events to Prefect, oldest first, until each one is accepted."""
         self._deliver_wake = asyncio.Event()
+        self._deliver_urgent = asyncio.Event()
         retry = self.settings.delivery_retry_seconds
         async with async_http_client() as http:
             while True:
@@ -202,6 +212,7 @@ class Responder:
                     if not await self._leads("delivery"):
                         await asyncio.sleep(1.0)  # another responder delivers; this one stands by
                         continue
+                    self._deliver_urgent.clear()  # before the read: what arrives from now on is in the next pass
                     events = await store_call(self.store, self.store.pending_events, DELIVERY_BATCH)
                 except StoreUnavailable as exc:
                     logger.error("Cannot read the outbox: %s", exc)
@@ -217,21 +228,35 @@ class Responder:
                         await asyncio.to_thread(self.store.mark_failed, ids, str(exc))
                         self.triggers_ready = False  # the server may have restarted: prove triggers again
                         continue
-                    await store_call(self.store, self.store.mark_delivered, ids)
+                    settled = [event["id"] for event in events if not _has_follow_up(event)]
+                    await store_call(self.store, self.store.mark_delivered, ids, settled)
                     metrics.EVENTS_DELIVERED.inc(len(ids))
-                    if self._follow_up_wake is not None:
+                    if self._follow_up_wake is not None and len(settled) < len(ids):
                         self._follow_up_wake.set()
                     if len(events) < DELIVERY_BATCH:
                         # Alerts are arriving: the next pass carries what comes meanwhile, so a busy intake
                         # makes fewer passes (a commit and a request each) of more events. An alert after a
                         # quiet spell is not delayed: an idle loop wakes at once.
-                        await asyncio.sleep(DELIVERY_GATHER_SECONDS)
+                        if all(event["kind"] == "alerts.unrouted" for event in events):
+                            await self._gather_unrouted()
+                        else:
+                            await asyncio.sleep(DELIVERY_GATHER_SECONDS)
                     continue
                 try:
                     await asyncio.wait_for(self._deliver_wake.wait(), 1.0)
                 except asyncio.TimeoutError:
                     pass
                 self._deliver_wake.clear()
+
+    async def _gather_unrouted(self) -> None:
+        """After a pass of only alerts that no runbook routes: wait UNROUTED_GATHER_SECONDS for more, or less
+        if an alert that starts, joins or ends a response arrives. Every pass is a request and about 6 events
+        for the Prefect server (README, "The intake"), which a stream of unrouted alerts need not cost it."""
+        assert self._deliver_urgent is not None
+        try:
+            await asyncio.wait_for(self._deliver_urgent.wait(), UNROUTED_GATHER_SECONDS)
+        except asyncio.TimeoutError:
+            pass
 
     async def follow_up_forever(self) -> None:
         """Runs beside delivery, so a slow follow-up never delays the next alert's event."""

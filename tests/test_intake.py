@@ -20,7 +20,7 @@ from responder.runtime import through_store_outages
 from support.alerts import load_fixture
 from support.prefect import report, wait_run_final
 from support.responder import make_config, running_responder
-from support.common import HTTP
+from support.common import HTTP, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +189,28 @@ def test_unrouted_alert_is_stored_and_answered_200(responder, store_db):
         row = conn.execute("SELECT alertname, incident_id FROM alerts WHERE fingerprint = %s",
                            (body["alerts"][0]["fingerprint"],)).fetchone()
     assert row == ("SomethingNoRunbookKnows", None)
+
+
+def test_a_stream_of_unrouted_alerts_is_delivered_in_few_passes_and_settled_at_once(responder, store_db):
+    """Alerts that no runbook routes, posted one after the other, reach Prefect gathered (a delivery pass
+    after one of only such alerts waits for more): 40 posts, far fewer passes (each pass marks its events
+    with one timestamp). Having nothing to follow up, they are marked followed up when delivered."""
+    tag = uuid.uuid4().hex[:8]
+    for n in range(40):
+        body = load_fixture("high_cpu_firing.json", unique=f"{tag}x{n}")
+        body["alerts"][0]["labels"]["alertname"] = "SomethingNoRunbookKnows"
+        assert responder.post(body).status_code == 200
+
+    def delivered():
+        with psycopg.connect(store_db[1]) as conn:
+            rows = conn.execute("SELECT delivered_at, followed_up_at FROM outbox WHERE kind = 'alerts.unrouted' "
+                                "AND body LIKE %s", (f"%{tag}x%",)).fetchall()
+        return rows if len(rows) == 40 and all(d is not None for d, _ in rows) else None
+
+    rows = wait_for(delivered, timeout=30)
+    passes = {d for d, _ in rows}
+    assert len(passes) <= 12, f"{len(passes)} delivery passes for 40 unrouted posts"
+    assert all(followed == d for d, followed in rows)
 
 
 def test_metrics_are_prometheus_text(responder):
@@ -361,3 +383,40 @@ def test_a_loop_stopped_by_a_store_outage_starts_again_instead_of_stopping_the_r
 
     asyncio.run(through_store_outages("event delivery", loop, pause=0.01))
     assert attempts == [0, 1, 2]
+
+
+def test_an_alert_that_matters_cuts_the_gathering_of_unrouted_alerts_short(monkeypatch):
+    """After a delivery pass of only unrouted alerts, delivery waits for more; more unrouted alerts do not end
+    the wait, an alert that opens, joins or resolves an incident (or an acknowledgement) ends it at once.
+    (The delivery loop's own wait, on a responder object without its services.)"""
+    from core.store import IngestResult
+    from responder import runtime
+
+    monkeypatch.setattr(runtime, "UNROUTED_GATHER_SECONDS", 60.0)
+    responder = runtime.Responder.__new__(runtime.Responder)
+
+    async def gathering_ended_by(result: IngestResult | None) -> bool:
+        responder._deliver_wake, responder._deliver_urgent = asyncio.Event(), asyncio.Event()
+        gathering = asyncio.ensure_future(responder._gather_unrouted())
+        responder.after_ingest(IngestResult("more", unrouted=3))
+        await asyncio.sleep(0.2)
+        assert not gathering.done() and responder._deliver_wake.is_set()
+        if result is None:
+            responder.wake_delivery()
+        else:
+            responder.after_ingest(result)
+        try:
+            await asyncio.wait_for(gathering, 2)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def scenario() -> None:
+        assert await gathering_ended_by(IngestResult("opens", new_firing=1, incidents_opened=["i1"],
+                                                     runbooks_opened=["high-cpu-usage"]))
+        assert await gathering_ended_by(IngestResult("joins", new_firing=2))
+        assert await gathering_ended_by(IngestResult("resolves", resolved=1))
+        assert await gathering_ended_by(None)  # an acknowledgement
+        assert not await gathering_ended_by(IngestResult("repeats", duplicates=4, unrouted=1))
+
+    asyncio.run(scenario())

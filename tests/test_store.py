@@ -378,8 +378,8 @@ def test_retention_deletes_only_history(tmp_path):
                           {"HIGH_CPU_USAGE": Route("high-cpu-usage", "warning")})
     store.close_incident(result.incidents_opened[0], "test")
     firing, closed = store.pending_events()
-    store.mark_delivered([firing["id"], closed["id"]])
-    store.mark_followed_up([firing["id"]])  # the close event is delivered but not yet followed up
+    store.mark_delivered([firing["id"], closed["id"]], settled=[firing["id"]])  # nothing to follow up for the firing
+    assert [r["id"] for r in store.pending_followups()] == [closed["id"]]  # the close event is not yet followed up
     store.put_result("step-1", b"a step's result record")
     delivered, waiting = (new_message(None, "webhook", "t", "scheduled-check", {"n": n}) for n in (1, 2))
     store.enqueue_messages([delivered, waiting])

@@ -116,13 +116,19 @@ class Outbox(StoreBase):
             ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
-    def mark_delivered(self, event_ids: list[str]) -> None:
-        """One statement for the whole batch (its ids bound as parameters: only their count shapes the SQL)."""
+    def mark_delivered(self, event_ids: list[str], settled: list[str] | tuple[str, ...] = ()) -> None:
+        """One statement for the whole batch (its ids bound as parameters: only their count shapes the SQL).
+        ``settled``: those of them that have nothing to follow up, marked followed up in the same transaction
+        (so :meth:`pending_followups` never reads them back)."""
         if not event_ids:
             return
+        now = iso(utcnow())
         with self._tx() as cur:
             self._exec(cur, "UPDATE outbox SET delivered_at = %s, attempts = attempts + 1 WHERE id IN ("
-                       + ", ".join(["%s"] * len(event_ids)) + ")", (iso(utcnow()), *event_ids))
+                       + ", ".join(["%s"] * len(event_ids)) + ")", (now, *event_ids))
+            if settled:
+                self._exec(cur, "UPDATE outbox SET followed_up_at = %s WHERE id IN ("
+                           + ", ".join(["%s"] * len(settled)) + ")", (now, *settled))
 
     def pending_followups(self, limit: int = 100) -> list[dict[str, Any]]:
         """Delivered events whose local follow-up (pages, notifications, artifacts) has not completed."""
