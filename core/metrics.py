@@ -7,12 +7,15 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 INTAKE_REQUESTS = Counter(
     "responder_intake_requests_total", "POST /alerts requests by HTTP status code.", ["code"], registry=REGISTRY
 )
+INTAKE_STORED = INTAKE_REQUESTS.labels("200")  # the one answer of every stored post
 ALERTS = Counter(
     "responder_alerts_total",
     "Alerts received, by outcome (firing, resolved, duplicate, unrouted).",
     ["outcome"],
     registry=REGISTRY,
 )
+# Each outcome's child, resolved once: .labels() takes a lock and builds a key at every call, several per post.
+ALERTS_BY_OUTCOME = {outcome: ALERTS.labels(outcome) for outcome in ("firing", "resolved", "duplicate", "unrouted")}
 INCIDENTS_OPENED = Counter(
     "responder_incidents_opened_total", "Incidents opened, by runbook.", ["runbook"], registry=REGISTRY
 )

@@ -90,10 +90,10 @@ class Responder:
         return result
 
     def after_ingest(self, result: IngestResult) -> None:
-        metrics.ALERTS.labels("firing").inc(result.new_firing)
-        metrics.ALERTS.labels("resolved").inc(result.resolved)
-        metrics.ALERTS.labels("duplicate").inc(result.duplicates)
-        metrics.ALERTS.labels("unrouted").inc(result.unrouted)
+        for outcome, count in (("firing", result.new_firing), ("resolved", result.resolved),
+                               ("duplicate", result.duplicates), ("unrouted", result.unrouted)):
+            if count:
+                metrics.ALERTS_BY_OUTCOME[outcome].inc(count)
         for runbook in result.runbooks_opened:
             metrics.INCIDENTS_OPENED.labels(runbook).inc()
         self._wake_delivery(urgent=bool(result.new_firing or result.resolved or result.incidents_opened

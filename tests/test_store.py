@@ -678,3 +678,18 @@ def test_the_alerts_of_a_body_that_join_or_resolve_an_incident_or_go_unrouted_ar
     assert event["payload"]["incident"] is None and event["payload"]["group_key"] == nobody["groupKey"]
     assert event["resource"]["prefect.resource.name"] == "NobodyRoutesThis, NorThis"
     assert "responder.alertname" not in event["resource"]  # two names: neither is the group's
+
+
+def test_row_ids_are_random_version_4_uuids_in_their_usual_text():
+    import uuid
+    from datetime import datetime, timedelta, timezone
+
+    from core.store.base import iso, new_id
+
+    ids = [new_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    moment = datetime(2026, 12, 7, 15, 0, 1, 250000, tzinfo=timezone(timedelta(hours=2)))
+    assert iso(moment) == "2026-12-07T13:00:01.250000+00:00" == iso(moment.astimezone(timezone.utc))

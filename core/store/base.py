@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -22,7 +23,19 @@ def utcnow() -> datetime:
 
 
 def iso(value: datetime) -> str:
+    if value.tzinfo is timezone.utc:  # utcnow()'s, most of them: no conversion to make
+        return value.isoformat()
     return value.astimezone(timezone.utc).isoformat()
+
+
+def new_id() -> str:
+    """A random (version 4) UUID as text, the same form as ``str(uuid.uuid4())`` at a fifth of its CPU (the
+    UUID object's construction and formatting cost more than the 16 random bytes): every row's id."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 class StoreBase:

@@ -4,14 +4,13 @@ heartbeats: when an always-firing alert (Alertmanager's Watchdog) last arrived."
 from __future__ import annotations
 
 import json
-import uuid
 from json.encoder import encode_basestring_ascii as _escape
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterator, Mapping, Sequence
 
 from core.alerts import Alert, AlertmanagerPayload, Route
-from core.store.base import iso, utcnow
+from core.store.base import iso, new_id, utcnow
 from core.store.outbox import alert_record, alerts_record
 from core.store.runs import Runs
 
@@ -105,7 +104,7 @@ class Episodes(Runs):
 
     def _ingest_body(self, cur: Any, payload: AlertmanagerPayload, raw: bytes, routes: Mapping[str, Route]) -> IngestResult:
         now = iso(utcnow())
-        result = IngestResult(receipt_id=str(uuid.uuid4()))
+        result = IngestResult(receipt_id=new_id())
         self._exec(
             cur,
             "INSERT INTO receipts (id, received_at, group_key, body) VALUES (%s, %s, %s, %s)",
@@ -138,7 +137,7 @@ class Episodes(Runs):
             self._exec(cur, "INSERT INTO notes (incident_id, key, value) VALUES (%s, 'truncated_alerts', %s)",
                        (incident_id, said))
             self._exec(cur, "INSERT INTO timeline (id, incident_id, at, kind, text, actor) VALUES (%s, %s, %s, %s, %s, %s)",
-                       (str(uuid.uuid4()), incident_id, now, "truncated",
+                       (new_id(), incident_id, now, "truncated",
                         f"Alertmanager cut this group: {said} more alert(s) were not sent (its max_alerts); "
                         "see Alertmanager for the whole group", "alertmanager"))
 
@@ -177,7 +176,7 @@ class Episodes(Runs):
                     ).fetchone()
                     incident_id = open_row[0] if open_row is not None else None
                 if incident_id is None:
-                    incident_id = str(uuid.uuid4())
+                    incident_id = new_id()
                     opens = True
                     severity = alert.labels.get("severity") or runbook.severity
                     self._exec(
@@ -260,7 +259,7 @@ class Episodes(Runs):
                       startsAt=row[1], fingerprint=row[0])
         group = AlertmanagerPayload(version="4", groupKey=incident.group_key, status="firing", alerts=[alert])
         self._exec(cur, "INSERT INTO timeline (id, incident_id, at, kind, text, actor) VALUES (%s, %s, %s, %s, %s, %s)",
-                   (str(uuid.uuid4()), incident.id, iso(utcnow()), kind, why, None))
+                   (new_id(), incident.id, iso(utcnow()), kind, why, None))
         self._enqueue(cur, alert_record("alert.firing", alert, group, incident, opens=True))
         return True
 

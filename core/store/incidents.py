@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from core.store.base import iso, utcnow
+from core.store.base import iso, new_id, utcnow
 from core.store.outbox import Outbox, incident_record
 
 
@@ -83,7 +82,7 @@ class Incidents(Outbox):
 
     def open_manual_incident(self, runbook: str, severity: str, title: str, flow_run_id: str) -> Incident:
         """An incident for a run started by hand (UI "Run", CLI), not by an alert."""
-        incident_id = str(uuid.uuid4())
+        incident_id = new_id()
         with self._tx() as cur:
             self._exec(
                 cur,

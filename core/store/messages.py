@@ -13,12 +13,11 @@ matter) and ``refused`` (the channel answered that it never will take it).
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from core.store.base import iso, utcnow
+from core.store.base import iso, new_id, utcnow
 from core.store.people import People
 
 COLUMNS = ("id, seq, incident_id, channel, target, kind, person, body, created_at, expires_at, next_attempt_at, "
@@ -58,7 +57,7 @@ def _message(row: tuple) -> Message:
 def new_message(incident_id: str | None, channel: str, target: str, kind: str, body: dict[str, Any],
                 person: str = "", expires_at: datetime | None = None) -> dict[str, Any]:
     now = iso(utcnow())
-    return {"id": str(uuid.uuid4()), "incident_id": incident_id, "channel": channel, "target": target, "kind": kind,
+    return {"id": new_id(), "incident_id": incident_id, "channel": channel, "target": target, "kind": kind,
             "person": person, "body": body, "created_at": now, "next_attempt_at": now,
             "expires_at": iso(expires_at) if expires_at else None}
 

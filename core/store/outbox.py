@@ -22,12 +22,11 @@ so a re-delivery is the same event).
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from core.alerts import Alert, AlertmanagerPayload
-from core.store.base import StoreBase, iso, utcnow
+from core.store.base import StoreBase, iso, new_id, utcnow
 
 if TYPE_CHECKING:  # typing only: incidents imports this module
     from core.store.incidents import Incident
@@ -42,7 +41,7 @@ def incident_fields(incident: "Incident") -> dict[str, Any]:
 
 
 def incident_record(kind: str, incident: "Incident", details: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"id": str(uuid.uuid4()), "occurred": iso(utcnow()), "kind": kind,
+    return {"id": new_id(), "occurred": iso(utcnow()), "kind": kind,
             "incident": incident_fields(incident), "details": details or {}}
 
 
@@ -54,7 +53,7 @@ def _group_fields(group: AlertmanagerPayload) -> dict[str, Any]:
 def alert_record(kind: str, alert: Alert, group: AlertmanagerPayload, incident: "Incident | None",
                  opens: bool = False) -> dict[str, Any]:
     return {
-        "id": str(uuid.uuid4()),
+        "id": new_id(),
         "occurred": iso(utcnow()),
         "kind": kind,
         "alert": alert.model_dump(mode="json"),
@@ -75,7 +74,7 @@ def alerts_record(kind: str, alerts: list[Alert], group: AlertmanagerPayload, in
     falls 10,000 behind, and a storm of alerts nobody routes must not crowd out an incident's opening
     event)."""
     return {
-        "id": str(uuid.uuid4()),
+        "id": new_id(),
         "occurred": iso(utcnow()),
         "kind": kind,
         "alerts": [alert.model_dump(mode="json") for alert in alerts[:ALERTS_LISTED]],

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
-from core.store.base import iso, utcnow
+from core.store.base import iso, new_id, utcnow
 from core.store.incidents import INCIDENT_COLUMNS, Incident, Incidents
 from core.store.outbox import incident_record
 
@@ -26,7 +25,7 @@ class Timeline(Incidents):
             self._exec(
                 cur,
                 "INSERT INTO actions_log (id, guard_key, incident_id, status, at) VALUES (%s, %s, %s, %s, %s)",
-                (str(uuid.uuid4()), guard_key, incident_id, status, iso(utcnow())),
+                (new_id(), guard_key, incident_id, status, iso(utcnow())),
             )
 
     # -- timeline, pages, notes ------------------------------------------------------
@@ -35,7 +34,7 @@ class Timeline(Incidents):
             self._exec(
                 cur,
                 "INSERT INTO timeline (id, incident_id, at, kind, text, actor) VALUES (%s, %s, %s, %s, %s, %s)",
-                (str(uuid.uuid4()), incident_id, iso(utcnow()), kind, text[:2000], actor),
+                (new_id(), incident_id, iso(utcnow()), kind, text[:2000], actor),
             )
 
     def timeline(self, incident_id: str) -> list[dict[str, Any]]:
@@ -58,7 +57,7 @@ class Timeline(Incidents):
                 for kind, text in timeline:
                     self._exec(cur, "INSERT INTO timeline (id, incident_id, at, kind, text, actor) "
                                "VALUES (%s, %s, %s, %s, %s, %s)",
-                               (str(uuid.uuid4()), incident_id, iso(utcnow()), kind, text[:2000], None))
+                               (new_id(), incident_id, iso(utcnow()), kind, text[:2000], None))
                 self._enqueue_messages(cur, messages)
             incident = self._incident(cur, incident_id)
         if claimed:
@@ -80,11 +79,11 @@ class Timeline(Incidents):
             ).rowcount == 1
             if claimed:
                 self._exec(cur, "INSERT INTO timeline (id, incident_id, at, kind, text, actor) VALUES (%s, %s, %s, %s, %s, %s)",
-                           (str(uuid.uuid4()), incident_id, iso(utcnow()), "page", f"paged level {level}: {who}", None))
+                           (new_id(), incident_id, iso(utcnow()), "page", f"paged level {level}: {who}", None))
                 if reason:
                     self._exec(cur, "INSERT INTO timeline (id, incident_id, at, kind, text, actor) "
                                "VALUES (%s, %s, %s, %s, %s, %s)",
-                               (str(uuid.uuid4()), incident_id, iso(utcnow()), "page", reason[:2000], None))
+                               (new_id(), incident_id, iso(utcnow()), "page", reason[:2000], None))
                 self._enqueue(cur, incident_record("incident.paged", self._incident(cur, incident_id), details))
                 self._enqueue_messages(cur, messages or [])
             return claimed
