@@ -420,3 +420,37 @@ def test_an_alert_that_matters_cuts_the_gathering_of_unrouted_alerts_short(monke
         assert not await gathering_ended_by(IngestResult("repeats", duplicates=4, unrouted=1))
 
     asyncio.run(scenario())
+
+
+def test_the_alerts_fast_path_answers_an_unexpected_error_503_and_leaves_the_rest_to_fastapi():
+    """``AlertsFirst`` serves POST /alerts itself: a handler that raises is answered 503 with Retry-After
+    (Alertmanager retries), never a 500; any other path or method goes through FastAPI. In-process, through
+    httpx's ASGI transport."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    from responder.intake import AlertsFirst
+
+    inner = FastAPI()
+
+    @inner.post("/alerts")
+    async def never_called():
+        return JSONResponse({"via": "fastapi"})
+
+    @inner.get("/healthz")
+    async def healthz():
+        return JSONResponse({"via": "fastapi"})
+
+    async def broken(request):
+        raise RuntimeError("a bug")
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=AlertsFirst(inner, broken))
+        async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+            answer = await client.post("/alerts", json={})
+            assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+            assert "unexpected error" in answer.json()["detail"]
+            assert (await client.get("/healthz")).json() == {"via": "fastapi"}
+            assert (await client.get("/alerts")).status_code == 405  # FastAPI's answer to another method
+
+    asyncio.run(scenario())
