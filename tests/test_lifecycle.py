@@ -233,7 +233,8 @@ def test_slack_button_approves_only_when_signed(responder, receivers, prefect_se
 
 def test_critical_incident_pages_level_one_at_once_and_triggers_pagerduty(responder, receivers, prefect_server):
     incident = drill(responder, severity="critical")
-    wait_for(lambda: receivers.pages(incident) == [1], 10, what="the immediate level 1 page (critical)")
+    # Level 1 first; level 2 may already be in when a loaded machine delivers level 1 late (level 2 is 3 s on).
+    wait_for(lambda: receivers.pages(incident)[:1] == [1], 10, what="the immediate level 1 page (critical)")
     wait_for(lambda: receivers.pages(incident) == [1, 2], 15, what="level 2 at +5 min (3 s)")
     events = wait_for(lambda: [r["body"] for r in receivers.pagerduty.requests
                                if r["body"].get("dedup_key") == f"responder-{incident}"], 10, what="the PagerDuty trigger")
