@@ -124,10 +124,10 @@ class Outbox(StoreBase):
         now = iso(utcnow())
         with self._tx() as cur:
             self._exec(cur, "UPDATE outbox SET delivered_at = %s, attempts = attempts + 1 WHERE id IN ("
-                       + ", ".join(["%s"] * len(event_ids)) + ")", (now, *event_ids))
+                       + _marks(event_ids) + ")", (now, *event_ids))
             if settled:
                 self._exec(cur, "UPDATE outbox SET followed_up_at = %s WHERE id IN ("
-                           + ", ".join(["%s"] * len(settled)) + ")", (now, *settled))
+                           + _marks(settled) + ")", (now, *settled))
 
     def pending_followups(self, limit: int = 100) -> list[dict[str, Any]]:
         """Delivered events whose local follow-up (pages, notifications, artifacts) has not completed."""
@@ -145,14 +145,14 @@ class Outbox(StoreBase):
             return
         with self._tx() as cur:
             self._exec(cur, "UPDATE outbox SET followed_up_at = %s WHERE id IN ("
-                       + ", ".join(["%s"] * len(event_ids)) + ")", (iso(utcnow()), *event_ids))
+                       + _marks(event_ids) + ")", (iso(utcnow()), *event_ids))
 
     def mark_failed(self, event_ids: list[str], error: str) -> None:
         if not event_ids:
             return
         with self._tx() as cur:
             self._exec(cur, "UPDATE outbox SET attempts = attempts + 1, last_error = %s WHERE id IN ("
-                       + ", ".join(["%s"] * len(event_ids)) + ")", (error[:500], *event_ids))
+                       + _marks(event_ids) + ")", (error[:500], *event_ids))
 
     def prune(self, before: datetime) -> dict[str, int]:
         """Delete what is only history older than ``before``: raw Alertmanager bodies (their alerts,
@@ -178,3 +178,8 @@ class Outbox(StoreBase):
         if not oldest:
             return count, 0.0
         return count, max(0.0, (utcnow() - datetime.fromisoformat(oldest)).total_seconds())
+
+
+def _marks(ids: list[str] | tuple[str, ...]) -> str:
+    """The placeholders of an ``IN (...)`` list of these ids (bound as parameters: only their count shapes the SQL)."""
+    return ", ".join(["%s"] * len(ids))
