@@ -71,7 +71,9 @@ def test_top_processes_by_cpu_finds_a_busy_child(busy_child):
         if found:
             break
     assert found is not None, "the spinning child never reached the top 5 by CPU"
-    assert found["cpu_percent"] > 20  # a spinning process, even on a machine the other test workers keep busy
+    # A spinning process: well above an idle one's 0 %, even when the suite's workers and servers hold the two
+    # cores (it measured 19.3 % once under that load).
+    assert found["cpu_percent"] > 5
     assert len(found["cmdline"]) <= system.CMDLINE_LIMIT and found["cmdline"].endswith("…")
     cpus = [p["cpu_percent"] for p in result.evidence["processes"]]
     assert cpus == sorted(cpus, reverse=True) and len(cpus) <= 5
