@@ -29,6 +29,8 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 from prefect.settings import PREFECT_API_URL, get_current_settings
 from prefect.states import Cancelled
 
+from core.jsontext import to_json
+
 CANARY_NAME = "responder: readiness canary"
 CANARY_EVENT = "responder.readiness.probe"
 
@@ -49,7 +51,10 @@ def auth_headers() -> dict[str, str]:
 
 
 async def post_events(client: httpx.AsyncClient, events: list[dict[str, Any]]) -> None:
-    response = await client.post(f"{api_url()}/events", json=events, timeout=10, headers=auth_headers())
+    """One delivery pass's events in one request, written as the store writes records (``to_json``: httpx's
+    ``json=`` encodes with the json module, 4 % of the responder's CPU at 1,700 unrouted posts a second)."""
+    response = await client.post(f"{api_url()}/events", content=to_json(events).encode(), timeout=10,
+                                 headers={**auth_headers(), "Content-Type": "application/json"})
     response.raise_for_status()
 
 

@@ -693,3 +693,27 @@ def test_row_ids_are_random_version_4_uuids_in_their_usual_text():
         assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
     moment = datetime(2026, 12, 7, 15, 0, 1, 250000, tzinfo=timezone(timedelta(hours=2)))
     assert iso(moment) == "2026-12-07T13:00:01.250000+00:00" == iso(moment.astimezone(timezone.utc))
+
+
+def test_outbox_json_reads_back_what_it_wrote_and_what_orjson_refuses(tmp_path):
+    """The outbox's records are written by orjson, with the json module for what orjson refuses; an
+    earlier release's text (json.dumps, with spaces and escapes) reads back the same."""
+    from datetime import datetime, timezone
+
+    from core.jsontext import from_json, to_json
+
+    record = {"id": "e1", "alerts": [{"labels": {"alertname": "Disk", "note": "café ✓"}}], "count": 1,
+              "at": datetime(2026, 12, 7, 15, 0, tzinfo=timezone.utc), 3: "an int key"}
+    text = to_json(record)
+    assert from_json(text) == {**json.loads(json.dumps(record, default=str))}
+    assert from_json(json.dumps(record, default=str)) == from_json(text)
+    huge = {"n": 2 ** 70, "s": "\ud800"}  # orjson refuses both: the json module writes them
+    assert to_json(huge) == json.dumps(huge, default=str)
+    assert from_json(to_json(huge)) == huge
+    assert from_json('{"x": NaN}')["x"] != from_json('{"x": NaN}')["x"]  # json's NaN, read back
+
+    store = open_store(None, tmp_path / "store.db")
+    incident_free = alert_body("NobodyRoutes", "jsontext", note="café")
+    store.ingest(AlertmanagerPayload.model_validate(incident_free), json.dumps(incident_free).encode(), {})
+    [pending] = store.pending_events()
+    assert pending["kind"] == "alerts.unrouted" and pending["alerts"][0]["labels"]["note"] == "café"

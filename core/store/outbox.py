@@ -21,11 +21,11 @@ so a re-delivery is the same event).
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from core.alerts import Alert, AlertmanagerPayload
+from core.jsontext import from_json, to_json
 from core.store.base import StoreBase, iso, new_id, utcnow
 
 if TYPE_CHECKING:  # typing only: incidents imports this module
@@ -91,7 +91,7 @@ class Outbox(StoreBase):
         self._exec(
             cur,
             "INSERT INTO outbox (id, seq, created_at, kind, body) VALUES (%s, %s, %s, %s, %s)",
-            (record["id"], seq, record["occurred"], record["kind"], json.dumps(record, default=str)),
+            (record["id"], seq, record["occurred"], record["kind"], to_json(record)),
         )
 
     def _enqueue_messages(self, cur: Any, rows: list[dict[str, Any]]) -> None:
@@ -105,7 +105,7 @@ class Outbox(StoreBase):
                 "expires_at, next_attempt_at, attempts, state) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0, "
                 "'waiting')",
                 (row["id"], seq + offset, row["incident_id"], row["channel"], row["target"], row["kind"], row["person"],
-                 json.dumps(row["body"], default=str), row["created_at"], row["expires_at"], row["next_attempt_at"]),
+                 to_json(row["body"]), row["created_at"], row["expires_at"], row["next_attempt_at"]),
             )
 
     def pending_events(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -113,7 +113,7 @@ class Outbox(StoreBase):
             rows = self._exec(
                 cur, "SELECT body FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT %s", (limit,)
             ).fetchall()
-        return [json.loads(r[0]) for r in rows]
+        return [from_json(r[0]) for r in rows]
 
     def mark_delivered(self, event_ids: list[str], settled: list[str] | tuple[str, ...] = ()) -> None:
         """One statement for the whole batch (its ids bound as parameters: only their count shapes the SQL).
@@ -137,7 +137,7 @@ class Outbox(StoreBase):
                 "SELECT body FROM outbox WHERE delivered_at IS NOT NULL AND followed_up_at IS NULL ORDER BY seq LIMIT %s",
                 (limit,),
             ).fetchall()
-        return [json.loads(r[0]) for r in rows]
+        return [from_json(r[0]) for r in rows]
 
     def mark_followed_up(self, event_ids: list[str]) -> None:
         """Mark a pass's followed-up events in one statement (one commit, not one per event)."""
