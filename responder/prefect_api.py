@@ -52,7 +52,8 @@ def auth_headers() -> dict[str, str]:
 
 async def post_events(client: httpx.AsyncClient, events: list[dict[str, Any]]) -> None:
     """One delivery pass's events in one request, written as the store writes records (``to_json``: httpx's
-    ``json=`` encodes with the json module, 4 % of the responder's CPU at 1,700 unrouted posts a second)."""
+    ``json=`` encodes with the json module: 4 % of the responder's samples holding the interpreter lock, py-spy
+    ``--gil``, at 1,700 unrouted posts a second)."""
     response = await client.post(f"{api_url()}/events", content=to_json(events).encode(), timeout=10,
                                  headers={**auth_headers(), "Content-Type": "application/json"})
     response.raise_for_status()

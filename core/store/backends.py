@@ -47,9 +47,10 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=30000")
             # 32 MiB of pages per connection (SQLite's default is 2 MiB), held only as they are read: the
-            # alerts' primary key takes each new fingerprint at a random place, and at 100,000 alerts its
-            # index no longer fit the default (with the outbox in orjson, 50-alert posts 14,573/14,764 →
-            # 15,961/15,871 alerts/s, bench/intake.py --all-new-unrouted, two pairs)
+            # alerts' primary key takes each new fingerprint at a random place, and its index outgrows 2 MiB
+            # at some tens of thousands of alerts (an estimate). Measured together with the outbox in orjson
+            # (bench/intake.py --all-new-unrouted, two pairs): 50-alert posts 14,573/14,764 → 15,961/15,871
+            # alerts/s; the storm's peak RSS stayed 473-484 MiB (README, "Measured")
             conn.execute("PRAGMA cache_size=-32768")
             self._local.conn = conn
             self._local.synchronous = "FULL"
