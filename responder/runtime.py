@@ -51,6 +51,7 @@ UNANSWERED_EVERY_SECONDS = 15.0  # how often open incidents that no run claimed 
 DELIVERY_BATCH = 100  # outbox records one delivery pass sends at most (one request, one commit)
 DELIVERY_GATHER_SECONDS = 0.01  # after a pass that was not full, wait this long for more before the next
 UNROUTED_GATHER_SECONDS = 0.5  # the same after a pass of only unrouted alerts, unless one that matters arrives
+CHECKPOINT_EVERY_SECONDS = 0.2  # the store's log copied into its file this often while it is written
 DEPLOY_LEASE_SECONDS = 120.0  # applying 30 deployments takes seconds; a start that died holding it frees it after this
 
 
@@ -398,6 +399,19 @@ class Responder:
                 logger.exception("The courier's pass failed; trying again")
             await asyncio.sleep(COURIER_EVERY_SECONDS)
 
+    async def checkpoint_forever(self) -> None:
+        """The store's write-ahead log copied into its database file from a worker thread, every
+        :data:`CHECKPOINT_EVERY_SECONDS` when it was written (SQLite; nothing to do on PostgreSQL), instead
+        of inside the commit that took it past its threshold (``Store.defer_checkpoints``)."""
+        while True:
+            try:
+                await asyncio.to_thread(self.store.checkpoint)
+            except StoreUnavailable as exc:  # the commits' own threshold still bounds the log meanwhile
+                logger.error("The store's checkpoint failed: %s", exc)
+            except Exception:  # a checkpointer that stops leaves the log to the commits: log and go on
+                logger.exception("The store's checkpoint failed; trying again")
+            await asyncio.sleep(CHECKPOINT_EVERY_SECONDS)
+
     async def keep_maintenance_forever(self) -> None:
         """Silences in, held incidents out (``responder/maintenance.py``); one responder does it."""
         async with async_http_client() as http:
@@ -439,16 +453,18 @@ class Responder:
         courier = asyncio.create_task(through_store_outages("courier", self.deliver_messages_forever), name="courier")
         watchdog = asyncio.create_task(through_store_outages("watchdog", self.watch_alertmanager_forever),
                                        name="watchdog")
+        self.store.defer_checkpoints()
+        checkpoints = asyncio.create_task(self.checkpoint_forever(), name="checkpoints")
         prefect = asyncio.create_task(prefect_side(), name="prefect")
         try:
-            done, _ = await asyncio.wait({intake, pager, courier, watchdog, prefect},
+            done, _ = await asyncio.wait({intake, pager, courier, watchdog, prefect, checkpoints},
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.pager.close()
             self.courier.close()
             await self._health_http.aclose()
             self._health_http = None
-        for task in (intake, pager, courier, watchdog, prefect):
+        for task in (intake, pager, courier, watchdog, prefect, checkpoints):
             if task not in done:
                 task.cancel()
         for task in done:

@@ -717,3 +717,35 @@ def test_outbox_json_reads_back_what_it_wrote_and_what_orjson_refuses(tmp_path):
     store.ingest(AlertmanagerPayload.model_validate(incident_free), json.dumps(incident_free).encode(), {})
     [pending] = store.pending_events()
     assert pending["kind"] == "alerts.unrouted" and pending["alerts"][0]["labels"]["note"] == "café"
+
+
+def test_deferred_checkpoints_leave_the_log_to_checkpoint_and_keep_every_row(tmp_path):
+    """Once checkpoints are deferred, a commit no longer copies the write-ahead log at SQLite's 1,000 pages
+    (its own threshold becomes the 16,000-page backstop); ``checkpoint`` copies what was written since the
+    last call, nothing when nothing was, and every row reads back from a new connection."""
+    from core.store.backends import SQLiteStore
+
+    path = tmp_path / "responder.db"
+    store = open_store(None, path)
+    store.defer_checkpoints()
+    with store._tx() as cur:
+        assert cur.execute("PRAGMA wal_autocheckpoint").fetchone() == (SQLiteStore.DEFERRED_AUTOCHECKPOINT_PAGES,)
+        page_size = cur.execute("PRAGMA page_size").fetchone()[0]
+    bodies = [alert_body("NobodyRoutes", f"checkpoint-{i}") for i in range(600)]
+    for body in bodies:
+        store.ingest(AlertmanagerPayload.model_validate(body), json.dumps(body).encode() + b" " * 12000, {})
+    log = Path(f"{path}-wal")
+    assert log.stat().st_size > 2 * SQLiteStore.CHECKPOINT_PAGES * page_size  # never copied at 1,000 pages
+    assert store.checkpoint() > 2 * SQLiteStore.CHECKPOINT_PAGES
+    assert store.checkpoint() == 0  # nothing written since
+    last = alert_body("NobodyRoutes", "after")
+    store.ingest(AlertmanagerPayload.model_validate(last), json.dumps(last).encode(), {})
+    assert store.checkpoint() > 0
+    with sqlite3.connect(path) as other:
+        assert other.execute("SELECT COUNT(*) FROM receipts").fetchone()[0] == len(bodies) + 1
+
+
+def test_checkpoints_on_postgresql_are_the_servers(fresh_database, tmp_path):
+    store = open_store(fresh_database, tmp_path / "unused.db")
+    store.defer_checkpoints()
+    assert store.checkpoint() == 0

@@ -70,6 +70,15 @@ class StoreBase:
         write-ahead log; PostgreSQL's commits are durable on their own, by its ``synchronous_commit``).
         Raises :class:`StoreUnavailable` when the disk refuses."""
 
+    def defer_checkpoints(self) -> None:
+        """From now on the process's commits leave copying the write-ahead log into the database file to
+        :meth:`checkpoint`, which the caller runs from a thread of its own (SQLite; nothing on PostgreSQL)."""
+
+    def checkpoint(self) -> int:
+        """Copy what the write-ahead log gained since the last call into the database file, beside the writers
+        (SQLite); returns the pages copied (0 when there was nothing to do, and on PostgreSQL)."""
+        return 0
+
     @contextmanager
     def _tx(self) -> Iterator[Any]:  # pragma: no cover - overridden
         """One transaction; inside :meth:`without_waiting`, StoreBusy instead of a wait for the write lock."""
