@@ -400,9 +400,9 @@ class Responder:
             await asyncio.sleep(COURIER_EVERY_SECONDS)
 
     async def checkpoint_forever(self) -> None:
-        """The store's write-ahead log copied into its database file from a worker thread, every
-        :data:`CHECKPOINT_EVERY_SECONDS` when it was written (SQLite; nothing to do on PostgreSQL), instead
-        of inside the commit that took it past its threshold (``Store.defer_checkpoints``)."""
+        """The SQLite store's write-ahead log copied into its database file from a worker thread, every
+        :data:`CHECKPOINT_EVERY_SECONDS` when it was written, instead of inside the commit that took it past
+        its threshold (``Store.defer_checkpoints``)."""
         while True:
             try:
                 await asyncio.to_thread(self.store.checkpoint)
@@ -453,18 +453,18 @@ class Responder:
         courier = asyncio.create_task(through_store_outages("courier", self.deliver_messages_forever), name="courier")
         watchdog = asyncio.create_task(through_store_outages("watchdog", self.watch_alertmanager_forever),
                                        name="watchdog")
-        self.store.defer_checkpoints()
-        checkpoints = asyncio.create_task(self.checkpoint_forever(), name="checkpoints")
         prefect = asyncio.create_task(prefect_side(), name="prefect")
+        tasks = [intake, pager, courier, watchdog, prefect]
+        if self.store.defer_checkpoints():  # SQLite: the log copied beside the writers (PostgreSQL: nothing to do)
+            tasks.append(asyncio.create_task(self.checkpoint_forever(), name="checkpoints"))
         try:
-            done, _ = await asyncio.wait({intake, pager, courier, watchdog, prefect, checkpoints},
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.pager.close()
             self.courier.close()
             await self._health_http.aclose()
             self._health_http = None
-        for task in (intake, pager, courier, watchdog, prefect, checkpoints):
+        for task in tasks:
             if task not in done:
                 task.cancel()
         for task in done:

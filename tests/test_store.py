@@ -727,7 +727,7 @@ def test_deferred_checkpoints_leave_the_log_to_checkpoint_and_keep_every_row(tmp
 
     path = tmp_path / "responder.db"
     store = open_store(None, path)
-    store.defer_checkpoints()
+    assert store.defer_checkpoints() is True
     with store._tx() as cur:
         assert cur.execute("PRAGMA wal_autocheckpoint").fetchone() == (SQLiteStore.DEFERRED_AUTOCHECKPOINT_PAGES,)
         page_size = cur.execute("PRAGMA page_size").fetchone()[0]
@@ -747,5 +747,5 @@ def test_deferred_checkpoints_leave_the_log_to_checkpoint_and_keep_every_row(tmp
 
 def test_checkpoints_on_postgresql_are_the_servers(fresh_database, tmp_path):
     store = open_store(fresh_database, tmp_path / "unused.db")
-    store.defer_checkpoints()
+    assert store.defer_checkpoints() is False  # the responder starts no checkpointer for it
     assert store.checkpoint() == 0

@@ -70,8 +70,9 @@ class SQLiteStore(Store):
             self._local.autocheckpoint = self._autocheckpoint
         return conn
 
-    def defer_checkpoints(self) -> None:
+    def defer_checkpoints(self) -> bool:
         self._autocheckpoint = self.DEFERRED_AUTOCHECKPOINT_PAGES
+        return True
 
     def checkpoint(self) -> int:
         """A PASSIVE checkpoint (it waits for no reader or writer, and copies what it can) when the log was

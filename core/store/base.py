@@ -70,9 +70,11 @@ class StoreBase:
         write-ahead log; PostgreSQL's commits are durable on their own, by its ``synchronous_commit``).
         Raises :class:`StoreUnavailable` when the disk refuses."""
 
-    def defer_checkpoints(self) -> None:
+    def defer_checkpoints(self) -> bool:
         """From now on the process's commits leave copying the write-ahead log into the database file to
-        :meth:`checkpoint`, which the caller runs from a thread of its own (SQLite; nothing on PostgreSQL)."""
+        :meth:`checkpoint`, which the caller runs from a thread of its own. False when the store has no
+        checkpoints to make (PostgreSQL makes its own)."""
+        return False
 
     def checkpoint(self) -> int:
         """Copy what the write-ahead log gained since the last call into the database file, beside the writers

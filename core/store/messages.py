@@ -12,11 +12,11 @@ matter) and ``refused`` (the channel answered that it never will take it).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from core.jsontext import from_json, to_json
 from core.store.base import iso, new_id, utcnow
 from core.store.people import People
 
@@ -51,7 +51,7 @@ class Message:
 
 
 def _message(row: tuple) -> Message:
-    return Message(*row[:7], json.loads(row[7]), *row[8:])  # type: ignore[arg-type]
+    return Message(*row[:7], from_json(row[7]), *row[8:])  # type: ignore[arg-type]
 
 
 def new_message(incident_id: str | None, channel: str, target: str, kind: str, body: dict[str, Any],
@@ -92,14 +92,14 @@ class Messages(People):
         with self._tx() as cur:
             self._exec(cur, "UPDATE messages SET state = %s, outcome = %s, done_at = %s, body = COALESCE(%s, body) "
                        "WHERE id = %s AND state = 'waiting'",
-                       (state, outcome[:500], iso(utcnow()), json.dumps(body) if body is not None else None, message_id))
+                       (state, outcome[:500], iso(utcnow()), to_json(body) if body is not None else None, message_id))
 
     def retry_message(self, message_id: str, next_attempt_at: datetime, error: str,
                       body: dict[str, Any] | None = None) -> None:
         with self._tx() as cur:
             self._exec(cur, "UPDATE messages SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s, "
                        "body = COALESCE(%s, body) WHERE id = %s AND state = 'waiting'",
-                       (error[:500], iso(next_attempt_at), json.dumps(body) if body is not None else None, message_id))
+                       (error[:500], iso(next_attempt_at), to_json(body) if body is not None else None, message_id))
 
     def roll_up(self, message_ids: list[str], rollup: dict[str, Any]) -> None:
         """Replace waiting messages by one that carries them all (a :func:`new_message` row), in one transaction:
