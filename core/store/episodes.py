@@ -4,10 +4,11 @@ heartbeats: when an always-firing alert (Alertmanager's Watchdog) last arrived."
 from __future__ import annotations
 
 import json
-from json.encoder import encode_basestring_ascii as _escape
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterator, Mapping, Sequence
+
+import orjson
 
 from core.alerts import Alert, AlertmanagerPayload, Route
 from core.store.base import iso, new_id, utcnow
@@ -31,12 +32,17 @@ _SORTED_JSON = json.JSONEncoder(sort_keys=True).encode  # json.dumps(..., sort_k
 
 
 def _labels_json(labels: Mapping[str, str]) -> str:
-    """``json.dumps(labels, sort_keys=True)``, the same text, for the str → str maps of labels and annotations:
-    each string escaped by the json module's C function, half the time of the general encoder (two per alert)."""
+    """Labels or annotations as JSON text with sorted keys (two per alert), written by orjson: 0.4 µs for an
+    alert's two maps against 3.0 µs for the json module's escaping (a tenth of the 50-alert post's writer
+    time; README, "The intake"). Compact and with non-ASCII characters as they are: valid JSON that every
+    reader parses; rows an earlier release wrote (``json.dumps``'s spacing) read back the same. What orjson
+    refuses (a lone surrogate, never from a validated alert) is written by the json module."""
     try:
-        return "{" + ", ".join([_escape(key) + ": " + _escape(value) for key, value in sorted(labels.items())]) + "}"
-    except TypeError:  # not all strings (never from a validated alert): the general encoder
+        return orjson.dumps(labels, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
         return _SORTED_JSON(labels)
+
+
 _ALERT_ROW = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _INSERT_ALERTS = {n: "INSERT INTO alerts (fingerprint, starts_at, alertname, status, labels, annotations, group_key, "
                      "incident_id, received_at, resolved_at) VALUES " + ", ".join([_ALERT_ROW] * n) for n in (1, 2, 4, 8, 16, 32, 64)}
