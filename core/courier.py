@@ -35,6 +35,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
 
@@ -78,9 +79,12 @@ def _what(message: Message) -> str:
 
 
 class Courier:
-    def __init__(self, notifier: Notifier, senders: int = 8) -> None:
-        """``notifier``: the process's (it writes the fallbacks of pages; the courier sends what it wrote)."""
+    def __init__(self, notifier: Notifier, senders: int = 8, on_timeline: Callable[[str], None] | None = None) -> None:
+        """``notifier``: the process's (it writes the fallbacks of pages; the courier sends what it wrote).
+        ``on_timeline``: called with the incident's id after the courier adds a line to its timeline (a
+        late delivery, a failure, a refusal, a drop, a page's fallback), from the courier's threads."""
         self.notifier = notifier
+        self.on_timeline = on_timeline
         self.settings, self.catalog, self.store = notifier.settings, notifier.catalog, notifier.store
         self.config = self.catalog.notify.delivery
         self.channels = Channels(self.settings, self.catalog, self.store)
@@ -211,14 +215,14 @@ class Courier:
             items = message.body.get("items", [])
             for item in items:
                 item_late = max(0.0, (now - datetime.fromisoformat(item["created_at"])).total_seconds())
-                self.store.add_timeline(item["incident_id"], "delivered",
-                                        f"{item['what']} delivered via {message.channel} in {label} of {len(items)}"
-                                        + (f" to {message.person}" if message.person else "")
-                                        + f", {item_late:.1f} s after it was written{tries}")
+                self._timeline(item["incident_id"], "delivered",
+                               f"{item['what']} delivered via {message.channel} in {label} of {len(items)}"
+                               + (f" to {message.person}" if message.person else "")
+                               + f", {item_late:.1f} s after it was written{tries}")
         elif message.incident_id and (message.kind == "page" or late > LATE_SECONDS or message.attempts):
-            self.store.add_timeline(message.incident_id, "delivered",
-                                    f"{_what(message)} delivered via {message.channel}, {late:.1f} s after it was "
-                                    f"written{tries}")
+            self._timeline(message.incident_id, "delivered",
+                           f"{_what(message)} delivered via {message.channel}, {late:.1f} s after it was "
+                           f"written{tries}")
 
     def _failed(self, message: Message, exc: Retry) -> None:
         now = utcnow()
@@ -235,10 +239,10 @@ class Courier:
         log.warning("%s did not take the %s (%s); trying again in %.0f s", message.channel, _what(message), exc, delay)
         body = None
         if message.incident_id and message.attempts == 0:
-            self.store.add_timeline(message.incident_id, "notify-failed",
-                                    f"{message.channel} did not take the {_what(message)} ({exc}); trying again "
-                                    + ("until it is delivered" if message.expires_at is None else
-                                       "until it is delivered or too old to matter"))
+            self._timeline(message.incident_id, "notify-failed",
+                           f"{message.channel} did not take the {_what(message)} ({exc}); trying again "
+                           + ("until it is delivered" if message.expires_at is None else
+                              "until it is delivered or too old to matter"))
         if message.kind == "page" and not message.body.get("fell_back") \
                 and _age(message, now) >= self.config.page_fallback_seconds:
             self._fall_back(message, f"not delivered for {_age(message, now):.0f} s: {exc}")
@@ -251,8 +255,8 @@ class Courier:
         metrics.NOTIFICATIONS_DROPPED.labels(message.channel).inc()
         log.error("%s refused the %s: %s", message.channel, _what(message), exc)
         if message.incident_id:
-            self.store.add_timeline(message.incident_id, "notify-failed",
-                                    f"{message.channel} refused the {_what(message)} ({exc}); it is not sent again")
+            self._timeline(message.incident_id, "notify-failed",
+                           f"{message.channel} refused the {_what(message)} ({exc}); it is not sent again")
         if message.kind == "page" and not message.body.get("fell_back"):
             self._fall_back(message, f"refused: {exc}")
 
@@ -261,10 +265,18 @@ class Courier:
                                   + (f"; last error: {message.last_error}" if message.last_error else ""))
         metrics.NOTIFICATIONS_DROPPED.labels(message.channel).inc()
         if message.incident_id:
-            self.store.add_timeline(message.incident_id, "notify-dropped",
-                                    f"the {_what(message)} was not delivered via {message.channel}: too old to matter "
-                                    f"after {_age(message, now) / 60:.0f} min"
-                                    + (f" (last error: {message.last_error})" if message.last_error else ""))
+            self._timeline(message.incident_id, "notify-dropped",
+                           f"the {_what(message)} was not delivered via {message.channel}: too old to matter "
+                           f"after {_age(message, now) / 60:.0f} min"
+                           + (f" (last error: {message.last_error})" if message.last_error else ""))
+
+    def _timeline(self, incident_id: str, kind: str, text: str) -> None:
+        self.store.add_timeline(incident_id, kind, text)
+        if self.on_timeline is not None:
+            try:
+                self.on_timeline(incident_id)
+            except Exception:  # telling the responder is never worth a message's outcome
+                log.exception("on_timeline failed for incident %s", incident_id)
 
     # -- a page that cannot get through -------------------------------------------------
     def _fall_back(self, message: Message, why: str) -> None:
@@ -280,10 +292,10 @@ class Courier:
                                       fallback_for=carrying)
         self.store.enqueue_messages(rows)
         also = ", ".join(sorted({row["channel"] for row in rows}))
-        self.store.add_timeline(incident.id, "page",
-                                f"the {_what(message)} did not get through on {message.channel} ({why}): "
-                                + (f"also sent via {also}" if rows else
-                                   f"no other channel is configured; still trying {message.channel}"))
+        self._timeline(incident.id, "page",
+                       f"the {_what(message)} did not get through on {message.channel} ({why}): "
+                       + (f"also sent via {also}" if rows else
+                          f"no other channel is configured; still trying {message.channel}"))
 
     # -- storms --------------------------------------------------------------------
     def _pages(self, channel: str, person: str, group: list[Message]) -> list[Future]:

@@ -9,6 +9,7 @@ canary proved that triggers fire. ``GET /healthz`` turns 200 when all of it hold
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import logging
 import time
@@ -25,7 +26,7 @@ from core.courier import Courier
 from core.results import register_result_storage
 from core.services import Services
 from core.alerts import AlertmanagerPayload, Route
-from core.store import IngestResult, StoreUnavailable
+from core.store import Incident, IngestResult, StoreUnavailable
 from deployments import apply_deployments
 from flows.registry import flows_of
 from responder.executor import Executor
@@ -52,6 +53,7 @@ DELIVERY_BATCH = 100  # outbox records one delivery pass sends at most (one requ
 DELIVERY_GATHER_SECONDS = 0.01  # after a pass that was not full, wait this long for more before the next
 UNROUTED_GATHER_SECONDS = 0.5  # the same after a pass of only unrouted alerts, unless one that matters arrives
 CHECKPOINT_EVERY_SECONDS = 0.2  # the store's log copied into its file this often while it is written
+REWRITE_CLOSED_AFTER_SECONDS = 5.0  # a closed incident's record is written again this long after the courier's first new line
 DEPLOY_LEASE_SECONDS = 120.0  # applying 30 deployments takes seconds; a start that died holding it frees it after this
 
 
@@ -85,7 +87,7 @@ class Responder:
         self.notifier = services.notifier
         self.group_commit = GroupCommit(self.store)
         self.pager = Pager(services)
-        self.courier = Courier(services.notifier)
+        self.courier = Courier(services.notifier, on_timeline=self._courier_wrote)
         self.deadlines = ApprovalDeadlines(services)
         self.watchdog = AlertmanagerWatchdog(services, self.ingest)
         self.maintenance = MaintenanceKeeper(services, self.wake_delivery)
@@ -98,6 +100,8 @@ class Responder:
         self.deployment_ids: dict[str, Any] = {}
         self.holder = new_holder()  # this responder in the store's leases (several may share a store)
         self._led: dict[str, float] = {}
+        self._courier_loop: tuple[asyncio.AbstractEventLoop, contextvars.Context] | None = None
+        self._rewriting: dict[str, asyncio.Task] = {}  # closed incidents whose record is written again soon
 
     # -- called by the intake ----------------------------------------------------
     async def ingest(self, payload: AlertmanagerPayload, raw: bytes, routes: Mapping[str, Route]) -> IngestResult:
@@ -364,12 +368,44 @@ class Responder:
             await asyncio.to_thread(self.notifier.send, incident, "resolved",
                                     f":white_check_mark: Resolved ({incident.close_reason}).", pagerduty="resolve",
                                     details={"close_reason": incident.close_reason})
-            alerts = await asyncio.to_thread(self.store.incident_alerts, incident.id)
-            timeline = await asyncio.to_thread(self.store.timeline, incident.id)
-            pages = await asyncio.to_thread(self.store.pages, incident.id)
-            collected = await asyncio.to_thread(kept, self.store, incident.id)  # what the response kept at close
+            await self._publish_closed(incident, with_incident_artifact=True)
+
+    async def _publish_closed(self, incident: Incident, with_incident_artifact: bool = False) -> None:
+        """A closed incident's record in the Prefect UI: its post-mortem and final timeline (and the
+        incident artifact), from the store."""
+        alerts = await asyncio.to_thread(self.store.incident_alerts, incident.id)
+        timeline = await asyncio.to_thread(self.store.timeline, incident.id)
+        pages = await asyncio.to_thread(self.store.pages, incident.id)
+        collected = await asyncio.to_thread(kept, self.store, incident.id)  # what the response kept at close
+        if with_incident_artifact:
             await publish_incident_artifact(incident, alerts)
-            await publish_postmortem(incident, alerts, timeline, pages, collected)
+        await publish_postmortem(incident, alerts, timeline, pages, collected)
+
+    def _courier_wrote(self, incident_id: str) -> None:
+        """From the courier's threads, after it added a line to an incident's timeline. The close writes the
+        post-mortem and timeline at once, before its own messages (the resolve to PagerDuty, the Slack
+        message) have gone out; what happens to them later (refused, late, dropped, a page's fallback)
+        would otherwise be missing from the record people read afterwards."""
+        if self._courier_loop is not None:  # in the loop's context (its Prefect settings), not the thread's
+            loop, context = self._courier_loop
+            loop.call_soon_threadsafe(self._rewrite_closed_soon, incident_id, context=context)
+
+    def _rewrite_closed_soon(self, incident_id: str) -> None:
+        if incident_id not in self._rewriting:  # lines that come meanwhile are in the same write
+            self._rewriting[incident_id] = asyncio.create_task(self._rewrite_closed(incident_id))
+
+    async def _rewrite_closed(self, incident_id: str) -> None:
+        try:
+            await asyncio.sleep(REWRITE_CLOSED_AFTER_SECONDS)
+        finally:
+            self._rewriting.pop(incident_id, None)  # a line added from now on is written again after this one
+        try:
+            incident = await asyncio.to_thread(self.store.incident, incident_id)
+            if incident is not None and incident.status == "closed":  # an open one's run writes its timeline
+                await self._publish_closed(incident)
+        except Exception as exc:  # the store or the Prefect server is down: the store keeps every line
+            logger.warning("Could not write incident %s's post-mortem again after a delivery's outcome: %s: %s",
+                           incident_id, type(exc).__name__, exc)
 
     # -- the dead man's switch ----------------------------------------------------------
     async def watch_alertmanager_forever(self) -> None:
@@ -389,6 +425,7 @@ class Responder:
     async def deliver_messages_forever(self) -> None:
         """The notification outbox to people (``core/courier.py``); one responder of those sharing a store
         does it. Needs only the store and the channels: messages go out while the Prefect side is down."""
+        self._courier_loop = asyncio.get_running_loop(), contextvars.copy_context()
         while True:
             try:
                 if await self._leads("notifications"):

@@ -329,3 +329,61 @@ def test_a_chart_goes_up_to_the_incidents_thread_with_slacks_file_upload(tmp_pat
         assert [m.state for m in store.messages(incident.id)] == ["sent", "sent"]
     finally:
         server.close()
+
+
+def test_a_closed_incident_s_post_mortem_is_written_again_with_what_became_of_its_last_message(
+        tmp_path, prefect_server, monkeypatch):
+    """The close writes the post-mortem and timeline artifacts at once, before its own 'resolved' message
+    has gone out. Slack (a local capture server: Slack is not reachable from here) refuses that message:
+    the refusal goes on the incident's timeline, and a few seconds later the responder writes both
+    artifacts again on the real Prefect server, with it. The version written at the close lacks it."""
+    import asyncio
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from core.services import build
+    from responder import runtime
+    from support.common import wait_for
+    from support.prefect import prefect_post
+
+    slack = CaptureServer(lambda request: (200, {"ok": False, "error": "channel_not_found"}, {}))
+    monkeypatch.setattr(runtime, "REWRITE_CLOSED_AFTER_SECONDS", 0.5)
+    try:
+        settings = ResponderSettings(home=tmp_path / "home", slack_token=SecretStr("xoxb-t"),
+                                     slack_api_url=f"{slack.url}/api/")
+        store = open_store(None, tmp_path / "store.db")
+        services = build(settings, load_catalog(make_config(tmp_path)), store)
+        body = alert_body("ResponderDrill", f"rewrite-{uuid.uuid4().hex[:8]}")
+        [incident_id] = store.ingest(AlertmanagerPayload.model_validate(body), json.dumps(body).encode(),
+                                     {"ResponderDrill": Route("responder-drill", "warning")}).incidents_opened
+        store.close_incident(incident_id, "alerts-resolved")
+        closed = store.incident(incident_id)
+        api, key = prefect_server.api_url, incident_id.lower()
+
+        def newest(kind: str) -> dict:
+            return prefect_post(api, "/artifacts/filter", {"artifacts": {"key": {"any_": [f"{kind}-{key}"]}},
+                                                           "sort": "CREATED_DESC"})[0]
+
+        async def scenario() -> None:
+            responder = runtime.Responder(services)
+            await responder._publish_closed(closed)  # what the close's follow-up writes
+            services.notifier.send(closed, "resolved", ":white_check_mark: Resolved (alerts-resolved).")
+            courier = asyncio.create_task(responder.deliver_messages_forever())
+            try:
+                await asyncio.to_thread(wait_for, lambda: "slack refused" in newest("postmortem")["data"], 30,
+                                        interval=0.3, what="the post-mortem written again with the refusal")
+            finally:
+                courier.cancel()
+                responder.courier.close()
+
+        with temporary_settings({PREFECT_API_URL: api}):
+            asyncio.run(scenario())
+        newest_first = prefect_post(api, "/artifacts/filter", {"artifacts": {"key": {"any_": [f"postmortem-{key}"]}},
+                                                               "sort": "CREATED_DESC"})
+        assert len(newest_first) == 2 and "slack refused" not in newest_first[1]["data"]  # the close's version
+        assert len(slack.requests) == 1  # refused: not sent again
+        refusal = "slack refused the 'resolved' message (Slack chat.postMessage: channel_not_found)"
+        assert any(refusal in row["text"] for row in newest("timeline")["data"])
+        assert any(refusal in row["text"] for row in store.timeline(incident_id))
+    finally:
+        slack.close()
