@@ -723,12 +723,14 @@ def test_outbox_json_reads_back_what_it_wrote_and_what_orjson_refuses(tmp_path):
     assert pending["kind"] == "alerts.unrouted" and pending["alerts"][0]["labels"]["note"] == "café"
 
 
-def test_deferred_checkpoints_leave_the_log_to_checkpoint_and_keep_every_row(tmp_path):
+def test_deferred_checkpoints_leave_the_log_to_checkpoint_and_keep_every_row(tmp_path, monkeypatch):
     """Once checkpoints are deferred, a commit no longer copies the write-ahead log at SQLite's 1,000 pages
     (its own threshold becomes the 16,000-page backstop); ``checkpoint`` copies what was written since the
-    last call, nothing when nothing was, and every row reads back from a new connection."""
+    last call, nothing when nothing was, and every row reads back from a new connection. Once all of the
+    log was copied, the next commit cuts its file back to what is kept (1 MiB here instead of 16)."""
     from core.store.backends import SQLiteStore
 
+    monkeypatch.setattr(SQLiteStore, "WAL_KEPT_BYTES", 1024 * 1024)
     path = tmp_path / "responder.db"
     store = open_store(None, path)
     assert store.defer_checkpoints() is True
@@ -742,8 +744,10 @@ def test_deferred_checkpoints_leave_the_log_to_checkpoint_and_keep_every_row(tmp
     assert log.stat().st_size > 2 * SQLiteStore.CHECKPOINT_PAGES * page_size  # never copied at 1,000 pages
     assert store.checkpoint() > 2 * SQLiteStore.CHECKPOINT_PAGES
     assert store.checkpoint() == 0  # nothing written since
+    grown = log.stat().st_size
     last = alert_body("NobodyRoutes", "after")
     store.ingest(AlertmanagerPayload.model_validate(last), json.dumps(last).encode(), {})
+    assert log.stat().st_size <= 1024 * 1024 < grown  # the log starts over, and its file is cut back
     assert store.checkpoint() > 0
     with sqlite3.connect(path) as other:
         assert other.execute("SELECT COUNT(*) FROM receipts").fetchone()[0] == len(bodies) + 1

@@ -40,6 +40,10 @@ class SQLiteStore(Store):
     # beside the writers, and the commits' own threshold is only a backstop should that thread fall behind.
     CHECKPOINT_PAGES = 1000  # SQLite's own default threshold
     DEFERRED_AUTOCHECKPOINT_PAGES = 16000  # about 64 MiB of log: the commits' backstop once deferred
+    # What of the log's file is kept once a checkpoint has copied all of it: SQLite truncates the file to this
+    # at the first commit after (``journal_size_limit``). Under a sustained storm the log runs up to the
+    # backstop, and without a limit its file stays that large on disk for good.
+    WAL_KEPT_BYTES = 16 * 1024 * 1024
 
     def __init__(self, path: Path) -> None:
         super().__init__()
@@ -62,6 +66,7 @@ class SQLiteStore(Store):
             # (bench/intake.py --all-new-unrouted, two pairs): 50-alert posts 14,573/14,764 → 15,961/15,871
             # alerts/s; the storm's peak RSS stayed 473-484 MiB (README, "Measured")
             conn.execute("PRAGMA cache_size=-32768")
+            conn.execute(f"PRAGMA journal_size_limit={int(self.WAL_KEPT_BYTES)}")
             self._local.conn = conn
             self._local.synchronous = "FULL"
             self._local.autocheckpoint = self.CHECKPOINT_PAGES
