@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterator, Mapping, Sequence
 
-import orjson
-
 from core.alerts import Alert, AlertmanagerPayload, Route
+from core.jsontext import to_json
 from core.store.base import iso, new_id, utcnow
 from core.store.outbox import alert_record, alerts_record
 from core.store.runs import Runs
@@ -28,19 +27,12 @@ class IngestResult:
     incidents_closed: list[str] = field(default_factory=list)
 
 
-_SORTED_JSON = json.JSONEncoder(sort_keys=True).encode  # json.dumps(..., sort_keys=True) without a new encoder per call
-
-
 def _labels_json(labels: Mapping[str, str]) -> str:
-    """Labels or annotations as JSON text with sorted keys (two per alert), written by orjson: 0.4 µs for an
-    alert's two maps against 3.0 µs for the json module's escaping (about 130 µs of a 50-alert post's
-    1.5 ms of writer CPU; README, "The intake"). Compact and with non-ASCII characters as they are: valid
-    JSON that every reader parses; rows an earlier release wrote (``json.dumps``'s spacing) read back the
-    same. What orjson refuses (a lone surrogate, a value that is not a string) is written by the json module."""
-    try:
-        return orjson.dumps(labels, option=orjson.OPT_SORT_KEYS).decode()
-    except TypeError:  # orjson.JSONEncodeError is one
-        return _SORTED_JSON(labels)
+    """Labels or annotations as JSON text with sorted keys (two per alert), by the outbox's orjson helper: 0.7
+    µs for an alert's two maps against 3.0 µs with the json module's escaping, about 115 µs of a 50-alert
+    post's 1.5 ms of writer CPU (README, "The intake"). Rows an earlier release wrote (``json.dumps``'s
+    spacing) read back the same."""
+    return to_json(labels, sort_keys=True)
 
 
 _ALERT_ROW = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
