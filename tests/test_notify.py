@@ -370,8 +370,11 @@ def test_a_closed_incident_s_post_mortem_is_written_again_with_what_became_of_it
             services.notifier.send(closed, "resolved", ":white_check_mark: Resolved (alerts-resolved).")
             courier = asyncio.create_task(responder.deliver_messages_forever())
             try:
-                await asyncio.to_thread(wait_for, lambda: "slack refused" in newest("postmortem")["data"], 30,
-                                        interval=0.3, what="the post-mortem written again with the refusal")
+                # both artifacts, written one after the other (the post-mortem first), before the loop ends
+                await asyncio.to_thread(
+                    wait_for, lambda: "slack refused" in newest("postmortem")["data"]
+                    and any("slack refused" in row["text"] for row in newest("timeline")["data"]), 30,
+                    interval=0.3, what="the post-mortem and the timeline written again with the refusal")
             finally:
                 courier.cancel()
                 responder.courier.close()
