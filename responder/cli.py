@@ -27,6 +27,7 @@ import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any, Coroutine
 
 import httpx
 
@@ -413,7 +414,7 @@ def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
-        asyncio.run(responder.serve(app))
+        _run_loop(responder.serve(app))
     except KeyboardInterrupt:
         print("\nStopping …", flush=True)
     finally:
@@ -421,6 +422,19 @@ def cmd_up(args: argparse.Namespace, settings: ResponderSettings) -> int:
         if embedded:
             embedded.stop()
     return 0
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """The responder's event loop (the intake, event delivery, the executor's claims) is uvloop's where it
+    is installed, asyncio's otherwise. Measured with bench/intake.py (single-alert posts, 16 clients,
+    SQLite, five interleaved pairs): 1,195-1,577 alerts/s on asyncio's loop, 1,300-1,627 on uvloop's,
+    p99 25-34 ms → 22-28 ms; 50-alert posts unchanged (their bound is the store's writer thread)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a platform without it (uvloop builds for Linux and macOS)
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 def _drain_prefect_workers(timeout: float = 5) -> None:
