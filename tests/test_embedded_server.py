@@ -108,6 +108,38 @@ def test_the_servers_own_clients_get_the_served_app_and_other_calls_reach_prefec
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
 
 
+def test_a_schema_that_passed_its_check_is_not_checked_again_and_bad_ones_or_bad_parameters_are_still_refused():
+    # In a process of its own: the shortcut replaces a class attribute of Prefect's, as the server process does.
+    code = (
+        "import jsonschema\n"
+        "from prefect.utilities.schema_tools import validation\n"
+        "from responder.prefect_server import check_schemas_once\n"
+        "checks = []\n"
+        "real = validation._VALIDATOR.check_schema\n"
+        "validation._VALIDATOR.check_schema = classmethod(lambda cls, schema, *a, **k: (checks.append(1), real(schema, *a, **k))[1])\n"
+        "check_schemas_once()\n"
+        "schema = {'type': 'object', 'properties': {'n': {'type': 'integer'}}, 'required': ['n']}\n"
+        "for _ in range(3):\n"
+        "    validation.validate({'n': 1}, dict(schema), raise_on_error=True)\n"
+        "assert len(checks) == 1, f'a schema that passed was checked {len(checks)} times'\n"
+        "try:\n"
+        "    validation.validate({'n': 'one'}, schema, raise_on_error=True)\n"
+        "    raise SystemExit('parameters that do not match were accepted')\n"
+        "except validation.ValidationError:\n"
+        "    pass\n"
+        "for _ in range(2):\n"
+        "    try:\n"
+        "        validation.validate({'n': 1}, {'type': 12}, raise_on_error=True)\n"
+        "        raise SystemExit('an invalid schema was accepted')\n"
+        "    except jsonschema.SchemaError:\n"
+        "        pass\n"
+        "assert len(checks) == 3, f'an invalid schema must be checked every time: {len(checks)} checks'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout[-2000:] + done.stderr[-2000:]
+
+
 def test_a_long_or_nested_write_transaction_is_said_in_the_server_log(tmp_path, monkeypatch, caplog):
     import responder.prefect_server as embedded
 
