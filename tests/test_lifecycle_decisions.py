@@ -10,6 +10,7 @@ Answers go through the server's resume API, as the UI's Resume button does.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -110,6 +111,33 @@ def test_approved_step_runs_once_and_the_run_carries_on_from_its_kept_steps(resp
         return found if "prefect.flow-run.Resolved" in found else None
     names = wait_for(run_events, 30, what="the run's own events on the server")
     assert "prefect.flow-run.Running" in names and "prefect.flow-run.heartbeat" not in names, names
+
+
+def test_a_run_executes_without_a_suspension_observer_and_still_suspends_for_approval(responder, prefect_server):
+    # Prefect 3.9 starts, for each execution of a deployment run, a thread ("observer_thread") with an
+    # event loop, a client and an events websocket of its own, watching for a suspension made from
+    # outside the run. The executor runs flows without it (responder/executor.py); the run's own
+    # suspension for approval needs none. The threads are sampled every 2 ms while the run executes
+    # (the run's own thread, "run-…", is seen too, so the samples covered its execution).
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.update(thread.name for thread in threading.enumerate())
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        run_id = responder.start(drill_alert())
+        waiting = suspended(prefect_server.api_url, run_id)
+    finally:
+        stop.set()
+        watcher.join(5)
+    assert waiting["state"]["name"] == "Suspended"
+    assert any(name.startswith("run-") for name in seen), seen
+    assert not any("observer_thread" in name for name in seen), sorted(seen)
 
 
 def test_rejected_step_does_not_run_and_the_incident_escalates(responder, services, prefect_server):
