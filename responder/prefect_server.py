@@ -133,33 +133,26 @@ def check_schemas_once() -> None:
     fails is checked (and refused) every time, and a call with other arguments goes to Prefect's
     check unchanged.
     """
-    from collections import OrderedDict
+    import functools
 
     import orjson
     from prefect.utilities.schema_tools import validation
 
     validator = validation._VALIDATOR  # the class every validation in Prefect's server uses
     check = validator.check_schema
-    passed: OrderedDict[bytes, None] = OrderedDict()
-    lock = threading.Lock()
+
+    @functools.lru_cache(maxsize=SCHEMAS_REMEMBERED)  # a check that raises is not remembered
+    def check_text(text: bytes) -> None:
+        check(orjson.loads(text))
 
     def check_schema(cls, schema, *args, **kwargs):
         if args or kwargs:
             return check(schema, *args, **kwargs)
         try:
-            key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+            text = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
         except TypeError:  # not plain JSON (it cannot come from the database): no shortcut
             return check(schema)
-        with lock:
-            if key in passed:
-                passed.move_to_end(key)
-                return None
-        check(schema)
-        with lock:
-            passed[key] = None
-            while len(passed) > SCHEMAS_REMEMBERED:
-                passed.popitem(last=False)
-        return None
+        return check_text(text)
 
     validator.check_schema = classmethod(check_schema)
 
